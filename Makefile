@@ -1,0 +1,49 @@
+# The two commands: `make up` and `make test`. Everything else is a helper.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+# The seed models and the embedded default GPU (a simulated RTX 3090).
+SEED_MODELS := google/gemma-4-31B-it google/gemma-4-26B-A4B-it \
+	cyankiwi/gemma-4-26B-A4B-it-AWQ-4bit Qwen/Qwen3.6-35B-A3B-FP8 \
+	openai/whisper-large-v3 openvla/openvla-7b
+DEFAULT_GPU := rtx-3090
+
+.PHONY: up test lint typecheck unit integration gpu bench-fit clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+up: $(STAMP)
+	@echo "labctl: memory plan for the seed models on the embedded default GPU ($(DEFAULT_GPU), simulated)"
+	@$(BIN)/labctl fit $(SEED_MODELS) --gpu $(DEFAULT_GPU)
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+unit: $(STAMP)
+	$(BIN)/pytest tests/unit
+
+integration: $(STAMP)
+	$(BIN)/pytest tests/integration
+
+# The GPU tier needs an NVIDIA GPU; it is not part of `make test`.
+gpu: $(STAMP)
+	$(BIN)/pytest -m gpu tests/gpu
+
+test: lint typecheck $(STAMP)
+	$(BIN)/pytest tests/unit tests/integration -m "not gpu"
+
+bench-fit: $(STAMP)
+	$(BIN)/python benchmarks/fit_accuracy.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

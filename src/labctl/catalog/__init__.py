@@ -1,0 +1,6 @@
+"""What labctl knows before it touches a GPU: GPU specs and model architectures.
+
+``gpus`` is the GPU catalog; ``arch`` the engine-neutral model architecture;
+``hf``, ``safetensors`` and ``gguf`` read model files from disk; ``models`` is
+the built-in model catalog and resolves whatever a user types as MODEL.
+"""

@@ -1,0 +1,367 @@
+"""The GPU catalog: memory, bandwidth, tensor throughput and format support.
+
+Two memory totals matter and they differ: what NVML (and ``nvidia-smi``)
+reports, and what CUDA reports to PyTorch, which is NVML's total less the
+driver's reservation (on the H100 read here 85,520,809,984 − 503,316,480
+bytes). vLLM budgets ``gpu_memory_utilization`` against the CUDA figure, so
+the planner uses it. Unified-memory systems (GB10) report no device memory to
+NVML; CUDA reports the host's RAM.
+
+Throughput figures are dense (not sparse) tensor TFLOPS. GeForce cards run
+BF16 with FP32 accumulation at half their FP16-accumulate rate; the figure
+here is the FP32-accumulate one, which is what BF16 GEMMs get. Figures marked
+in ``derived`` were computed (e.g. from sparse marketing numbers) rather than
+read from a datasheet.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from labctl.errors import CatalogError, did_you_mean
+from labctl.units import GiB, MiB
+
+
+@dataclass(frozen=True)
+class GpuSpec:
+    id: str
+    name: str
+    #: Substrings of the NVML device name that identify this GPU.
+    nvml_names: tuple[str, ...]
+    #: Total memory as NVML reports it (None where NVML reports none).
+    nvml_total_bytes: int | None
+    #: Total memory as CUDA reports it to PyTorch, which vLLM budgets against.
+    cuda_total_bytes: int
+    memory_type: str
+    bandwidth_gbs: float
+    bf16_tflops: float
+    fp8_tflops: float | None
+    fp4_tflops: float | None
+    compute_capability: tuple[int, int]
+    fp8: bool
+    fp4: bool
+    unified_memory: bool = False
+    #: Streaming multiprocessors (sizes some per-SM kernel buffers).
+    sm_count: int = 0
+    #: Field names whose values are derived rather than read from a source.
+    derived: tuple[str, ...] = ()
+    sources: tuple[str, ...] = ()
+
+    @property
+    def bf16(self) -> bool:
+        return self.compute_capability >= (8, 0)
+
+    @property
+    def memory_gib(self) -> float:
+        return self.cuda_total_bytes / GiB
+
+
+def _gib(x: float) -> int:
+    return round(x * GiB)
+
+
+_SEC28 = "shared/reference/benchmarking-and-simulation.md §2.8"
+
+GPUS: tuple[GpuSpec, ...] = (
+    GpuSpec(
+        "rtx-3090",
+        "NVIDIA GeForce RTX 3090",
+        ("RTX 3090",),
+        24576 * MiB,
+        _gib(23.58),
+        "24 GB GDDR6X",
+        936,
+        71,
+        None,
+        None,
+        (8, 6),
+        False,
+        False,
+        sources=(_SEC28, "CUDA total 23.58 GiB from a vLLM log (vllm#10517)"),
+        sm_count=82,
+    ),
+    GpuSpec(
+        "rtx-4090",
+        "NVIDIA GeForce RTX 4090",
+        ("RTX 4090",),
+        24564 * MiB,
+        _gib(23.55),
+        "24 GB GDDR6X",
+        1008,
+        165.2,
+        330.3,
+        None,
+        (8, 9),
+        True,
+        False,
+        sources=(_SEC28, "CUDA total 23.55 GiB from a vLLM log (RTX 4090 D)"),
+        sm_count=128,
+    ),
+    GpuSpec(
+        "rtx-5090",
+        "NVIDIA GeForce RTX 5090",
+        ("RTX 5090",),
+        32607 * MiB,
+        _gib(31.36),
+        "32 GB GDDR7",
+        1792,
+        209.5,
+        419,
+        1676,
+        (12, 0),
+        True,
+        True,
+        derived=("bf16_tflops",),
+        sources=(_SEC28, "FP32-accumulate BF16 rate is half the 419 TFLOPS FP16-accumulate figure"),
+        sm_count=170,
+    ),
+    GpuSpec(
+        "a10",
+        "NVIDIA A10",
+        ("A10",),
+        23028 * MiB,
+        _gib(22.05),
+        "24 GB GDDR6",
+        600,
+        125,
+        None,
+        None,
+        (8, 6),
+        False,
+        False,
+        derived=("cuda_total_bytes",),
+        sources=("NVIDIA A10 datasheet", "CUDA total from the L4's driver reservation"),
+        sm_count=72,
+    ),
+    GpuSpec(
+        "l4",
+        "NVIDIA L4",
+        ("L4",),
+        23034 * MiB,
+        _gib(22.05),
+        "24 GB GDDR6",
+        300,
+        121,
+        242.5,
+        None,
+        (8, 9),
+        True,
+        False,
+        derived=("bf16_tflops", "fp8_tflops"),
+        sources=(_SEC28, "dense = datasheet sparse / 2"),
+        sm_count=58,
+    ),
+    GpuSpec(
+        "l40s",
+        "NVIDIA L40S",
+        ("L40S",),
+        46068 * MiB,
+        _gib(44.39),
+        "48 GB GDDR6",
+        864,
+        362,
+        733,
+        None,
+        (8, 9),
+        True,
+        False,
+        sources=(_SEC28,),
+        sm_count=142,
+    ),
+    GpuSpec(
+        "t4",
+        "NVIDIA Tesla T4",
+        ("T4",),
+        15360 * MiB,
+        _gib(14.74),
+        "16 GB GDDR6",
+        320,
+        65,
+        None,
+        None,
+        (7, 5),
+        False,
+        False,
+        sources=(
+            "NVIDIA T4 datasheet (FP16 65 TFLOPS; no BF16)",
+            "CUDA total 14.74 GiB from vLLM logs",
+        ),
+        sm_count=40,
+    ),
+    GpuSpec(
+        "a100-40gb",
+        "NVIDIA A100 40GB",
+        ("A100-SXM4-40GB", "A100-PCIE-40GB", "A100 40GB"),
+        40960 * MiB,
+        _gib(39.49),
+        "40 GB HBM2",
+        1555,
+        312,
+        None,
+        None,
+        (8, 0),
+        False,
+        False,
+        sources=(_SEC28,),
+        sm_count=108,
+    ),
+    GpuSpec(
+        "a100-80gb",
+        "NVIDIA A100 80GB",
+        ("A100-SXM4-80GB", "A100 80GB", "A100-PCIE-80GB"),
+        81920 * MiB,
+        _gib(79.32),
+        "80 GB HBM2e",
+        2039,
+        312,
+        None,
+        None,
+        (8, 0),
+        False,
+        False,
+        sources=(_SEC28,),
+        sm_count=108,
+    ),
+    GpuSpec(
+        "h100-pcie",
+        "NVIDIA H100 PCIe",
+        ("H100 PCIe",),
+        81559 * MiB,
+        _gib(79.18),
+        "80 GB HBM2e",
+        2000,
+        756,
+        1513,
+        None,
+        (9, 0),
+        True,
+        False,
+        sources=(_SEC28,),
+        sm_count=114,
+    ),
+    GpuSpec(
+        "h100-sxm",
+        "NVIDIA H100 80GB HBM3",
+        ("H100 80GB HBM3", "H100 SXM", "H100"),
+        85520809984,
+        _gib(79.19),
+        "80 GB HBM3",
+        3350,
+        989,
+        1979,
+        None,
+        (9, 0),
+        True,
+        False,
+        sources=(
+            _SEC28,
+            "NVML total read on a real H100 (shared/data/gpu); CUDA total 79.19 GiB in vLLM v0.19 logs",
+        ),
+        sm_count=132,
+    ),
+    GpuSpec(
+        "h200",
+        "NVIDIA H200",
+        ("H200",),
+        143771 * MiB,
+        _gib(139.80),
+        "141 GB HBM3e",
+        4800,
+        989,
+        1979,
+        None,
+        (9, 0),
+        True,
+        False,
+        sources=(_SEC28,),
+        sm_count=132,
+    ),
+    GpuSpec(
+        "b200",
+        "NVIDIA B200",
+        ("B200",),
+        183359 * MiB,
+        _gib(178.35),
+        "180 GB HBM3e",
+        8000,
+        2250,
+        4500,
+        9000,
+        (10, 0),
+        True,
+        True,
+        sources=(_SEC28, "aiconfigurator b200_sxm"),
+        sm_count=148,
+    ),
+    GpuSpec(
+        "rtx-pro-6000",
+        "NVIDIA RTX PRO 6000 Blackwell",
+        ("RTX PRO 6000",),
+        97887 * MiB,
+        _gib(94.97),
+        "96 GB GDDR7",
+        1792,
+        504,
+        1007,
+        2015,
+        (12, 0),
+        True,
+        True,
+        derived=("bf16_tflops", "fp8_tflops", "fp4_tflops"),
+        sources=(_SEC28, "dense = 4000 AI TOPS FP4 sparse / 2, then halved per precision step"),
+        sm_count=188,
+    ),
+    GpuSpec(
+        "gb10",
+        "NVIDIA GB10 (DGX Spark)",
+        ("GB10",),
+        None,
+        _gib(121.69),
+        "128 GB LPDDR5X unified",
+        273,
+        125,
+        250,
+        500,
+        (12, 1),
+        True,
+        True,
+        unified_memory=True,
+        derived=("bf16_tflops", "fp8_tflops", "fp4_tflops"),
+        sources=(
+            _SEC28,
+            "dense = 1 PFLOP FP4 sparse / 2, then halved per precision step",
+            "NVML reports no memory; CUDA reports host MemTotal (121.69 GiB on DGX OS)",
+        ),
+        sm_count=48,
+    ),
+)
+
+_BY_ID = {g.id: g for g in GPUS}
+
+
+def gpu(gpu_id: str) -> GpuSpec:
+    """Look a GPU up by catalog id (case-insensitive).
+
+    Raises:
+        CatalogError: unknown id; the message lists the catalog.
+    """
+    key = gpu_id.strip().lower()
+    if key in _BY_ID:
+        return _BY_ID[key]
+    raise CatalogError(
+        f"unknown GPU {gpu_id!r}.{did_you_mean(key, _BY_ID)} Known GPUs: {', '.join(_BY_ID)}"
+    )
+
+
+def match_nvml_name(name: str, total_bytes: int | None = None) -> GpuSpec | None:
+    """The catalog entry for a GPU as NVML names it (None when unknown)."""
+    upper = name.upper()
+    best: GpuSpec | None = None
+    best_len = 0
+    for g in GPUS:
+        for hint in g.nvml_names:
+            if hint.upper() in upper and len(hint) > best_len:
+                best, best_len = g, len(hint)
+    if best is not None and best.id.startswith("a100") and total_bytes:
+        return _BY_ID["a100-80gb" if total_bytes > 50 * GiB else "a100-40gb"]
+    return best

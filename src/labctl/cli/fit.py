@@ -1,0 +1,422 @@
+"""``labctl fit``: the memory plan for one or more models on a GPU."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import click
+from rich.table import Table
+from rich.text import Text
+
+from labctl.catalog.arch import ModelArch
+from labctl.catalog.gpus import GpuSpec, gpu, match_nvml_name
+from labctl.catalog.models import resolve
+from labctl.cli.output import console, emit_json, warn
+from labctl.errors import GpuUnavailable, UsageError
+from labctl.fit.llamacpp import CACHE_TYPES, LlamaCppRequest, LlamaCppResult, plan_llamacpp
+from labctl.fit.plan import DTYPES, KV_DTYPES, FitRequest, FitResult, plan
+from labctl.fit.vllm import LATEST
+from labctl.units import GiB, format_bytes, parse_size
+
+#: The GPU `labctl fit` plans for when none is named and none is found.
+DEFAULT_GPU = "rtx-3090"
+
+
+@dataclass(frozen=True)
+class Target:
+    """The GPU a plan is for."""
+
+    label: str
+    total_bytes: int
+    nvml_total_bytes: int | None
+    spec: GpuSpec | None
+    free_bytes: int | None = None
+
+
+def _size(value: str | None, flag: str) -> int | None:
+    if value is None:
+        return None
+    try:
+        return parse_size(value)
+    except ValueError as exc:
+        raise UsageError(f"{flag}: {exc}") from exc
+
+
+def resolve_target(gpu_id: str | None, gpu_memory_gib: float | None) -> Target:
+    """The GPU named by flags, else the first real GPU, else the embedded default."""
+    if gpu_id and gpu_memory_gib is not None:
+        raise UsageError("pass either --gpu or --gpu-memory-gib, not both")
+    if gpu_memory_gib is not None:
+        if not gpu_memory_gib > 0:
+            raise UsageError(
+                f"--gpu-memory-gib {gpu_memory_gib} must be a positive number of GiB, e.g. 24"
+            )
+        total = int(gpu_memory_gib * GiB)
+        return Target(f"{gpu_memory_gib:g} GiB GPU", total, total, None)
+    if gpu_id:
+        spec = gpu(gpu_id)
+        return Target(spec.id, spec.cuda_total_bytes, spec.nvml_total_bytes, spec)
+    try:
+        from labctl.gpu.nvml import read_devices
+
+        devices = read_devices()
+    except GpuUnavailable:
+        devices = []
+    for d in devices:
+        found = match_nvml_name(d.name, d.total_bytes)
+        cuda_total = d.cuda_total_bytes or (found.cuda_total_bytes if found else None)
+        if cuda_total:
+            return Target(f"GPU {d.index}: {d.name}", cuda_total, d.total_bytes, found, d.free_bytes)
+    default = gpu(DEFAULT_GPU)
+    return Target(
+        f"{default.id} (default)", default.cuda_total_bytes, default.nvml_total_bytes, default
+    )
+
+
+def _result_line(r: FitResult) -> str:
+    if r.fits:
+        return (
+            f"fits: {r.kv_cache_tokens:,} tokens of KV cache, {r.max_concurrency:g} requests of "
+            f"{r.max_model_len:,} tokens at once"
+        )
+    return "does not fit: " + "; ".join(r.reasons)
+
+
+def render_one(arch: ModelArch, target: Target, r: FitResult) -> None:
+    out = console()
+    title = (
+        f"{r.model} on {target.label} · {format_bytes(r.gpu_total_bytes)} per GPU"
+        f"{' × ' + str(r.tensor_parallel_size * r.pipeline_parallel_size) if r.tensor_parallel_size * r.pipeline_parallel_size > 1 else ''}"
+        f" · vLLM {r.vllm_version}"
+    )
+    out.print(Text(title, style="bold"))
+    out.print(
+        f"  {r.weight_format} weights ({arch.param_count / 1e9:.2f}B parameters), {r.dtype} activations, "
+        f"{r.kv_cache_dtype} KV cache, max_num_seqs {r.max_num_seqs}, max_num_batched_tokens {r.max_num_batched_tokens:,}"
+    )
+    t = Table(show_header=False, box=None, pad_edge=False)
+    t.add_column(justify="left")
+    t.add_column(justify="right")
+    t.add_column(justify="left", style="dim")
+    t.add_row(
+        "budget",
+        format_bytes(r.budget_bytes),
+        f"{r.gpu_memory_utilization:g} × {format_bytes(r.gpu_total_bytes)}",
+    )
+    t.add_row("weights", format_bytes(r.model_load_bytes), "parameters per GPU plus rotary tables")
+    t.add_row(
+        "activation peak",
+        format_bytes(r.activation_peak_bytes),
+        "profile run: forward pass and sampler",
+    )
+    t.add_row("non-torch", format_bytes(r.non_torch_bytes), "cuBLAS and communication buffers")
+    if r.cuda_graphs_in_budget:
+        t.add_row(
+            "CUDA graphs",
+            format_bytes(r.cuda_graph_bytes),
+            "estimated and reserved before the KV cache",
+        )
+    t.add_row(
+        "KV cache",
+        format_bytes(r.kv_cache_bytes),
+        f"{r.num_gpu_blocks:,} blocks of {r.block_size} tokens, {r.kv_groups} group(s)",
+    )
+    t.add_row(
+        "KV per token",
+        format_bytes(r.kv_bytes_per_token),
+        "per GPU, across the layers that grow with context",
+    )
+    if r.kv_state_bytes_per_sequence:
+        t.add_row(
+            "state per sequence",
+            format_bytes(r.kv_state_bytes_per_sequence),
+            "linear-attention layers, fixed size",
+        )
+    t.add_row(
+        "KV per request", format_bytes(r.kv_bytes_per_sequence), f"at {r.max_model_len:,} tokens"
+    )
+    t.add_row("KV tokens", f"{r.kv_cache_tokens:,}", "as vLLM reports 'GPU KV cache size'")
+    t.add_row(
+        "max concurrency", f"{r.max_concurrency:g}x", f"requests of {r.max_model_len:,} tokens"
+    )
+    t.add_row("max context", f"{r.max_model_len_fit:,}", "longest single request that fits")
+    if not r.cuda_graphs_in_budget:
+        t.add_row(
+            "CUDA graphs", format_bytes(r.cuda_graph_bytes), "captured after, from the headroom"
+        )
+    out.print(t)
+    style = "green" if r.fits else "red"
+    out.print(Text(_result_line(r), style=f"bold {style}"))
+    for w in r.warnings:
+        out.print(Text(f"note: {w}", style="yellow"))
+    for note in arch.notes:
+        out.print(Text(f"note: {note}", style="dim"))
+    if r.suggestions:
+        out.print("to make it fit (each planned with the change):")
+        for s in r.suggestions:
+            mark = "✓" if s.fits else "✗"
+            out.print(
+                f"  {mark} {s.change}: max context {s.max_model_len_fit:,}, {s.kv_cache_tokens:,} KV tokens, "
+                f"{s.max_concurrency:g}x at {s.max_model_len:,}  [{_args(s.args)}]"
+            )
+    out.print(f"vllm serve {r.model} {' '.join(r.recommended_args)}")
+
+
+def _args(args: dict[str, str]) -> str:
+    return " ".join(v if k == "checkpoint" else f"{k} {v}" for k, v in args.items())
+
+
+def render_many(target: Target, results: Sequence[tuple[ModelArch, FitResult]]) -> None:
+    out = console()
+    first = results[0][1]
+    out.print(
+        Text(
+            f"{target.label} · {format_bytes(first.gpu_total_bytes)} · vLLM {first.vllm_version} · "
+            f"gpu_memory_utilization {first.gpu_memory_utilization:g}",
+            style="bold",
+        )
+    )
+    t = Table(show_lines=False)
+    for col, just in (
+        ("model", "left"),
+        ("format", "left"),
+        ("weights", "right"),
+        ("KV/token", "right"),
+        ("KV cache", "right"),
+        ("KV tokens", "right"),
+        ("context", "right"),
+        ("max context", "right"),
+        ("concurrency", "right"),
+        ("fits", "center"),
+    ):
+        t.add_column(col, justify=just)  # type: ignore[arg-type]
+    for _, r in results:
+        t.add_row(
+            r.model,
+            r.weight_format,
+            format_bytes(r.model_load_bytes, 1),
+            format_bytes(r.kv_bytes_per_token, 0),
+            format_bytes(max(r.kv_cache_bytes, 0), 1),
+            f"{r.kv_cache_tokens:,}",
+            f"{r.max_model_len:,}",
+            f"{r.max_model_len_fit:,}",
+            f"{r.max_concurrency:g}x",
+            Text("yes", style="green") if r.fits else Text("no", style="red"),
+        )
+    out.print(t)
+    for _, r in results:
+        if not r.fits and r.suggestions:
+            best = r.suggestions[0]
+            out.print(
+                f"  {r.model}: {best.change} → max context {best.max_model_len_fit:,}"
+                f"{'' if best.fits else ' (still short)'}"
+            )
+
+
+def render_llamacpp(target: Target, results: Sequence[LlamaCppResult]) -> None:
+    out = console()
+    for r in results:
+        out.print(
+            Text(
+                f"{r.model} on {target.label} · {format_bytes(r.gpu_total_bytes)} · llama.cpp",
+                style="bold",
+            )
+        )
+        t = Table(show_header=False, box=None, pad_edge=False)
+        t.add_column()
+        t.add_column(justify="right")
+        t.add_column(style="dim")
+        t.add_row(
+            "weights on GPU",
+            format_bytes(r.weights_bytes),
+            f"{r.n_gpu_layers}/{r.num_layers} layers offloaded",
+        )
+        t.add_row(
+            "weights in host RAM",
+            format_bytes(r.weights_host_bytes),
+            "token embedding and layers not offloaded",
+        )
+        t.add_row(
+            "KV cache",
+            format_bytes(r.kv_cache_bytes),
+            f"{r.kv_cache_tokens:,} cells of {r.kv_cache_dtype}",
+        )
+        t.add_row("KV per token", format_bytes(r.kv_bytes_per_token), "offloaded layers")
+        t.add_row(
+            "compute buffer", format_bytes(r.activation_peak_bytes), "one micro-batch of 512 tokens"
+        )
+        t.add_row("max context", f"{r.max_model_len_fit:,}", "with these layers offloaded")
+        out.print(t)
+        out.print(
+            Text(
+                ("fits" if r.fits else "does not fit: " + "; ".join(r.reasons)),
+                style="bold " + ("green" if r.fits else "red"),
+            )
+        )
+        for w in r.warnings:
+            out.print(Text(f"note: {w}", style="yellow"))
+        out.print(f"llama-server -m MODEL.gguf {' '.join(r.recommended_args)}")
+
+
+@click.command()
+@click.argument("models", nargs=-1, required=True, metavar="MODEL...")
+@click.option(
+    "--gpu",
+    "gpu_id",
+    metavar="ID",
+    help="GPU from the catalog (see 'labctl gpus'); default: the first real GPU, else rtx-3090",
+)
+@click.option(
+    "--gpu-memory-gib",
+    type=float,
+    metavar="G",
+    help="plan for a GPU with this much memory (GiB, as CUDA reports it)",
+)
+@click.option("-tp", "--tensor-parallel-size", type=int, default=1, show_default=True)
+@click.option("-pp", "--pipeline-parallel-size", type=int, default=1, show_default=True)
+@click.option("--max-model-len", type=int, metavar="N", help="context length; default: the model's")
+@click.option("--gpu-memory-utilization", type=float, default=0.9, show_default=True)
+@click.option(
+    "--kv-cache-dtype",
+    default="auto",
+    show_default=True,
+    help=f"vLLM: {', '.join(KV_DTYPES)}; llama.cpp: {', '.join(CACHE_TYPES)}",
+)
+@click.option(
+    "--quantization",
+    "-q",
+    metavar="FORMAT",
+    help="runtime weight format, e.g. fp8 (vLLM's --quantization)",
+)
+@click.option("--dtype", type=click.Choice(DTYPES), default="auto", show_default=True)
+@click.option("--block-size", type=int, metavar="N")
+@click.option("--max-num-seqs", type=int, metavar="N")
+@click.option("--max-num-batched-tokens", type=int, metavar="N")
+@click.option(
+    "--kv-cache-memory-bytes",
+    metavar="SIZE",
+    help="give the KV cache exactly this much (e.g. 8GiB), as vLLM's flag",
+)
+@click.option("--enable-prefix-caching/--no-enable-prefix-caching", default=None)
+@click.option(
+    "--speculative-tokens", type=int, default=0, metavar="N", help="MTP speculative tokens per step"
+)
+@click.option("--enforce-eager", is_flag=True, help="no CUDA graphs")
+@click.option("--vllm-version", default=LATEST, show_default=True, metavar="X.Y.Z")
+@click.option(
+    "--engine", type=click.Choice(["vllm", "llamacpp"]), default="vllm", show_default=True
+)
+@click.option(
+    "--n-gpu-layers",
+    "-ngl",
+    type=int,
+    metavar="N",
+    help="llama.cpp: layers offloaded to the GPU (default all)",
+)
+@click.option("--json", "as_json", is_flag=True, help="print one JSON document")
+def fit(
+    models: tuple[str, ...],
+    gpu_id: str | None,
+    gpu_memory_gib: float | None,
+    tensor_parallel_size: int,
+    pipeline_parallel_size: int,
+    max_model_len: int | None,
+    gpu_memory_utilization: float,
+    kv_cache_dtype: str,
+    quantization: str | None,
+    dtype: str,
+    block_size: int | None,
+    max_num_seqs: int | None,
+    max_num_batched_tokens: int | None,
+    kv_cache_memory_bytes: str | None,
+    enable_prefix_caching: bool | None,
+    speculative_tokens: int,
+    enforce_eager: bool,
+    vllm_version: str,
+    engine: str,
+    n_gpu_layers: int | None,
+    as_json: bool,
+) -> None:
+    """Does MODEL fit, at what context length and concurrency, and if not, what to change.
+
+    MODEL is a catalog id (see 'labctl models'), a quantized repo id such as
+    RedHatAI/Llama-3.3-70B-Instruct-FP8-dynamic, a Hugging Face model
+    directory or a .gguf file. Several models print one comparison table.
+    """
+    target = resolve_target(gpu_id, gpu_memory_gib)
+    archs = [resolve(m) for m in models]
+    if engine == "llamacpp":
+        results_l = []
+        for arch in archs:
+            results_l.append(
+                plan_llamacpp(
+                    arch,
+                    LlamaCppRequest(
+                        gpu_total_bytes=target.total_bytes,
+                        gpu_name=target.label,
+                        n_ctx=max_model_len,
+                        n_gpu_layers=n_gpu_layers,
+                        cache_type=kv_cache_dtype,
+                        n_parallel=max_num_seqs or 1,
+                    ),
+                )
+            )
+        if as_json:
+            docs = [r.to_json() for r in results_l]
+            emit_json(docs[0] if len(docs) == 1 else {"results": docs})
+        else:
+            render_llamacpp(target, results_l)
+        return
+    spec = target.spec
+    base = FitRequest(
+        gpu_total_bytes=target.total_bytes,
+        gpu_name=spec.name if spec else target.label,
+        gpu_nvml_total_bytes=target.nvml_total_bytes,
+        gpu_compute_capability=spec.compute_capability if spec else (8, 0),
+        gpu_sm_count=spec.sm_count if spec else 0,
+        gpu_fp8=spec.fp8 if spec else True,
+        gpu_fp4=spec.fp4 if spec else False,
+        tensor_parallel_size=tensor_parallel_size,
+        pipeline_parallel_size=pipeline_parallel_size,
+        max_model_len=max_model_len,
+        gpu_memory_utilization=gpu_memory_utilization,
+        kv_cache_dtype=kv_cache_dtype,
+        quantization=quantization,
+        dtype=dtype,
+        block_size=block_size,
+        max_num_seqs=max_num_seqs,
+        max_num_batched_tokens=max_num_batched_tokens,
+        kv_cache_memory_bytes=_size(kv_cache_memory_bytes, "--kv-cache-memory-bytes"),
+        vllm_version=vllm_version,
+        enable_prefix_caching=enable_prefix_caching,
+        enforce_eager=enforce_eager,
+        speculative_tokens=speculative_tokens,
+    )
+    results = [(arch, plan(arch, base)) for arch in archs]
+    if (
+        target.free_bytes is not None
+        and target.free_bytes < base.gpu_total_bytes * gpu_memory_utilization
+    ):
+        msg = (
+            f"only {format_bytes(target.free_bytes)} is free on {target.label}; vLLM refuses to start when free "
+            f"memory is below {gpu_memory_utilization:g} × total"
+        )
+        for _, r in results:
+            r.warnings.append(msg)
+    if as_json:
+        docs = []
+        for arch, r in results:
+            doc = r.to_json()
+            doc["gpu_id"] = spec.id if spec else None
+            doc["param_count"] = arch.param_count
+            doc["notes"] = list(arch.notes)
+            docs.append(doc)
+        emit_json(docs[0] if len(docs) == 1 else {"results": docs})
+        return
+    if target.spec is None and gpu_memory_gib is None:
+        warn(f"no GPU found; planning for {target.label}")
+    if len(results) == 1:
+        render_one(results[0][0], target, results[0][1])
+    else:
+        render_many(target, results)

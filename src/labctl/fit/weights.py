@@ -1,0 +1,226 @@
+"""Weight bytes per GPU for a format and a tensor/pipeline-parallel layout.
+
+Linear layers a format covers are stored in it (with their scales); the rest
+(embeddings, lm_head, norms, routers, towers) stay in the model dtype, as
+engines load them. Tensor parallelism splits what it splits and replicates
+the rest; pipeline parallelism hands each rank a run of layers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+from labctl.catalog.arch import ModelArch, QuantInfo, Role, WeightSpec
+from labctl.catalog.formats import FORMATS, WeightFormat
+from labctl.fit.kv import dtype_bytes
+from labctl.units import cdiv, round_up
+
+#: Engines pad the vocabulary of embeddings and lm_head to a multiple of this.
+VOCAB_PADDING = 64
+
+_SHARDED = frozenset(
+    {
+        Role.ATTN_Q,
+        Role.ATTN_O,
+        Role.MLP,
+        Role.EXPERT,
+        Role.SHARED_EXPERT,
+        Role.LINEAR_ATTN,
+        Role.VISION,
+    }
+)
+
+
+def pp_partition(num_layers: int, pp: int) -> list[tuple[int, int]]:
+    """Layer ranges per pipeline rank; leftover layers go to the later ranks
+    (all but the last), as vLLM partitions them."""
+    base = num_layers // pp
+    sizes = [base] * pp
+    for i in range(num_layers % pp):
+        sizes[-(i + 2) if pp > 1 else 0] += 1
+    out, start = [], 0
+    for s in sizes:
+        out.append((start, start + s))
+        start += s
+    return out
+
+
+@dataclass(frozen=True)
+class WeightPlan:
+    """Weight memory of each pipeline rank (tensor-parallel ranks are alike)."""
+
+    per_rank: tuple[int, ...]
+    buffers: tuple[int, ...]
+    by_role: dict[str, int] = field(default_factory=dict)
+    format: str = "bf16"
+    quantized_roles: tuple[str, ...] = ()
+
+    @property
+    def worst_rank(self) -> int:
+        totals = [w + b for w, b in zip(self.per_rank, self.buffers, strict=True)]
+        return totals.index(max(totals))
+
+    @property
+    def weights_bytes(self) -> int:
+        """Parameter bytes of the fullest GPU."""
+        return self.per_rank[self.worst_rank]
+
+    @property
+    def load_bytes(self) -> int:
+        """Parameters plus the buffers engines keep beside them, on the fullest GPU."""
+        return self.per_rank[self.worst_rank] + self.buffers[self.worst_rank]
+
+
+def _format_for(quant: QuantInfo | None) -> WeightFormat | None:
+    """The storage layout of a checkpoint's quantization, with its own group size."""
+    if quant is None:
+        return None
+    fmt = FORMATS[quant.method]
+    if quant.group_size and fmt.group_size:
+        fmt = replace(fmt, group_size=quant.group_size)
+    if quant.method in ("gptq", "autoround") and not quant.symmetric:
+        fmt = replace(fmt, zero_bits=4)
+    if quant.block and fmt.block:
+        fmt = replace(fmt, block=quant.block)
+    return fmt
+
+
+#: How vLLM's MXFP4 MoE backends pad each rank's expert matrices (hidden, intermediate),
+#: and whether the backend keeps the original scales beside its swizzled copy.
+MXFP4_BACKENDS: dict[str, tuple[int, int, bool]] = {
+    "marlin": (256, 128, False),  # Ampere and Ada (weight-only)
+    "triton": (1, 64, True),  # Hopper
+    "trtllm": (256, 256, False),  # datacenter Blackwell (FlashInfer TRT-LLM)
+    "cutlass": (128, 128, False),  # other Blackwell (FlashInfer CUTLASS)
+}
+
+
+def mxfp4_backend(compute_capability: tuple[int, int], triton_kernels: bool = True) -> str:
+    """The MXFP4 MoE backend vLLM picks on a GPU generation (Hopper needs the
+    Triton kernels package, shipped with vLLM from 0.11, else Marlin)."""
+    if compute_capability < (9, 0) or (compute_capability < (10, 0) and not triton_kernels):
+        return "marlin"
+    if compute_capability < (10, 0):
+        return "triton"
+    if compute_capability < (12, 0):
+        return "trtllm"
+    return "cutlass"
+
+
+def _mxfp4_expert_bytes(spec: WeightSpec, arch: ModelArch, tp: int, backend: str) -> float:
+    """Per-rank bytes of an MXFP4 expert matrix, padded as the backend pads it."""
+    pad_h, pad_i, dup_scales = MXFP4_BACKENDS[backend]
+    hidden = round_up(arch.hidden_size, pad_h)
+    inter = arch.moe.intermediate_size if arch.moe else spec.shape[1]
+    inter = round_up(cdiv(inter, tp), pad_i)
+    if spec.shape[0] == arch.hidden_size:  # down projection: (hidden, intermediate)
+        numel = hidden * inter
+    else:  # fused gate/up: (2 * intermediate, hidden)
+        numel = 2 * inter * hidden
+    per_elem = 0.5 + (2 if dup_scales else 1) / 32
+    return spec.count * numel * per_elem
+
+
+def spec_bytes(
+    spec: WeightSpec, quant: QuantInfo | None, fmt: WeightFormat | None, dtype_b: float
+) -> float:
+    """Bytes of one weight spec at tensor-parallel size 1."""
+    if spec.stored_bytes is not None and (
+        spec.quant_aux or quant is None or not quant.covers(spec)
+    ):
+        if spec.quant_aux:
+            return spec.stored_bytes
+        return spec.numel * dtype_b
+    if fmt is not None and quant is not None and quant.covers(spec):
+        out = spec.shape[0]
+        inp = spec.numel // (out * spec.count)
+        return fmt.nbytes(out, inp, spec.count)
+    return spec.numel * dtype_b
+
+
+def _tp_share(spec: WeightSpec, arch: ModelArch, tp: int, kv_heads: dict[int, int]) -> float:
+    """Fraction of a tensor one tensor-parallel rank holds."""
+    if tp == 1:
+        return 1.0
+    role = spec.role
+    if role in (Role.EMBED, Role.LM_HEAD):
+        padded = round_up(arch.vocab_size, VOCAB_PADDING)
+        return cdiv(padded, tp) / arch.vocab_size if arch.vocab_size else 1 / tp
+    if role is Role.ATTN_KV:
+        heads = kv_heads.get(spec.layer if spec.layer is not None else -1, arch.num_kv_heads)
+        return 1 / tp if heads >= tp else 1 / max(heads, 1)
+    if role in _SHARDED:
+        return 1 / tp
+    return 1.0
+
+
+def plan_weights(
+    arch: ModelArch,
+    tp: int = 1,
+    pp: int = 1,
+    quant: QuantInfo | None = None,
+    dtype: str | None = None,
+    compute_capability: tuple[int, int] = (9, 0),
+    include_mtp: bool = False,
+    triton_kernels: bool = True,
+) -> WeightPlan:
+    """Bytes of weights (and rotary tables) on each pipeline rank of one TP group.
+
+    ``quant`` overrides the checkpoint's own quantization (a runtime format such as
+    vLLM's ``--quantization fp8``); ``dtype`` overrides the model dtype.
+    """
+    runtime = quant
+    runtime_fmt = _format_for(runtime)
+    quant = quant if quant is not None else arch.quant
+    fmt = _format_for(quant)
+    dtype_name = dtype or arch.dtype
+    if dtype_name in ("float32", "float") and dtype is None:
+        dtype_name = "bfloat16"  # engines serve fp32 checkpoints at 16 bits by default
+    dtype_b = dtype_bytes(dtype_name)
+    kv_heads = {layer.index: layer.num_kv_heads for layer in arch.kv_layers}
+    ranges = pp_partition(arch.num_hidden_layers, pp)
+    per_rank = [0.0] * pp
+    by_role: dict[str, float] = {}
+    covered: set[str] = set()
+    last = pp - 1
+    for spec in arch.weights:
+        if spec.role is Role.MTP and not include_mtp:
+            continue
+        # Tensors read from a file are already in their stored format; only a runtime
+        # format requested on top converts them.
+        q, f = (runtime, runtime_fmt) if spec.stored_bytes is not None else (quant, fmt)
+        if q is not None and q.method == "mxfp4" and spec.role is Role.EXPERT and q.covers(spec):
+            nbytes = _mxfp4_expert_bytes(
+                spec, arch, tp, mxfp4_backend(compute_capability, triton_kernels)
+            )
+        else:
+            nbytes = spec_bytes(spec, q, f, dtype_b) * _tp_share(spec, arch, tp, kv_heads)
+        if q is not None and not spec.quant_aux and q.covers(spec):
+            covered.add(spec.role.value)
+        ranks: list[int]
+        if spec.layer is not None and spec.role is not Role.VISION:
+            ranks = [next((r for r, (a, b) in enumerate(ranges) if a <= spec.layer < b), last)]
+        elif spec.role is Role.LM_HEAD or spec.name in ("model.norm.weight", "output_norm.weight"):
+            ranks = [last]
+        elif spec.role is Role.EMBED and arch.tie_word_embeddings and pp > 1:
+            ranks = [0, last]  # the last rank needs its own copy to project logits
+        else:
+            ranks = [0]
+        for r in ranks:
+            per_rank[r] += nbytes
+        by_role[spec.role.value] = by_role.get(spec.role.value, 0) + nbytes * len(ranks)
+    buffers = []
+    for a, b in ranges:
+        has_attention = any(a <= layer.index < b for layer in arch.kv_layers) or not arch.kv_layers
+        buffers.append(
+            int(sum(rb.max_positions * rb.rotary_dim * dtype_b for rb in arch.rope_buffers))
+            if has_attention
+            else 0
+        )
+    return WeightPlan(
+        per_rank=tuple(int(x) for x in per_rank),
+        buffers=tuple(buffers),
+        by_role={k: int(v) for k, v in by_role.items()},
+        format=fmt.name if fmt is not None else dtype_name,
+        quantized_roles=tuple(sorted(covered)),
+    )

@@ -1,0 +1,1 @@
+"""GPU backends. ``nvml`` is the only module that imports ``pynvml``."""
