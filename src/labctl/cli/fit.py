@@ -67,7 +67,9 @@ def resolve_target(gpu_id: str | None, gpu_memory_gib: float | None) -> Target:
         found = match_nvml_name(d.name, d.total_bytes)
         cuda_total = d.cuda_total_bytes or (found.cuda_total_bytes if found else None)
         if cuda_total:
-            return Target(f"GPU {d.index}: {d.name}", cuda_total, d.total_bytes, found, d.free_bytes)
+            return Target(
+                f"GPU {d.index}: {d.name}", cuda_total, d.total_bytes, found, d.free_bytes
+            )
     default = gpu(DEFAULT_GPU)
     return Target(
         f"{default.id} (default)", default.cuda_total_bytes, default.nvml_total_bytes, default
@@ -123,10 +125,14 @@ def render_one(arch: ModelArch, target: Target, r: FitResult) -> None:
         f"{r.num_gpu_blocks:,} blocks of {r.block_size} tokens, {r.kv_groups} group(s)",
     )
     t.add_row(
-        "KV per token",
-        format_bytes(r.kv_bytes_per_token),
-        "per GPU, across the layers that grow with context",
+        "KV per token", format_bytes(r.kv_bytes_per_token), "per GPU, layers that keep every token"
     )
+    if r.kv_window_bytes_per_token:
+        t.add_row(
+            "  + windowed",
+            format_bytes(r.kv_window_bytes_per_token),
+            "per token until the sliding window is full",
+        )
     if r.kv_state_bytes_per_sequence:
         t.add_row(
             "state per sequence",

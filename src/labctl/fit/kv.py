@@ -194,17 +194,16 @@ class KVLayout:
         return num_blocks // len(self.groups) * self.min_block_size
 
     def bytes_per_token(self) -> int:
-        """KV bytes one more token costs on this GPU, counting the layers that grow with
-        context (full attention, MLA; sliding layers only until their window)."""
-        return sum(
-            c.token_bytes
-            for c in self.caches
-            if c.kind in (LayerKind.FULL, LayerKind.MLA, LayerKind.SLIDING, LayerKind.CHUNKED)
-        )
-
-    def growing_bytes_per_token(self) -> int:
-        """KV bytes per token of the layers that grow for the whole context."""
+        """KV bytes one more token of context costs on this GPU: the layers that keep
+        every token (full attention, MLA)."""
         return sum(c.token_bytes for c in self.caches if c.kind in (LayerKind.FULL, LayerKind.MLA))
+
+    def window_bytes_per_token(self) -> int:
+        """KV bytes per token of the sliding-window and chunked layers, which stop
+        growing once a request passes their window."""
+        return sum(
+            c.token_bytes for c in self.caches if c.kind in (LayerKind.SLIDING, LayerKind.CHUNKED)
+        )
 
     def state_bytes_per_sequence(self) -> int:
         return sum(c.state_bytes for c in self.caches if c.kind is LayerKind.LINEAR)

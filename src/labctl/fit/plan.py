@@ -101,6 +101,7 @@ class FitResult:
     cuda_graphs_in_budget: bool
     kv_cache_bytes: int
     kv_bytes_per_token: int
+    kv_window_bytes_per_token: int
     kv_bytes_per_sequence: int
     kv_state_bytes_per_sequence: int
     kv_cache_tokens: int
@@ -438,6 +439,7 @@ def plan(arch: ModelArch, req: FitRequest, suggest: bool = True) -> FitResult:
         cuda_graphs_in_budget=b.graphs_in_budget,
         kv_cache_bytes=kv_bytes,
         kv_bytes_per_token=layout.bytes_per_token(),
+        kv_window_bytes_per_token=layout.window_bytes_per_token(),
         kv_bytes_per_sequence=per_seq,
         kv_state_bytes_per_sequence=layout.state_bytes_per_sequence(),
         kv_cache_tokens=tokens,
@@ -510,8 +512,6 @@ def recommended_args(arch: ModelArch, req: FitRequest, res: FitResult) -> list[s
         args += ["--kv-cache-dtype", req.kv_cache_dtype]
     if req.max_num_seqs:
         args += ["--max-num-seqs", str(req.max_num_seqs)]
-    elif res.fits and 0 < res.max_concurrency < res.max_num_seqs and res.max_concurrency >= 1:
-        args += ["--max-num-seqs", str(max(1, int(res.max_concurrency)))]
     if req.max_num_batched_tokens:
         args += ["--max-num-batched-tokens", str(req.max_num_batched_tokens)]
     if req.enforce_eager:
