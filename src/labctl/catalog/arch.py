@@ -161,6 +161,18 @@ class QuantInfo:
     scope: frozenset[Role] = frozenset()
     skip: tuple[str, ...] = ()
     block: tuple[int, int] | None = None
+    #: Mixed-precision checkpoints: (name pattern, method) pairs that override
+    #: ``method`` for matching tensors; method "bf16" keeps them unquantized.
+    overrides: tuple[tuple[str, str], ...] = ()
+
+    def method_for(self, spec: WeightSpec) -> str | None:
+        """The format ``spec`` is stored in, or None when it stays unquantized."""
+        if len(spec.shape) < 2:
+            return None
+        for pattern, method in self.overrides:
+            if _name_matches(pattern, spec.name):
+                return None if method == "bf16" else method
+        return self.method if self.covers(spec) else None
 
     def covers(self, spec: WeightSpec) -> bool:
         """Whether this format converts ``spec`` (1-D tensors never are)."""

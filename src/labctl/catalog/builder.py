@@ -302,6 +302,7 @@ def _decoder(cfg: _Cfg, text: _Cfg, name: str, w: _Weights) -> ModelArch:
     gemma4_moe = model_type in ("gemma4", "gemma4_text") and n_experts > 0
     moe_flags = _moe_layers(text, model_type, n_layers, n_experts)
     types = _layer_types(text, model_type, n_layers)
+    cross_layers = set(text.get("cross_attention_layers") or [])
 
     window = text.get("sliding_window")
     window = int(window) if isinstance(window, int | float) and window else None
@@ -414,6 +415,8 @@ def _decoder(cfg: _Cfg, text: _Cfg, name: str, w: _Weights) -> ModelArch:
             lkind = {"sliding": LayerKind.SLIDING, "chunked": LayerKind.CHUNKED}.get(
                 kind, LayerKind.FULL
             )
+            if i in cross_layers:
+                lkind = LayerKind.CROSS  # attends to image tokens, not to the text
             lwindow = (
                 window
                 if kind == "sliding"

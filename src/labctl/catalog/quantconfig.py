@@ -116,6 +116,18 @@ def parse_quantization_config(qc: Any, where: str = "config.json") -> QuantInfo 
     if method in ("modelopt", "modelopt_fp4", "nvfp4"):
         algo = str(qc.get("quant_algo", "NVFP4" if method != "modelopt" else "FP8")).upper()
         skip = _skip_list(qc, "exclude_modules", "ignore")
+        layers = qc.get("quantized_layers")
+        if algo == "MIXED_PRECISION" and isinstance(layers, Mapping) and layers:
+            overrides = tuple(
+                (str(name), "nvfp4" if "FP4" in str(spec.get("quant_algo", "")).upper() else "fp8")
+                for name, spec in layers.items()
+                if isinstance(spec, Mapping)
+            )
+            main = max({m for _, m in overrides}, key=lambda m: sum(o == m for _, o in overrides))
+            # Only the listed layers are quantized; everything else stays 16-bit.
+            return QuantInfo(
+                main, group_size=16, skip=skip, overrides=overrides, scope=frozenset({Role.MTP})
+            )
         if "FP4" in algo:
             return QuantInfo("nvfp4", group_size=int(qc.get("group_size", 16) or 16), skip=skip)
         return QuantInfo("fp8", skip=skip)

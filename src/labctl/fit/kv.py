@@ -98,9 +98,10 @@ def layer_caches(layers: Sequence[KVLayer], tp: int, opts: KVOptions) -> list[La
         v = 0 if (layer.k_eq_v and opts.k_eq_v) else layer.head_size_v
         token = int(heads * (layer.head_size + v) * kv_b)
         window = layer.window
-        if (kind is LayerKind.SLIDING and not opts.hybrid_manager) or (
+        if (kind in (LayerKind.SLIDING, LayerKind.CROSS) and not opts.hybrid_manager) or (
             kind is LayerKind.CHUNKED and not (opts.hybrid_manager and opts.chunked_hybrid)
         ):
+            # Older engines give every layer a slot per token in one uniform cache.
             kind, window = LayerKind.FULL, None
         out.append(LayerCache(layer.index, kind, token, window=window))
     return out

@@ -71,14 +71,14 @@ class WeightPlan:
         return self.per_rank[self.worst_rank] + self.buffers[self.worst_rank]
 
 
-def _format_for(quant: QuantInfo | None) -> WeightFormat | None:
-    """The storage layout of a checkpoint's quantization, with its own group size."""
-    if quant is None:
-        return None
-    fmt = FORMATS[quant.method]
+def format_for(quant: QuantInfo, method: str) -> WeightFormat:
+    """The storage layout of ``method`` as ``quant`` configures it (group size, zeros, blocks)."""
+    fmt = FORMATS[method]
+    if method != quant.method:
+        return fmt
     if quant.group_size and fmt.group_size:
         fmt = replace(fmt, group_size=quant.group_size)
-    if quant.method in ("gptq", "autoround") and not quant.symmetric:
+    if method in ("gptq", "autoround") and not quant.symmetric:
         fmt = replace(fmt, zero_bits=4)
     if quant.block and fmt.block:
         fmt = replace(fmt, block=quant.block)
@@ -121,21 +121,22 @@ def _mxfp4_expert_bytes(spec: WeightSpec, arch: ModelArch, tp: int, backend: str
     return spec.count * numel * per_elem
 
 
-def spec_bytes(
-    spec: WeightSpec, quant: QuantInfo | None, fmt: WeightFormat | None, dtype_b: float
-) -> float:
-    """Bytes of one weight spec at tensor-parallel size 1."""
-    if spec.stored_bytes is not None and (
-        spec.quant_aux or quant is None or not quant.covers(spec)
-    ):
-        if spec.quant_aux:
+def spec_bytes(spec: WeightSpec, quant: QuantInfo | None, dtype_b: float) -> float:
+    """Bytes of one weight spec at tensor-parallel size 1.
+
+    Tensors read from a file keep their stored bytes when they are part of a
+    quantized layout; other stored floats are recast to the model dtype unless
+    ``quant`` (a runtime format) converts them.
+    """
+    method = quant.method_for(spec) if quant is not None and not spec.quant_aux else None
+    if method is None:
+        if spec.stored_bytes is not None and spec.quant_aux:
             return spec.stored_bytes
         return spec.numel * dtype_b
-    if fmt is not None and quant is not None and quant.covers(spec):
-        out = spec.shape[0]
-        inp = spec.numel // (out * spec.count)
-        return fmt.nbytes(out, inp, spec.count)
-    return spec.numel * dtype_b
+    assert quant is not None
+    out = spec.shape[0]
+    inp = spec.numel // (out * spec.count)
+    return format_for(quant, method).nbytes(out, inp, spec.count)
 
 
 def _tp_share(spec: WeightSpec, arch: ModelArch, tp: int, kv_heads: dict[int, int]) -> float:
@@ -170,9 +171,7 @@ def plan_weights(
     vLLM's ``--quantization fp8``); ``dtype`` overrides the model dtype.
     """
     runtime = quant
-    runtime_fmt = _format_for(runtime)
     quant = quant if quant is not None else arch.quant
-    fmt = _format_for(quant)
     dtype_name = dtype or arch.dtype
     if dtype_name in ("float32", "float") and dtype is None:
         dtype_name = "bfloat16"  # engines serve fp32 checkpoints at 16 bits by default
@@ -188,14 +187,14 @@ def plan_weights(
             continue
         # Tensors read from a file are already in their stored format; only a runtime
         # format requested on top converts them.
-        q, f = (runtime, runtime_fmt) if spec.stored_bytes is not None else (quant, fmt)
-        if q is not None and q.method == "mxfp4" and spec.role is Role.EXPERT and q.covers(spec):
-            nbytes = _mxfp4_expert_bytes(
-                spec, arch, tp, mxfp4_backend(compute_capability, triton_kernels)
-            )
+        q = runtime if spec.stored_bytes is not None else quant
+        method = q.method_for(spec) if q is not None and not spec.quant_aux else None
+        if method == "mxfp4" and spec.role is Role.EXPERT:
+            backend = mxfp4_backend(compute_capability, triton_kernels)
+            nbytes = _mxfp4_expert_bytes(spec, arch, tp, backend)
         else:
-            nbytes = spec_bytes(spec, q, f, dtype_b) * _tp_share(spec, arch, tp, kv_heads)
-        if q is not None and not spec.quant_aux and q.covers(spec):
+            nbytes = spec_bytes(spec, q, dtype_b) * _tp_share(spec, arch, tp, kv_heads)
+        if method is not None:
             covered.add(spec.role.value)
         ranks: list[int]
         if spec.layer is not None and spec.role is not Role.VISION:
@@ -221,6 +220,6 @@ def plan_weights(
         per_rank=tuple(int(x) for x in per_rank),
         buffers=tuple(buffers),
         by_role={k: int(v) for k, v in by_role.items()},
-        format=fmt.name if fmt is not None else dtype_name,
+        format=quant.method if quant is not None else dtype_name,
         quantized_roles=tuple(sorted(covered)),
     )
