@@ -74,10 +74,12 @@ def test_bad_cache_type() -> None:
         )
 
 
-def test_compute_buffer_grows_without_flash_attention(tiny) -> None:  # type: ignore[no-untyped-def]
+def test_compute_buffer_matches_what_llama_server_reserved(tiny) -> None:  # type: ignore[no-untyped-def]
+    # llama-server (CPU build, -c 4096 -ub 512) printed "compute buffer size = 8.01 MiB" with
+    # flash attention and 43.01 MiB without, for this geometry (hidden 256, ff 512, 2x64 KV).
     fa = plan_llamacpp(tiny, LlamaCppRequest(gpu_total_bytes=8 * GiB, n_ctx=4096))
     no_fa = plan_llamacpp(
         tiny, LlamaCppRequest(gpu_total_bytes=8 * GiB, n_ctx=4096, flash_attn=False)
     )
-    assert no_fa.activation_peak_bytes - fa.activation_peak_bytes == 4 * 4096 * 512 * 4
-    assert fa.activation_peak_bytes < 64 * MiB
+    assert fa.activation_peak_bytes / MiB == pytest.approx(8.01, rel=0.15)
+    assert no_fa.activation_peak_bytes / MiB == pytest.approx(43.01, rel=0.15)

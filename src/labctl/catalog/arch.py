@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 import fnmatch
+import math
 import re
 
 
@@ -76,10 +77,7 @@ class WeightSpec:
 
     @property
     def numel(self) -> int:
-        n = self.count
-        for d in self.shape:
-            n *= d
-        return n
+        return self.count * math.prod(self.shape)
 
 
 class LayerKind(StrEnum):

@@ -9,8 +9,8 @@ llama.cpp allocates fixed buffers up front, per device:
   layers keep only window + micro-batch cells unless ``--swa-full``. With the
   unified cache (the default) ``-np`` slots share those cells;
 * a compute buffer sized for one micro-batch (``-ub``, 512) of the graph:
-  logits for the micro-batch dominate, plus the attention scores when flash
-  attention is off.
+  feed-forward rows of the micro-batch and f32 views of the K/V cells, and the
+  attention scores when flash attention is off.
 """
 
 from __future__ import annotations
@@ -156,20 +156,20 @@ def plan_llamacpp(arch: ModelArch, req: LlamaCppRequest) -> LlamaCppResult:
             output if layers == n_layers else 0
         )
 
-    def compute_bytes(layers: int) -> int:
+    ff = arch.intermediate_size
+    if arch.moe is not None and arch.moe.num_experts:
+        ff = arch.moe.intermediate_size * max(arch.moe.top_k, 1) + arch.moe.shared_intermediate_size
+    kv_dim = max((k.num_kv_heads * k.head_size for k in arch.kv_layers), default=arch.hidden_size)
+
+    def compute_bytes(layers: int, cells_: int = cells) -> int:
+        # Fitted on llama-server's own "compute buffer size" lines for a micro-batch of
+        # 512: three f32 rows of the feed-forward per token, three of the K/V view per
+        # cell, and with flash attention off the KQ scores (cells x tokens x heads).
         if not layers:
             return 0
-        c = (
-            4
-            * ub
-            * (
-                arch.vocab_size
-                + max(arch.intermediate_size, 4 * arch.hidden_size)
-                + 2 * arch.hidden_size
-            )
-        )
+        c = 4 * (3 * ub * ff + 3 * cells_ * kv_dim)
         if not req.flash_attn:
-            c += 4 * cells * ub * arch.num_attention_heads
+            c = max(c, int(4 * 1.4 * cells_ * ub * arch.num_attention_heads))
         return int(c)
 
     def kv_bytes(cells_: int, layers: int | None = None) -> int:
@@ -213,13 +213,14 @@ def plan_llamacpp(arch: ModelArch, req: LlamaCppRequest) -> LlamaCppResult:
             f"{ngl} offloaded layers with a {n_ctx:,}-token cache need {used / 2**30:.2f} GiB of "
             f"{req.gpu_total_bytes / 2**30:.2f} GiB"
         )
-    spare = req.gpu_total_bytes - weights_gpu - compute - CONTEXT_BYTES
+    spare = req.gpu_total_bytes - weights_gpu - CONTEXT_BYTES
     fit_ctx = 0
     if spare > 0:
         lo, hi = 0, n_ctx_train
         while lo < hi:
             mid = (lo + hi + 1) // 2
-            if kv_bytes(round_up(mid, CTX_PAD)) <= spare:
+            c = round_up(mid, CTX_PAD)
+            if kv_bytes(c) + compute_bytes(ngl, c) <= spare:
                 lo = mid
             else:
                 hi = mid - 1
