@@ -21,12 +21,18 @@ from labctl.catalog.arch import (
     Role,
     RopeBuffer,
     StateTensor,
-    WeightSpec,
+)
+from labctl.catalog.configview import (
+    Config,
+    ConfigView,
+    WeightList,
+    derived_max_model_len,
+    dtype_of,
+    model_type_of,
 )
 from labctl.catalog.quantconfig import parse_quantization_config
+from labctl.catalog.towers import vision_tower, vit_params, whisper
 from labctl.errors import ModelFormatError
-
-Config = Mapping[str, Any]
 
 #: model_type values whose feed-forward is a plain two-matrix MLP (no gate).
 _UNGATED_MLP = frozenset({"phi", "gpt2", "starcoder2", "gpt_bigcode", "falcon", "gpt_neox"})
@@ -43,84 +49,11 @@ _GEMMA = frozenset({"gemma", "gemma2", "gemma3", "gemma3_text", "gemma4", "gemma
 _MLA = frozenset({"deepseek_v2", "deepseek_v3", "kimi_k2", "kimi_vl", "deepseek_vl_v2"})
 
 
-class _Cfg:
-    """Typed access to one config dictionary, naming the file and key on errors."""
-
-    def __init__(self, data: Config, where: str) -> None:
-        self.data = data
-        self.where = where
-
-    def has(self, key: str) -> bool:
-        return self.data.get(key) is not None
-
-    def get(self, key: str, default: Any = None) -> Any:
-        value = self.data.get(key)
-        return default if value is None else value
-
-    def int(self, key: str, default: int | None = None) -> int:
-        value = self.data.get(key)
-        if value is None:
-            if default is None:
-                raise ModelFormatError(
-                    f"{self.where}: required field {key!r} is missing; "
-                    "check that the file is a Hugging Face config.json for a supported model"
-                )
-            return default
-        if isinstance(value, bool) or not isinstance(value, int | float) or value != int(value):
-            raise ModelFormatError(
-                f"{self.where}: field {key!r} must be a whole number, got {value!r}"
-            )
-        if value < 0:
-            raise ModelFormatError(f"{self.where}: field {key!r} must not be negative, got {value}")
-        return int(value)
-
-    def bool(self, key: str, default: bool = False) -> bool:
-        value = self.data.get(key)
-        if value is None:
-            return default
-        if not isinstance(value, bool):
-            raise ModelFormatError(
-                f"{self.where}: field {key!r} must be true or false, got {value!r}"
-            )
-        return value
-
-    def sub(self, key: str) -> _Cfg | None:
-        value = self.data.get(key)
-        if value is None:
-            return None
-        if not isinstance(value, Mapping):
-            raise ModelFormatError(f"{self.where}: field {key!r} must be an object, got {value!r}")
-        return _Cfg(value, f"{self.where} {key}")
-
-
-class _Weights:
-    """Accumulates WeightSpecs with checkpoint-style names."""
-
-    def __init__(self) -> None:
-        self.items: list[WeightSpec] = []
-
-    def mat(
-        self, name: str, role: Role, out: int, inp: int, layer: int | None = None, count: int = 1
-    ) -> None:
-        if out and inp and count:
-            self.items.append(WeightSpec(name, role, (out, inp), count=count, layer=layer))
-
-    def vec(
-        self, name: str, n: int, role: Role = Role.NORM, layer: int | None = None, count: int = 1
-    ) -> None:
-        if n and count:
-            self.items.append(WeightSpec(name, role, (n,), count=count, layer=layer))
-
-    def blob(self, name: str, role: Role, numel: int, layer: int | None = None) -> None:
-        if numel:
-            self.items.append(WeightSpec(name, role, (numel,), layer=layer))
-
-
 # ---------------------------------------------------------------------------
 # config normalisation
 
 
-def _text_config(cfg: _Cfg) -> tuple[_Cfg, _Cfg | None]:
+def _text_config(cfg: ConfigView) -> tuple[ConfigView, ConfigView | None]:
     """Split a (possibly multimodal) config into its text part and its vision part."""
     for key in ("text_config", "llm_config", "language_config"):
         sub = cfg.sub(key)
@@ -129,71 +62,17 @@ def _text_config(cfg: _Cfg) -> tuple[_Cfg, _Cfg | None]:
             for inherit in ("tie_word_embeddings", "torch_dtype", "quantization_config"):
                 if inherit not in merged and cfg.has(inherit):
                     merged[inherit] = cfg.data[inherit]
-            text = _Cfg(merged, sub.where)
+            text = ConfigView(merged, sub.where)
             vision = cfg.sub("vision_config")
             return text, vision
     return cfg, cfg.sub("vision_config")
-
-
-def _model_type(cfg: _Cfg) -> str:
-    mt = cfg.get("model_type")
-    if isinstance(mt, str) and mt:
-        return mt
-    arch = cfg.get("architectures")
-    if isinstance(arch, list) and arch and isinstance(arch[0], str):
-        return str(arch[0]).removesuffix("ForCausalLM").lower()
-    raise ModelFormatError(
-        f"{cfg.where}: neither 'model_type' nor 'architectures' is set; "
-        "a Hugging Face config.json names the model type"
-    )
-
-
-def derived_max_model_len(text: _Cfg) -> int:
-    """The context length an engine uses by default: the model's position limit,
-    stretched by a RoPE scaling factor for scaling types that extend it."""
-    base = 0
-    for key in (
-        "max_position_embeddings",
-        "n_positions",
-        "max_seq_len",
-        "seq_length",
-        "max_sequence_length",
-    ):
-        if text.has(key):
-            base = text.int(key)
-            break
-    if not base:
-        base = 2048
-    scaling = text.get("rope_scaling") or {}
-    if isinstance(scaling, Mapping):
-        rtype = scaling.get("rope_type", scaling.get("type"))
-        factor = scaling.get("factor")
-        if (
-            rtype in ("yarn", "dynamic", "linear")
-            and isinstance(factor, int | float)
-            and factor > 1
-        ):
-            original = scaling.get("original_max_position_embeddings")
-            if rtype == "yarn" and isinstance(original, int):
-                base = int(original * factor)
-            else:
-                base = int(base * factor)
-    return base
-
-
-def _dtype(cfg: _Cfg, text: _Cfg) -> str:
-    for c in (text, cfg):
-        value = c.get("torch_dtype") or c.get("dtype")
-        if isinstance(value, str):
-            return value.removeprefix("torch.")
-    return "bfloat16"
 
 
 # ---------------------------------------------------------------------------
 # layer schedules
 
 
-def _layer_types(text: _Cfg, model_type: str, n_layers: int) -> list[str]:
+def _layer_types(text: ConfigView, model_type: str, n_layers: int) -> list[str]:
     """Attention type of each decoder layer: full, sliding, chunked, linear, mla."""
     raw = text.get("layer_types")
     if isinstance(raw, list) and len(raw) >= n_layers:
@@ -234,7 +113,7 @@ def _layer_types(text: _Cfg, model_type: str, n_layers: int) -> list[str]:
     return ["full"] * n_layers
 
 
-def _moe_layers(text: _Cfg, model_type: str, n_layers: int, n_experts: int) -> list[bool]:
+def _moe_layers(text: ConfigView, model_type: str, n_layers: int, n_experts: int) -> list[bool]:
     if not n_experts:
         return [False] * n_layers
     if model_type in _MLA:
@@ -256,9 +135,9 @@ def _moe_layers(text: _Cfg, model_type: str, n_layers: int, n_experts: int) -> l
 # the decoder
 
 
-def _decoder(cfg: _Cfg, text: _Cfg, name: str, w: _Weights) -> ModelArch:
-    model_type = _model_type(text) if text is not cfg else _model_type(cfg)
-    outer_type = _model_type(cfg)
+def _decoder(cfg: ConfigView, text: ConfigView, name: str, w: WeightList) -> ModelArch:
+    model_type = model_type_of(text) if text is not cfg else model_type_of(cfg)
+    outer_type = model_type_of(cfg)
     hidden = text.int("hidden_size")
     n_layers = text.int("num_hidden_layers")
     n_heads = text.int("num_attention_heads")
@@ -507,7 +386,7 @@ def _decoder(cfg: _Cfg, text: _Cfg, name: str, w: _Weights) -> ModelArch:
         head_dim=head_dim,
         intermediate_size=dense_inter,
         max_position_embeddings=derived_max_model_len(text),
-        dtype=_dtype(cfg, text),
+        dtype=dtype_of(cfg, text),
         tie_word_embeddings=tie,
         moe=moe,
         rope_buffers=rope_buffers,
@@ -516,7 +395,7 @@ def _decoder(cfg: _Cfg, text: _Cfg, name: str, w: _Weights) -> ModelArch:
 
 
 def _dense_mlp(
-    w: _Weights,
+    w: WeightList,
     prefix: str,
     hidden: int,
     inter: int,
@@ -538,7 +417,7 @@ def _dense_mlp(
 
 
 def _rope_buffers(
-    text: _Cfg,
+    text: ConfigView,
     model_type: str,
     head_dim: int,
     global_head_dim: int,
@@ -547,135 +426,19 @@ def _rope_buffers(
 ) -> tuple[RopeBuffer, ...]:
     """Cos/sin tables engines keep on the GPU: one per distinct rotary setup."""
     max_pos = derived_max_model_len(text)
-    if model_type in ("phi",) or model_type in _QWEN35:
-        factor = float(text.get("partial_rotary_factor", 1.0))
-        return (RopeBuffer(max_pos, int(head_dim * factor)),)
     if mla_rope_dim:
         return (RopeBuffer(max_pos, mla_rope_dim),)
-    buffers = {RopeBuffer(max_pos, head_dim)}
-    if "full" in types and "sliding" in types and global_head_dim != head_dim:
-        buffers.add(RopeBuffer(max_pos, int(global_head_dim * 0.25)))
-    elif "full" in types and "sliding" in types and model_type in ("gemma3", "gemma3_text"):
-        buffers.add(RopeBuffer(max_pos, head_dim))
-        return (RopeBuffer(max_pos, head_dim), RopeBuffer(max_pos, head_dim))
-    return tuple(sorted(buffers, key=lambda b: b.rotary_dim))
+    partial = float(text.get("partial_rotary_factor", 1.0))
+    local = RopeBuffer(max_pos, int(head_dim * partial))
+    if model_type in _GEMMA and "full" in types and "sliding" in types:
+        # Local and global layers rotate with different bases: two tables. Gemma 4's
+        # global layers rotate a quarter of their wider heads.
+        factor = 0.25 if global_head_dim != head_dim else 1.0
+        return (local, RopeBuffer(max_pos, int(global_head_dim * factor)))
+    return (local,)
 
 
-# ---------------------------------------------------------------------------
-# towers: vision, audio, projector
-
-
-def vit_params(
-    hidden: int,
-    inter: int,
-    layers: int,
-    patch: int,
-    image: int,
-    channels: int = 3,
-    gated: bool = False,
-    bias: bool = True,
-    cls_token: bool = False,
-) -> int:
-    """Parameters of a standard pre-norm ViT encoder."""
-    attn = 4 * hidden * hidden + (4 * hidden if bias else 0)
-    mlp = (3 if gated else 2) * hidden * inter + ((inter + hidden) if bias else 0)
-    norms = 4 * hidden if bias else 2 * hidden
-    per_layer = attn + mlp + norms
-    patches = (image // patch) ** 2 + (1 if cls_token else 0)
-    embed = channels * patch * patch * hidden + hidden + patches * hidden
-    return layers * per_layer + embed + 2 * hidden
-
-
-def _vision(vision: _Cfg | None, text_hidden: int, outer: _Cfg, w: _Weights) -> None:
-    if vision is None:
-        return
-    if vision.has("vision_params"):
-        w.blob("vision_tower", Role.VISION, vision.int("vision_params"))
-        return
-    hidden = vision.int("hidden_size", vision.int("width", 0))
-    if not hidden:
-        return
-    layers = vision.int("num_hidden_layers", vision.int("depth", 0))
-    inter = vision.int("intermediate_size", 4 * hidden)
-    patch = vision.int("patch_size", 14)
-    image = vision.int("image_size", 224)
-    vtype = str(vision.get("model_type", ""))
-    gated = vtype in ("pixtral", "qwen2_5_vl", "qwen3_vl", "qwen3_5")
-    n = vit_params(
-        hidden, inter, layers, patch, image, vision.int("num_channels", 3), gated, not gated
-    )
-    w.blob("vision_tower", Role.VISION, n)
-    merge = outer.int("spatial_merge_size", vision.int("spatial_merge_size", 1))
-    feature_layers = outer.get("vision_feature_layer")
-    n_features = len(feature_layers) if isinstance(feature_layers, list) else 1
-    proj_in = hidden * merge * merge * n_features
-    proj = proj_in * text_hidden + text_hidden * text_hidden + 2 * text_hidden
-    if merge > 1:
-        proj += proj_in * hidden
-    w.blob("multi_modal_projector", Role.VISION, proj)
-
-
-def _whisper(cfg: _Cfg, name: str, w: _Weights) -> ModelArch:
-    d = cfg.int("d_model")
-    enc_layers = cfg.int("encoder_layers")
-    dec_layers = cfg.int("decoder_layers")
-    heads = cfg.int("decoder_attention_heads")
-    enc_ffn = cfg.int("encoder_ffn_dim")
-    dec_ffn = cfg.int("decoder_ffn_dim")
-    vocab = cfg.int("vocab_size")
-    mels = cfg.int("num_mel_bins", 80)
-    src = cfg.int("max_source_positions", 1500)
-    tgt = cfg.int("max_target_positions", 448)
-    head_dim = d // heads
-
-    def attn(prefix: str, layer: int, role_q: Role = Role.ATTN_Q) -> None:
-        w.mat(f"{prefix}.q_proj.weight", role_q, d, d, layer)
-        w.mat(f"{prefix}.k_proj.weight", Role.ATTN_KV, d, d, layer)
-        w.mat(f"{prefix}.v_proj.weight", Role.ATTN_KV, d, d, layer)
-        w.mat(f"{prefix}.out_proj.weight", Role.ATTN_O, d, d, layer)
-        w.vec(f"{prefix}.biases", 4 * d - d, Role.NORM, layer)
-        w.vec(f"{prefix}_layer_norm", 2 * d, layer=layer)
-
-    # The encoder runs once per request; it is a tower on the first rank.
-    enc_layer = 4 * d * d + 3 * d + 2 * d + 2 * d * enc_ffn + enc_ffn + d + 2 * d
-    enc = enc_layers * enc_layer + mels * d * 3 + d + d * d * 3 + d + src * d + 2 * d
-    w.blob("model.encoder", Role.VISION, enc)
-    w.mat("model.decoder.embed_tokens.weight", Role.EMBED, vocab, d)
-    w.vec("model.decoder.embed_positions.weight", tgt * d, Role.NORM)
-    kv_layers: list[KVLayer] = []
-    for i in range(dec_layers):
-        p = f"model.decoder.layers.{i}"
-        attn(f"{p}.self_attn", i)
-        attn(f"{p}.encoder_attn", i)
-        w.mat(f"{p}.fc1.weight", Role.MLP, dec_ffn, d, i)
-        w.mat(f"{p}.fc2.weight", Role.MLP, d, dec_ffn, i)
-        w.vec(f"{p}.fc_biases", dec_ffn + d, Role.NORM, i)
-        w.vec(f"{p}.final_layer_norm", 2 * d, layer=i)
-        kv_layers.append(KVLayer(i, LayerKind.FULL, heads, head_dim, head_dim))
-    for i in range(dec_layers):
-        kv_layers.append(KVLayer(dec_layers + i, LayerKind.CROSS, heads, head_dim, head_dim))
-    w.vec("model.decoder.layer_norm", 2 * d)
-    return ModelArch(
-        name=name,
-        model_type="whisper",
-        weights=(),
-        kv_layers=tuple(kv_layers),
-        num_hidden_layers=dec_layers,
-        hidden_size=d,
-        vocab_size=vocab,
-        num_attention_heads=heads,
-        num_kv_heads=heads,
-        head_dim=head_dim,
-        intermediate_size=dec_ffn,
-        max_position_embeddings=tgt,
-        dtype=_dtype(cfg, cfg),
-        tie_word_embeddings=True,
-        encoder_positions=src,
-        multimodal=True,
-    )
-
-
-def _openvla(cfg: _Cfg, name: str, w: _Weights) -> ModelArch:
+def _openvla(cfg: ConfigView, name: str, w: WeightList) -> ModelArch:
     text = cfg.sub("text_config")
     if text is None:
         raise ModelFormatError(
@@ -683,7 +446,7 @@ def _openvla(cfg: _Cfg, name: str, w: _Weights) -> ModelArch:
         )
     merged = dict(text.data)
     merged.setdefault("model_type", "llama")
-    arch = _decoder(_Cfg(merged, text.where), _Cfg(merged, text.where), name, w)
+    arch = _decoder(ConfigView(merged, text.where), ConfigView(merged, text.where), name, w)
     # Fused DINOv2 ViT-L/14 and SigLIP So400m/14 at 224 px, then a 3-layer GELU MLP projector.
     dino = vit_params(1024, 4096, 24, 14, 224, cls_token=True) + 4 * 1024 + 2 * 1024 * 24
     siglip = vit_params(1152, 4304, 27, 14, 224)
@@ -706,17 +469,17 @@ def build_arch(config: Config, name: str, where: str = "config.json") -> ModelAr
     """
     if not isinstance(config, Mapping):
         raise ModelFormatError(f"{where}: the top level must be a JSON object")
-    cfg = _Cfg(config, where)
-    outer_type = _model_type(cfg)
-    w = _Weights()
+    cfg = ConfigView(config, where)
+    outer_type = model_type_of(cfg)
+    w = WeightList()
     if outer_type == "whisper":
-        arch = _whisper(cfg, name, w)
+        arch = whisper(cfg, name, w)
     elif outer_type in ("openvla", "prismatic"):
         arch = _openvla(cfg, name, w)
     else:
         text, vision = _text_config(cfg)
         arch = _decoder(cfg, text, name, w)
-        _vision(vision, arch.hidden_size, cfg, w)
+        vision_tower(vision, arch.hidden_size, cfg, w)
         if vision is not None:
             arch = _replace(arch, multimodal=True)
     quant = parse_quantization_config(config.get("quantization_config"), where)
@@ -727,23 +490,3 @@ def build_arch(config: Config, name: str, where: str = "config.json") -> ModelAr
 
 def _replace(arch: ModelArch, **changes: Any) -> ModelArch:
     return replace(arch, **changes)
-
-
-def check_divisible(arch: ModelArch, tp: int) -> None:
-    """Raise when tensor parallelism cannot split this model's heads evenly."""
-    if tp < 1:
-        raise ModelFormatError(f"tensor parallel size must be at least 1, got {tp}")
-    if arch.num_attention_heads % tp:
-        raise ModelFormatError(
-            f"--tensor-parallel-size {tp} does not divide the {arch.num_attention_heads} attention "
-            f"heads of {arch.name}; use one of {divisors(arch.num_attention_heads)}"
-        )
-    if arch.num_kv_heads and arch.num_kv_heads % tp and tp % arch.num_kv_heads:
-        raise ModelFormatError(
-            f"--tensor-parallel-size {tp} neither divides nor is a multiple of the "
-            f"{arch.num_kv_heads} KV heads of {arch.name}"
-        )
-
-
-def divisors(n: int) -> list[int]:
-    return [d for d in range(1, n + 1) if n % d == 0 and d <= 64]

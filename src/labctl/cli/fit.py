@@ -262,7 +262,8 @@ def render_llamacpp(target: Target, results: Sequence[LlamaCppResult]) -> None:
         )
         for w in r.warnings:
             out.print(Text(f"note: {w}", style="yellow"))
-        out.print(f"llama-server -m MODEL.gguf {' '.join(r.recommended_args)}")
+        model = r.model_path or "MODEL.gguf"
+        out.print(f"llama-server -m {model} {' '.join(r.recommended_args)}")
 
 
 @click.command()

@@ -79,6 +79,8 @@ class LlamaCppResult:
     recommended_args: list[str]
     reasons: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    #: The GGUF file planned, when the model came from one.
+    model_path: str | None = None
 
     def to_json(self) -> dict[str, object]:
         return dict(self.__dict__)
@@ -263,4 +265,5 @@ def plan_llamacpp(arch: ModelArch, req: LlamaCppRequest) -> LlamaCppResult:
         recommended_args=args,
         reasons=reasons,
         warnings=warnings,
+        model_path=arch.source if arch.source.endswith(".gguf") else None,
     )
