@@ -78,3 +78,33 @@ def test_directory_without_config(tmp_path: Path) -> None:
 )
 def test_checkpoint_names_classify_by_role(name: str, role: Role) -> None:
     assert classify(name) is role
+
+
+def test_nested_text_vision_and_audio_configs_are_all_counted(tmp_path: Path) -> None:
+    text = dict(TINY_LLAMA)
+    cfg = {
+        "model_type": "llava",
+        "text_config": text,
+        "vision_config": {
+            "model_type": "siglip_vision_model",
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "patch_size": 8,
+            "image_size": 32,
+        },
+        "audio_config": {
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_mel_bins": 16,
+        },
+        "torch_dtype": "bfloat16",
+    }
+    d = tmp_path / "mm"
+    d.mkdir()
+    (d / "config.json").write_text(json.dumps(cfg))
+    arch = load_hf_dir(d)
+    names = {w.name for w in arch.weights if w.role is Role.VISION}
+    assert names == {"vision_tower", "multi_modal_projector", "audio_tower"}
+    assert arch.multimodal and arch.num_hidden_layers == 2 and arch.hidden_size == 64

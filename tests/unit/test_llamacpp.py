@@ -83,3 +83,20 @@ def test_compute_buffer_matches_what_llama_server_reserved(tiny) -> None:  # typ
     )
     assert fa.activation_peak_bytes / MiB == pytest.approx(8.01, rel=0.15)
     assert no_fa.activation_peak_bytes / MiB == pytest.approx(43.01, rel=0.15)
+
+
+def test_catalog_model_in_a_gguf_preset() -> None:
+    arch = resolve("meta-llama/Llama-3.1-8B-Instruct")
+    r = plan_llamacpp(
+        arch, LlamaCppRequest(gpu_total_bytes=24 * GiB, n_ctx=8192, quantization="Q4_K_M")
+    )
+    total = r.weights_bytes + r.weights_host_bytes
+    # Published Q4_K_M files of this model are 4.92 GB.
+    assert total / 1e9 == pytest.approx(4.92, rel=0.05)
+    with pytest.raises(UsageError, match="not a GGUF preset"):
+        plan_llamacpp(arch, LlamaCppRequest(gpu_total_bytes=24 * GiB, quantization="Q9_X"))
+
+
+def test_a_gguf_file_is_planned_as_it_is(tiny) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(UsageError, match="drop --quantization"):
+        plan_llamacpp(tiny, LlamaCppRequest(gpu_total_bytes=8 * GiB, quantization="Q8_0"))

@@ -31,7 +31,7 @@ from labctl.catalog.configview import (
     model_type_of,
 )
 from labctl.catalog.quantconfig import parse_quantization_config
-from labctl.catalog.towers import vision_tower, vit_params, whisper
+from labctl.catalog.towers import audio_tower, vision_tower, vit_params, whisper
 from labctl.errors import ModelFormatError
 
 #: model_type values whose feed-forward is a plain two-matrix MLP (no gate).
@@ -480,7 +480,8 @@ def build_arch(config: Config, name: str, where: str = "config.json") -> ModelAr
         text, vision = _text_config(cfg)
         arch = _decoder(cfg, text, name, w)
         vision_tower(vision, arch.hidden_size, cfg, w)
-        if vision is not None:
+        audio_tower(cfg.sub("audio_config"), arch.hidden_size, w)
+        if vision is not None or cfg.has("audio_config"):
             arch = _replace(arch, multimodal=True)
     quant = parse_quantization_config(config.get("quantization_config"), where)
     if quant is None and isinstance(cfg.get("text_config"), Mapping):

@@ -29,6 +29,22 @@ def vit_params(
     return layers * per_layer + embed + 2 * hidden
 
 
+def audio_tower(audio: ConfigView | None, text_hidden: int, w: WeightList) -> None:
+    """An audio encoder beside the language model (``audio_config``): a transformer
+    encoder over spectrogram frames, and a projector into the text width."""
+    if audio is None:
+        return
+    hidden = audio.int("hidden_size", audio.int("d_model", 0))
+    if not hidden:
+        return
+    layers = audio.int("num_hidden_layers", audio.int("encoder_layers", 0))
+    inter = audio.int("intermediate_size", audio.int("encoder_ffn_dim", 4 * hidden))
+    mels = audio.int("num_mel_bins", 128)
+    per_layer = 4 * hidden * hidden + 2 * hidden * inter + 9 * hidden + inter
+    frontend = mels * hidden * 3 + hidden * hidden * 3 + 2 * hidden
+    w.blob("audio_tower", Role.VISION, layers * per_layer + frontend + hidden * text_hidden)
+
+
 def vision_tower(
     vision: ConfigView | None, text_hidden: int, outer: ConfigView, w: WeightList
 ) -> None:

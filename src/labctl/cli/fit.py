@@ -366,6 +366,7 @@ def fit(
                         n_gpu_layers=n_gpu_layers,
                         cache_type=kv_cache_dtype,
                         n_parallel=max_num_seqs or 1,
+                        quantization=quantization,
                     ),
                 )
             )

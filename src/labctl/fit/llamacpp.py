@@ -17,9 +17,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from labctl.catalog.arch import LayerKind, ModelArch, Role
+from labctl.catalog.arch import LayerKind, ModelArch, Role, WeightSpec
+from labctl.catalog.formats import GGUF_PRESET_BPW
 from labctl.errors import UsageError
-from labctl.fit.weights import plan_weights
+from labctl.fit.weights import spec_bytes
 from labctl.units import MiB, round_up
 
 #: KV cache types llama.cpp accepts for ``-ctk``/``-ctv``, with bytes per element.
@@ -51,6 +52,8 @@ class LlamaCppRequest:
     n_ubatch: int = 512
     flash_attn: bool = True
     swa_full: bool = False
+    #: GGUF preset to size a catalog model in (Q4_K_M, Q8_0, ...); None keeps its format.
+    quantization: str | None = None
 
 
 @dataclass
@@ -99,36 +102,45 @@ def _cache_bytes(cache_type: str) -> float:
     return CACHE_TYPES[key]
 
 
-def _layer_bytes(arch: ModelArch) -> tuple[dict[int, int], int, int]:
-    """Stored bytes per layer, of the output layer, and of the token embedding."""
-    if all(w.stored_bytes is not None for w in arch.weights):
-        per_layer: dict[int, int] = {}
-        output = embed = 0
-        for w in arch.weights:
-            assert w.stored_bytes is not None
-            if w.layer is not None:
-                per_layer[w.layer] = per_layer.get(w.layer, 0) + w.stored_bytes
-            elif w.role is Role.EMBED:
-                embed += w.stored_bytes
-            elif w.role is not Role.VISION:
-                output += w.stored_bytes
-        if arch.tie_word_embeddings:
-            output += embed  # the output layer is a copy of the embedding on the GPU
-        return per_layer, output, embed
-    plan = plan_weights(arch, include_mtp=False)
-    total = plan.per_rank[0]
-    layers = max(arch.num_hidden_layers, 1)
-    embed = int(plan.by_role.get(Role.EMBED.value, 0))
-    output = int(plan.by_role.get(Role.LM_HEAD.value, 0)) or (
-        embed if arch.tie_word_embeddings else 0
-    )
-    per = (
-        total
-        - embed
-        - int(plan.by_role.get(Role.LM_HEAD.value, 0))
-        - int(plan.by_role.get(Role.VISION.value, 0))
-    ) // layers
-    return dict.fromkeys(range(layers), per), output, embed
+def _layer_bytes(arch: ModelArch, preset: str | None) -> tuple[dict[int, int], int, int]:
+    """Bytes per layer, of the output layer, and of the token embedding.
+
+    A GGUF file's tensors have exact sizes. A catalog model is sized in a GGUF
+    preset (``Q4_K_M``: its average bits per weight, the output layer in Q6_K as
+    llama.cpp's quantizer leaves it) or else in its own format.
+    """
+    stored = all(w.stored_bytes is not None for w in arch.weights)
+    if stored and preset:
+        raise UsageError(
+            f"{arch.source} is already {arch.gguf_file_type or 'quantized'}; drop --quantization "
+            "(a GGUF file is planned as it is)"
+        )
+    bpw = GGUF_PRESET_BPW[preset] if preset else 0.0
+    out_bpw = 6.5625 if preset and ("_K" in preset or preset.startswith("IQ")) else bpw
+
+    def size(w: WeightSpec) -> float:
+        if w.stored_bytes is not None:
+            return w.stored_bytes
+        if not preset:
+            return spec_bytes(w, arch.quant, 2)
+        if len(w.shape) < 2:
+            return w.numel * 4  # norms and biases stay F32
+        return w.numel * (out_bpw if w.role is Role.LM_HEAD else bpw) / 8
+
+    per_layer: dict[int, float] = {}
+    output = embed = 0.0
+    for w in arch.weights:
+        if w.role in (Role.VISION, Role.MTP):
+            continue
+        if w.layer is not None:
+            per_layer[w.layer] = per_layer.get(w.layer, 0) + size(w)
+        elif w.role is Role.EMBED:
+            embed += size(w)
+        else:
+            output += size(w)
+    if arch.tie_word_embeddings:
+        output += embed * (out_bpw / bpw if preset else 1)  # the output layer is a copy on the GPU
+    return {i: int(b) for i, b in per_layer.items()}, int(output), int(embed)
 
 
 def plan_llamacpp(arch: ModelArch, req: LlamaCppRequest) -> LlamaCppResult:
@@ -146,7 +158,12 @@ def plan_llamacpp(arch: ModelArch, req: LlamaCppRequest) -> LlamaCppResult:
     ngl = n_layers if req.n_gpu_layers is None or req.n_gpu_layers > n_layers else req.n_gpu_layers
     if ngl < 0:
         raise UsageError(f"--n-gpu-layers {req.n_gpu_layers} must not be negative")
-    per_layer, output, embed = _layer_bytes(arch)
+    preset = req.quantization.upper() if req.quantization else None
+    if preset is not None and preset not in GGUF_PRESET_BPW:
+        raise UsageError(
+            f"--quantization {req.quantization!r} is not a GGUF preset; use one of {', '.join(GGUF_PRESET_BPW)}"
+        )
+    per_layer, output, embed = _layer_bytes(arch, preset)
     n_ctx_train = arch.max_position_embeddings
     n_ctx = min(req.n_ctx or n_ctx_train, n_ctx_train)
     cells = round_up(n_ctx, CTX_PAD)

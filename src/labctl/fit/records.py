@@ -263,6 +263,12 @@ def _inconsistent(record: Mapping[str, Any]) -> str:
             return f"the record's figures imply --gpu-memory-utilization {implied:.2f}, not {util}"
     if "GB10" in str(record.get("gpu")):
         return "unified memory: CUDA's total is the host RAM, which depends on the OS image"
+    kv = record.get("kv_cache_gib")
+    if isinstance(kv, int | float) and 0 < kv < 2.5:
+        return (
+            f"only {kv} GiB of KV is left: a 1 GiB difference in weights or activation "
+            f"(e.g. a different MXFP4 or sampler kernel) is a {1 / kv:.0%} error here"
+        )
     return ""
 
 
