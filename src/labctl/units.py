@@ -39,11 +39,6 @@ def gib(n_bytes: float) -> float:
     return n_bytes / GiB
 
 
-def from_gib(n_gib: float) -> int:
-    """GiB to whole bytes."""
-    return round(n_gib * GiB)
-
-
 def parse_size(text: str) -> int:
     """Parse ``"24GiB"``, ``"8e9"``, ``"512 MiB"`` or ``"1.5G"`` into bytes.
 
@@ -74,11 +69,6 @@ def format_bytes(n_bytes: float, digits: int = 2) -> str:
         if value >= size:
             return f"{sign}{value / size:.{digits}f} {unit}"
     return f"{sign}{value:.0f} B"
-
-
-def format_count(n: float) -> str:
-    """Render a count with thousands separators (``1,505,552``)."""
-    return f"{n:,.0f}"
 
 
 def cdiv(a: int, b: int) -> int:

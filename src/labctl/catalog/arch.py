@@ -12,7 +12,7 @@ geometry a paged KV cache allocates for it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from enum import StrEnum
 import fnmatch
 import math
@@ -213,8 +213,6 @@ class ModelArch:
     moe: MoEInfo | None = None
     quant: QuantInfo | None = None
     rope_buffers: tuple[RopeBuffer, ...] = ()
-    #: Encoder positions a cross-attention layer attends to (Whisper: 1500).
-    encoder_positions: int = 0
     #: Multi-token-prediction layers shipped with the model (used as a speculative drafter).
     mtp_layers: int = 0
     multimodal: bool = False
@@ -222,12 +220,8 @@ class ModelArch:
     source: str = "catalog"
     #: Free-form facts worth showing (verified config, notes on caveats).
     notes: tuple[str, ...] = ()
-    #: GGUF-only facts (file type name, per-tensor ggml types) live in weights.
+    #: The file type of a GGUF model (per-tensor ggml types live in weights).
     gguf_file_type: str | None = None
-    extra: dict[str, str] = field(default_factory=dict)
-
-    def with_name(self, name: str) -> ModelArch:
-        return replace(self, name=name)
 
     @property
     def param_count(self) -> int:

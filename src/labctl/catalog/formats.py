@@ -115,7 +115,6 @@ GGML_TYPES: dict[int, GgmlType] = {
         GgmlType(39, "MXFP4", 32, 17),
     )
 }
-GGML_BY_NAME: dict[str, GgmlType] = {t.name: t for t in GGML_TYPES.values()}
 
 #: ``general.file_type`` values of GGUF files (llama.cpp's model file types).
 GGUF_FILE_TYPES: dict[int, str] = {

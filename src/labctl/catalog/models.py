@@ -24,7 +24,6 @@ from labctl.catalog.arch import ModelArch, QuantInfo, Role
 from labctl.catalog.builder import build_arch
 from labctl.catalog.gguf import arch_from_gguf, read_gguf
 from labctl.catalog.hf import load_hf_dir
-from labctl.catalog.quantconfig import parse_quantization_config
 from labctl.errors import CatalogError, did_you_mean
 
 
@@ -230,14 +229,3 @@ def _is_gguf(path: Path) -> bool:
             return fh.read(4) == b"GGUF"
     except OSError:
         return False
-
-
-__all__ = [
-    "CatalogEntry",
-    "Variant",
-    "catalog",
-    "catalog_arch",
-    "parse_quantization_config",
-    "resolve",
-    "variants",
-]

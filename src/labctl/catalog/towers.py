@@ -131,6 +131,5 @@ def whisper(cfg: ConfigView, name: str, w: WeightList) -> ModelArch:
         max_position_embeddings=tgt,
         dtype=dtype_of(cfg, cfg),
         tie_word_embeddings=True,
-        encoder_positions=src,
         multimodal=True,
     )

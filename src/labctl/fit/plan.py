@@ -12,7 +12,7 @@ import math
 
 from labctl.catalog.arch import KVLayer, LayerKind, ModelArch, QuantInfo
 from labctl.catalog.formats import format_named
-from labctl.errors import FitError, UsageError
+from labctl.errors import UsageError
 from labctl.fit.kv import KVLayout, KVOptions, dtype_bytes, layer_caches, plan_layout
 from labctl.fit.vllm import (
     CONTEXT_BYTES,
@@ -527,4 +527,4 @@ def recommended_args(arch: ModelArch, req: FitRequest, res: FitResult) -> list[s
     return args
 
 
-__all__ = ["FitError", "FitRequest", "FitResult", "Suggestion", "plan"]
+__all__ = ["FitRequest", "FitResult", "Suggestion", "plan"]
