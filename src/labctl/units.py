@@ -34,11 +34,6 @@ _SIZE_UNITS = {
 }
 
 
-def gib(n_bytes: float) -> float:
-    """Bytes to GiB."""
-    return n_bytes / GiB
-
-
 def parse_size(text: str) -> int:
     """Parse ``"24GiB"``, ``"8e9"``, ``"512 MiB"`` or ``"1.5G"`` into bytes.
 
