@@ -114,16 +114,15 @@ class KVLayout:
     caches: tuple[LayerCache, ...]
     #: Tokens per block for each distinct attention token size (hybrid models raise them).
     block_sizes: dict[int, int]
-    #: Bytes of one block of one layer (equal across groups when hybrid).
-    page_bytes: int
+    #: Bytes of one block of the pool: its page in every tensor that shares it (a
+    #: page per layer when uniform; one equal page per group member when hybrid).
+    block_bytes: int
     #: Layers sharing one pool tensor (one per group); the whole model when uniform.
     group_size: int
     #: Each group is a list of layer caches of one spec.
     groups: tuple[tuple[LayerCache, ...], ...]
     #: True when every layer is plain attention (one group, possibly mixed page sizes).
     uniform: bool
-    #: Sum of page bytes over all layers (uniform layout: bytes of one block across layers).
-    uniform_block_bytes: int
     opts: KVOptions
 
     @property
@@ -138,14 +137,10 @@ class KVLayout:
         """Blocks the pool holds in ``available_bytes``."""
         if available_bytes <= 0 or not self.caches:
             return 0
-        if self.uniform:
-            return available_bytes // self.uniform_block_bytes
-        return available_bytes // self.page_bytes // self.group_size
+        return available_bytes // self.block_bytes
 
     def bytes_for_blocks(self, blocks: int) -> int:
-        if self.uniform:
-            return blocks * self.uniform_block_bytes
-        return blocks * self.page_bytes * self.group_size
+        return blocks * self.block_bytes
 
     def _block_tokens(self, cache: LayerCache) -> int:
         return self.block_sizes.get(cache.token_bytes, self.opts.block_size)
@@ -218,7 +213,7 @@ def plan_layout(caches: Sequence[LayerCache], opts: KVOptions) -> KVLayout:
     recurrent = [c for c in caches if c.kind is LayerKind.LINEAR]
     kinds = {c.kind for c in caches}
     if not caches:
-        return KVLayout((), {}, 0, 0, (), True, 0, opts)
+        return KVLayout((), {}, 0, 0, (), True, opts)
     if not recurrent and len(kinds) == 1:
         # One attention type: a single group, every layer with its own page.
         block_bytes = sum(c.token_bytes * bs for c in caches)
@@ -229,7 +224,6 @@ def plan_layout(caches: Sequence[LayerCache], opts: KVOptions) -> KVLayout:
             len(caches),
             (caches,),
             True,
-            block_bytes,
             opts,
         )
 
@@ -259,4 +253,4 @@ def plan_layout(caches: Sequence[LayerCache], opts: KVOptions) -> KVLayout:
     for members in buckets.values():
         for start in range(0, len(members), group_size):
             groups.append(tuple(members[start : start + group_size]))
-    return KVLayout(caches, sizes, page, group_size, tuple(groups), False, page * group_size, opts)
+    return KVLayout(caches, sizes, page * group_size, group_size, tuple(groups), False, opts)
