@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import pytest
 
 from labctl.catalog.gpus import gpu
@@ -13,15 +11,7 @@ from labctl.units import GiB
 
 
 def request(gpu_id: str, **kw: object) -> FitRequest:
-    g = gpu(gpu_id)
-    base = FitRequest(
-        gpu_total_bytes=g.cuda_total_bytes,
-        gpu_name=g.name,
-        gpu_nvml_total_bytes=g.nvml_total_bytes,
-        gpu_compute_capability=g.compute_capability,
-        gpu_sm_count=g.sm_count,
-    )
-    return replace(base, **kw)  # type: ignore[arg-type]
+    return FitRequest.on_gpu(gpu(gpu_id), **kw)
 
 
 def test_llama_single_group_tokens_and_concurrency() -> None:

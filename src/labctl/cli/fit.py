@@ -377,14 +377,11 @@ def fit(
             render_llamacpp(target, results_l)
         return
     spec = target.spec
-    base = FitRequest(
+    base = FitRequest.on_gpu(
+        spec,
+        **({} if spec else {"gpu_name": target.label}),
         gpu_total_bytes=target.total_bytes,
-        gpu_name=spec.name if spec else target.label,
         gpu_nvml_total_bytes=target.nvml_total_bytes,
-        gpu_compute_capability=spec.compute_capability if spec else (8, 0),
-        gpu_sm_count=spec.sm_count if spec else 0,
-        gpu_fp8=spec.fp8 if spec else True,
-        gpu_fp4=spec.fp4 if spec else False,
         tensor_parallel_size=tensor_parallel_size,
         pipeline_parallel_size=pipeline_parallel_size,
         max_model_len=max_model_len,

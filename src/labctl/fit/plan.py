@@ -9,9 +9,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 import math
+from typing import Any
 
 from labctl.catalog.arch import KVLayer, LayerKind, ModelArch, QuantInfo
 from labctl.catalog.formats import format_named
+from labctl.catalog.gpus import GpuSpec
 from labctl.errors import UsageError
 from labctl.fit.kv import KVLayout, KVOptions, dtype_bytes, layer_caches, plan_layout
 from labctl.fit.vllm import (
@@ -61,6 +63,23 @@ class FitRequest:
     enforce_eager: bool = False
     #: Speculative tokens per step with the model's own MTP layers as the drafter.
     speculative_tokens: int = 0
+
+    @classmethod
+    def on_gpu(cls, spec: GpuSpec | None, **fields: Any) -> FitRequest:
+        """A request for a catalog GPU; ``fields`` set the flags and override the GPU's facts
+        (an unknown GPU needs at least ``gpu_total_bytes``)."""
+        facts: dict[str, Any] = {}
+        if spec is not None:
+            facts = {
+                "gpu_total_bytes": spec.cuda_total_bytes,
+                "gpu_name": spec.name,
+                "gpu_nvml_total_bytes": spec.nvml_total_bytes or spec.cuda_total_bytes,
+                "gpu_compute_capability": spec.compute_capability,
+                "gpu_sm_count": spec.sm_count,
+                "gpu_fp8": spec.fp8,
+                "gpu_fp4": spec.fp4,
+            }
+        return cls(**(facts | fields))
 
 
 @dataclass

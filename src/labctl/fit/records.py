@@ -182,13 +182,15 @@ def setup(record: Mapping[str, Any]) -> Setup:
     elif util is None:
         kv_unknown = "gpu_memory_utilization not recorded"
     spec_tokens = _notes_int(notes, r"MTP speculative decoding \(")
-    request = FitRequest(
+    unknown_gpu = {
+        "gpu_name": str(record.get("gpu") or "GPU"),
+        "gpu_compute_capability": (9, 0),
+        "gpu_sm_count": 132,
+    }
+    request = FitRequest.on_gpu(
+        spec,
+        **({} if spec else unknown_gpu),
         gpu_total_bytes=total or 80 * GiB,
-        gpu_name=spec.name if spec else str(record.get("gpu") or "GPU"),
-        gpu_nvml_total_bytes=(spec.nvml_total_bytes or spec.cuda_total_bytes) if spec else None,
-        gpu_compute_capability=spec.compute_capability if spec else (9, 0),
-        gpu_sm_count=spec.sm_count if spec else 132,
-        gpu_fp8=spec.fp8 if spec else True,
         tensor_parallel_size=int(record.get("tensor_parallel_size") or 1),
         pipeline_parallel_size=int(record.get("pipeline_parallel_size") or 1),
         max_model_len=record.get("max_model_len"),
