@@ -164,8 +164,8 @@ def setup(record: Mapping[str, Any]) -> Setup:
         plain = resolve(raw)
     except LabError:
         plain = None
-    if plain is not None and plain.quant is not None:
-        name, arch = raw, plain  # the repo name already says the format
+    if plain is not None and (plain.quant is not None or name == raw):
+        name, arch = raw, plain  # the repo name already says the format, or needs no suffix
     else:
         arch = resolve(name)
     spec = _gpu(record)
@@ -319,11 +319,13 @@ def score_record(index: int, record: Mapping[str, Any]) -> tuple[list[Score], st
         else:
             add("tokens", float(blocks or 0), float(res.num_gpu_blocks))
     weights = record.get("weights_gib")
+    wants_kv = bool(kv_gib and kv_gib > 0 and not s.kv_unknown)
+    if (weights and s.gpu is not None) or wants_kv:
+        res = plan(s.arch, s.request, suggest=False)
     if weights and s.gpu is not None:
-        res = plan(s.arch, s.request, suggest=False)
         add("weights", float(weights), res.model_load_bytes / GiB)
-    if kv_gib and kv_gib > 0 and not s.kv_unknown:
-        res = plan(s.arch, s.request, suggest=False)
+    if wants_kv:
+        assert kv_gib is not None
         add("kv", float(kv_gib), res.kv_cache_bytes / GiB)
         true_weights = float(weights) if weights else res.model_load_bytes / GiB
         rule = s.request.gpu_total_bytes * s.request.gpu_memory_utilization / GiB - (
