@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from labctl.catalog.arch import LayerKind, ModelArch, Role, WeightSpec
+from labctl.catalog.arch import KVLayer, LayerKind, ModelArch, Role, WeightSpec
 from labctl.catalog.formats import GGUF_PRESET_BPW
 from labctl.errors import UsageError
 from labctl.fit.weights import spec_bytes
@@ -170,8 +170,7 @@ def plan_llamacpp(arch: ModelArch, req: LlamaCppRequest) -> LlamaCppResult:
     ub = req.n_ubatch
 
     def gpu_weights(layers: int) -> int:
-        on = set(range(n_layers - layers, n_layers))
-        return sum(b for i, b in per_layer.items() if i in on) + (
+        return sum(b for i, b in per_layer.items() if i >= n_layers - layers) + (
             output if layers == n_layers else 0
         )
 
@@ -191,27 +190,28 @@ def plan_llamacpp(arch: ModelArch, req: LlamaCppRequest) -> LlamaCppResult:
             c = max(c, int(4 * 1.4 * cells_ * ub * arch.num_attention_heads))
         return int(c)
 
+    def row_bytes(layer: KVLayer) -> float:
+        """K and V bytes one cell holds in one layer."""
+        if layer.kind is LayerKind.MLA:
+            return layer.mla_latent * elem * 2
+        return layer.num_kv_heads * (layer.head_size + layer.head_size_v) * elem
+
+    attention = [layer for layer in arch.kv_layers if layer.kind is not LayerKind.LINEAR]
+
     def kv_bytes(cells_: int, layers: int | None = None) -> int:
-        on = set(range(n_layers - (ngl if layers is None else layers), n_layers))
+        first = n_layers - (ngl if layers is None else layers)
         total = 0.0
-        for layer in arch.kv_layers:
-            if layer.index not in on or layer.kind is LayerKind.LINEAR:
+        for layer in attention:
+            if layer.index < first:
                 continue
-            row = layer.num_kv_heads * (layer.head_size + layer.head_size_v) * elem
-            if layer.kind is LayerKind.MLA:
-                row = layer.mla_latent * elem * 2
+            row = row_bytes(layer)
             n = cells_
             if layer.kind is LayerKind.SLIDING and layer.window and not req.swa_full:
                 n = min(cells_, round_up(layer.window * req.n_parallel + req.n_ubatch, CTX_PAD))
             total += row * n
         return int(total)
 
-    offloaded = set(range(n_layers - ngl, n_layers))
-    per_token = sum(
-        int(layer.num_kv_heads * (layer.head_size + layer.head_size_v) * elem)
-        for layer in arch.kv_layers
-        if layer.index in offloaded and layer.kind is not LayerKind.LINEAR
-    )
+    per_token = int(sum(row_bytes(layer) for layer in attention if layer.index >= n_layers - ngl))
     weights_gpu = gpu_weights(ngl)
     weights_host = sum(per_layer.values()) + output + embed - weights_gpu
     kv = kv_bytes(cells)
