@@ -66,14 +66,11 @@ def read_config(directory: Path) -> dict[str, Any]:
     return data
 
 
-def classify(name: str) -> Role:
-    """The role of a checkpoint tensor, from its name."""
-    n = name.lower()
-    if n.startswith(("mtp.", "model.mtp.")) or ".mtp." in n:
-        return Role.MTP
-    if any(
-        k in n
-        for k in (
+#: Name fragments that identify a tensor's role, checked in order (first match wins).
+_ROLE_RULES: tuple[tuple[Role, tuple[str, ...]], ...] = (
+    (
+        Role.VISION,
+        (
             "vision",
             "visual",
             "multi_modal_projector",
@@ -82,46 +79,30 @@ def classify(name: str) -> Role:
             "audio_tower",
             "model.encoder.",
             "projector.",
-        )
-    ):
-        return Role.VISION
-    if "lm_head" in n or n.startswith("embed_out") or n == "proj_out.weight":
-        return Role.LM_HEAD
-    if "embed_tokens" in n or ".wte." in n or "word_embeddings" in n or "tok_embeddings" in n:
-        return Role.EMBED
-    if "shared_expert" in n and "gate." not in n.split("shared_expert", 1)[1][:6]:
-        return Role.SHARED_EXPERT
-    if ".experts." in n or n.endswith(".experts"):
-        return Role.EXPERT
-    if (
-        re.search(r"\.(gate|router)\.(weight|bias)$", n)
-        or "shared_expert_gate" in n
-        or ".router." in n
-    ):
-        return Role.ROUTER
-    if "linear_attn" in n or ".mixer." in n:
-        return Role.LINEAR_ATTN
-    if "norm" in n or (n.endswith(".bias") and "proj" not in n):
-        return Role.NORM
-    if any(k in n for k in ("q_a_proj", "kv_a_proj")):
-        return Role.REPLICATED
-    if any(k in n for k in ("k_proj", "v_proj")):
-        return Role.ATTN_KV
-    if any(
-        k in n for k in ("q_proj", "qkv_proj", "query_key_value", "q_b_proj", "kv_b_proj", "c_attn")
-    ):
-        return Role.ATTN_Q
-    if any(k in n for k in ("o_proj", "out_proj", "self_attn.dense", "attn.c_proj")):
-        return Role.ATTN_O
-    if any(
-        k in n
-        for k in (
+        ),
+    ),
+    (Role.LM_HEAD, ("lm_head", "embed_out", "proj_out.weight")),
+    (Role.EMBED, ("embed_tokens", ".wte.", "word_embeddings", "tok_embeddings")),
+    (
+        Role.ROUTER,
+        ("shared_expert_gate", ".router.", ".gate.weight", ".gate.bias", ".router.weight"),
+    ),
+    (Role.SHARED_EXPERT, ("shared_expert",)),
+    (Role.EXPERT, (".experts.",)),
+    (Role.LINEAR_ATTN, ("linear_attn", ".mixer.")),
+    (Role.NORM, ("norm",)),
+    (Role.REPLICATED, ("q_a_proj", "kv_a_proj")),
+    (Role.ATTN_KV, ("k_proj", "v_proj")),
+    (Role.ATTN_Q, ("q_proj", "qkv_proj", "query_key_value", "q_b_proj", "kv_b_proj", "c_attn")),
+    (Role.ATTN_O, ("o_proj", "out_proj", "self_attn.dense", "attn.c_proj")),
+    (
+        Role.MLP,
+        (
             "gate_proj",
             "up_proj",
             "down_proj",
             "fc1",
             "fc2",
-            "gate_up_proj",
             "w1",
             "w2",
             "w3",
@@ -129,9 +110,19 @@ def classify(name: str) -> Role:
             "mlp.c_proj",
             "dense_h_to_4h",
             "dense_4h_to_h",
-        )
-    ):
-        return Role.MLP
+        ),
+    ),
+)
+
+
+def classify(name: str) -> Role:
+    """The role of a checkpoint tensor, from its name."""
+    n = name.lower()
+    if n.startswith(("mtp.", "model.mtp.")) or ".mtp." in n:
+        return Role.MTP
+    for role, fragments in _ROLE_RULES:
+        if any(f in n for f in fragments):
+            return role
     return Role.NORM
 
 
