@@ -10,7 +10,7 @@ SEED_MODELS := google/gemma-4-31B-it google/gemma-4-26B-A4B-it \
 	openai/whisper-large-v3 openvla/openvla-7b
 DEFAULT_GPU := rtx-3090
 
-.PHONY: up test lint typecheck unit integration gpu bench-fit clean
+.PHONY: up test lint typecheck unit integration gpu bench-fit bench-exporter system-deps clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,17 @@ up: $(STAMP)
 	@echo "labctl: memory plan for the seed models on the embedded default GPU ($(DEFAULT_GPU), simulated)"
 	@$(BIN)/labctl fit $(SEED_MODELS) --gpu $(DEFAULT_GPU)
 
+# Debian packages the integration tests drive for real: Prometheus and promtool.
+# Installed once (as root, or through sudo); nothing happens when they are present.
+SYSTEM_PACKAGES := prometheus
+system-deps:
+	@command -v prometheus >/dev/null && command -v promtool >/dev/null || { \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		echo "installing Debian packages: $(SYSTEM_PACKAGES)"; \
+		$$SUDO apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends \
+			$(SYSTEM_PACKAGES) >/dev/null; }
+
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
@@ -32,18 +43,21 @@ typecheck: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/pytest tests/unit
 
-integration: $(STAMP)
+integration: $(STAMP) system-deps
 	$(BIN)/pytest tests/integration
 
 # The GPU tier needs an NVIDIA GPU; it is not part of `make test`.
 gpu: $(STAMP)
 	$(BIN)/pytest -m gpu tests/gpu
 
-test: lint typecheck $(STAMP)
+test: lint typecheck $(STAMP) system-deps
 	$(BIN)/pytest tests/unit tests/integration -m "not gpu"
 
 bench-fit: $(STAMP)
 	$(BIN)/python benchmarks/fit_accuracy.py
+
+bench-exporter: $(STAMP)
+	$(BIN)/python benchmarks/exporter.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -28,12 +28,12 @@ class Run:
 def labctl(tmp_path: Path) -> Callable[..., Run]:
     env = dict(os.environ, LABCTL_HOME=str(tmp_path / "home"), COLUMNS="200")
 
-    def run(*args: str, check: bool = False) -> Run:
+    def run(*args: str, check: bool = False, home: Path | None = None) -> Run:
         proc = subprocess.run(
             [sys.executable, "-m", "labctl", *args],
             capture_output=True,
             text=True,
-            env=env,
+            env=env if home is None else dict(env, LABCTL_HOME=str(home)),
             timeout=120,
         )
         r = Run(proc)

@@ -109,14 +109,16 @@ def test_fit_a_gguf_file_under_llama_cpp(labctl: Labctl, tmp_path: Path) -> None
     assert vllm["weights_bytes"] == total
 
 
-def test_gpus_lists_the_catalog(labctl: Labctl) -> None:
-    doc = labctl("gpus", "--json", check=True).json()
+def test_gpus_lists_the_simulated_gpus_and_the_catalog(labctl: Labctl) -> None:
+    doc = labctl("gpus", "--json", "--gpu-backend", "sim", check=True).json()
     assert isinstance(doc, dict)
     ids = [g["id"] for g in doc["catalog"]]
     assert "gb10" in ids and len(ids) == 15
-    assert isinstance(doc["devices"], list)
-    human = labctl("gpus", check=True)
-    assert "rtx-pro-6000" in human.out
+    (dev,) = doc["devices"]  # the embedded default: one simulated RTX 3090
+    assert dev["catalog_id"] == "rtx-3090" and dev["used_bytes"] == 0 and dev["processes"] == []
+    human = labctl("gpus", "--gpu-backend", "sim", check=True)
+    assert "NVIDIA GeForce RTX 3090" in human.out and "rtx-pro-6000" not in human.out
+    assert "rtx-pro-6000" in labctl("gpus", "--catalog", "--gpu-backend", "sim", check=True).out
 
 
 def test_models_lists_the_catalog(labctl: Labctl) -> None:

@@ -43,6 +43,10 @@ class GpuSpec:
     unified_memory: bool = False
     #: Streaming multiprocessors (sizes some per-SM kernel buffers).
     sm_count: int = 0
+    #: Default board power limit in watts (what NVML reports as the power limit).
+    power_limit_w: float = 0
+    #: ECC memory that NVML reports on (datacenter and workstation cards, not GeForce).
+    ecc: bool = False
     #: Field names whose values are derived rather than read from a source.
     derived: tuple[str, ...] = ()
     sources: tuple[str, ...] = ()
@@ -79,6 +83,8 @@ GPUS: tuple[GpuSpec, ...] = (
         False,
         sources=(_SEC28, "CUDA total 23.58 GiB from a vLLM log (vllm#10517)"),
         sm_count=82,
+        power_limit_w=350,
+        ecc=False,
     ),
     GpuSpec(
         "rtx-4090",
@@ -96,6 +102,8 @@ GPUS: tuple[GpuSpec, ...] = (
         False,
         sources=(_SEC28, "CUDA total 23.55 GiB from a vLLM log (RTX 4090 D)"),
         sm_count=128,
+        power_limit_w=450,
+        ecc=False,
     ),
     GpuSpec(
         "rtx-5090",
@@ -114,6 +122,8 @@ GPUS: tuple[GpuSpec, ...] = (
         derived=("bf16_tflops",),
         sources=(_SEC28, "FP32-accumulate BF16 rate is half the 419 TFLOPS FP16-accumulate figure"),
         sm_count=170,
+        power_limit_w=575,
+        ecc=False,
     ),
     GpuSpec(
         "a10",
@@ -132,6 +142,8 @@ GPUS: tuple[GpuSpec, ...] = (
         derived=("cuda_total_bytes",),
         sources=("NVIDIA A10 datasheet", "CUDA total from the L4's driver reservation"),
         sm_count=72,
+        power_limit_w=150,
+        ecc=True,
     ),
     GpuSpec(
         "l4",
@@ -150,6 +162,8 @@ GPUS: tuple[GpuSpec, ...] = (
         derived=("bf16_tflops", "fp8_tflops"),
         sources=(_SEC28, "dense = datasheet sparse / 2"),
         sm_count=58,
+        power_limit_w=72,
+        ecc=True,
     ),
     GpuSpec(
         "l40s",
@@ -167,6 +181,8 @@ GPUS: tuple[GpuSpec, ...] = (
         False,
         sources=(_SEC28,),
         sm_count=142,
+        power_limit_w=350,
+        ecc=True,
     ),
     GpuSpec(
         "t4",
@@ -187,6 +203,8 @@ GPUS: tuple[GpuSpec, ...] = (
             "CUDA total 14.74 GiB from vLLM logs",
         ),
         sm_count=40,
+        power_limit_w=70,
+        ecc=True,
     ),
     GpuSpec(
         "a100-40gb",
@@ -204,6 +222,8 @@ GPUS: tuple[GpuSpec, ...] = (
         False,
         sources=(_SEC28,),
         sm_count=108,
+        power_limit_w=400,
+        ecc=True,
     ),
     GpuSpec(
         "a100-80gb",
@@ -221,6 +241,8 @@ GPUS: tuple[GpuSpec, ...] = (
         False,
         sources=(_SEC28,),
         sm_count=108,
+        power_limit_w=400,
+        ecc=True,
     ),
     GpuSpec(
         "h100-pcie",
@@ -238,6 +260,8 @@ GPUS: tuple[GpuSpec, ...] = (
         False,
         sources=(_SEC28,),
         sm_count=114,
+        power_limit_w=350,
+        ecc=True,
     ),
     GpuSpec(
         "h100-sxm",
@@ -258,6 +282,8 @@ GPUS: tuple[GpuSpec, ...] = (
             "NVML total read on a real H100 (shared/data/gpu); CUDA total 79.19 GiB in vLLM v0.19 logs",
         ),
         sm_count=132,
+        power_limit_w=700,
+        ecc=True,
     ),
     GpuSpec(
         "h200",
@@ -275,6 +301,8 @@ GPUS: tuple[GpuSpec, ...] = (
         False,
         sources=(_SEC28,),
         sm_count=132,
+        power_limit_w=700,
+        ecc=True,
     ),
     GpuSpec(
         "b200",
@@ -292,6 +320,8 @@ GPUS: tuple[GpuSpec, ...] = (
         True,
         sources=(_SEC28, "aiconfigurator b200_sxm"),
         sm_count=148,
+        power_limit_w=1000,
+        ecc=True,
     ),
     GpuSpec(
         "rtx-pro-6000",
@@ -310,6 +340,8 @@ GPUS: tuple[GpuSpec, ...] = (
         derived=("bf16_tflops", "fp8_tflops", "fp4_tflops"),
         sources=(_SEC28, "dense = 4000 AI TOPS FP4 sparse / 2, then halved per precision step"),
         sm_count=188,
+        power_limit_w=600,
+        ecc=True,
     ),
     GpuSpec(
         "gb10",
@@ -333,6 +365,8 @@ GPUS: tuple[GpuSpec, ...] = (
             "NVML reports no memory; CUDA reports host MemTotal (121.69 GiB on DGX OS)",
         ),
         sm_count=48,
+        power_limit_w=140,
+        ecc=False,
     ),
 )
 

@@ -64,11 +64,15 @@ def resolve_target(gpu_id: str | None, gpu_memory_gib: float | None) -> Target:
     except GpuUnavailable:
         devices = []
     for d in devices:
-        found = match_nvml_name(d.name, d.total_bytes)
+        found = match_nvml_name(d.name, d.memory_total_bytes)
         cuda_total = d.cuda_total_bytes or (found.cuda_total_bytes if found else None)
         if cuda_total:
             return Target(
-                f"GPU {d.index}: {d.name}", cuda_total, d.total_bytes, found, d.free_bytes
+                f"GPU {d.index}: {d.name}",
+                cuda_total,
+                d.memory_total_bytes,
+                found,
+                d.memory_free_bytes,
             )
     default = gpu(DEFAULT_GPU)
     return Target(

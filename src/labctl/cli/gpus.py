@@ -1,14 +1,19 @@
-"""``labctl gpus`` and ``labctl models``: what labctl knows about."""
+"""``labctl gpus``: the GPUs this machine has (real or simulated), who holds their memory."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import click
 from rich.table import Table
 
-from labctl.catalog.gpus import GPUS, match_nvml_name
-from labctl.catalog.models import catalog, catalog_arch, variants
-from labctl.cli.output import console, emit_json
-from labctl.errors import GpuUnavailable
+from labctl.catalog.gpus import GPUS, GpuSpec
+from labctl.cli.output import console, emit_json, warn
+from labctl.config import state_dir
+from labctl.errors import ConfigError
+from labctl.gpu import BACKENDS, open_backend
+from labctl.gpu.sample import CLOCK_EVENT_REASONS, DeviceSample
+from labctl.telemetry.attribution import UNACCOUNTED, GpuOwners, attribute, read_owners
 from labctl.units import GiB, format_bytes
 
 
@@ -16,63 +21,146 @@ def _fmt(v: float | None) -> str:
     return "—" if v is None else f"{v:g}"
 
 
-@click.command()
-@click.option("--json", "as_json", is_flag=True, help="print one JSON document")
-def gpus(as_json: bool) -> None:
-    """The GPU catalog and, where NVML is present, the real GPUs."""
-    try:
-        from labctl.gpu.nvml import read_devices
+def _bytes(v: int | None) -> str:
+    return "—" if v is None else format_bytes(v)
 
-        devices = read_devices()
-        nvml_error = None
-    except GpuUnavailable as exc:
-        devices, nvml_error = [], str(exc)
+
+def _catalog_doc(g: GpuSpec) -> dict[str, Any]:
+    return {
+        "id": g.id,
+        "name": g.name,
+        "nvml_total_bytes": g.nvml_total_bytes,
+        "cuda_total_bytes": g.cuda_total_bytes,
+        "memory": g.memory_type,
+        "bandwidth_gbs": g.bandwidth_gbs,
+        "bf16_tflops": g.bf16_tflops,
+        "fp8_tflops": g.fp8_tflops,
+        "fp4_tflops": g.fp4_tflops,
+        "compute_capability": ".".join(map(str, g.compute_capability)),
+        "fp8": g.fp8,
+        "fp4": g.fp4,
+        "unified_memory": g.unified_memory,
+        "power_limit_w": g.power_limit_w,
+        "derived": list(g.derived),
+        "sources": list(g.sources),
+    }
+
+
+def _throttle(d: DeviceSample) -> list[str]:
+    if d.clock_event_reasons is None:
+        return []
+    return [name for bit, name in CLOCK_EVENT_REASONS if d.clock_event_reasons & bit]
+
+
+def _device_doc(d: DeviceSample, owned: GpuOwners | None) -> dict[str, Any]:
+    procs = owned.processes if owned else ()
+    return {
+        "index": d.index,
+        "name": d.name,
+        "uuid": d.uuid,
+        "pci_bus_id": d.pci_bus_id,
+        "catalog_id": d.catalog_id,
+        "memory_source": d.memory_source,
+        "total_bytes": d.memory_total_bytes,
+        "used_bytes": d.memory_used_bytes,
+        "free_bytes": d.memory_free_bytes,
+        "reserved_bytes": d.memory_reserved_bytes,
+        "cuda_total_bytes": d.cuda_total_bytes,
+        "utilization_percent": d.gpu_util_percent,
+        "power_watts": d.power_watts,
+        "power_limit_watts": d.power_limit_watts,
+        "temperature_c": d.temperature_c,
+        "clock_event_reasons": _throttle(d),
+        "processes": [
+            {
+                "pid": p.pid,
+                "process": p.process,
+                "deployment": p.deployment,
+                "used_bytes": p.used_bytes,
+            }
+            for p in procs
+        ],
+        "by_deployment": dict(owned.by_deployment) if owned else {},
+        "unaccounted_bytes": owned.unaccounted_bytes if owned else None,
+    }
+
+
+@click.command()
+@click.option(
+    "--gpu-backend",
+    type=click.Choice(BACKENDS),
+    default="auto",
+    show_default=True,
+    help="real GPUs through NVML, the simulated GPUs of $LABCTL_HOME, or NVML when it sees a GPU",
+)
+@click.option("--catalog", "show_catalog", is_flag=True, help="also show the GPU catalog")
+@click.option("--json", "as_json", is_flag=True, help="print one JSON document")
+def gpus(gpu_backend: str, show_catalog: bool, as_json: bool) -> None:
+    """GPUs on this machine, real or simulated, with the memory each process holds and its owner."""
+    home = state_dir()
+    backend = open_backend(gpu_backend, home)
+    try:
+        reading = backend.read()
+    finally:
+        backend.close()
+    try:
+        owners = read_owners(home / "owners.json")
+    except ConfigError as exc:
+        warn(f"deployment owners unknown: {exc}")
+        owners = {}
+    owned = attribute(reading, owners)
     if as_json:
         emit_json(
             {
-                "catalog": [
-                    {
-                        "id": g.id,
-                        "name": g.name,
-                        "nvml_total_bytes": g.nvml_total_bytes,
-                        "cuda_total_bytes": g.cuda_total_bytes,
-                        "memory": g.memory_type,
-                        "bandwidth_gbs": g.bandwidth_gbs,
-                        "bf16_tflops": g.bf16_tflops,
-                        "fp8_tflops": g.fp8_tflops,
-                        "fp4_tflops": g.fp4_tflops,
-                        "compute_capability": ".".join(map(str, g.compute_capability)),
-                        "fp8": g.fp8,
-                        "fp4": g.fp4,
-                        "unified_memory": g.unified_memory,
-                        "derived": list(g.derived),
-                        "sources": list(g.sources),
-                    }
-                    for g in GPUS
-                ],
-                "devices": [
-                    {
-                        "index": d.index,
-                        "name": d.name,
-                        "uuid": d.uuid,
-                        "pci_bus_id": d.pci_bus_id,
-                        "total_bytes": d.total_bytes,
-                        "used_bytes": d.used_bytes,
-                        "free_bytes": d.free_bytes,
-                        "reserved_bytes": d.reserved_bytes,
-                        "catalog_id": (
-                            m.id if (m := match_nvml_name(d.name, d.total_bytes)) else None
-                        ),
-                    }
-                    for d in devices
-                ],
-                "nvml": nvml_error or "ok",
+                "backend": reading.backend,
+                "driver_version": reading.driver_version,
+                "devices": [_device_doc(d, owned.get(d.index)) for d in reading.devices],
+                "catalog": [_catalog_doc(g) for g in GPUS],
             }
         )
         return
     out = console()
+    title = "simulated GPUs ($LABCTL_HOME)" if reading.backend == "sim" else "GPUs (NVML)"
+    if reading.driver_version:
+        title += f" · driver {reading.driver_version}"
+    t = Table(title=title)
+    for col in ("gpu", "name", "used", "total", "util", "power", "temp", "held by"):
+        t.add_column(
+            col, justify="right" if col in ("used", "total", "util", "power", "temp") else "left"
+        )
+    for d in reading.devices:
+        o = owned.get(d.index)
+        holders = []
+        for p in o.processes if o else ():
+            who = p.deployment or UNACCOUNTED
+            holders.append(f"{p.pid} {p.process or '?'} [{who}] {_bytes(p.used_bytes)}")
+        if o and o.unaccounted_bytes:
+            holders.append(f"unaccounted {_bytes(o.unaccounted_bytes)}")
+        power = (
+            f"{d.power_watts:.0f}/{d.power_limit_watts:.0f} W"
+            if d.power_watts is not None and d.power_limit_watts
+            else "—"
+        )
+        throttle = [r for r in _throttle(d) if r != "gpu_idle"]
+        t.add_row(
+            str(d.index),
+            d.name + (" (unified memory)" if d.memory_source == "host" else ""),
+            _bytes(d.memory_used_bytes),
+            _bytes(d.cuda_total_bytes),
+            "—" if d.gpu_util_percent is None else f"{d.gpu_util_percent:.0f}%",
+            power,
+            ("—" if d.temperature_c is None else f"{d.temperature_c:.0f}°C")
+            + (f" ({', '.join(throttle)})" if throttle else ""),
+            "\n".join(holders) or "nothing",
+        )
+    out.print(t)
+    if show_catalog:
+        _print_catalog()
+
+
+def _print_catalog() -> None:
     t = Table(title="GPU catalog (dense tensor TFLOPS; * derived)")
-    for col in ("id", "name", "memory (CUDA)", "bandwidth", "BF16", "FP8", "FP4", "CC"):
+    for col in ("id", "name", "memory (CUDA)", "bandwidth", "BF16", "FP8", "FP4", "CC", "power"):
         t.add_column(col, justify="left" if col in ("id", "name") else "right")
     for g in GPUS:
 
@@ -88,74 +176,6 @@ def gpus(as_json: bool) -> None:
             _fmt(g.fp8_tflops) + star("fp8_tflops"),
             _fmt(g.fp4_tflops) + star("fp4_tflops"),
             ".".join(map(str, g.compute_capability)),
+            f"{g.power_limit_w:g} W",
         )
-    out.print(t)
-    if devices:
-        d_t = Table(title="GPUs on this machine (NVML)")
-        for col in ("index", "name", "total", "used", "free", "catalog"):
-            d_t.add_column(col)
-        for d in devices:
-            m = match_nvml_name(d.name, d.total_bytes)
-            d_t.add_row(
-                str(d.index),
-                d.name,
-                format_bytes(d.total_bytes) if d.total_bytes is not None else "not reported",
-                format_bytes(d.used_bytes) if d.used_bytes is not None else "—",
-                format_bytes(d.free_bytes) if d.free_bytes is not None else "—",
-                m.id if m else "—",
-            )
-        out.print(d_t)
-    else:
-        out.print(f"no real GPUs: {nvml_error}")
-
-
-@click.command()
-@click.option("--json", "as_json", is_flag=True, help="print one JSON document")
-def models(as_json: bool) -> None:
-    """The built-in model catalog and the quantized variants it knows by name."""
-    entries = [(e, catalog_arch(e.id)) for e in catalog()]
-    quantized = [(v, catalog_arch(v.id)) for v in variants()]
-    if as_json:
-        emit_json(
-            {
-                "models": [
-                    {
-                        "id": e.id,
-                        "family": e.family,
-                        "params": a.param_count,
-                        "active_params": a.active_param_count,
-                        "max_position_embeddings": a.max_position_embeddings,
-                        "aliases": list(e.aliases),
-                        "seed": e.seed,
-                        "source": e.source,
-                    }
-                    for e, a in entries
-                ],
-                "variants": [
-                    {"id": v.id, "base": v.base, "format": a.quant.method if a.quant else None}
-                    for v, a in quantized
-                ],
-            }
-        )
-        return
-    out = console()
-    t = Table(
-        title="model catalog (* seed models; repo ids that name a format also resolve, e.g. ...-FP8, ...-AWQ)"
-    )
-    for col in ("id", "family", "params", "active", "context"):
-        t.add_column(col, justify="right" if col in ("params", "active", "context") else "left")
-    for e, a in entries:
-        t.add_row(
-            e.id + (" *" if e.seed else ""),
-            e.family,
-            f"{a.param_count / 1e9:.1f}B",
-            f"{a.active_param_count / 1e9:.1f}B",
-            f"{a.max_position_embeddings:,}",
-        )
-    out.print(t)
-    v_t = Table(title="published quantized variants")
-    for col in ("id", "base", "format"):
-        v_t.add_column(col)
-    for v, a in quantized:
-        v_t.add_row(v.id, v.base, a.quant.method if a.quant else "-")
-    out.print(v_t)
+    console().print(t)

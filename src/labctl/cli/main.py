@@ -54,12 +54,17 @@ def cli() -> None:
 
 
 def _register() -> None:
+    from labctl.cli import exporter as exporter_cmd
     from labctl.cli import fit as fit_cmd
     from labctl.cli import gpus as gpus_cmd
+    from labctl.cli import models as models_cmd
+    from labctl.cli import sim as sim_cmd
 
     cli.add_command(fit_cmd.fit)
     cli.add_command(gpus_cmd.gpus)
-    cli.add_command(gpus_cmd.models)
+    cli.add_command(models_cmd.models)
+    cli.add_command(exporter_cmd.exporter)
+    cli.add_command(sim_cmd.sim)
 
 
 _register()

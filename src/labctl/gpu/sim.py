@@ -1,0 +1,420 @@
+"""Simulated GPUs: catalog devices plus an allocation ledger kept in the state dir.
+
+A process that "loads a model" on a simulated GPU writes its allocation to the
+ledger under its own pid (one small JSON file per process, written atomically).
+Every read drops the entries whose process is gone (exited, a zombie, or its
+pid reused by another process), so memory is released exactly when the
+process dies, as the NVIDIA driver releases a dead process's memory. A process
+can also hold memory through a worker child that outlives it: the orphaned
+worker of a killed engine, which real deployments hit.
+
+The readings a simulated card offers follow its kind: a GeForce card reports no
+ECC counters and no remapped rows, a unified-memory GB10 reports its memory as
+the host's. Fields the simulation does not model (clocks, PCIe) are ``None``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+import contextlib
+from dataclasses import dataclass
+import fcntl
+import json
+import os
+from pathlib import Path
+import signal
+import time
+from typing import Any
+import uuid as uuidlib
+
+from labctl.catalog.gpus import GpuSpec, gpu
+from labctl.errors import GpuError, UsageError
+from labctl.gpu.procs import read_stat
+from labctl.gpu.sample import DeviceSample, GpuProcess, GpuReading
+from labctl.units import format_bytes
+
+#: The embedded default lab: one simulated RTX 3090.
+DEFAULT_SIM_GPUS = ("rtx-3090",)
+
+
+def parse_sim_gpus(text: str) -> list[GpuSpec]:
+    """``rtx-3090,h100-sxm`` or ``8xh100-sxm``: the catalog GPUs to simulate, in order.
+
+    Raises:
+        UsageError: an empty list, a bad count, or an id not in the catalog.
+    """
+    specs: list[GpuSpec] = []
+    for raw in text.split(","):
+        item = raw.strip()
+        if not item:
+            continue
+        count = 1
+        head, sep, tail = item.partition("x")
+        if sep and head.isdigit():
+            count, item = int(head), tail
+            if not 1 <= count <= 64:
+                raise UsageError(f"--sim-gpus: {raw.strip()!r} asks for {count} GPUs; use 1 to 64")
+        specs.extend([gpu(item)] * count)
+    if not specs:
+        raise UsageError(
+            "--sim-gpus is empty; name catalog GPUs, e.g. rtx-3090,h100-sxm or 8xh100-sxm"
+        )
+    return specs
+
+
+@dataclass(frozen=True)
+class SimDevice:
+    index: int
+    spec: GpuSpec
+    uuid: str
+    pci_bus_id: str
+
+    @property
+    def total_bytes(self) -> int:
+        return self.spec.nvml_total_bytes or self.spec.cuda_total_bytes
+
+    @property
+    def reserved_bytes(self) -> int | None:
+        if self.spec.nvml_total_bytes is None:
+            return None
+        return self.spec.nvml_total_bytes - self.spec.cuda_total_bytes
+
+    @property
+    def allocatable_bytes(self) -> int:
+        return self.total_bytes - (self.reserved_bytes or 0)
+
+
+@dataclass(frozen=True)
+class Holding:
+    """One process's entry in the ledger."""
+
+    pid: int
+    #: The process's start (see :mod:`labctl.gpu.procs`): a reused pid does not inherit memory.
+    create_time: float
+    #: Bytes held per GPU index.
+    memory: dict[int, int]
+    #: Busy share per GPU index, 0–1 (an engine reports how busy it keeps the card).
+    activity: dict[int, float]
+    name: str
+
+
+def _process_start(pid: int) -> float | None:
+    """When ``pid`` started, or ``None`` if it is gone or a zombie (its memory is freed)."""
+    st = read_stat(pid)
+    return st.start if st is not None and st.alive else None
+
+
+class SimMachine:
+    """The simulated GPUs of one state dir.
+
+    Args:
+        state_dir: ``$LABCTL_HOME``; the devices and ledger live in ``sim-gpus/`` there.
+    """
+
+    def __init__(self, state_dir: Path) -> None:
+        self.dir = state_dir / "sim-gpus"
+        self.ledger = self.dir / "ledger"
+
+    # -- devices ---------------------------------------------------------------
+
+    def configure(self, specs: Sequence[GpuSpec]) -> list[SimDevice]:
+        """Set which GPUs this machine simulates (kept across processes)."""
+        self.ledger.mkdir(parents=True, exist_ok=True)
+        doc = {"gpus": [s.id for s in specs]}
+        _write_atomic(self.dir / "devices.json", doc)
+        return self.devices()
+
+    def devices(self) -> list[SimDevice]:
+        """The simulated GPUs; the embedded default (one RTX 3090) until configured."""
+        path = self.dir / "devices.json"
+        try:
+            ids = json.loads(path.read_text())["gpus"]
+        except FileNotFoundError:
+            return self.configure([gpu(i) for i in DEFAULT_SIM_GPUS])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise GpuError(
+                f"{path} is not a simulated-GPU list ({exc}); delete it or run "
+                "'labctl exporter --gpu-backend sim --sim-gpus …' to rewrite it"
+            ) from exc
+        seed = str(self.dir.resolve())
+        return [
+            SimDevice(
+                index=i,
+                spec=gpu(gid),
+                uuid="GPU-" + str(uuidlib.uuid5(uuidlib.NAMESPACE_URL, f"{seed}#{i}")),
+                pci_bus_id=f"00000000:{0x18 + i:02X}:00.0",
+            )
+            for i, gid in enumerate(ids)
+        ]
+
+    # -- the ledger --------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        self.ledger.mkdir(parents=True, exist_ok=True)
+        with open(self.dir / ".lock", "a+") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+    def holdings(self) -> list[Holding]:
+        """Live entries; those of dead processes are removed (the memory is released)."""
+        out = []
+        try:
+            files = list(os.scandir(self.ledger))
+        except FileNotFoundError:
+            return []
+        for entry in files:
+            if not entry.name.endswith(".json"):
+                continue
+            try:
+                doc = json.loads(Path(entry.path).read_text())
+                h = Holding(
+                    pid=int(doc["pid"]),
+                    create_time=float(doc["create_time"]),
+                    memory={int(k): int(v) for k, v in doc["memory"].items()},
+                    activity={int(k): float(v) for k, v in doc.get("activity", {}).items()},
+                    name=str(doc.get("name", "")),
+                )
+            except FileNotFoundError:
+                continue  # released while we listed
+            except (ValueError, KeyError, TypeError):
+                continue  # a writer mid-rename never shows here; a hand-edited file is ignored
+            started = _process_start(h.pid)
+            if started is None or started != h.create_time:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(entry.path)
+                continue
+            out.append(h)
+        return sorted(out, key=lambda h: h.pid)
+
+    def used_bytes(self, index: int) -> int:
+        return sum(h.memory.get(index, 0) for h in self.holdings())
+
+    def allocate(self, index: int, nbytes: int, pid: int | None = None, name: str = "") -> None:
+        """Take ``nbytes`` on GPU ``index`` for ``pid`` (default: this process).
+
+        Raises:
+            GpuError: no such GPU, or not enough free memory (CUDA's out-of-memory).
+        """
+        pid = os.getpid() if pid is None else pid
+        devices = self.devices()
+        if not 0 <= index < len(devices):
+            raise GpuError(
+                f"there is no simulated GPU {index}; this machine has GPUs 0–{len(devices) - 1} "
+                f"({', '.join(d.spec.id for d in devices)})"
+            )
+        if nbytes <= 0:
+            raise UsageError(f"an allocation must be positive, not {nbytes} bytes")
+        started = _process_start(pid)
+        if started is None:
+            raise GpuError(f"process {pid} is not running; only a live process can hold memory")
+        dev = devices[index]
+        with self._locked():
+            held = self.holdings()
+            used = sum(h.memory.get(index, 0) for h in held)
+            free = dev.allocatable_bytes - used
+            if nbytes > free:
+                raise GpuError(
+                    f"CUDA out of memory on simulated GPU {index} ({dev.spec.id}): tried to "
+                    f"allocate {format_bytes(nbytes)} with {format_bytes(free)} free; stop what "
+                    f"holds it ('labctl gpus') or ask for less"
+                )
+            mine = next((h for h in held if h.pid == pid), None)
+            memory = dict(mine.memory) if mine else {}
+            memory[index] = memory.get(index, 0) + nbytes
+            self._write(pid, started, memory, dict(mine.activity) if mine else {}, name)
+
+    def set_activity(self, index: int, busy: float, pid: int | None = None) -> None:
+        """Say how busy ``pid`` keeps GPU ``index`` (0–1): drives utilization and power."""
+        pid = os.getpid() if pid is None else pid
+        with self._locked():
+            mine = next((h for h in self.holdings() if h.pid == pid), None)
+            if mine is None:
+                raise GpuError(f"process {pid} holds no simulated GPU memory")
+            activity = dict(mine.activity)
+            activity[index] = min(1.0, max(0.0, busy))
+            self._write(pid, mine.create_time, mine.memory, activity, mine.name)
+
+    def release(self, pid: int | None = None) -> None:
+        """Free everything ``pid`` holds (what process exit does anyway)."""
+        pid = os.getpid() if pid is None else pid
+        with contextlib.suppress(FileNotFoundError):
+            (self.ledger / f"{pid}.json").unlink()
+
+    def _write(
+        self,
+        pid: int,
+        started: float,
+        memory: dict[int, int],
+        activity: dict[int, float],
+        name: str,
+    ) -> None:
+        _write_atomic(
+            self.ledger / f"{pid}.json",
+            {
+                "pid": pid,
+                "create_time": started,
+                "memory": {str(k): v for k, v in memory.items()},
+                "activity": {str(k): v for k, v in activity.items()},
+                "name": name,
+            },
+        )
+
+
+def _write_atomic(path: Path, doc: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(doc))
+    os.replace(tmp, path)
+
+
+class SimBackend:
+    """Reads the simulated GPUs of a :class:`SimMachine`."""
+
+    name = "sim"
+
+    def __init__(self, machine: SimMachine, clock: Callable[[], float] = time.monotonic) -> None:
+        self.machine = machine
+        self._clock = clock
+        self._last: float | None = None
+        self._energy_mj: dict[int, float] = {}
+
+    def read(self) -> GpuReading:
+        devices = self.machine.devices()
+        holdings = self.machine.holdings()
+        now = self._clock()
+        dt = 0.0 if self._last is None else max(0.0, now - self._last)
+        self._last = now
+        out = []
+        for d in devices:
+            out.append(self._device(d, holdings, dt))
+        return GpuReading(self.name, tuple(out), driver_version=None)
+
+    def _device(self, d: SimDevice, holdings: list[Holding], dt: float) -> DeviceSample:
+        spec = d.spec
+        procs = tuple(GpuProcess(h.pid, h.memory[d.index]) for h in holdings if d.index in h.memory)
+        used = sum(p.used_bytes or 0 for p in procs)
+        busy = min(1.0, sum(h.activity.get(d.index, 0.0) for h in holdings))
+        limit = spec.power_limit_w or None
+        power = None
+        if limit is not None:
+            idle = 0.1 * limit
+            power = idle + (limit - idle) * 0.9 * busy
+            self._energy_mj[d.index] = self._energy_mj.get(d.index, 0.0) + power * dt * 1000
+        geforce = "GeForce" in spec.name
+        reserved = d.reserved_bytes
+        remap = spec.ecc and spec.compute_capability >= (8, 0) and "HBM" in spec.memory_type
+        return DeviceSample(
+            index=d.index,
+            name=spec.name,
+            uuid=d.uuid,
+            pci_bus_id=d.pci_bus_id,
+            memory_source="host" if spec.unified_memory else "device",
+            memory_total_bytes=d.total_bytes,
+            memory_used_bytes=used,
+            memory_free_bytes=d.allocatable_bytes - used,
+            memory_reserved_bytes=reserved,
+            gpu_util_percent=round(100 * busy, 1),
+            memory_util_percent=round(60 * busy, 1),
+            power_watts=round(power, 2) if power is not None else None,
+            power_limit_watts=limit,
+            energy_millijoules=round(self._energy_mj.get(d.index, 0.0)) if limit else None,
+            temperature_c=round(32 + 50 * busy, 1),
+            fan_percent=round(30 + 50 * busy, 1) if geforce else None,
+            clock_event_reasons=0x1 if busy == 0 else 0,
+            pstate=8 if geforce and busy == 0 and used == 0 else 0,
+            ecc_corrected_volatile=0 if spec.ecc else None,
+            ecc_uncorrected_volatile=0 if spec.ecc else None,
+            remapped_rows_correctable=0 if remap else None,
+            remapped_rows_uncorrectable=0 if remap else None,
+            remapped_rows_pending=0 if remap else None,
+            remapped_rows_failure=0 if remap else None,
+            processes=procs,
+            catalog_id=spec.id,
+        )
+
+    def close(self) -> None:
+        return None
+
+
+def hold(
+    machine: SimMachine,
+    index: int,
+    nbytes: int,
+    *,
+    worker: bool = False,
+    orphan: bool = False,
+    seconds: float | None = None,
+    on_ready: Callable[[int], None] = lambda pid: None,
+) -> None:
+    """Hold simulated GPU memory until killed (or for ``seconds``).
+
+    With ``worker``, a forked child holds the memory, as an engine's worker
+    process does; the parent waits for it. On SIGTERM the parent stops its
+    worker first, unless ``orphan``: then the worker outlives the parent, the
+    orphaned-worker failure. ``on_ready`` receives the pid that holds the memory.
+    """
+    if not worker and not orphan:
+        machine.allocate(index, nbytes)
+
+        def leave(signum: int, frame: object) -> None:
+            raise SystemExit(128 + signum)
+
+        previous = signal.signal(signal.SIGTERM, leave)
+        try:
+            on_ready(os.getpid())
+            _sleep(seconds)
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+            machine.release()
+        return
+    read_end, write_end = os.pipe()
+    child = os.fork()
+    if child == 0:  # the worker
+        os.close(read_end)
+        devnull = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(devnull, fd)
+        try:
+            machine.allocate(index, nbytes)
+            os.write(write_end, b"ok\n")
+        except Exception as exc:
+            os.write(write_end, f"error {exc}\n".encode())
+            os._exit(1)
+        os.close(write_end)
+        try:
+            _sleep(seconds)
+        finally:
+            machine.release()
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end) as fh:
+        status = fh.readline().strip()
+    if status != "ok":
+        os.waitpid(child, 0)
+        raise GpuError(status.removeprefix("error ") or "the worker died before allocating")
+
+    def stop(signum: int, frame: object) -> None:
+        if not orphan:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signal.SIGTERM)
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        on_ready(child)
+        os.waitpid(child, 0)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _sleep(seconds: float | None) -> None:
+    if seconds is None:
+        while True:
+            time.sleep(3600)
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        time.sleep(left)

@@ -1,0 +1,1 @@
+"""Telemetry: one sampler thread reads GPUs and host; collectors serve its last snapshot."""
