@@ -189,3 +189,26 @@ def test_collector_reads_the_snapshot_not_the_backend(tmp_path: Path) -> None:
 def test_sampler_rejects_a_non_positive_interval(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="positive"):
         Sampler(SimBackend(SimMachine(tmp_path)), None, interval=0)
+
+
+def test_collector_cache_holds_the_snapshot_it_rendered(tmp_path: Path) -> None:
+    # Snapshots are replaced every tick, and a new one may be allocated where a freed
+    # one lived. A cache keyed by address alone could then serve the old rendering;
+    # holding the rendered snapshot keeps its address from being reused.
+    import dataclasses
+    import gc
+    import weakref
+
+    from labctl.telemetry.collector import TelemetryCollector
+
+    sampler = Sampler(SimBackend(SimMachine(tmp_path)), None, interval=1.0)
+    collector = TelemetryCollector(sampler)
+    template = sampler.sample_once()
+    sampler.latest = dataclasses.replace(template, samples_total=7)
+    rendered = weakref.ref(sampler.latest)
+    assert "labctl_telemetry_samples_total 7.0" in collector.render().decode()
+    assert "labctl_telemetry_samples_total 7.0" in generate_latest(registry_for(sampler)).decode()
+    sampler.latest = dataclasses.replace(template, samples_total=8)
+    gc.collect()
+    assert rendered() is not None
+    assert "labctl_telemetry_samples_total 8.0" in collector.render().decode()

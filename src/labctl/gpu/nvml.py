@@ -201,10 +201,7 @@ class NvmlBackend:
         rx = opt(nvml.nvmlDeviceGetPcieThroughput, h, nvml.NVML_PCIE_UTIL_RX_BYTES)
         pci = opt(nvml.nvmlDeviceGetPciInfo, h)
         spec = match_nvml_name(name, total if source == "device" else None)
-
-        def num(v: Any) -> float | None:
-            return float(v) if v is not None else None
-
+        num = _float
         return DeviceSample(
             index=index,
             name=name,
@@ -234,8 +231,8 @@ class NvmlBackend:
             remapped_rows_uncorrectable=int(rows[1]) if rows else None,
             remapped_rows_pending=int(rows[2]) if rows else None,
             remapped_rows_failure=int(rows[3]) if rows else None,
-            pcie_link_gen=num_int(opt(nvml.nvmlDeviceGetCurrPcieLinkGeneration, h)),
-            pcie_link_width=num_int(opt(nvml.nvmlDeviceGetCurrPcieLinkWidth, h)),
+            pcie_link_gen=_int(opt(nvml.nvmlDeviceGetCurrPcieLinkGeneration, h)),
+            pcie_link_width=_int(opt(nvml.nvmlDeviceGetCurrPcieLinkWidth, h)),
             pcie_tx_kbps=num(tx),
             pcie_rx_kbps=num(rx),
             xid_last=self._xid_last.get(index),
@@ -266,8 +263,12 @@ class NvmlBackend:
             nvml.nvmlShutdown()
 
 
-def num_int(v: Any) -> int | None:
+def _int(v: Any) -> int | None:
     return int(v) if v is not None else None
+
+
+def _float(v: Any) -> float | None:
+    return float(v) if v is not None else None
 
 
 def read_devices() -> list[DeviceSample]:

@@ -90,7 +90,7 @@ class Holding:
 
     pid: int
     #: The process's start (see :mod:`labctl.gpu.procs`): a reused pid does not inherit memory.
-    create_time: float
+    start: float
     #: Bytes held per GPU index.
     memory: dict[int, int]
     #: Busy share per GPU index, 0–1 (an engine reports how busy it keeps the card).
@@ -173,7 +173,7 @@ class SimMachine:
                 doc = json.loads(Path(entry.path).read_text())
                 h = Holding(
                     pid=int(doc["pid"]),
-                    create_time=float(doc["create_time"]),
+                    start=float(doc["start"]),
                     memory={int(k): int(v) for k, v in doc["memory"].items()},
                     activity={int(k): float(v) for k, v in doc.get("activity", {}).items()},
                     name=str(doc.get("name", "")),
@@ -183,15 +183,12 @@ class SimMachine:
             except (ValueError, KeyError, TypeError):
                 continue  # a writer mid-rename never shows here; a hand-edited file is ignored
             started = _process_start(h.pid)
-            if started is None or started != h.create_time:
+            if started is None or started != h.start:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(entry.path)
                 continue
             out.append(h)
         return sorted(out, key=lambda h: h.pid)
-
-    def used_bytes(self, index: int) -> int:
-        return sum(h.memory.get(index, 0) for h in self.holdings())
 
     def allocate(self, index: int, nbytes: int, pid: int | None = None, name: str = "") -> None:
         """Take ``nbytes`` on GPU ``index`` for ``pid`` (default: this process).
@@ -236,7 +233,7 @@ class SimMachine:
                 raise GpuError(f"process {pid} holds no simulated GPU memory")
             activity = dict(mine.activity)
             activity[index] = min(1.0, max(0.0, busy))
-            self._write(pid, mine.create_time, mine.memory, activity, mine.name)
+            self._write(pid, mine.start, mine.memory, activity, mine.name)
 
     def release(self, pid: int | None = None) -> None:
         """Free everything ``pid`` holds (what process exit does anyway)."""
@@ -256,7 +253,7 @@ class SimMachine:
             self.ledger / f"{pid}.json",
             {
                 "pid": pid,
-                "create_time": started,
+                "start": started,
                 "memory": {str(k): v for k, v in memory.items()},
                 "activity": {str(k): v for k, v in activity.items()},
                 "name": name,

@@ -107,9 +107,11 @@ class TelemetryCollector(Collector):
         self.stale_after = (
             stale_after if stale_after is not None else max(5.0, 3 * sampler.interval)
         )
-        self._families_key: tuple[int, bool] | None = None
+        # Caches keyed by the snapshot object itself (held, so that a later snapshot
+        # can never be allocated at its address) and whether it was fresh.
+        self._families_key: tuple[Snapshot | None, bool] | None = None
         self._cached: list[Family] = []
-        self._render_key: tuple[int, bool] | None = None
+        self._render_key: tuple[Snapshot | None, bool] | None = None
         self._rendered = b""
 
     def describe(self) -> list[Family]:
@@ -127,8 +129,8 @@ class TelemetryCollector(Collector):
         snap = self.sampler.latest
         age = self._age(snap)
         fresh = age is not None and age <= self.stale_after
-        key = (id(snap), fresh)
-        if key != self._render_key:
+        key = (snap, fresh)
+        if self._render_key is None or not _same(key, self._render_key):
             self._rendered = generate_latest(_Families(self._families(snap, fresh)))
             self._render_key = key
         body = self._rendered
@@ -143,8 +145,8 @@ class TelemetryCollector(Collector):
 
     def _families(self, snap: Snapshot | None, fresh: bool) -> list[Family]:
         """Every family but the age, built once per snapshot."""
-        key = (id(snap), fresh)
-        if key == self._families_key:
+        key = (snap, fresh)
+        if self._families_key is not None and _same(key, self._families_key):
             return self._cached
         out: list[Family] = []
         up = GaugeMetricFamily(
@@ -249,6 +251,10 @@ class TelemetryCollector(Collector):
                 unacc.add_metric([gpu], float(owned.unaccounted_bytes))
         families: list[Family] = [*fams.values(), info, reasons, xids, procs, deps, unacc]
         yield from (fam for fam in families if fam.samples)
+
+
+def _same(a: tuple[Snapshot | None, bool], b: tuple[Snapshot | None, bool]) -> bool:
+    return a[0] is b[0] and a[1] == b[1]
 
 
 def _age_family(age: float) -> GaugeMetricFamily:
