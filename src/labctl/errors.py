@@ -65,6 +65,12 @@ class GpuUnavailable(GpuError):
     """No GPU backend can be opened (library missing, driver not loaded)."""
 
 
+class EngineError(LabError, RuntimeError):
+    """A serving engine (real or the twin) cannot start or serve."""
+
+    exit_code = 7
+
+
 _SUFFIXES = ("-instruct", "-it", "-chat", "-hf", "-base")
 
 

@@ -47,6 +47,10 @@ class GpuSpec:
     power_limit_w: float = 0
     #: ECC memory that NVML reports on (datacenter and workstation cards, not GeForce).
     ecc: bool = False
+    #: GPU-to-GPU bandwidth per direction in GB/s for tensor-parallel all-reduce:
+    #: NVLink where the card has it (H100/H200 450, B200 900, A100 300), else PCIe
+    #: (gen 4 x16 ≈ 25, gen 5 ≈ 50), and the 200 Gb/s network link between GB10s.
+    interconnect_gbs: float = 25
     #: Field names whose values are derived rather than read from a source.
     derived: tuple[str, ...] = ()
     sources: tuple[str, ...] = ()
@@ -85,6 +89,7 @@ GPUS: tuple[GpuSpec, ...] = (
         sm_count=82,
         power_limit_w=350,
         ecc=False,
+        interconnect_gbs=25,
     ),
     GpuSpec(
         "rtx-4090",
@@ -104,6 +109,7 @@ GPUS: tuple[GpuSpec, ...] = (
         sm_count=128,
         power_limit_w=450,
         ecc=False,
+        interconnect_gbs=25,
     ),
     GpuSpec(
         "rtx-5090",
@@ -124,6 +130,7 @@ GPUS: tuple[GpuSpec, ...] = (
         sm_count=170,
         power_limit_w=575,
         ecc=False,
+        interconnect_gbs=50,
     ),
     GpuSpec(
         "a10",
@@ -144,6 +151,7 @@ GPUS: tuple[GpuSpec, ...] = (
         sm_count=72,
         power_limit_w=150,
         ecc=True,
+        interconnect_gbs=25,
     ),
     GpuSpec(
         "l4",
@@ -164,6 +172,7 @@ GPUS: tuple[GpuSpec, ...] = (
         sm_count=58,
         power_limit_w=72,
         ecc=True,
+        interconnect_gbs=25,
     ),
     GpuSpec(
         "l40s",
@@ -183,6 +192,7 @@ GPUS: tuple[GpuSpec, ...] = (
         sm_count=142,
         power_limit_w=350,
         ecc=True,
+        interconnect_gbs=25,
     ),
     GpuSpec(
         "t4",
@@ -205,6 +215,7 @@ GPUS: tuple[GpuSpec, ...] = (
         sm_count=40,
         power_limit_w=70,
         ecc=True,
+        interconnect_gbs=12,
     ),
     GpuSpec(
         "a100-40gb",
@@ -224,6 +235,7 @@ GPUS: tuple[GpuSpec, ...] = (
         sm_count=108,
         power_limit_w=400,
         ecc=True,
+        interconnect_gbs=300,
     ),
     GpuSpec(
         "a100-80gb",
@@ -243,6 +255,7 @@ GPUS: tuple[GpuSpec, ...] = (
         sm_count=108,
         power_limit_w=400,
         ecc=True,
+        interconnect_gbs=300,
     ),
     GpuSpec(
         "h100-pcie",
@@ -262,6 +275,7 @@ GPUS: tuple[GpuSpec, ...] = (
         sm_count=114,
         power_limit_w=350,
         ecc=True,
+        interconnect_gbs=50,
     ),
     GpuSpec(
         "h100-sxm",
@@ -284,6 +298,7 @@ GPUS: tuple[GpuSpec, ...] = (
         sm_count=132,
         power_limit_w=700,
         ecc=True,
+        interconnect_gbs=450,
     ),
     GpuSpec(
         "h200",
@@ -303,6 +318,7 @@ GPUS: tuple[GpuSpec, ...] = (
         sm_count=132,
         power_limit_w=700,
         ecc=True,
+        interconnect_gbs=450,
     ),
     GpuSpec(
         "b200",
@@ -322,6 +338,7 @@ GPUS: tuple[GpuSpec, ...] = (
         sm_count=148,
         power_limit_w=1000,
         ecc=True,
+        interconnect_gbs=900,
     ),
     GpuSpec(
         "rtx-pro-6000",
@@ -342,6 +359,7 @@ GPUS: tuple[GpuSpec, ...] = (
         sm_count=188,
         power_limit_w=600,
         ecc=True,
+        interconnect_gbs=50,
     ),
     GpuSpec(
         "gb10",
@@ -367,6 +385,7 @@ GPUS: tuple[GpuSpec, ...] = (
         sm_count=48,
         power_limit_w=140,
         ecc=False,
+        interconnect_gbs=25,
     ),
 )
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
 import os
 import sys
+from typing import Any
 
 import click
 
@@ -65,3 +67,127 @@ def hold(index: int, memory: str, worker: bool, orphan_worker: bool, duration: s
         )
     except KeyboardInterrupt:
         sys.exit(130)
+
+
+def engine_options(f: Any) -> Any:
+    """The vLLM flags the twin honours, shared by ``sim run`` and ``sim serve``."""
+    options = [
+        click.option("--model", required=True, help="catalog id, HF model directory or .gguf"),
+        click.option("--gpu", "gpu_id", default="rtx-3090", show_default=True, help="catalog GPU"),
+        click.option("--tensor-parallel-size", "-tp", type=int, default=1, show_default=True),
+        click.option("--pipeline-parallel-size", "-pp", type=int, default=1, show_default=True),
+        click.option("--max-model-len", type=int, help="default: the model's, capped to fit"),
+        click.option("--max-num-seqs", type=int, help="default: vLLM's for the GPU"),
+        click.option("--max-num-batched-tokens", type=int, help="default: vLLM's for the GPU"),
+        click.option("--gpu-memory-utilization", type=float, default=0.9, show_default=True),
+        click.option("--kv-cache-dtype", default="auto", show_default=True),
+        click.option("--quantization", help="weight format, when the checkpoint does not say"),
+        click.option("--enforce-eager", is_flag=True, help="no CUDA graphs (slower steps)"),
+        click.option("--enable-prefix-caching", is_flag=True),
+        click.option("--served-model-name", help="the name clients use (default: --model)"),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def twin_config(kw: dict[str, Any]) -> Any:
+    from labctl.sim.engine import TwinConfig
+
+    return TwinConfig(
+        model=kw.pop("model"),
+        gpu=kw.pop("gpu_id"),
+        tensor_parallel_size=kw.pop("tensor_parallel_size"),
+        pipeline_parallel_size=kw.pop("pipeline_parallel_size"),
+        max_model_len=kw.pop("max_model_len"),
+        max_num_seqs=kw.pop("max_num_seqs"),
+        max_num_batched_tokens=kw.pop("max_num_batched_tokens"),
+        gpu_memory_utilization=kw.pop("gpu_memory_utilization"),
+        kv_cache_dtype=kw.pop("kv_cache_dtype"),
+        quantization=kw.pop("quantization"),
+        enforce_eager=kw.pop("enforce_eager"),
+        enable_prefix_caching=kw.pop("enable_prefix_caching"),
+        served_model_name=kw.pop("served_model_name"),
+    )
+
+
+@sim.command()
+@engine_options
+@click.option("--num-prompts", type=int, default=1000, show_default=True)
+@click.option(
+    "--request-rate", type=float, default=math.inf, help="requests/s (default: all at once)"
+)
+@click.option("--burstiness", type=float, default=1.0, show_default=True, help="1 is Poisson")
+@click.option("--max-concurrency", type=int, help="requests in flight at most")
+@click.option("--input-len", type=int, default=1024, show_default=True)
+@click.option("--output-len", type=int, default=128, show_default=True)
+@click.option("--range-ratio", type=float, default=0.0, show_default=True)
+@click.option(
+    "--dataset", help="'sharegpt' (built-in lengths), a ShareGPT JSON or a JSONL of prompts"
+)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--timeline-interval", default="1s", show_default=True, help="KV/queue sampling")
+@click.option("--json", "as_json", is_flag=True, help="print one JSON document")
+def run(**kw: Any) -> None:
+    """What-if: replay a workload through the twin as a discrete-event simulation.
+
+    Prints `vllm bench serve`'s fields for the run (TTFT, TPOT, ITL, E2EL,
+    throughputs) plus KV cache usage, queue length and preemptions over time.
+    """
+    from pathlib import Path
+
+    from labctl.cli.output import console, emit_json
+    from labctl.sim.engine import build_twin
+    from labctl.sim.offline import simulate
+    from labctl.sim.workload import arrival_times, from_file, sharegpt_like, synthetic
+
+    as_json = kw.pop("as_json")
+    n, seed = kw.pop("num_prompts"), kw.pop("seed")
+    if n < 1:
+        raise UsageError(f"--num-prompts {n} must be at least 1")
+    conc = kw.pop("max_concurrency")
+    if conc is not None and conc < 1:
+        raise UsageError(f"--max-concurrency {conc} must be at least 1")
+    try:
+        interval = parse_duration(kw.pop("timeline_interval"))
+    except ValueError as exc:
+        raise UsageError(f"--timeline-interval: {exc}") from exc
+    dataset = kw.pop("dataset")
+    input_len, output_len, ratio = kw.pop("input_len"), kw.pop("output_len"), kw.pop("range_ratio")
+    if dataset == "sharegpt":
+        items = sharegpt_like(n, seed)
+    elif dataset:
+        items = from_file(Path(dataset), n, seed=seed)
+    else:
+        items = synthetic(n, input_len, output_len, ratio, seed)
+    send = arrival_times(n, kw.pop("request_rate"), kw.pop("burstiness"), seed)
+    twin = build_twin(twin_config(kw))
+    summary, timeline = simulate(twin, items, send, conc, interval=max(interval, 1e-3))
+    if as_json:
+        emit_json(
+            summary | {"model": twin.model_name, "gpu": twin.gpu.id, "timeline": timeline.to_json()}
+        )
+        return
+    out = console()
+    out.print(
+        f"{twin.model_name} on {twin.gpu.id}"
+        f"{' × ' + str(twin.fit.tensor_parallel_size) if twin.fit.tensor_parallel_size > 1 else ''}"
+        f" (simulated): {summary['completed']} completed, {summary['failed']} failed "
+        f"in {summary['duration']:.1f} s simulated"
+    )
+    rows = [
+        ("request throughput", f"{summary['request_throughput']:.2f} req/s"),
+        ("output throughput", f"{summary['output_throughput']:.1f} tok/s"),
+        ("TTFT median / p99", f"{summary['median_ttft_ms']:.1f} / {summary['p99_ttft_ms']:.1f} ms"),
+        ("TPOT median / p99", f"{summary['median_tpot_ms']:.2f} / {summary['p99_tpot_ms']:.2f} ms"),
+        ("ITL median / p99", f"{summary['median_itl_ms']:.2f} / {summary['p99_itl_ms']:.2f} ms"),
+        ("E2EL median / p99", f"{summary['median_e2el_ms']:.0f} / {summary['p99_e2el_ms']:.0f} ms"),
+        (
+            "KV cache",
+            f"{twin.fit.kv_cache_tokens:,} tokens, peak usage {summary['peak_kv_cache_usage']:.0%}",
+        ),
+        ("queue", f"peak {summary['peak_num_requests_waiting']} waiting"),
+        ("preemptions", str(summary["num_preemptions"])),
+    ]
+    for name, value in rows:
+        out.print(f"  {name:<20}{value}")

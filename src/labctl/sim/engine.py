@@ -1,0 +1,112 @@
+"""The twin's engine: a model planned on a GPU, its step-time model and its scheduler.
+
+The KV cache the twin schedules over is exactly what ``labctl fit`` prints for
+the same model, GPU and flags: the same planner computes it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from labctl.catalog.arch import ModelArch
+from labctl.catalog.gpus import GpuSpec, gpu
+from labctl.catalog.models import resolve
+from labctl.errors import EngineError
+from labctl.fit.plan import FitRequest, FitResult, plan
+from labctl.fit.vllm import LATEST
+from labctl.sim.perf import PerfModel
+from labctl.sim.scheduler import Scheduler
+from labctl.units import GiB
+
+
+@dataclass(frozen=True)
+class TwinConfig:
+    """The vLLM flags the twin honours."""
+
+    model: str
+    gpu: str
+    tensor_parallel_size: int = 1
+    pipeline_parallel_size: int = 1
+    max_model_len: int | None = None
+    max_num_seqs: int | None = None
+    max_num_batched_tokens: int | None = None
+    gpu_memory_utilization: float = 0.9
+    kv_cache_dtype: str = "auto"
+    quantization: str | None = None
+    enforce_eager: bool = False
+    enable_prefix_caching: bool = False
+    vllm_version: str = LATEST
+    served_model_name: str | None = None
+
+
+@dataclass(frozen=True)
+class Twin:
+    config: TwinConfig
+    arch: ModelArch
+    gpu: GpuSpec
+    fit: FitResult
+    perf: PerfModel
+
+    @property
+    def model_name(self) -> str:
+        return self.config.served_model_name or self.config.model
+
+    def scheduler(self) -> Scheduler:
+        fit = self.fit
+        blocks = max(1, fit.kv_cache_tokens // fit.block_size)
+        return Scheduler(
+            num_blocks=blocks,
+            block_size=fit.block_size,
+            max_num_seqs=fit.max_num_seqs,
+            max_num_batched_tokens=fit.max_num_batched_tokens,
+            window=self.perf.window,
+            prefix_caching=self.config.enable_prefix_caching,
+        )
+
+
+def not_fitting_message(fit: FitResult) -> str:
+    """What vLLM says when the model or its context does not fit (its own wording)."""
+    if fit.kv_cache_bytes <= 0:
+        return (
+            "ValueError: No available memory for the cache blocks. Try increasing "
+            "`gpu_memory_utilization` when initializing the engine."
+        )
+    needed = fit.kv_bytes_per_sequence / GiB
+    return (
+        f"ValueError: To serve at least one request with the models's max seq len "
+        f"({fit.max_model_len}), ({needed:.2f} GiB KV cache is needed, which is larger than "
+        f"the available KV cache memory ({fit.kv_cache_bytes / GiB:.2f} GiB). Based on the "
+        f"available memory, the estimated maximum model length is {fit.max_model_len_fit}. "
+        "Try increasing `gpu_memory_utilization` or decreasing `max_model_len` when "
+        "initializing the engine."
+    )
+
+
+def build_twin(config: TwinConfig) -> Twin:
+    """Plan the model on the GPU and build its perf model.
+
+    Raises:
+        CatalogError: unknown model or GPU.
+        UsageError: a flag value cannot work.
+        EngineError: the model does not fit; the message is vLLM's.
+    """
+    arch = resolve(config.model)
+    spec = gpu(config.gpu)
+    req = FitRequest.on_gpu(
+        spec,
+        tensor_parallel_size=config.tensor_parallel_size,
+        pipeline_parallel_size=config.pipeline_parallel_size,
+        max_model_len=config.max_model_len,
+        max_num_seqs=config.max_num_seqs,
+        max_num_batched_tokens=config.max_num_batched_tokens,
+        gpu_memory_utilization=config.gpu_memory_utilization,
+        kv_cache_dtype=config.kv_cache_dtype,
+        quantization=config.quantization,
+        enforce_eager=config.enforce_eager,
+        enable_prefix_caching=config.enable_prefix_caching,
+        vllm_version=config.vllm_version,
+    )
+    fit = plan(arch, req, suggest=False)
+    if not fit.fits:
+        raise EngineError(not_fitting_message(fit))
+    return Twin(config, arch, spec, fit, PerfModel.build(arch, fit, spec))

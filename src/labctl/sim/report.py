@@ -1,0 +1,97 @@
+"""Summaries in `vllm bench serve`'s field names and definitions.
+
+TTFT is from sending the request to the first token; ITL is the gap between
+consecutive streamed tokens (every gap of every request is one sample); TPOT
+is per request ``(e2el − ttft) / (output tokens − 1)``; E2EL is from sending
+to the last token. Times are reported in milliseconds, as vLLM does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+import statistics
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One request as a client saw it (seconds, from when it was sent)."""
+
+    prompt_len: int
+    output_len: int
+    ttft: float | None
+    e2el: float | None
+    itl: Sequence[float]
+    success: bool = True
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Linear-interpolated percentile, as numpy's default."""
+    if not values:
+        return 0.0
+    s = sorted(values)
+    k = (len(s) - 1) * q / 100.0
+    lo = int(k)
+    hi = min(lo + 1, len(s) - 1)
+    return s[lo] + (s[hi] - s[lo]) * (k - lo)
+
+
+def _stats(name: str, values_s: Sequence[float], percentiles: Sequence[float]) -> dict[str, float]:
+    ms = [v * 1000.0 for v in values_s]
+    out = {
+        f"mean_{name}_ms": statistics.fmean(ms) if ms else 0.0,
+        f"median_{name}_ms": statistics.median(ms) if ms else 0.0,
+        f"std_{name}_ms": statistics.pstdev(ms) if ms else 0.0,
+    }
+    for p in percentiles:
+        out[f"p{p:g}_{name}_ms"] = percentile(ms, p)
+    return out
+
+
+def summarize(
+    outcomes: Sequence[Outcome],
+    duration: float,
+    percentiles: Sequence[float] = (99,),
+    goodput: dict[str, float] | None = None,
+) -> dict[str, Any]:
+    """The fields of `vllm bench serve`'s result JSON for these outcomes."""
+    ok = [o for o in outcomes if o.success]
+    out_tokens = sum(o.output_len for o in ok)
+    in_tokens = sum(o.prompt_len for o in ok)
+    ttfts = [o.ttft for o in ok if o.ttft is not None]
+    tpots = [
+        (o.e2el - o.ttft) / (o.output_len - 1)
+        for o in ok
+        if o.output_len > 1 and o.e2el is not None and o.ttft is not None
+    ]
+    itls = [x for o in ok for x in o.itl]
+    e2els = [o.e2el for o in ok if o.e2el is not None]
+    doc: dict[str, Any] = {
+        "duration": duration,
+        "completed": len(ok),
+        "failed": len(outcomes) - len(ok),
+        "total_input_tokens": in_tokens,
+        "total_output_tokens": out_tokens,
+        "request_throughput": len(ok) / duration if duration > 0 else 0.0,
+        "output_throughput": out_tokens / duration if duration > 0 else 0.0,
+        "total_token_throughput": (in_tokens + out_tokens) / duration if duration > 0 else 0.0,
+    }
+    if goodput:
+        good = 0
+        for o in ok:
+            checks = {
+                "ttft": o.ttft,
+                "e2el": o.e2el,
+                "tpot": (o.e2el - o.ttft) / (o.output_len - 1)
+                if o.output_len > 1 and o.e2el is not None and o.ttft is not None
+                else 0.0,
+            }
+            if all((checks[k] or 0.0) * 1000.0 <= limit_ms for k, limit_ms in goodput.items()):
+                good += 1
+        doc["request_goodput"] = good / duration if duration > 0 else 0.0
+    doc |= _stats("ttft", ttfts, percentiles)
+    doc |= _stats("tpot", tpots, percentiles)
+    doc |= _stats("itl", itls, percentiles)
+    doc |= _stats("e2el", e2els, percentiles)
+    return doc

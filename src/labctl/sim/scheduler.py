@@ -1,0 +1,238 @@
+"""A scheduler that behaves like vLLM V1's: token budget, sequence cap, paged KV, preemption.
+
+Every step it first gives each running request what it needs (one token when
+decoding, the next chunk of its prompt when prefilling), then admits waiting
+requests in arrival order while the token budget (``max_num_batched_tokens``),
+the sequence cap (``max_num_seqs``) and free KV blocks allow. A prompt longer
+than the remaining budget is prefilled in chunks. When a running request needs
+a block and none is free, the most recently admitted running request is
+preempted: its blocks are freed and it goes back to the front of the queue to
+be recomputed, as vLLM's recompute preemption does. With prefix caching,
+full blocks of a prompt that an earlier request already computed are reused.
+
+The same scheduler drives the live twin (in real time) and ``labctl sim run``
+(as a discrete-event simulation); it has no clock of its own.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+from labctl.sim.perf import StepCost
+
+
+@dataclass(eq=False)
+class SimRequest:
+    """One request as the engine sees it."""
+
+    id: int
+    prompt_len: int
+    max_tokens: int
+    arrival: float
+    #: Block-hash keys of the prompt's full blocks, for prefix caching (empty: never shared).
+    prefix_keys: tuple[int, ...] = ()
+    #: Tokens whose KV is computed (prompt, then generated ones as they are fed back).
+    computed: int = 0
+    generated: int = 0
+    blocks: int = 0
+    cached_tokens: int = 0
+    admitted: float | None = None
+    first_token: float | None = None
+    last_token: float | None = None
+    finished: float | None = None
+    preemptions: int = 0
+    #: Gaps between consecutive output tokens, seconds.
+    itl: list[float] = field(default_factory=list)
+
+    @property
+    def total_len(self) -> int:
+        return self.prompt_len + self.generated
+
+    @property
+    def prefilling(self) -> bool:
+        return self.computed < self.prompt_len
+
+
+@dataclass
+class Batch:
+    """What one step runs: each request with the tokens scheduled for it."""
+
+    items: list[tuple[SimRequest, int]]
+    cost: StepCost
+    preempted: list[SimRequest]
+
+
+class Scheduler:
+    """vLLM-V1-like scheduling over a paged KV cache of ``num_blocks`` × ``block_size`` tokens."""
+
+    def __init__(
+        self,
+        num_blocks: int,
+        block_size: int,
+        max_num_seqs: int,
+        max_num_batched_tokens: int,
+        window: int = 0,
+        prefix_caching: bool = False,
+    ) -> None:
+        if num_blocks <= 0 or block_size <= 0:
+            raise ValueError("the KV cache needs at least one block")
+        self.num_blocks = num_blocks
+        self.block_size = block_size
+        self.max_num_seqs = max_num_seqs
+        self.max_num_batched_tokens = max_num_batched_tokens
+        self.window = window
+        self.prefix_caching = prefix_caching
+        self.free_blocks = num_blocks
+        self.waiting: deque[SimRequest] = deque()
+        self.running: list[SimRequest] = []
+        self.preemptions_total = 0
+        self.prefix_hits = 0
+        self.prefix_queries = 0
+        #: Prefix-cache keys of computed full blocks (evicted oldest first).
+        self._cached: dict[int, None] = {}
+
+    # -- queue -----------------------------------------------------------------
+
+    def add(self, req: SimRequest) -> None:
+        self.waiting.append(req)
+
+    @property
+    def idle(self) -> bool:
+        return not self.waiting and not self.running
+
+    @property
+    def usage(self) -> float:
+        """Share of KV blocks in use, 0–1 (``vllm:kv_cache_usage_perc``)."""
+        return 1.0 - self.free_blocks / self.num_blocks
+
+    def _blocks_for(self, tokens: int) -> int:
+        return -(-tokens // self.block_size)
+
+    def _free(self, req: SimRequest) -> None:
+        self.free_blocks += req.blocks
+        req.blocks = 0
+
+    def _grow(self, req: SimRequest, tokens: int) -> bool:
+        need = self._blocks_for(tokens) - req.blocks
+        if need <= 0:
+            return True
+        if need > self.free_blocks:
+            return False
+        self.free_blocks -= need
+        req.blocks += need
+        return True
+
+    def _prefix_hit(self, req: SimRequest) -> int:
+        """Prompt tokens already computed by earlier requests (whole blocks)."""
+        if not self.prefix_caching or not req.prefix_keys:
+            return 0
+        hit = 0
+        for key in req.prefix_keys:
+            if key not in self._cached:
+                break
+            hit += 1
+        # The last prompt token is always recomputed to produce logits.
+        tokens = min(hit * self.block_size, req.prompt_len - 1)
+        self.prefix_queries += req.prompt_len
+        self.prefix_hits += max(0, tokens)
+        return max(0, tokens)
+
+    def _remember(self, req: SimRequest) -> None:
+        if not self.prefix_caching:
+            return
+        full = min(len(req.prefix_keys), req.computed // self.block_size)
+        for key in req.prefix_keys[:full]:
+            self._cached[key] = None
+        # Cached blocks beyond the pool's capacity are evicted, oldest first.
+        while len(self._cached) > self.num_blocks:
+            del self._cached[next(iter(self._cached))]
+
+    # -- one step -----------------------------------------------------------------
+
+    def schedule(self, now: float) -> Batch:
+        budget = self.max_num_batched_tokens
+        items: list[tuple[SimRequest, int]] = []
+        preempted: list[SimRequest] = []
+        i = 0
+        while i < len(self.running) and budget > 0:
+            req = self.running[i]
+            n = min(req.total_len - req.computed, budget)
+            while not self._grow(req, req.computed + n):
+                victim = self.running.pop()
+                self._free(victim)
+                victim.computed = 0
+                victim.cached_tokens = 0
+                victim.preemptions += 1
+                self.preemptions_total += 1
+                preempted.append(victim)
+                self.waiting.appendleft(victim)
+                if victim is req:
+                    break
+            else:
+                items.append((req, n))
+                budget -= n
+                i += 1
+                continue
+            break  # the request itself was preempted
+        if not preempted:
+            while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
+                req = self.waiting[0]
+                if req.computed == 0:
+                    req.computed = req.cached_tokens = self._prefix_hit(req)
+                n = min(req.total_len - req.computed, budget)
+                if not self._grow(req, req.computed + n):
+                    break
+                self.waiting.popleft()
+                if req.admitted is None:
+                    req.admitted = now
+                self.running.append(req)
+                items.append((req, n))
+                budget -= n
+        return Batch(items, self._cost(items), preempted)
+
+    def _cost(self, items: list[tuple[SimRequest, int]]) -> StepCost:
+        tokens = attended = kv = win = 0
+        w = self.window
+        for req, n in items:
+            end = req.computed + n
+            tokens += n
+            kv += end
+            if w:
+                win += min(end, w)
+            # Each new token attends over the context before it (causal).
+            attended += n * req.computed + n * (n + 1) // 2
+        return StepCost(len(items), tokens, attended, kv, win)
+
+    def complete(self, batch: Batch, now: float) -> list[SimRequest]:
+        """Apply a finished step at time ``now``: tokens out, requests done."""
+        finished = []
+        for req, n in batch.items:
+            req.computed += n
+            if req.computed < req.total_len:
+                continue  # a prefill chunk that did not reach the end of the prompt
+            if req.last_token is not None:
+                req.itl.append(now - req.last_token)
+            else:
+                req.first_token = now
+            req.last_token = now
+            req.generated += 1
+            if req.computed >= req.prompt_len and req.generated == 1:
+                self._remember(req)
+            if req.generated >= req.max_tokens:
+                req.finished = now
+                finished.append(req)
+        if finished:
+            done = set(map(id, finished))
+            self.running = [r for r in self.running if id(r) not in done]
+            for req in finished:
+                self._free(req)
+        return finished
+
+    def abort(self, req: SimRequest) -> None:
+        """Drop a request (its client went away); its blocks are freed."""
+        if req in self.running:
+            self.running.remove(req)
+            self._free(req)
+        elif req in self.waiting:
+            self.waiting.remove(req)

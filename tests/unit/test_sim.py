@@ -1,0 +1,160 @@
+"""The twin's pure parts: step-time model, scheduler, workloads, `vllm bench serve` summaries."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from labctl.errors import EngineError, UsageError
+from labctl.sim.engine import TwinConfig, build_twin
+from labctl.sim.offline import simulate
+from labctl.sim.perf import StepCost
+from labctl.sim.report import Outcome, percentile, summarize
+from labctl.sim.scheduler import Scheduler, SimRequest
+from labctl.sim.workload import arrival_times, sharegpt_like, synthetic
+
+LLAMA = "meta-llama/Llama-3.1-8B-Instruct"
+
+
+def test_sim_twin_kv_cache_is_what_fit_plans() -> None:
+    twin = build_twin(TwinConfig(LLAMA, "h100-sxm", max_model_len=8192))
+    sched = twin.scheduler()
+    assert sched.num_blocks * sched.block_size == twin.fit.kv_cache_tokens // 16 * 16
+    assert sched.max_num_seqs == twin.fit.max_num_seqs
+
+
+def test_sim_twin_that_does_not_fit_fails_with_vllms_message() -> None:
+    with pytest.raises(
+        EngineError, match="To serve at least one request with the models's max seq len"
+    ):
+        build_twin(TwinConfig("Qwen/Qwen3-8B", "rtx-3090"))
+    with pytest.raises(EngineError, match="No available memory for the cache blocks"):
+        build_twin(TwinConfig("Qwen/Qwen2.5-72B-Instruct", "rtx-3090"))
+
+
+def test_sim_decode_step_is_bandwidth_bound_and_grows_with_context() -> None:
+    perf = build_twin(TwinConfig(LLAMA, "h100-sxm", max_model_len=8192)).perf
+    short = perf.step_seconds(StepCost(1, 1, 1024, 1024))
+    long = perf.step_seconds(StepCost(1, 1, 100_000, 100_000))
+    # ~15 GB of weights at ~2.9 TB/s plus overheads; 100k tokens add ~13 GB of KV.
+    assert 5e-3 < short < 8e-3
+    assert long - short == pytest.approx(99_000 * 131072 / perf.bandwidth, rel=0.05)
+
+
+def test_sim_prefill_is_compute_bound() -> None:
+    perf = build_twin(TwinConfig(LLAMA, "h100-sxm", max_model_len=8192)).perf
+    t = perf.step_seconds(StepCost(1, 8192, 8192 * 8193 // 2, 8192))
+    flops = 2 * 8.03e9 * 8192
+    assert t > flops / perf.peak_flops  # never faster than peak
+    assert t < 3 * flops / perf.peak_flops
+
+
+def test_sim_moe_reads_only_the_experts_the_batch_routes_to() -> None:
+    perf = build_twin(TwinConfig("Qwen/Qwen3-30B-A3B", "h100-sxm", max_model_len=8192)).perf
+    assert perf.experts_touched(1) == pytest.approx(8 / 128)
+    assert perf.experts_touched(512) > 0.99
+    assert perf.step_seconds(StepCost(1, 1, 100, 100)) < perf.step_seconds(
+        StepCost(64, 64, 6400, 6400)
+    )
+
+
+def make_sched(blocks: int = 100, seqs: int = 4, budget: int = 64) -> Scheduler:
+    return Scheduler(
+        num_blocks=blocks, block_size=16, max_num_seqs=seqs, max_num_batched_tokens=budget
+    )
+
+
+def test_sim_scheduler_chunks_a_long_prompt_under_the_token_budget() -> None:
+    s = make_sched(budget=64)
+    r = SimRequest(0, prompt_len=150, max_tokens=3, arrival=0.0)
+    s.add(r)
+    chunks = []
+    t = 0.0
+    while r.finished is None:
+        batch = s.schedule(t)
+        chunks.append(batch.items[0][1])
+        t += 1
+        s.complete(batch, t)
+    assert chunks == [64, 64, 22, 1, 1]
+    assert r.first_token == 3.0 and r.itl == [1.0, 1.0] and s.free_blocks == 100
+
+
+def test_sim_scheduler_caps_running_sequences_and_queues_the_rest() -> None:
+    s = make_sched(seqs=2, budget=1000)
+    reqs = [SimRequest(i, 10, 5, 0.0) for i in range(3)]
+    for r in reqs:
+        s.add(r)
+    batch = s.schedule(0.0)
+    assert [r.id for r, _ in batch.items] == [0, 1] and list(s.waiting) == [reqs[2]]
+
+
+def test_sim_scheduler_preempts_the_newest_when_blocks_run_out() -> None:
+    s = make_sched(blocks=4, seqs=4, budget=1000)  # 64 tokens of KV
+    a, b = SimRequest(0, 30, 20, 0.0), SimRequest(1, 30, 20, 0.0)
+    s.add(a)
+    s.add(b)
+    t = 0.0
+    while a.finished is None:
+        t += 1
+        s.complete(s.schedule(t), t)
+    assert b.preemptions >= 1 and s.preemptions_total >= 1
+    assert a.generated == 20
+    while b.finished is None:
+        t += 1
+        s.complete(s.schedule(t), t)
+    assert b.generated == 20 and s.free_blocks == 4
+
+
+def test_sim_scheduler_prefix_cache_skips_shared_blocks() -> None:
+    s = Scheduler(100, 16, 4, 1000, prefix_caching=True)
+    first = SimRequest(0, 64, 2, 0.0, prefix_keys=(1, 2, 3, 4))
+    s.add(first)
+    s.complete(s.schedule(0.0), 1.0)
+    second = SimRequest(1, 64, 2, 1.0, prefix_keys=(1, 2, 3, 9))
+    s.add(second)
+    batch = s.schedule(1.0)
+    assert {r.id: n for r, n in batch.items}[1] == 64 - 48
+    assert second.cached_tokens == 48
+
+
+def test_sim_offline_concurrency_one_runs_requests_back_to_back() -> None:
+    twin = build_twin(TwinConfig(LLAMA, "h100-sxm", max_model_len=8192))
+    summary, timeline = simulate(twin, synthetic(4, 512, 64), [0.0] * 4, max_concurrency=1)
+    assert summary["completed"] == 4 and summary["failed"] == 0
+    assert summary["median_itl_ms"] == pytest.approx(summary["median_tpot_ms"], rel=0.05)
+    per_request = summary["mean_e2el_ms"] / 1000
+    assert summary["duration"] == pytest.approx(4 * per_request, rel=0.05)
+    assert timeline.running and max(timeline.running) == 1
+
+
+def test_sim_offline_rejects_requests_longer_than_the_context() -> None:
+    twin = build_twin(TwinConfig(LLAMA, "h100-sxm", max_model_len=2048))
+    summary, _ = simulate(twin, synthetic(2, 4000, 16), [0.0, 0.0])
+    assert summary["failed"] == 2 and summary["completed"] == 0
+
+
+def test_sim_workload_arrivals_have_the_asked_rate_and_are_reproducible() -> None:
+    times = arrival_times(20_000, 10.0, seed=3)
+    assert times == arrival_times(20_000, 10.0, seed=3)
+    assert 20_000 / times[-1] == pytest.approx(10.0, rel=0.03)
+    assert arrival_times(3, math.inf) == [0.0, 0.0, 0.0]
+    with pytest.raises(UsageError, match="burstiness"):
+        arrival_times(3, 1.0, burstiness=0)
+    items = sharegpt_like(5000)
+    assert 180 < sum(i.prompt_len for i in items) / 5000 < 260
+    spread = synthetic(1000, 100, 10, range_ratio=0.5)
+    assert min(i.prompt_len for i in spread) >= 50 and max(i.prompt_len for i in spread) <= 150
+
+
+def test_sim_report_uses_vllm_definitions() -> None:
+    outcomes = [
+        Outcome(10, 5, ttft=0.1, e2el=0.5, itl=[0.1, 0.1, 0.1, 0.1]),
+        Outcome(10, 1, ttft=0.2, e2el=0.2, itl=[]),
+        Outcome(10, 0, None, None, [], success=False),
+    ]
+    doc = summarize(outcomes, duration=2.0, goodput={"ttft": 150})
+    assert doc["completed"] == 2 and doc["failed"] == 1
+    assert doc["median_tpot_ms"] == pytest.approx(100.0)  # (500 − 100) / (5 − 1); 1-token excluded
+    assert doc["output_throughput"] == 3.0 and doc["request_goodput"] == 0.5
+    assert percentile([1.0, 2.0, 3.0, 4.0], 50) == 2.5
