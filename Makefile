@@ -10,7 +10,7 @@ SEED_MODELS := google/gemma-4-31B-it google/gemma-4-26B-A4B-it \
 	openai/whisper-large-v3 openvla/openvla-7b
 DEFAULT_GPU := rtx-3090
 
-.PHONY: up test lint typecheck unit integration gpu bench-fit bench-exporter system-deps clean
+.PHONY: up test lint typecheck unit integration gpu bench-fit bench-exporter bench-twin system-deps clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -58,6 +58,10 @@ bench-fit: $(STAMP)
 
 bench-exporter: $(STAMP)
 	$(BIN)/python benchmarks/exporter.py
+
+bench-twin: $(STAMP)
+	$(BIN)/python benchmarks/twin_fidelity.py
+	$(BIN)/python benchmarks/twin_speed.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -73,7 +73,11 @@ def engine_options(f: Any) -> Any:
     """The vLLM flags the twin honours, shared by ``sim run`` and ``sim serve``."""
     options = [
         click.option("--model", required=True, help="catalog id, HF model directory or .gguf"),
-        click.option("--gpu", "gpu_id", default="rtx-3090", show_default=True, help="catalog GPU"),
+        click.option(
+            "--gpu",
+            "gpu_id",
+            help="catalog GPU (default: the simulated GPU it runs on, or rtx-3090)",
+        ),
         click.option("--tensor-parallel-size", "-tp", type=int, default=1, show_default=True),
         click.option("--pipeline-parallel-size", "-pp", type=int, default=1, show_default=True),
         click.option("--max-model-len", type=int, help="default: the model's, capped to fit"),
@@ -91,12 +95,12 @@ def engine_options(f: Any) -> Any:
     return f
 
 
-def twin_config(kw: dict[str, Any]) -> Any:
+def twin_config(kw: dict[str, Any], default_gpu: str = "rtx-3090") -> Any:
     from labctl.sim.engine import TwinConfig
 
     return TwinConfig(
         model=kw.pop("model"),
-        gpu=kw.pop("gpu_id"),
+        gpu=kw.pop("gpu_id") or default_gpu,
         tensor_parallel_size=kw.pop("tensor_parallel_size"),
         pipeline_parallel_size=kw.pop("pipeline_parallel_size"),
         max_model_len=kw.pop("max_model_len"),
@@ -191,3 +195,64 @@ def run(**kw: Any) -> None:
     ]
     for name, value in rows:
         out.print(f"  {name:<20}{value}")
+
+
+@sim.command()
+@engine_options
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=int, default=8000, show_default=True, help="0 picks a free port")
+@click.option(
+    "--time-scale", type=float, default=1.0, show_default=True,
+    help="multiplies simulated time (startup and steps); 0 runs as fast as it can",
+)  # fmt: skip
+@click.option(
+    "--load-gbps", type=float, default=2.0, show_default=True, help="disk speed for weights"
+)
+@click.option("--no-gpu-ledger", is_flag=True, help="do not take memory on the simulated GPU")
+@click.option("--fail-startup-after", type=float, metavar="S", help="fault: fail S s into startup")
+@click.option("--hang-startup", is_flag=True, help="fault: never finish starting")
+@click.option("--crash-after-requests", type=int, metavar="N", help="fault: die after N requests")
+@click.option("--ignore-sigterm", is_flag=True, help="fault: ignore SIGTERM (needs SIGKILL)")
+@click.option(
+    "--orphan-worker", is_flag=True, help="fault: a worker holds the memory and outlives a kill"
+)
+def serve(**kw: Any) -> None:
+    """The twin as a live vLLM-compatible server (OpenAI API, /health, /metrics).
+
+    Prints vLLM's startup log lines on stderr and the URL on stdout once it listens.
+    """
+    from labctl.gpu.sim import SimMachine
+    from labctl.sim.engine import build_twin
+    from labctl.sim.server import Faults
+    from labctl.sim.server import run as run_server
+
+    host, port = kw.pop("host"), kw.pop("port")
+    scale, load = kw.pop("time_scale"), kw.pop("load_gbps")
+    if scale < 0:
+        raise UsageError(f"--time-scale {scale} must be 0 or more; 1 is real time")
+    if not 0 <= port <= 65535:
+        raise UsageError(f"--port {port} must be 0 to 65535")
+    faults = Faults(
+        fail_startup_after=kw.pop("fail_startup_after"),
+        hang_startup=kw.pop("hang_startup"),
+        crash_after_requests=kw.pop("crash_after_requests"),
+        ignore_sigterm=kw.pop("ignore_sigterm"),
+        orphan_worker=kw.pop("orphan_worker"),
+    )
+    home = None if kw.pop("no_gpu_ledger") else state_dir()
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0].strip() or "0"
+    if not visible.isdigit():
+        raise UsageError(f"CUDA_VISIBLE_DEVICES={visible!r}: name a simulated GPU index, e.g. 0")
+    index = int(visible)
+    default_gpu = "rtx-3090"
+    if home is not None:
+        devices = SimMachine(home).devices()
+        if index < len(devices):
+            default_gpu = devices[index].spec.id
+    twin = build_twin(twin_config(kw, default_gpu))
+
+    def listening(url: str) -> None:
+        click.echo(url)
+        sys.stdout.flush()
+
+    run_server(twin, host, port, scale, load, faults, home, index, listening)
