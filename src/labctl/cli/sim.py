@@ -255,4 +255,5 @@ def serve(**kw: Any) -> None:
         click.echo(url)
         sys.stdout.flush()
 
-    run_server(twin, host, port, scale, load, faults, home, index, listening)
+    ledger = SimMachine(home) if home is not None else None
+    run_server(twin, host, port, scale, load, faults, ledger, index, listening)

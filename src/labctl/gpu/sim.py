@@ -190,6 +190,14 @@ class SimMachine:
             out.append(h)
         return sorted(out, key=lambda h: h.pid)
 
+    def free_bytes(self, index: int) -> tuple[int, int] | None:
+        """Free and allocatable bytes of GPU ``index`` (``None``: no such GPU)."""
+        devices = self.devices()
+        if not 0 <= index < len(devices):
+            return None
+        used = sum(h.memory.get(index, 0) for h in self.holdings())
+        return devices[index].allocatable_bytes - used, devices[index].allocatable_bytes
+
     def allocate(self, index: int, nbytes: int, pid: int | None = None, name: str = "") -> None:
         """Take ``nbytes`` on GPU ``index`` for ``pid`` (default: this process).
 

@@ -18,17 +18,15 @@ import contextlib
 from dataclasses import dataclass
 import json
 import os
-from pathlib import Path
 import signal
 import sys
 import time
-from typing import Any
+from typing import Any, Protocol
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from labctl.errors import EngineError, GpuError
-from labctl.gpu.sim import SimMachine
 from labctl.sim.engine import Twin
 from labctl.sim.live import LiveEngine, Stream
 from labctl.units import GiB
@@ -36,6 +34,19 @@ from labctl.units import GiB
 FILLER = ["the", "lab", "runs", "on", "the", "card", "it", "owns", "and", "every", "token", "here", "is", "counted", "once", "so", "the", "numbers", "stay", "honest", "while", "the", "queue", "drains", "and", "the", "cache", "fills"]  # fmt: skip
 #: Tokens a chat template adds per message (role markers and separators).
 CHAT_TOKENS_PER_MESSAGE = 4
+
+
+class GpuLedger(Protocol):
+    """Where the twin takes its memory: the simulated GPUs' ledger (``labctl.gpu.sim``).
+
+    Passed in from above so that the twin does not depend on the GPU layer.
+    """
+
+    def free_bytes(self, index: int) -> tuple[int, int] | None: ...
+
+    def allocate(self, index: int, nbytes: int, pid: int | None = None, name: str = "") -> None: ...
+
+    def release(self, pid: int | None = None) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -276,7 +287,7 @@ def _stop_at(text: str, stops: list[str]) -> int | None:
 # -- startup ---------------------------------------------------------------------------
 
 
-def _hold_in_worker(machine: SimMachine, index: int, nbytes: int) -> int:
+def _hold_in_worker(machine: GpuLedger, index: int, nbytes: int) -> int:
     """Fork a worker that holds the memory until it is killed; returns its pid."""
     read_end, write_end = os.pipe()
     pid = os.fork()
@@ -305,7 +316,7 @@ def _hold_in_worker(machine: SimMachine, index: int, nbytes: int) -> int:
 
 async def start_engine(
     twin: Twin,
-    machine: SimMachine | None,
+    machine: GpuLedger | None,
     gpu_index: int,
     time_scale: float,
     load_gbps: float,
@@ -337,16 +348,14 @@ async def start_engine(
     budget = fit.budget_bytes
     worker = None
     if machine is not None:
-        devices = machine.devices()
-        if not 0 <= gpu_index < len(devices):
+        room = machine.free_bytes(gpu_index)
+        if room is None:
             raise EngineError(f"RuntimeError: CUDA error: invalid device ordinal (GPU {gpu_index})")
-        dev = devices[gpu_index]
-        used = sum(h.memory.get(gpu_index, 0) for h in machine.holdings())
-        free = dev.allocatable_bytes - used
+        free, total = room
         if free < budget:
             raise EngineError(
                 f"ValueError: Free memory on device cuda:{gpu_index} ({free / GiB:.2f}/"
-                f"{dev.allocatable_bytes / GiB:.2f} GiB) on startup is less than desired GPU "
+                f"{total / GiB:.2f} GiB) on startup is less than desired GPU "
                 f"memory utilization ({fit.gpu_memory_utilization}, {budget / GiB:.2f} GiB). "
                 "Decrease GPU memory utilization or reduce GPU memory used by other processes."
             )
@@ -400,7 +409,7 @@ async def serve(
     time_scale: float = 1.0,
     load_gbps: float = 2.0,
     faults: Faults = Faults(),
-    machine: SimMachine | None = None,
+    machine: GpuLedger | None = None,
     gpu_index: int = 0,
     on_listening: Callable[[str], None] = lambda url: None,
 ) -> None:
@@ -469,11 +478,10 @@ def run(
     time_scale: float,
     load_gbps: float,
     faults: Faults,
-    state_dir: Path | None,
+    machine: GpuLedger | None,
     gpu_index: int,
     on_listening: Callable[[str], None],
 ) -> None:
-    machine = SimMachine(state_dir) if state_dir is not None else None
     asyncio.run(
         serve(twin, host, port, time_scale, load_gbps, faults, machine, gpu_index, on_listening)
     )
