@@ -60,6 +60,8 @@ def simulate(
     rejected: set[int] = set()
     #: (time it may be sent, index): requests scheduled but not yet sent.
     ready: list[tuple[float, int]] = []
+    #: (time the engine sees it, index): sent, still in the API server.
+    inbound: list[tuple[float, int]] = []
     #: When each concurrency slot became free (one per slot; unlimited without a limit).
     free_at: list[float] = [0.0] * max_concurrency if max_concurrency else []
     timeline = Timeline(interval)
@@ -87,19 +89,23 @@ def simulate(
             # The API server tokenizes and queues it before the engine sees it.
             req = SimRequest(i, item.prompt_len, item.output_len, start + FRONTEND_S)
             reqs[i] = req
-            sched.add(req)
+            heapq.heappush(inbound, (req.arrival, i))
+        while inbound and inbound[0][0] <= until:
+            sched.add(reqs[heapq.heappop(inbound)[1]])
 
     done = 0
     total = len(items)
     while done + len(rejected) < total:
         feed(now)
         if sched.idle:
-            upcoming = [t for t, _ in ready[:1]]
+            upcoming = [t for t, _ in inbound[:1]]
+            if ready and (not max_concurrency or free_at):
+                upcoming.append(ready[0][0])
             if nxt is not None:
                 upcoming.append(send_times[nxt])
             if not upcoming:
                 break
-            now = max(now, min(upcoming) + FRONTEND_S)
+            now = max(now, min(upcoming))
             continue
         batch = sched.schedule(now)
         if not batch.items:
