@@ -342,3 +342,18 @@ def test_twin_fault_ignore_sigterm_needs_sigkill(twins: Twins) -> None:
     assert get(stubborn.url + "/health") == ""
     stubborn.proc.kill()
     assert stubborn.proc.wait(10) == -signal.SIGKILL
+
+
+def test_twin_prefix_caching_reuses_a_shared_prompt(twins: Twins) -> None:
+    twin = twins.start("--model", SMALL, "--time-scale", "0", "--enable-prefix-caching")
+    client = openai.OpenAI(base_url=twin.url + "/v1", api_key="unused")
+    shared = "word " * 200
+    client.completions.create(model=SMALL, prompt=shared + "first", max_tokens=2)
+    client.completions.create(model=SMALL, prompt=shared + "second", max_tokens=2)
+    metrics = get(twin.url + "/metrics")
+    hits = next(
+        float(line.rsplit(" ", 1)[1])
+        for line in metrics.splitlines()
+        if line.startswith("vllm:prefix_cache_hits_total{")
+    )
+    assert hits == 192  # 12 full blocks of 16 tokens shared by the two prompts

@@ -8,7 +8,7 @@ that tracks the wall clock, so a slow event loop does not make the twin drift.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 import time
 
@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from labctl.sim.engine import Twin
 from labctl.sim.perf import FRONTEND_S
-from labctl.sim.scheduler import Scheduler, SimRequest
+from labctl.sim.scheduler import Scheduler, SimRequest, block_keys
 
 TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5,
                 5.0, 7.5, 10.0, 20.0, 40.0, 80.0, 160.0, 640.0, 2560.0)  # fmt: skip
@@ -176,13 +176,16 @@ class LiveEngine:
         #: Called after each finished request (the fault flags hook in here).
         self.on_finished: Callable[[int], None] = lambda n: None
 
-    async def submit(self, prompt_len: int, max_tokens: int) -> Stream:
+    async def submit(
+        self, prompt_len: int, max_tokens: int, prompt_tokens: Sequence[object] = ()
+    ) -> Stream:
         """Queue a request; tokens arrive on the returned stream's queue (``None`` ends it)."""
         arrival = self.clock()
         if self.time_scale:  # the API server's own share of the latency
             await asyncio.sleep(FRONTEND_S * self.time_scale)
         self._next_id += 1
-        req = SimRequest(self._next_id, prompt_len, max_tokens, arrival)
+        keys = block_keys(prompt_tokens, self.sched.block_size) if self.sched.prefix_caching else ()
+        req = SimRequest(self._next_id, prompt_len, max_tokens, arrival, prefix_keys=keys)
         stream = Stream(req, arrival, asyncio.Queue())
         self._streams[req.id] = stream
         self.metrics.req_max_tokens.observe(max_tokens)

@@ -16,7 +16,7 @@ from typing import Any
 from labctl.sim.engine import Twin
 from labctl.sim.perf import FRONTEND_S
 from labctl.sim.report import Outcome, summarize
-from labctl.sim.scheduler import SimRequest
+from labctl.sim.scheduler import SimRequest, block_keys
 from labctl.sim.workload import Item
 
 
@@ -87,7 +87,12 @@ def simulate(
                     heapq.heappush(free_at, start)
                 continue
             # The API server tokenizes and queues it before the engine sees it.
-            req = SimRequest(i, item.prompt_len, item.output_len, start + FRONTEND_S)
+            keys = (
+                block_keys(item.prompt.split(), sched.block_size)
+                if sched.prefix_caching and item.prompt
+                else ()
+            )
+            req = SimRequest(i, item.prompt_len, item.output_len, start + FRONTEND_S, keys)
             reqs[i] = req
             heapq.heappush(inbound, (req.arrival, i))
         while inbound and inbound[0][0] <= until:

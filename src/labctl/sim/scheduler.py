@@ -17,9 +17,21 @@ The same scheduler drives the live twin (in real time) and ``labctl sim run``
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from labctl.sim.perf import StepCost
+
+
+def block_keys(tokens: Sequence[object], block_size: int) -> tuple[int, ...]:
+    """Prefix-cache keys of a prompt's full blocks: each chains the block before it,
+    so two prompts share a key only when everything up to that block is the same."""
+    keys: list[int] = []
+    prev = 0
+    for start in range(0, len(tokens) - block_size + 1, block_size):
+        prev = hash((prev, tuple(tokens[start : start + block_size])))
+        keys.append(prev)
+    return tuple(keys)
 
 
 @dataclass(eq=False)

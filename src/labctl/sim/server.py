@@ -6,8 +6,8 @@ and takes its memory on the simulated GPU as its own process (or through a
 worker that can be left orphaned). It then serves ``/v1/models``,
 ``/v1/completions``, ``/v1/chat/completions`` (streaming or not), ``/health``
 and ``/metrics`` with vLLM's metric names. Output text is deterministic filler;
-token counts follow the request (a prompt costs one token per word plus a few
-per chat message).
+token counts follow the request: a prompt costs one token per word, and a chat
+message four more for its template markers (start, role, newline, end).
 """
 
 from __future__ import annotations
@@ -32,8 +32,6 @@ from labctl.sim.live import LiveEngine, Stream
 from labctl.units import GiB
 
 FILLER = ["the", "lab", "runs", "on", "the", "card", "it", "owns", "and", "every", "token", "here", "is", "counted", "once", "so", "the", "numbers", "stay", "honest", "while", "the", "queue", "drains", "and", "the", "cache", "fills"]  # fmt: skip
-#: Tokens a chat template adds per message (role markers and separators).
-CHAT_TOKENS_PER_MESSAGE = 4
 
 
 class GpuLedger(Protocol):
@@ -58,10 +56,6 @@ class Faults:
     crash_after_requests: int | None = None
     ignore_sigterm: bool = False
     orphan_worker: bool = False
-
-
-def count_tokens(text: str) -> int:
-    return len(text.split())
 
 
 def _log(message: str, level: str = "INFO") -> None:
@@ -137,17 +131,16 @@ class TwinServer:
         prompt = body.get("prompt")
         if isinstance(prompt, list) and len(prompt) == 1:
             prompt = prompt[0]
-        if isinstance(prompt, list) and all(isinstance(t, int) for t in prompt):
-            prompt_len = len(prompt)
+        tokens: list[object]
+        if isinstance(prompt, list) and prompt and all(isinstance(t, int) for t in prompt):
+            tokens = list(prompt)
         elif isinstance(prompt, str):
-            prompt_len = max(1, count_tokens(prompt))
+            tokens = list(prompt.split()) or [""]
         else:
             return _error(
                 400, "prompt must be a string, one string in a list, or token ids", "prompt"
             )
-        return await self._generate(
-            request, body, prompt_len, body.get("max_tokens", 16), chat=False
-        )
+        return await self._generate(request, body, tokens, body.get("max_tokens", 16), chat=False)
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
         body = await self._body(request)
@@ -156,25 +149,27 @@ class TwinServer:
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:
             return _error(400, "messages must be a non-empty list", "messages")
-        prompt_len = 1
+        tokens: list[object] = ["<bos>"]
         for m in messages:
             content = m.get("content") if isinstance(m, dict) else None
             if isinstance(content, list):  # content parts: count the text ones
                 content = " ".join(p.get("text", "") for p in content if isinstance(p, dict))
             if not isinstance(content, str):
                 return _error(400, "each message needs a role and text content", "messages")
-            prompt_len += count_tokens(content) + CHAT_TOKENS_PER_MESSAGE
+            role = str(m.get("role", "user"))
+            tokens += ["<start>", role, "\n", *content.split(), "<end>"]
         max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
-        return await self._generate(request, body, prompt_len, max_tokens, chat=True)
+        return await self._generate(request, body, tokens, max_tokens, chat=True)
 
     async def _generate(
         self,
         request: web.Request,
         body: dict[str, Any],
-        prompt_len: int,
+        tokens: list[object],
         max_tokens: Any,
         chat: bool,
     ) -> web.StreamResponse:
+        prompt_len = len(tokens)
         if max_tokens is None:
             max_tokens = self.max_model_len - prompt_len
         if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
@@ -197,7 +192,7 @@ class TwinServer:
         )
         rid = ("chatcmpl-" if chat else "cmpl-") + os.urandom(12).hex()
         created = int(time.time())
-        stream = await self.engine.submit(prompt_len, max_tokens)
+        stream = await self.engine.submit(prompt_len, max_tokens, tokens)
         if body.get("stream"):
             return await self._stream(request, stream, rid, created, chat, stops, include_usage)
         text, finish = "", "length"
