@@ -175,6 +175,11 @@ class LiveEngine:
         self.finished_total = 0
         #: Called after each finished request (the fault flags hook in here).
         self.on_finished: Callable[[int], None] = lambda n: None
+        #: Called about once a second with the share of that time spent stepping (0–1),
+        #: which drives the simulated GPU's utilization and power.
+        self.on_busy: Callable[[float], None] = lambda busy: None
+        self._busy_s = 0.0
+        self._busy_since = clock()
 
     async def submit(
         self, prompt_len: int, max_tokens: int, prompt_tokens: Sequence[object] = ()
@@ -214,8 +219,12 @@ class LiveEngine:
         sim_now = self.clock()
         while True:
             if self.sched.idle:
+                self._account(0.0)
                 self._wake.clear()
-                await self._wake.wait()
+                try:
+                    await asyncio.wait_for(self._wake.wait(), timeout=1.0)
+                except TimeoutError:
+                    continue  # idle for a second: report it
                 sim_now = self.clock()
             sim_now = max(sim_now, self.clock() - 0.05)  # never run far behind the wall clock
             before_hits, before_queries = self.sched.prefix_hits, self.sched.prefix_queries
@@ -225,7 +234,9 @@ class LiveEngine:
             if not batch.items:
                 await asyncio.sleep(0.001)
                 continue
-            sim_now += self.twin.perf.step_seconds(batch.cost) * self.time_scale
+            step = self.twin.perf.step_seconds(batch.cost) * self.time_scale
+            sim_now += step
+            self._account(step)
             delay = sim_now - self.clock()
             await asyncio.sleep(max(0.0, delay))
             now = self.clock()
@@ -262,6 +273,14 @@ class LiveEngine:
                 self._record_finished(stream, now, "length")
                 stream.queue.put_nowait(None)
             self._publish()
+
+    def _account(self, busy: float) -> None:
+        self._busy_s += busy
+        now = self.clock()
+        window = now - self._busy_since
+        if window >= 1.0:
+            self.on_busy(min(1.0, self._busy_s / window))
+            self._busy_s, self._busy_since = 0.0, now
 
     def _record_finished(self, stream: Stream, now: float, reason: str) -> None:
         req, m = stream.req, self.metrics

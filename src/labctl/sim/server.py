@@ -46,6 +46,8 @@ class GpuLedger(Protocol):
 
     def release(self, pid: int | None = None) -> None: ...
 
+    def set_activity(self, index: int, busy: float, pid: int | None = None) -> None: ...
+
 
 @dataclass(frozen=True)
 class Faults:
@@ -417,7 +419,7 @@ async def serve(
         loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
     try:
-        await start_engine(twin, machine, gpu_index, time_scale, load_gbps, faults)
+        worker = await start_engine(twin, machine, gpu_index, time_scale, load_gbps, faults)
     except BaseException:
         if machine is not None:
             machine.release()
@@ -435,6 +437,14 @@ async def serve(
                 os._exit(70)
 
         engine.on_finished = crash
+    if machine is not None:
+        ledger = machine
+
+        def busy(share: float) -> None:
+            with contextlib.suppress(GpuError):
+                ledger.set_activity(gpu_index, share, pid=worker)
+
+        engine.on_busy = busy
     runner = web.AppRunner(TwinServer(twin, engine).app(), access_log=None, handle_signals=False)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
