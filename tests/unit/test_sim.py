@@ -158,3 +158,33 @@ def test_sim_report_uses_vllm_definitions() -> None:
     assert doc["median_tpot_ms"] == pytest.approx(100.0)  # (500 − 100) / (5 − 1); 1-token excluded
     assert doc["output_throughput"] == 3.0 and doc["request_goodput"] == 0.5
     assert percentile([1.0, 2.0, 3.0, 4.0], 50) == 2.5
+
+
+def test_sim_live_engine_reports_its_busy_share_once_a_second() -> None:
+    import asyncio
+
+    from labctl.sim.live import LiveEngine
+
+    class Clock:
+        t = 100.0
+
+        def __call__(self) -> float:
+            return self.t
+
+    clock = Clock()
+    twin = build_twin(TwinConfig(LLAMA, "h100-sxm", max_model_len=8192))
+    reports: list[float] = []
+
+    async def go() -> None:
+        engine = LiveEngine(twin, time_scale=1.0, clock=clock)
+        engine.on_busy = reports.append
+        engine._account(0.3)
+        clock.t += 0.5
+        engine._account(0.2)  # half a second: nothing yet
+        clock.t += 0.5
+        engine._account(0.25)
+        clock.t += 2.0
+        engine._account(0.0)
+
+    asyncio.run(go())
+    assert reports == [pytest.approx(0.75), 0.0]
