@@ -232,6 +232,43 @@ class SimMachine:
             memory[index] = memory.get(index, 0) + nbytes
             self._write(pid, started, memory, dict(mine.activity) if mine else {}, name)
 
+    def hold_in_worker(
+        self, index: int, nbytes: int, name: str = "worker", seconds: float | None = None
+    ) -> int:
+        """Fork a worker that holds ``nbytes`` on GPU ``index`` until killed (or for
+        ``seconds``), as an engine's worker process does; returns its pid once it holds.
+
+        Raises:
+            GpuError: the worker could not allocate (the message says why).
+        """
+        read_end, write_end = os.pipe()
+        child = os.fork()
+        if child == 0:  # the worker: quiet, in its parent's process group
+            os.close(read_end)
+            devnull = os.open(os.devnull, os.O_RDWR)
+            for fd in (0, 1, 2):
+                os.dup2(devnull, fd)
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            try:
+                self.allocate(index, nbytes, name=name)
+                os.write(write_end, b"ok\n")
+            except Exception as exc:
+                os.write(write_end, f"{exc}\n".encode())
+                os._exit(1)
+            os.close(write_end)
+            try:
+                _sleep(seconds)
+            finally:
+                self.release()
+                os._exit(0)
+        os.close(write_end)
+        with os.fdopen(read_end) as fh:
+            status = fh.readline().strip()
+        if status != "ok":
+            os.waitpid(child, 0)
+            raise GpuError(status or "the worker died before allocating")
+        return child
+
     def set_activity(self, index: int, busy: float, pid: int | None = None) -> None:
         """Say how busy ``pid`` keeps GPU ``index`` (0–1): drives utilization and power."""
         pid = os.getpid() if pid is None else pid
@@ -376,31 +413,7 @@ def hold(
             signal.signal(signal.SIGTERM, previous)
             machine.release()
         return
-    read_end, write_end = os.pipe()
-    child = os.fork()
-    if child == 0:  # the worker
-        os.close(read_end)
-        devnull = os.open(os.devnull, os.O_RDWR)
-        for fd in (0, 1, 2):
-            os.dup2(devnull, fd)
-        try:
-            machine.allocate(index, nbytes)
-            os.write(write_end, b"ok\n")
-        except Exception as exc:
-            os.write(write_end, f"error {exc}\n".encode())
-            os._exit(1)
-        os.close(write_end)
-        try:
-            _sleep(seconds)
-        finally:
-            machine.release()
-            os._exit(0)
-    os.close(write_end)
-    with os.fdopen(read_end) as fh:
-        status = fh.readline().strip()
-    if status != "ok":
-        os.waitpid(child, 0)
-        raise GpuError(status.removeprefix("error ") or "the worker died before allocating")
+    child = machine.hold_in_worker(index, nbytes, seconds=seconds)
 
     def stop(signum: int, frame: object) -> None:
         if not orphan:

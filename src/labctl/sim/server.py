@@ -48,6 +48,10 @@ class GpuLedger(Protocol):
 
     def set_activity(self, index: int, busy: float, pid: int | None = None) -> None: ...
 
+    def hold_in_worker(
+        self, index: int, nbytes: int, name: str = "worker", seconds: float | None = None
+    ) -> int: ...
+
 
 @dataclass(frozen=True)
 class Faults:
@@ -284,33 +288,6 @@ def _stop_at(text: str, stops: list[str]) -> int | None:
 # -- startup ---------------------------------------------------------------------------
 
 
-def _hold_in_worker(machine: GpuLedger, index: int, nbytes: int) -> int:
-    """Fork a worker that holds the memory until it is killed; returns its pid."""
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        os.close(read_end)
-        devnull = os.open(os.devnull, os.O_RDWR)
-        for fd in (0, 1, 2):
-            os.dup2(devnull, fd)
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        try:
-            machine.allocate(index, nbytes, name="twin-worker")
-            os.write(write_end, b"ok\n")
-        except Exception as exc:
-            os.write(write_end, f"{exc}\n".encode())
-            os._exit(1)
-        while True:
-            time.sleep(3600)
-    os.close(write_end)
-    with os.fdopen(read_end) as fh:
-        status = fh.readline().strip()
-    if status != "ok":
-        os.waitpid(pid, 0)
-        raise GpuError(status)
-    return pid
-
-
 async def start_engine(
     twin: Twin,
     machine: GpuLedger | None,
@@ -362,7 +339,7 @@ async def start_engine(
     if machine is not None:
         try:
             if faults.orphan_worker:
-                worker = _hold_in_worker(machine, gpu_index, fit.weights_bytes)
+                worker = machine.hold_in_worker(gpu_index, fit.weights_bytes, name="twin-worker")
             else:
                 machine.allocate(gpu_index, fit.weights_bytes, name="twin")
         except GpuError as exc:
