@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 import json
 import os
 from pathlib import Path
@@ -10,6 +10,8 @@ import subprocess
 import sys
 
 import pytest
+
+from tests.integration.lab import Lab
 
 pytestmark = pytest.mark.integration
 
@@ -42,3 +44,13 @@ def labctl(tmp_path: Path) -> Callable[..., Run]:
         return r
 
     return run
+
+
+@pytest.fixture
+def lab(tmp_path: Path) -> Iterator[Lab]:
+    """Processes started against a fresh LABCTL_HOME, all stopped when the test ends."""
+    started = Lab(tmp_path / "home")
+    try:
+        yield started
+    finally:
+        started.stop()

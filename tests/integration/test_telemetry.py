@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-import contextlib
 import json
 import os
 from pathlib import Path
@@ -11,105 +9,15 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
-import time
 from typing import Any
-import urllib.parse
-import urllib.request
 
 import pytest
 
 from labctl.gpu.sim import SimBackend, SimMachine
 from labctl.units import GiB, MiB
+from tests.integration.lab import Lab, free_port, get, wait_for
 
 pytestmark = pytest.mark.integration
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Lab:
-    """Processes started against one LABCTL_HOME, all stopped at the end."""
-
-    def __init__(self, home: Path) -> None:
-        self.home = home
-        self.env = dict(os.environ, LABCTL_HOME=str(home))
-        self.procs: list[subprocess.Popen[str]] = []
-        self.stray: list[int] = []
-
-    def start(self, *args: str) -> subprocess.Popen[str]:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "labctl", *args],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=self.env,
-        )
-        self.procs.append(proc)
-        return proc
-
-    def hold(self, gpu: int, memory: str, *flags: str) -> tuple[subprocess.Popen[str], int]:
-        """Start `labctl sim hold`; returns the process and the pid holding the memory."""
-        proc = self.start("sim", "hold", "--gpu", str(gpu), "--memory", memory, *flags)
-        assert proc.stdout is not None
-        line = proc.stdout.readline().split()
-        if not line or line[0] != "READY":
-            proc.wait(10)
-            pytest.fail(f"sim hold did not start: {proc.stderr.read() if proc.stderr else ''}")
-        holder = int(line[2])
-        if holder != proc.pid:
-            self.stray.append(holder)
-        return proc, holder
-
-    def stop(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in self.procs:
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-            for pipe in (proc.stdout, proc.stderr):
-                if pipe is not None:
-                    pipe.close()
-        for pid in self.stray:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-
-
-@pytest.fixture
-def lab(tmp_path: Path) -> Iterator[Lab]:
-    lab = Lab(tmp_path / "home")
-    try:
-        yield lab
-    finally:
-        lab.stop()
-
-
-def get(url: str) -> str:
-    with urllib.request.urlopen(url, timeout=5) as r:
-        return str(r.read().decode())
-
-
-def wait_for(predicate: Any, timeout: float = 15.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    last_exc: Exception | None = None
-    while time.monotonic() < deadline:
-        try:
-            value = predicate()
-            if value:
-                return value
-        except OSError as exc:
-            last_exc = exc
-        time.sleep(0.1)
-    pytest.fail(
-        f"timed out waiting for {what}" + (f" (last error: {last_exc})" if last_exc else "")
-    )
 
 
 def scrape_values(text: str, name: str) -> dict[tuple[tuple[str, str], ...], float]:
@@ -209,38 +117,18 @@ def promtool_findings(text: str) -> list[str]:
 
 
 def test_prometheus_scrapes_eight_simulated_gpus(lab: Lab, tmp_path: Path) -> None:
-    prometheus = shutil.which("prometheus")
-    assert prometheus, "prometheus is missing: `make test` installs the Debian package prometheus"
     url = start_exporter(lab, "--sim-gpus", "8xh100-sxm")
     held = {(0, "20GiB"), (0, "10GiB"), (3, "40GiB"), (5, "1536MiB"), (7, "79GiB")}
     holders = {lab.hold(gpu, size)[1]: gpu for gpu, size in sorted(held)}
-
-    port = free_port()
-    config = tmp_path / "prometheus.yml"
-    target = urllib.parse.urlparse(url).netloc
-    config.write_text(
-        "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n"
-        f"scrape_configs:\n  - job_name: labctl\n    static_configs:\n      - targets: ['{target}']\n"
-    )
-    server = subprocess.Popen(
-        [prometheus, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-         f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    lab.procs.append(server)
-    api = f"http://127.0.0.1:{port}/api/v1/query?query="
+    results = lab.prometheus(url, tmp_path)
 
     def query(expr: str) -> dict[str, float]:
-        doc = json.loads(get(api + urllib.parse.quote(expr)))
-        assert doc["status"] == "success", doc
         return {
             r["metric"].get("gpu", "") + "/" + r["metric"].get("pid", ""): float(r["value"][1])
-            for r in doc["data"]["result"]
+            for r in results(expr)
         }
 
     def ready() -> dict[str, float] | None:
-        if server.poll() is not None:
-            pytest.fail(f"prometheus exited: {server.stderr.read() if server.stderr else ''}")
         found = query("labctl_gpu_process_memory_bytes")
         return found if len(found) == len(holders) else None
 

@@ -3,18 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
-import contextlib
 import json
 import os
 from pathlib import Path
-import shutil
 import signal
 import statistics
 import subprocess
 import sys
 import time
-from typing import Any
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -24,73 +20,15 @@ import pytest
 
 from labctl.gpu.sim import SimBackend, SimMachine
 from labctl.units import GiB
-from tests.integration.test_telemetry import free_port, get, wait_for
+from tests.integration.lab import Lab, free_port, get, wait_for
 
 pytestmark = pytest.mark.integration
 
 SMALL = "Qwen/Qwen3-0.6B"
 
 
-class Twin:
-    def __init__(self, proc: subprocess.Popen[str], url: str, home: Path) -> None:
-        self.proc = proc
-        self.url = url
-        self.home = home
-
-
-class Twins:
-    def __init__(self, home: Path) -> None:
-        self.home = home
-        self.env = dict(os.environ, LABCTL_HOME=str(home))
-        self.procs: list[subprocess.Popen[str]] = []
-        self.stray: list[int] = []
-
-    def start(self, *args: str, wait: bool = True) -> Twin:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "labctl", "sim", "serve", "--port", "0", *args],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=self.env,
-            start_new_session=True,
-        )
-        self.procs.append(proc)
-        if not wait:
-            return Twin(proc, "", self.home)
-        assert proc.stdout is not None
-        url = proc.stdout.readline().strip()
-        if not url.startswith("http://"):
-            proc.wait(30)
-            pytest.fail(f"the twin did not start: {proc.stderr.read() if proc.stderr else ''}")
-        return Twin(proc, url, self.home)
-
-    def stop(self) -> None:
-        for p in self.procs:
-            for kill in (os.killpg, os.kill):  # its group, or itself if it has none
-                try:
-                    kill(p.pid, signal.SIGKILL)
-                except (ProcessLookupError, PermissionError):
-                    continue
-            p.wait()
-            for pipe in (p.stdout, p.stderr):
-                if pipe:
-                    pipe.close()
-        for pid in self.stray:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-
-
-@pytest.fixture
-def twins(tmp_path: Path) -> Iterator[Twins]:
-    t = Twins(tmp_path / "home")
-    try:
-        yield t
-    finally:
-        t.stop()
-
-
-def test_twin_serves_the_openai_client_streaming_and_not(twins: Twins) -> None:
-    twin = twins.start("--model", SMALL, "--time-scale", "0", "--served-model-name", "small")
+def test_twin_serves_the_openai_client_streaming_and_not(lab: Lab) -> None:
+    twin = lab.twin("--model", SMALL, "--time-scale", "0", "--served-model-name", "small")
     client = openai.OpenAI(base_url=twin.url + "/v1", api_key="unused")
     assert [m.id for m in client.models.list().data] == ["small"]
 
@@ -138,32 +76,12 @@ def test_twin_serves_the_openai_client_streaming_and_not(twins: Twins) -> None:
         client.completions.create(model="other", prompt="a", max_tokens=1)
 
 
-def test_twin_metrics_have_vllm_names_in_a_real_prometheus(twins: Twins, tmp_path: Path) -> None:
-    prometheus = shutil.which("prometheus")
-    assert prometheus, "prometheus is missing: `make test` installs the Debian package prometheus"
-    twin = twins.start("--model", SMALL, "--time-scale", "0")
+def test_twin_metrics_have_vllm_names_in_a_real_prometheus(lab: Lab, tmp_path: Path) -> None:
+    twin = lab.twin("--model", SMALL, "--time-scale", "0")
     client = openai.OpenAI(base_url=twin.url + "/v1", api_key="unused")
     for _ in range(3):
         client.completions.create(model=SMALL, prompt="a b c", max_tokens=4)
-    port = free_port()
-    config = tmp_path / "prometheus.yml"
-    target = urllib.parse.urlparse(twin.url).netloc
-    config.write_text(
-        "global:\n  scrape_interval: 1s\n"
-        f"scrape_configs:\n  - job_name: twin\n    static_configs:\n      - targets: ['{target}']\n"
-    )
-    server = subprocess.Popen(
-        [prometheus, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-         f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    twins.procs.append(server)  # type: ignore[arg-type]
-
-    def query(expr: str) -> list[dict[str, Any]]:
-        doc = json.loads(
-            get(f"http://127.0.0.1:{port}/api/v1/query?query=" + urllib.parse.quote(expr))
-        )
-        return list(doc["data"]["result"])
+    query = lab.prometheus(twin.url, tmp_path)
 
     wait_for(lambda: query("vllm:generation_tokens_total"), timeout=30, what="a scrape")
     (gen,) = query("vllm:generation_tokens_total")
@@ -220,10 +138,10 @@ def measure(
     return statistics.median(ttfts), statistics.median(tpots)
 
 
-def test_twin_live_latency_matches_the_offline_simulation(twins: Twins) -> None:
+def test_twin_live_latency_matches_the_offline_simulation(lab: Lab) -> None:
     model, gpu = "meta-llama/Llama-3.1-8B-Instruct", "rtx-4090"
     flags = ["--gpu", gpu, "--max-model-len", "4096"]
-    twin = twins.start("--model", model, *flags, "--load-gbps", "0", "--no-gpu-ledger")
+    twin = lab.twin("--model", model, *flags, "--load-gbps", "0", "--no-gpu-ledger")
     # One request at a time: with several, the live requests reach the engine a little
     # apart and batch differently from the simulation's, which moves a 12-sample median.
     ttft, tpot = measure(twin.url, model, n=8, concurrency=1, prompt_words=512, out=32)
@@ -231,16 +149,16 @@ def test_twin_live_latency_matches_the_offline_simulation(twins: Twins) -> None:
         [sys.executable, "-m", "labctl", "sim", "run", "--model", model, *flags,
          "--num-prompts", "8", "--max-concurrency", "1", "--input-len", "512",
          "--output-len", "32", "--json"],
-        capture_output=True, text=True, check=True, env=twins.env,
+        capture_output=True, text=True, check=True, env=lab.env,
     )  # fmt: skip
     sim = json.loads(proc.stdout)
     assert ttft * 1000 == pytest.approx(sim["median_ttft_ms"], rel=0.10)
     assert tpot * 1000 == pytest.approx(sim["median_tpot_ms"], rel=0.10)
 
 
-def test_twin_memory_is_its_process_and_a_kill_releases_it(twins: Twins) -> None:
-    twin = twins.start("--model", SMALL, "--time-scale", "0")
-    backend = SimBackend(SimMachine(twins.home))
+def test_twin_memory_is_its_process_and_a_kill_releases_it(lab: Lab) -> None:
+    twin = lab.twin("--model", SMALL, "--time-scale", "0")
+    backend = SimBackend(SimMachine(lab.home))
     (dev,) = backend.read().devices
     (proc,) = dev.processes
     assert proc.pid == twin.proc.pid
@@ -248,7 +166,7 @@ def test_twin_memory_is_its_process_and_a_kill_releases_it(twins: Twins) -> None
     gpus = json.loads(
         subprocess.run(
             [sys.executable, "-m", "labctl", "gpus", "--json", "--gpu-backend", "sim"],
-            capture_output=True, text=True, check=True, env=twins.env,
+            capture_output=True, text=True, check=True, env=lab.env,
         ).stdout
     )  # fmt: skip
     assert gpus["devices"][0]["processes"][0]["pid"] == twin.proc.pid
@@ -257,15 +175,15 @@ def test_twin_memory_is_its_process_and_a_kill_releases_it(twins: Twins) -> None
     assert backend.read().devices[0].memory_used_bytes == 0
 
 
-def test_twin_orphan_worker_keeps_the_memory_unaccounted(twins: Twins) -> None:
-    twin = twins.start("--model", SMALL, "--time-scale", "0", "--orphan-worker")
-    (twins.home / "owners.json").write_text(json.dumps({"pids": {str(twin.proc.pid): "chat"}}))
-    backend = SimBackend(SimMachine(twins.home))
+def test_twin_orphan_worker_keeps_the_memory_unaccounted(lab: Lab) -> None:
+    twin = lab.twin("--model", SMALL, "--time-scale", "0", "--orphan-worker")
+    (lab.home / "owners.json").write_text(json.dumps({"pids": {str(twin.proc.pid): "chat"}}))
+    backend = SimBackend(SimMachine(lab.home))
     from labctl.telemetry.attribution import attribute
 
     (proc,) = backend.read().devices[0].processes
     assert proc.pid != twin.proc.pid
-    twins.stray.append(proc.pid)
+    lab.stray.append(proc.pid)
     before = attribute(backend.read(), {twin.proc.pid: "chat"})[0]
     assert before.by_deployment == {"chat": proc.used_bytes}
     twin.proc.kill()
@@ -276,41 +194,41 @@ def test_twin_orphan_worker_keeps_the_memory_unaccounted(twins: Twins) -> None:
     wait_for(lambda: backend.read().devices[0].memory_used_bytes == 0, what="the orphan's release")
 
 
-def run_twin(twins: Twins, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def run_twin(lab: Lab, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "labctl", "sim", "serve", "--port", "0", *args],
-        capture_output=True, text=True, env=twins.env, timeout=timeout, check=False,
+        capture_output=True, text=True, env=lab.env, timeout=timeout, check=False,
     )  # fmt: skip
 
 
-def test_twin_that_does_not_fit_exits_with_vllms_message(twins: Twins) -> None:
-    r = run_twin(twins, "--model", "Qwen/Qwen3-8B", "--gpu", "rtx-3090")
+def test_twin_that_does_not_fit_exits_with_vllms_message(lab: Lab) -> None:
+    r = run_twin(lab, "--model", "Qwen/Qwen3-8B", "--gpu", "rtx-3090")
     assert r.returncode != 0 and r.stdout == ""
     assert "To serve at least one request with the models's max seq len (40960)" in r.stderr
     assert "estimated maximum model length is" in r.stderr
 
 
-def test_twin_without_free_memory_fails_like_vllm(twins: Twins) -> None:
-    first = twins.start("--model", SMALL, "--time-scale", "0")
+def test_twin_without_free_memory_fails_like_vllm(lab: Lab) -> None:
+    first = lab.twin("--model", SMALL, "--time-scale", "0")
     assert first.url
-    r = run_twin(twins, "--model", SMALL, "--time-scale", "0")
+    r = run_twin(lab, "--model", SMALL, "--time-scale", "0")
     assert r.returncode != 0
     assert (
         "Free memory on device cuda:0" in r.stderr and "Decrease GPU memory utilization" in r.stderr
     )
 
 
-def test_twin_fault_fail_startup_after(twins: Twins) -> None:
+def test_twin_fault_fail_startup_after(lab: Lab) -> None:
     t0 = time.monotonic()
-    r = run_twin(twins, "--model", SMALL, "--fail-startup-after", "0.5", "--load-gbps", "0.5")
+    r = run_twin(lab, "--model", SMALL, "--fail-startup-after", "0.5", "--load-gbps", "0.5")
     assert r.returncode != 0 and 0.4 < time.monotonic() - t0 < 30
     assert "Engine core initialization failed" in r.stderr
-    assert SimBackend(SimMachine(twins.home)).read().devices[0].memory_used_bytes == 0
+    assert SimBackend(SimMachine(lab.home)).read().devices[0].memory_used_bytes == 0
 
 
-def test_twin_fault_hang_startup_never_listens(twins: Twins) -> None:
+def test_twin_fault_hang_startup_never_listens(lab: Lab) -> None:
     port = free_port()
-    twin = twins.start(
+    twin = lab.twin(
         "--model", SMALL, "--hang-startup", "--time-scale", "0", "--port", str(port), wait=False
     )
     with pytest.raises(subprocess.TimeoutExpired):
@@ -322,8 +240,8 @@ def test_twin_fault_hang_startup_never_listens(twins: Twins) -> None:
     assert "Starting to load model" in err and "Application startup complete" not in err
 
 
-def test_twin_fault_crash_after_requests(twins: Twins) -> None:
-    twin = twins.start("--model", SMALL, "--time-scale", "0", "--crash-after-requests", "2")
+def test_twin_fault_crash_after_requests(lab: Lab) -> None:
+    twin = lab.twin("--model", SMALL, "--time-scale", "0", "--crash-after-requests", "2")
     client = openai.OpenAI(base_url=twin.url + "/v1", api_key="unused", max_retries=0)
     client.completions.create(model=SMALL, prompt="a", max_tokens=2)
     with pytest.raises(openai.APIConnectionError):  # the second finishes, then the engine dies
@@ -331,11 +249,11 @@ def test_twin_fault_crash_after_requests(twins: Twins) -> None:
     assert twin.proc.wait(10) != 0
 
 
-def test_twin_fault_ignore_sigterm_needs_sigkill(twins: Twins) -> None:
-    polite = twins.start("--model", SMALL, "--time-scale", "0")
+def test_twin_fault_ignore_sigterm_needs_sigkill(lab: Lab) -> None:
+    polite = lab.twin("--model", SMALL, "--time-scale", "0")
     polite.proc.send_signal(signal.SIGTERM)
     assert polite.proc.wait(10) == 0
-    stubborn = twins.start("--model", SMALL, "--time-scale", "0", "--ignore-sigterm")
+    stubborn = lab.twin("--model", SMALL, "--time-scale", "0", "--ignore-sigterm")
     stubborn.proc.send_signal(signal.SIGTERM)
     with pytest.raises(subprocess.TimeoutExpired):
         stubborn.proc.wait(1.5)
@@ -344,8 +262,8 @@ def test_twin_fault_ignore_sigterm_needs_sigkill(twins: Twins) -> None:
     assert stubborn.proc.wait(10) == -signal.SIGKILL
 
 
-def test_twin_prefix_caching_reuses_a_shared_prompt(twins: Twins) -> None:
-    twin = twins.start("--model", SMALL, "--time-scale", "0", "--enable-prefix-caching")
+def test_twin_prefix_caching_reuses_a_shared_prompt(lab: Lab) -> None:
+    twin = lab.twin("--model", SMALL, "--time-scale", "0", "--enable-prefix-caching")
     client = openai.OpenAI(base_url=twin.url + "/v1", api_key="unused")
     shared = "word " * 200
     client.completions.create(model=SMALL, prompt=shared + "first", max_tokens=2)

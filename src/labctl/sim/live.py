@@ -148,8 +148,6 @@ class Stream:
     req: SimRequest
     arrival: float
     queue: asyncio.Queue[int | None]
-    #: Set by the handler when the client has gone or a stop string matched.
-    cancelled: bool = False
 
 
 class LiveEngine:
@@ -201,7 +199,6 @@ class LiveEngine:
 
     def cancel(self, stream: Stream, stopped: bool = False) -> None:
         """End a request early: its client went away, or (``stopped``) a stop string matched."""
-        stream.cancelled = True
         if stream.req.finished is None and self._streams.pop(stream.req.id, None) is not None:
             self.sched.abort(stream.req)
             if stopped and stream.req.first_token is not None:

@@ -1,0 +1,155 @@
+"""Processes the integration tests start against one LABCTL_HOME, and the probes they use.
+
+Everything started through a :class:`Lab` is stopped when the test ends: a process
+started in its own session loses its whole group to SIGKILL (engines and the
+workers they leave), any other gets SIGTERM, then SIGKILL after 10 s.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+import contextlib
+import json
+import os
+from pathlib import Path
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from typing import Any
+import urllib.parse
+import urllib.request
+
+import pytest
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def get(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=5) as r:
+        return str(r.read().decode())
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 15.0, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    last_exc: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            value = predicate()
+            if value:
+                return value
+        except OSError as exc:
+            last_exc = exc
+        time.sleep(0.1)
+    pytest.fail(
+        f"timed out waiting for {what}" + (f" (last error: {last_exc})" if last_exc else "")
+    )
+
+
+class Twin:
+    """A running `labctl sim serve`."""
+
+    def __init__(self, proc: subprocess.Popen[str], url: str) -> None:
+        self.proc = proc
+        self.url = url
+
+
+class Lab:
+    def __init__(self, home: Path) -> None:
+        self.home = home
+        self.env = dict(os.environ, LABCTL_HOME=str(home))
+        self.procs: list[tuple[subprocess.Popen[str], bool]] = []
+        #: Pids left behind on purpose (orphaned workers) to kill at the end.
+        self.stray: list[int] = []
+
+    def start(self, *args: str, session: bool = False) -> subprocess.Popen[str]:
+        """Run ``labctl ARGS`` with piped output (``session``: in its own process group)."""
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "labctl", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=self.env,
+            start_new_session=session,
+        )
+        self.procs.append((proc, session))
+        return proc
+
+    def hold(self, gpu: int, memory: str, *flags: str) -> tuple[subprocess.Popen[str], int]:
+        """Start `labctl sim hold`; returns the process and the pid holding the memory."""
+        proc = self.start("sim", "hold", "--gpu", str(gpu), "--memory", memory, *flags)
+        assert proc.stdout is not None
+        line = proc.stdout.readline().split()
+        if not line or line[0] != "READY":
+            proc.wait(10)
+            pytest.fail(f"sim hold did not start: {proc.stderr.read() if proc.stderr else ''}")
+        holder = int(line[2])
+        if holder != proc.pid:
+            self.stray.append(holder)
+        return proc, holder
+
+    def twin(self, *args: str, wait: bool = True) -> Twin:
+        """Start `labctl sim serve --port 0 ARGS`; with ``wait``, until it prints its URL."""
+        proc = self.start("sim", "serve", "--port", "0", *args, session=True)
+        if not wait:
+            return Twin(proc, "")
+        assert proc.stdout is not None
+        url = proc.stdout.readline().strip()
+        if not url.startswith("http://"):
+            proc.wait(30)
+            pytest.fail(f"the twin did not start: {proc.stderr.read() if proc.stderr else ''}")
+        return Twin(proc, url)
+
+    def prometheus(self, target_url: str, workdir: Path) -> Callable[[str], list[dict[str, Any]]]:
+        """Start a real Prometheus scraping ``target_url`` every second; returns a query function."""
+        binary = shutil.which("prometheus")
+        assert binary, "prometheus is missing: `make test` installs the Debian package prometheus"
+        port = free_port()
+        config = workdir / "prometheus.yml"
+        target = urllib.parse.urlparse(target_url).netloc
+        config.write_text(
+            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n"
+            f"scrape_configs:\n  - job_name: lab\n    static_configs:\n      - targets: ['{target}']\n"
+        )
+        server = subprocess.Popen(
+            [binary, f"--config.file={config}", f"--storage.tsdb.path={workdir / 'tsdb'}",
+             f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        self.procs.append((server, False))
+        api = f"http://127.0.0.1:{port}/api/v1/query?query="
+
+        def query(expr: str) -> list[dict[str, Any]]:
+            if server.poll() is not None:
+                pytest.fail(f"prometheus exited: {server.stderr.read() if server.stderr else ''}")
+            doc = json.loads(get(api + urllib.parse.quote(expr)))
+            assert doc["status"] == "success", doc
+            return list(doc["data"]["result"])
+
+        return query
+
+    def stop(self) -> None:
+        for proc, session in self.procs:
+            if session:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+            elif proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc, _ in self.procs:
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            for pipe in (proc.stdout, proc.stderr):
+                if pipe is not None:
+                    pipe.close()
+        for pid in self.stray:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
