@@ -71,6 +71,12 @@ class EngineError(LabError, RuntimeError):
     exit_code = 7
 
 
+class BenchError(LabError, RuntimeError):
+    """A benchmark run in which no request succeeded (the most common reason is named)."""
+
+    exit_code = 8
+
+
 _SUFFIXES = ("-instruct", "-it", "-chat", "-hf", "-base")
 
 

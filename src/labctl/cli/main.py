@@ -54,6 +54,7 @@ def cli() -> None:
 
 
 def _register() -> None:
+    from labctl.cli import bench as bench_cmd
     from labctl.cli import exporter as exporter_cmd
     from labctl.cli import fit as fit_cmd
     from labctl.cli import gpus as gpus_cmd
@@ -61,6 +62,7 @@ def _register() -> None:
     from labctl.cli import sim as sim_cmd
 
     cli.add_command(fit_cmd.fit)
+    cli.add_command(bench_cmd.bench)
     cli.add_command(gpus_cmd.gpus)
     cli.add_command(models_cmd.models)
     cli.add_command(exporter_cmd.exporter)

@@ -136,8 +136,9 @@ def simulate(
         r = reqs[i]
         assert r.first_token is not None and r.finished is not None
         outcomes.append(
-            Outcome(r.prompt_len, r.generated, r.first_token - sent[i], r.finished - sent[i], r.itl)
-        )
+            Outcome(r.prompt_len, r.generated, r.first_token - sent[i], r.finished - sent[i], r.itl,
+                    start=sent[i])
+        )  # fmt: skip
     first = min(sent.values()) if sent else 0.0
     summary = summarize(outcomes, max(now - first, 1e-9))
     summary["num_preemptions"] = sched.preemptions_total

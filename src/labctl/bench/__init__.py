@@ -1,0 +1,1 @@
+"""labctl bench: a load generator whose numbers can be trusted."""

@@ -1,0 +1,125 @@
+"""PNG plots of benchmark results (matplotlib, no display needed).
+
+A sweep plots latency percentiles and throughput against the swept rate or
+concurrency; a single run plots its TTFT and ITL distributions and its output
+throughput and concurrency over time, rebuilt from per-request timings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+import math
+from pathlib import Path
+from typing import Any
+
+LATENCIES = (("ttft", "TTFT"), ("tpot", "TPOT"), ("itl", "ITL"), ("e2el", "E2EL"))
+
+
+def _figure(rows: int, cols: int, title: str) -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(rows, cols, figsize=(6 * cols, 3.6 * rows), squeeze=False)
+    fig.suptitle(title)
+    return fig, axes
+
+
+def _save(fig: Any, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _x(doc: dict[str, Any], parameter: str) -> float:
+    value = doc["request_rate"] if parameter == "rate" else doc["max_concurrency"]
+    return math.inf if value == "inf" else float(value)
+
+
+def plot_sweep(runs: Sequence[dict[str, Any]], parameter: str, path: Path) -> None:
+    """Median and p99 of each latency, and throughput, against ``rate`` or ``concurrency``."""
+    label = "request rate (req/s)" if parameter == "rate" else "max concurrency"
+    xs = [_x(d, parameter) for d in runs]
+    model = runs[0].get("model_id", "") if runs else ""
+    fig, axes = _figure(2, 3, f"labctl bench sweep · {model}")
+    for ax, (key, name) in zip(axes.flat, LATENCIES, strict=False):
+        for stat, style in (("median", "o-"), ("p99", "s--")):
+            ys = [d.get(f"{stat}_{key}_ms", math.nan) for d in runs]
+            ax.plot(xs, ys, style, label=f"{stat} {name}")
+        ax.set_xlabel(label)
+        ax.set_ylabel(f"{name} (ms)")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    tput = axes.flat[4]
+    tput.plot(xs, [d["output_throughput"] for d in runs], "o-", label="output tok/s")
+    tput.plot(xs, [d["total_token_throughput"] for d in runs], "s--", label="total tok/s")
+    tput.set_xlabel(label)
+    tput.set_ylabel("tokens/s")
+    tput.grid(alpha=0.3)
+    tput.legend()
+    req = axes.flat[5]
+    req.plot(xs, [d["request_throughput"] for d in runs], "o-", label="requests/s")
+    if any(d.get("request_goodput") is not None for d in runs):
+        req.plot(xs, [d.get("request_goodput") or 0.0 for d in runs], "s--", label="goodput")
+    failed = [x for x, d in zip(xs, runs, strict=True) if d["failed"]]
+    if failed:
+        req.plot(failed, [0.0] * len(failed), "rx", label="runs with failures")
+    req.set_xlabel(label)
+    req.set_ylabel("requests/s")
+    req.grid(alpha=0.3)
+    req.legend()
+    if parameter == "concurrency" and len(xs) > 2 and min(xs) > 0:
+        for ax in axes.flat:
+            ax.set_xscale("log", base=2)
+    _save(fig, path)
+
+
+def timeline(doc: dict[str, Any], step: float = 1.0) -> tuple[list[float], list[int], list[int]]:
+    """Per ``step`` seconds: streamed chunks, and requests in flight at the bucket's start."""
+    starts, ttfts, itls, lats = (doc[k] for k in ("start_times", "ttfts", "itls", "latencies"))
+    end = max((s + lat for s, lat in zip(starts, lats, strict=True)), default=0.0)
+    n = max(1, math.ceil(end / step))
+    chunks = [0] * n
+    running = [0] * n
+    for s, ttft, gaps, lat in zip(starts, ttfts, itls, lats, strict=True):
+        if not lat:
+            continue
+        t = s + ttft
+        chunks[min(n - 1, int(t / step))] += 1
+        for g in gaps:
+            t += g
+            chunks[min(n - 1, int(t / step))] += 1
+        for b in range(int(s / step), min(n, int((s + lat) / step) + 1)):
+            running[b] += 1
+    return [i * step for i in range(n)], chunks, running
+
+
+def plot_run(doc: dict[str, Any], path: Path) -> None:
+    """TTFT and ITL histograms; chunks/s and concurrency over time. Needs the detail arrays."""
+    fig, axes = _figure(2, 2, f"labctl bench · {doc.get('model_id', '')}")
+    ttfts = [t * 1000 for t, lat in zip(doc["ttfts"], doc["latencies"], strict=True) if lat]
+    itls = [g * 1000 for gaps in doc["itls"] for g in gaps]
+    for ax, values, name in ((axes[0][0], ttfts, "TTFT"), (axes[0][1], itls, "ITL")):
+        if values:
+            ax.hist(values, bins=50, color="#4477aa")
+            for q, style in ((50, "-"), (99, "--")):
+                v = sorted(values)[min(len(values) - 1, int(len(values) * q / 100))]
+                ax.axvline(v, color="#cc3311", linestyle=style, label=f"p{q} {v:.2f} ms")
+            ax.legend()
+        ax.set_xlabel(f"{name} (ms)")
+        ax.set_ylabel("samples")
+        ax.grid(alpha=0.3)
+    step = 1.0 if doc["duration"] > 10 else max(0.05, doc["duration"] / 20)
+    ts, chunks, running = timeline(doc, step)
+    axes[1][0].plot(ts, [c / step for c in chunks], "-", color="#228833")
+    axes[1][0].set_xlabel("time (s)")
+    axes[1][0].set_ylabel("streamed chunks/s")
+    axes[1][0].grid(alpha=0.3)
+    axes[1][1].plot(ts, running, "-", color="#aa3377")
+    axes[1][1].set_xlabel("time (s)")
+    axes[1][1].set_ylabel("requests in flight")
+    axes[1][1].grid(alpha=0.3)
+    _save(fig, path)

@@ -1,0 +1,338 @@
+"""``labctl bench``: drive an OpenAI-compatible endpoint and report as ``vllm bench serve`` does."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import math
+import os
+from pathlib import Path
+import signal
+import sys
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from labctl.cli.output import console, emit_json, warn
+from labctl.errors import BenchError, UsageError
+
+SLO_KEYS = ("ttft", "tpot", "e2el")
+
+
+def parse_goodput(values: tuple[str, ...]) -> dict[str, float] | None:
+    """``ttft:300 tpot:50`` (one or several arguments, space or comma separated) → ms per key."""
+    out: dict[str, float] = {}
+    for value in values:
+        for pair in value.replace(",", " ").split():
+            key, sep, ms = pair.partition(":")
+            if not sep or key not in SLO_KEYS:
+                raise UsageError(
+                    f"--goodput {pair!r}: use KEY:MS with KEY one of ttft, tpot, e2el (e.g. ttft:500)"
+                )
+            try:
+                limit = float(ms)
+            except ValueError:
+                limit = -1.0
+            if not limit > 0:
+                raise UsageError(f"--goodput {pair!r}: the limit must be a positive number of ms")
+            out[key] = limit
+    return out or None
+
+
+def parse_sweep(value: str | None) -> tuple[str, list[float]] | None:
+    """``rate=1,2,4`` or ``concurrency=1,8,64``."""
+    if value is None:
+        return None
+    name, sep, rest = value.partition("=")
+    if not sep or name not in ("rate", "concurrency"):
+        raise UsageError(f"--sweep {value!r}: use rate=V1,V2,… or concurrency=V1,V2,…")
+    values: list[float] = []
+    for part in rest.split(","):
+        try:
+            v = float(part)
+        except ValueError:
+            raise UsageError(f"--sweep {value!r}: {part!r} is not a number") from None
+        if not v > 0 or (name == "concurrency" and (math.isinf(v) or v != int(v))):
+            raise UsageError(
+                f"--sweep {value!r}: {part!r} must be a positive "
+                + ("whole number" if name == "concurrency" else "number (or inf)")
+            )
+        values.append(v)
+    return name, values
+
+
+def _progress_view(p: Any, label: str) -> Table:
+    t = Table.grid(padding=(0, 2))
+    ttft = p.median_ttft_ms()
+    t.add_row(
+        f"[bold]{label}[/]" if label else "",
+        f"{p.phase}",
+        f"sent {p.sent}/{p.total}",
+        f"completed {p.completed}",
+        f"[red]failed {p.failed}[/]" if p.failed else "failed 0",
+        f"in flight {p.in_flight}",
+        f"{p.rate():.1f} req/s",
+        f"p50 TTFT {ttft:.1f} ms" if ttft is not None else "p50 TTFT –",
+    )
+    return t
+
+
+def _run_one(config: Any, label: str, show: bool) -> dict[str, Any]:
+    """One run with a live display on stderr; Ctrl-C stops it and keeps what was measured."""
+    from labctl.bench.run import Runner, new_loop
+
+    loop, selector = new_loop()
+    err = Console(stderr=True)
+    live = Live(console=err, auto_refresh=False, transient=True) if show else None
+    interrupts = 0
+
+    def tick(p: Any) -> None:
+        if live is not None:
+            live.update(_progress_view(p, label), refresh=True)
+
+    runner = Runner(config, tick=tick if show else None)
+
+    def on_sigint() -> None:
+        nonlocal interrupts
+        interrupts += 1
+        if interrupts > 1:
+            os._exit(130)
+        click.echo("labctl: stopping; writing partial results (Ctrl-C again to quit now)", err=True)
+        runner.stop.set()
+
+    loop.add_signal_handler(signal.SIGINT, on_sigint)
+    loop.add_signal_handler(signal.SIGTERM, on_sigint)
+    try:
+        if live is not None:
+            live.start()
+        return loop.run_until_complete(runner.run(selector))
+    finally:
+        if live is not None:
+            live.stop()
+        loop.remove_signal_handler(signal.SIGINT)
+        loop.remove_signal_handler(signal.SIGTERM)
+        loop.close()
+
+
+def _print_report(doc: dict[str, Any]) -> None:
+    out = console()
+    out.print("============ Serving Benchmark Result ============")
+    rows: list[tuple[str, Any]] = [
+        ("Successful requests:", doc["completed"]),
+        ("Failed requests:", doc["failed"]),
+    ]
+    if doc.get("max_concurrency") is not None:
+        rows.append(("Maximum request concurrency:", doc["max_concurrency"]))
+    if doc["request_rate"] != "inf":
+        rows.append(("Request rate configured (RPS):", f"{doc['request_rate']:.2f}"))
+    rows += [
+        ("Benchmark duration (s):", f"{doc['duration']:.2f}"),
+        ("Total input tokens:", doc["total_input_tokens"]),
+        ("Total generated tokens:", doc["total_output_tokens"]),
+        ("Request throughput (req/s):", f"{doc['request_throughput']:.2f}"),
+    ]
+    if doc.get("request_goodput") is not None:
+        rows.append(("Request goodput (req/s):", f"{doc['request_goodput']:.2f}"))
+    rows += [
+        ("Output token throughput (tok/s):", f"{doc['output_throughput']:.2f}"),
+        ("Peak output token throughput (tok/s):", f"{doc['max_output_tokens_per_s']:.2f}"),
+        ("Peak concurrent requests:", doc["max_concurrent_requests"]),
+        ("Total token throughput (tok/s):", f"{doc['total_token_throughput']:.2f}"),
+        ("Streamed chunks/s:", f"{doc['chunk_throughput']:.0f}"),
+    ]
+    for name, value in rows:
+        out.print(f"{name:<40} {value}")
+    for key, title in (("ttft", "Time to First Token"), ("tpot", "Time per Output Token (excl. 1st token)"),
+                       ("itl", "Inter-token Latency"), ("e2el", "End-to-end Latency"),
+                       ("client_queue_time", "Client-side Queueing")):  # fmt: skip
+        if f"mean_{key}_ms" not in doc:
+            continue
+        out.print(f"{' ' + title + ' ':-^50}")
+        name = key.upper() if key != "client_queue_time" else "Client Queue Time"
+        for stat in ("mean", "median", *[k.split("_", 1)[0] for k in doc if k.endswith(f"_{key}_ms") and k.startswith("p") and k.split("_", 1)[1] == f"{key}_ms"]):  # fmt: skip
+            label = stat.capitalize() if stat in ("mean", "median") else stat.upper()
+            out.print(f"{label + ' ' + name + ' (ms):':<40} {doc[f'{stat}_{key}_ms']:.2f}")
+    check = doc["client_check"]
+    out.print(f"{' Client self-check ':-^50}")
+    lag = check["read_lag_p99_ms"]
+    out.print(f"{'P99 read lag (ms):':<40} {'n/a' if lag is None else f'{lag:.3f}'}")
+    busy = check["loop_busy_p99_ms"]
+    out.print(f"{'P99 event-loop busy (ms):':<40} {'n/a' if busy is None else f'{busy:.3f}'}")
+    out.print(f"{'Client limited:':<40} {'YES' if doc['client_limited'] else 'no'}")
+    if doc["errors_by_reason"]:
+        out.print(f"{' Failures ':-^50}")
+        for reason, n in doc["errors_by_reason"].items():
+            out.print(f"{n:>6}  {reason}")
+    out.print("=" * 50)
+
+
+def _write_json(path: Path, doc: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+@click.command()
+@click.option("--base-url", default="http://127.0.0.1:8000", show_default=True,
+              help="the server (or labctl's gateway); /v1 is added")  # fmt: skip
+@click.option("--model", help="model name to request (default: the first the server lists)")
+@click.option("--num-prompts", type=int, default=1000, show_default=True)
+@click.option("--request-rate", type=float, default=math.inf, show_default=True,
+              help="requests/s, Poisson by default; inf sends all at once")  # fmt: skip
+@click.option("--burstiness", type=float, default=1.0, show_default=True,
+              help="gamma shape of the gaps: 1 is Poisson, <1 burstier")  # fmt: skip
+@click.option("--max-concurrency", type=int, help="requests in flight at most")
+@click.option("--input-len", type=int, default=1024, show_default=True)
+@click.option("--output-len", type=int, default=128, show_default=True)
+@click.option("--range-ratio", type=float, default=0.0, show_default=True,
+              help="lengths uniform in len·(1±r)")  # fmt: skip
+@click.option("--dataset", type=click.Path(path_type=Path),
+              help="ShareGPT JSON or a JSONL of {\"prompt\": …, \"output_len\": …}")  # fmt: skip
+@click.option("--endpoint", type=click.Choice(["completions", "chat"]), default="completions",
+              show_default=True)  # fmt: skip
+@click.option("--goodput", multiple=True, metavar="KEY:MS",
+              help="SLOs for goodput, e.g. 'ttft:500 tpot:50' (keys ttft, tpot, e2el)")  # fmt: skip
+@click.option("--sweep", metavar="rate|concurrency=V1,V2,…",
+              help="one run per value; plots against it with --plot")  # fmt: skip
+@click.option("--warmup", type=int, default=0, show_default=True,
+              help="requests sent first and not measured")  # fmt: skip
+@click.option("--api-key", envvar="OPENAI_API_KEY", help="bearer token [env OPENAI_API_KEY]")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--timeout", type=float, default=600.0, show_default=True,
+              help="seconds a request may take")  # fmt: skip
+@click.option("--percentiles", default="99", show_default=True,
+              help="percentiles to report, e.g. 50,90,99")  # fmt: skip
+@click.option("--save-detailed", is_flag=True, help="keep per-request arrays in the JSON")
+@click.option("--json-out", type=click.Path(path_type=Path), help="write the result JSON here")
+@click.option("--plot", type=click.Path(path_type=Path), help="write a PNG here")
+@click.option("--json", "as_json", is_flag=True, help="print the result JSON on stdout")
+@click.argument("more_slos", nargs=-1, metavar="")
+def bench(**kw: Any) -> None:
+    """Measure TTFT, TPOT, ITL and E2EL of an OpenAI-compatible server under load.
+
+    Field names and definitions are vLLM's `vllm bench serve`. The run is marked
+    client_limited when the client itself read responses more than 1 ms late (p99).
+    """
+    from labctl.bench.run import DETAIL_FIELDS, BenchConfig
+
+    stray = [a for a in kw["more_slos"] if a.split(":", 1)[0] not in SLO_KEYS]
+    if stray:
+        raise UsageError(f"unexpected argument {stray[0]!r}: labctl bench takes only options")
+    sweep = parse_sweep(kw["sweep"])
+    try:
+        percentiles = tuple(float(p) for p in kw["percentiles"].split(","))
+    except ValueError:
+        raise UsageError(
+            f"--percentiles {kw['percentiles']!r}: use numbers, e.g. 50,90,99"
+        ) from None
+    if not all(0 < p < 100 for p in percentiles):
+        raise UsageError(f"--percentiles {kw['percentiles']!r}: each must be between 0 and 100")
+    for flag in ("json_out", "plot"):
+        path = kw[flag]
+        if path is not None and not path.resolve().parent.is_dir():
+            raise UsageError(f"--{flag.replace('_', '-')} {path}: its folder does not exist")
+    if kw["plot"] is not None and kw["plot"].suffix.lower() != ".png":
+        raise UsageError(f"--plot {kw['plot']}: give a .png file name")
+    if kw["dataset"] is not None and not kw["dataset"].is_file():
+        raise UsageError(f"--dataset {kw['dataset']}: no such file")
+    model = kw["model"] or _first_model(kw["base_url"], kw["api_key"])
+    config = BenchConfig(
+        base_url=kw["base_url"], model=model, num_prompts=kw["num_prompts"],
+        request_rate=kw["request_rate"], burstiness=kw["burstiness"],
+        max_concurrency=kw["max_concurrency"], input_len=kw["input_len"],
+        output_len=kw["output_len"], range_ratio=kw["range_ratio"], dataset=kw["dataset"],
+        endpoint=kw["endpoint"], goodput=parse_goodput(kw["goodput"] + kw["more_slos"]), warmup=kw["warmup"],
+        api_key=kw["api_key"], seed=kw["seed"], timeout=kw["timeout"], percentiles=percentiles,
+    )  # fmt: skip
+    config.validate()
+    if not kw["burstiness"] > 0:
+        raise UsageError(f"--burstiness {kw['burstiness']} must be positive; 1 is Poisson")
+    show = sys.stderr.isatty() and not (kw["json_out"] and not sys.stdout.isatty())
+    show = show and not kw["as_json"]
+    runs: list[dict[str, Any]] = []
+    points: list[tuple[str, Any]] = [("", config)]
+    if sweep is not None:
+        name, values = sweep
+        points = [
+            (
+                f"{name}={v:g}",
+                dataclasses.replace(config, request_rate=v)
+                if name == "rate"
+                else dataclasses.replace(config, max_concurrency=int(v)),
+            )
+            for v in values
+        ]
+    interrupted = False
+    for label, point in points:
+        doc = _run_one(point, label, show)
+        runs.append(doc)
+        if not kw["as_json"] and sweep is not None:
+            click.echo(
+                f"{label}: completed {doc['completed']}, failed {doc['failed']}, median TTFT "
+                f"{doc['median_ttft_ms']:.1f} ms, median TPOT {doc['median_tpot_ms']:.2f} ms, "
+                f"{doc['output_throughput']:.0f} tok/s" + (" (client limited)" if doc["client_limited"] else ""),
+                err=show,
+            )  # fmt: skip
+        if doc["interrupted"]:
+            interrupted = True
+            break
+    if kw["plot"] is not None:
+        from labctl.bench.plot import plot_run, plot_sweep
+
+        if sweep is not None:
+            plot_sweep(runs, sweep[0], kw["plot"])
+        else:
+            plot_run(runs[0], kw["plot"])
+    if not kw["save_detailed"]:
+        for doc in runs:
+            for key in DETAIL_FIELDS:
+                doc.pop(key, None)
+    result: Any = runs[0] if sweep is None else {
+        "sweep": {"parameter": sweep[0], "values": sweep[1][: len(runs)]},
+        "interrupted": interrupted,
+        "runs": runs,
+    }  # fmt: skip
+    if kw["json_out"] is not None:
+        _write_json(kw["json_out"], result)
+    if kw["as_json"]:
+        emit_json(result)
+    elif sweep is None:
+        _print_report(runs[0])
+    for doc in runs:
+        for w in doc["warnings"]:
+            warn(w)
+    if interrupted:
+        sys.exit(130)
+    if all(doc["completed"] == 0 for doc in runs):
+        reasons = runs[-1]["errors_by_reason"]
+        top = next(iter(reasons), "no request was sent")
+        raise BenchError(f"all {sum(d['failed'] for d in runs)} requests failed: {top}")
+
+
+def _first_model(base_url: str, api_key: str | None) -> str:
+    from labctl.bench.http import Client, Endpoint, RequestFailed, call_json
+
+    try:
+        endpoint = Endpoint.parse(base_url)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+
+    async def ask() -> Any:
+        client = Client(endpoint, api_key)
+        try:
+            return await call_json(client, "GET", "/v1/models", limit_s=10)
+        finally:
+            client.close()
+
+    try:
+        status, doc = asyncio.run(ask())
+    except RequestFailed as exc:
+        raise BenchError(f"{exc}; is the server running? (or pass --model)") from exc
+    data = doc.get("data") if isinstance(doc, dict) else None
+    if status != 200 or not data or not isinstance(data[0], dict) or "id" not in data[0]:
+        raise BenchError(f"{endpoint}/v1/models gave HTTP {status} and no model: pass --model")
+    return str(data[0]["id"])
