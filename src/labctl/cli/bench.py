@@ -144,12 +144,14 @@ def _print_report(doc: dict[str, Any]) -> None:
         ("Total token throughput (tok/s):", f"{doc['total_token_throughput']:.2f}"),
         ("Streamed chunks/s:", f"{doc['chunk_throughput']:.0f}"),
     ]
+    if not doc["completed"]:
+        rows = [*rows[:2], ("Benchmark duration (s):", f"{doc['duration']:.2f}")]
     for name, value in rows:
         out.print(f"{name:<40} {value}")
     for key, title in (("ttft", "Time to First Token"), ("tpot", "Time per Output Token (excl. 1st token)"),
                        ("itl", "Inter-token Latency"), ("e2el", "End-to-end Latency"),
                        ("client_queue_time", "Client-side Queueing")):  # fmt: skip
-        if f"mean_{key}_ms" not in doc:
+        if f"mean_{key}_ms" not in doc or not doc["completed"]:
             continue
         out.print(f"{' ' + title + ' ':-^50}")
         name = key.upper() if key != "client_queue_time" else "Client Queue Time"
@@ -158,10 +160,12 @@ def _print_report(doc: dict[str, Any]) -> None:
             out.print(f"{label + ' ' + name + ' (ms):':<40} {doc[f'{stat}_{key}_ms']:.2f}")
     check = doc["client_check"]
     out.print(f"{' Client self-check ':-^50}")
-    lag = check["read_lag_p99_ms"]
-    out.print(f"{'P99 read lag (ms):':<40} {'n/a' if lag is None else f'{lag:.3f}'}")
-    busy = check["loop_busy_p99_ms"]
-    out.print(f"{'P99 event-loop busy (ms):':<40} {'n/a' if busy is None else f'{busy:.3f}'}")
+    for label, key in (("P99 timestamp error (ms):", "timestamp_error_p99_ms"),
+                       ("P99 read lag (ms):", "read_lag_p99_ms"),
+                       ("P99 event-loop busy (ms):", "event_loop_busy_p99_ms")):  # fmt: skip
+        value = check[key]
+        out.print(f"{label:<40} {'n/a' if value is None else f'{value:.3f}'}")
+    out.print(f"{'Timestamps from:':<40} {check['timestamps']}")
     out.print(f"{'Client limited:':<40} {'YES' if doc['client_limited'] else 'no'}")
     if doc["errors_by_reason"]:
         out.print(f"{' Failures ':-^50}")

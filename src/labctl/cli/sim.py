@@ -216,6 +216,10 @@ def run(**kw: Any) -> None:
 @click.option(
     "--orphan-worker", is_flag=True, help="fault: a worker holds the memory and outlives a kill"
 )
+@click.option("--error-mid-stream-every", type=int, metavar="N",
+              help="fault: every Nth stream ends halfway with an error event")  # fmt: skip
+@click.option("--malformed-sse-every", type=int, metavar="N",
+              help="fault: every Nth stream carries an event that is not JSON")  # fmt: skip
 def serve(**kw: Any) -> None:
     """The twin as a live vLLM-compatible server (OpenAI API, /health, /metrics).
 
@@ -238,7 +242,12 @@ def serve(**kw: Any) -> None:
         crash_after_requests=kw.pop("crash_after_requests"),
         ignore_sigterm=kw.pop("ignore_sigterm"),
         orphan_worker=kw.pop("orphan_worker"),
+        error_mid_stream_every=kw.pop("error_mid_stream_every"),
+        malformed_sse_every=kw.pop("malformed_sse_every"),
     )
+    for flag in ("error_mid_stream_every", "malformed_sse_every"):
+        if (value := getattr(faults, flag)) is not None and value < 1:
+            raise UsageError(f"--{flag.replace('_', '-')} {value} must be at least 1")
     home = None if kw.pop("no_gpu_ledger") else state_dir()
     visible = os.environ.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0].strip() or "0"
     if not visible.isdigit():

@@ -90,11 +90,13 @@ def summarize(
     percentiles: Sequence[float] = (99,),
     goodput: dict[str, float] | None = None,
     client_queue: bool = False,
+    queue_inclusive: bool = False,
 ) -> dict[str, Any]:
     """The fields of `vllm bench serve`'s result JSON for these outcomes.
 
     ``request_goodput`` is ``None`` without SLOs, as in vLLM; ``client_queue``
-    adds the percentiles of the time requests waited for a concurrency slot.
+    adds the percentiles of the time requests waited for a concurrency slot and
+    ``queue_inclusive`` those of E2EL plus that wait (vLLM: with a finite rate).
     """
     ok = [o for o in outcomes if o.success]
     out_tokens = sum(o.output_len for o in ok)
@@ -128,6 +130,7 @@ def summarize(
     doc |= _stats("e2el", e2els, percentiles)
     if client_queue:
         doc |= _stats("client_queue_time", [o.queue_time for o in ok], percentiles)
+    if queue_inclusive:
         doc |= _stats("e2el_including_client_queue",
                       [o.e2el + o.queue_time for o in ok if o.e2el is not None], percentiles)  # fmt: skip
     return doc

@@ -62,6 +62,10 @@ class Faults:
     crash_after_requests: int | None = None
     ignore_sigterm: bool = False
     orphan_worker: bool = False
+    #: Every Nth streamed response ends halfway with an error event, as vLLM sends one.
+    error_mid_stream_every: int | None = None
+    #: Every Nth streamed response carries one event that is not valid JSON.
+    malformed_sse_every: int | None = None
 
 
 def _log(message: str, level: str = "INFO") -> None:
@@ -76,8 +80,10 @@ def _error(status: int, message: str, param: str | None = None) -> web.Response:
 
 
 class TwinServer:
-    def __init__(self, twin: Twin, engine: LiveEngine) -> None:
+    def __init__(self, twin: Twin, engine: LiveEngine, faults: Faults = Faults()) -> None:
         self.twin = twin
+        self.faults = faults
+        self.streams = 0
         self.engine = engine
         self.model = twin.model_name
         self.max_model_len = twin.fit.max_model_len
@@ -253,10 +259,28 @@ class TwinServer:
             return f"data: {head}{choice}]{tail}\n\n".encode()
 
         text, finish = "", "length"
+        self.streams += 1
+        fail_at = malformed_at = -1
+        every = self.faults.error_mid_stream_every
+        if every and self.streams % every == 0:
+            fail_at = max(1, stream.req.max_tokens // 2)
+        every = self.faults.malformed_sse_every
+        if every and self.streams % every == 0:
+            malformed_at = max(1, stream.req.max_tokens // 2)
         try:
             if chat:
                 await resp.write(chunk("", None, first=True))
             while (n := await stream.queue.get()) is not None:
+                if n == fail_at:
+                    self.engine.cancel(stream)
+                    error = {"error": {"message": "EngineCore encountered an issue "
+                             "(--error-mid-stream-every)", "type": "InternalServerError",
+                             "param": None, "code": 500}}  # fmt: skip
+                    await resp.write(f"data: {json.dumps(error)}\n\n".encode())
+                    await resp.write(b"data: [DONE]\n\n")
+                    return resp
+                if n == malformed_at:
+                    await resp.write(f'data: {head}{{"index":0,"text":"\n\n'.encode())
                 piece = (" " if n > 1 else "") + FILLER[(n - 1) % len(FILLER)]
                 text += piece
                 if stops and (cut := _stop_at(text, stops)) is not None:
@@ -422,7 +446,8 @@ async def serve(
                 ledger.set_activity(gpu_index, share, pid=worker)
 
         engine.on_busy = busy
-    runner = web.AppRunner(TwinServer(twin, engine).app(), access_log=None, handle_signals=False)
+    server = TwinServer(twin, engine, faults)
+    runner = web.AppRunner(server.app(), access_log=None, handle_signals=False)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     try:
