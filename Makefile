@@ -10,7 +10,7 @@ SEED_MODELS := google/gemma-4-31B-it google/gemma-4-26B-A4B-it \
 	openai/whisper-large-v3 openvla/openvla-7b
 DEFAULT_GPU := rtx-3090
 
-.PHONY: up test lint typecheck unit integration gpu bench-fit bench-exporter bench-twin system-deps clean
+.PHONY: up test lint typecheck unit integration gpu bench-fit bench-exporter bench-twin bench-capacity system-deps clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -63,5 +63,15 @@ bench-twin: $(STAMP)
 	$(BIN)/python benchmarks/twin_fidelity.py
 	$(BIN)/python benchmarks/twin_speed.py
 
+# GuideLLM, to compare against, in its own venv (not a labctl dependency). torch 2.13.0 is
+# pinned so that pip takes the CPU build where one is at hand instead of several GB of CUDA.
+GUIDELLM_VENV := .venv-guidellm
+$(GUIDELLM_VENV)/bin/guidellm:
+	test -x $(GUIDELLM_VENV)/bin/python || $(PYTHON) -m venv $(GUIDELLM_VENV)
+	$(GUIDELLM_VENV)/bin/python -m pip install --quiet torch==2.13.0 guidellm==0.8.1
+
+bench-capacity: $(STAMP) $(GUIDELLM_VENV)/bin/guidellm
+	$(BIN)/python benchmarks/bench_capacity.py --guidellm $(GUIDELLM_VENV)/bin/guidellm
+
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(GUIDELLM_VENV) .pytest_cache .mypy_cache .ruff_cache

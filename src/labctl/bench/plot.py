@@ -43,6 +43,12 @@ def plot_sweep(runs: Sequence[dict[str, Any]], parameter: str, path: Path) -> No
     """Median and p99 of each latency, and throughput, against ``rate`` or ``concurrency``."""
     label = "request rate (req/s)" if parameter == "rate" else "max concurrency"
     xs = [_x(d, parameter) for d in runs]
+    finite = [x for x in xs if math.isfinite(x)]
+    ticks = {x: f"{x:g}" for x in finite}
+    if len(finite) < len(xs):  # an unlimited rate goes to the right of the others
+        right = max(finite, default=1.0) * 1.5
+        xs = [x if math.isfinite(x) else right for x in xs]
+        ticks[right] = "inf"
     model = runs[0].get("model_id", "") if runs else ""
     fig, axes = _figure(2, 3, f"labctl bench sweep · {model}")
     for ax, (key, name) in zip(axes.flat, LATENCIES, strict=False):
@@ -71,9 +77,12 @@ def plot_sweep(runs: Sequence[dict[str, Any]], parameter: str, path: Path) -> No
     req.set_ylabel("requests/s")
     req.grid(alpha=0.3)
     req.legend()
-    if parameter == "concurrency" and len(xs) > 2 and min(xs) > 0:
-        for ax in axes.flat:
+    spread = len(xs) > 2 and min(xs) > 0 and max(xs) / min(xs) >= 8
+    for ax in axes.flat:
+        if spread:
             ax.set_xscale("log", base=2)
+        ax.set_xticks(list(ticks), list(ticks.values()))
+        ax.minorticks_off()
     _save(fig, path)
 
 
