@@ -154,3 +154,32 @@ def test_ctrl_c_stops_and_still_writes_the_partial_results(lab: Lab, tmp_path: P
     assert doc["completed"] + doc["failed"] + doc["not_sent"] == 1000
     assert set(doc["errors_by_reason"]) <= {"interrupted"}
     wait_for(lambda: twin.proc.poll() is None, what="the twin to keep serving")
+
+
+def test_datasets_give_the_prompts_and_the_server_counts_them(
+    lab: Lab, labctl: Callable[..., Run], tmp_path: Path
+) -> None:
+    words = ["one two three", "a b c d e f g h", "x " * 20]
+    jsonl = tmp_path / "prompts.jsonl"
+    jsonl.write_text("".join(json.dumps({"prompt": p, "output_len": 8}) + "\n" for p in words))
+    sharegpt = tmp_path / "sharegpt.json"
+    sharegpt.write_text(json.dumps([
+        {"conversations": [{"from": "human", "value": p}, {"from": "gpt", "value": "w " * 10}]}
+        for p in words
+    ]))  # fmt: skip
+    twin = lab.twin("--model", SMALL, "--time-scale", "0", "--no-gpu-ledger")
+    common = ["--base-url", twin.url, "--num-prompts", "6", "--json"]
+    doc = labctl("bench", *common, "--dataset", str(jsonl), "--warmup", "2", check=True).json()
+    assert isinstance(doc, dict)
+    assert doc["completed"] == 6  # the warmup requests are not measured
+    assert doc["total_input_tokens"] == 2 * (3 + 8 + 20)  # as the server counted them
+    assert doc["total_output_tokens"] == 6 * 8
+    assert doc["prompt_len_error_mean"] > 0.2  # the file's lengths were estimates (1.3/word)
+    doc = labctl("bench", *common, "--dataset", str(sharegpt), check=True).json()
+    assert isinstance(doc, dict)
+    assert doc["completed"] == 6 and doc["total_output_tokens"] == 6 * 13  # 10 words × 1.3
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "no prompt key"}\n')
+    run = labctl("bench", *common, "--dataset", str(bad))
+    assert run.code == 2
+    assert run.err.startswith(f"labctl: error: --dataset {bad} is neither ShareGPT JSON")

@@ -202,3 +202,56 @@ def test_options_are_checked_with_clear_messages() -> None:
     with pytest.raises(UsageError, match="--num-prompts"):
         BenchConfig("http://h", "m", num_prompts=0).validate()
     assert Endpoint.parse("http://h:9/v1/") == Endpoint("http", "h", 9, "")
+
+
+def test_https_streams_through_the_same_parser(tmp_path: Path) -> None:
+    """TLS goes through asyncio's streams (no kernel timestamps), with the same framing."""
+    import shutil
+    import ssl
+    import subprocess
+
+    from aiohttp import web
+
+    from labctl.bench.http import Client
+
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("openssl is not installed")
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(
+        [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key),
+         "-out", str(cert), "-days", "1", "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        for event in EVENTS:
+            await resp.write(b"data: " + event + b"\n\n")
+        return resp
+
+    async def go() -> _Stream:
+        app = web.Application()
+        app.router.add_post("/v1/completions", handler)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        server_ctx.load_cert_chain(cert, key)
+        site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=server_ctx)
+        await site.start()
+        port = runner.addresses[0][1]
+        client_ctx = ssl.create_default_context(cafile=str(cert))
+        client = Client(Endpoint.parse(f"https://127.0.0.1:{port}"), ssl_context=client_ctx)
+        stream = _Stream(LagRecorder())
+        conn = await client.request("POST", "/v1/completions", b"{}", stream)
+        status, _, error = await asyncio.wait_for(stream.future, 10)
+        assert (status, error) == (200, None)
+        client.release(conn)
+        client.close()
+        await runner.cleanup()
+        return stream
+
+    stream = asyncio.run(go())
+    assert stream.done and "".join(stream.texts) == " a b" and len(stream.itl) == 1

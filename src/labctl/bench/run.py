@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 from collections.abc import Callable, Sequence
+import contextlib
 from dataclasses import dataclass, field
 import datetime as dt
 import json
@@ -125,15 +126,18 @@ class Progress:
     finished_at: list[float] = field(default_factory=list)
     ttfts: list[float] = field(default_factory=list)
     phase: str = "starting"
+    started: float = 0.0
 
     @property
     def in_flight(self) -> int:
         return self.sent - self.completed - self.failed
 
     def rate(self, window: float = 5.0) -> float:
+        """Completions per second over the last ``window`` seconds (or since the start)."""
         now = time.perf_counter()
+        window = min(window, now - self.started) if self.started else window
         recent = [t for t in self.finished_at[-2000:] if t >= now - window]
-        return len(recent) / window
+        return len(recent) / window if window > 0 else 0.0
 
     def median_ttft_ms(self) -> float | None:
         recent = self.ttfts[-500:]
@@ -203,6 +207,27 @@ class _Stream:
     def on_done(self, status: int, body: bytes, error: str | None) -> None:
         if not self.future.done():
             self.future.set_result((status, body, error))
+
+
+def raise_fd_limit(connections: int, warnings: list[str]) -> None:
+    """Lift the soft open-files limit (often 1024) to what ``connections`` sockets need."""
+    try:
+        import resource
+    except ImportError:  # not on this platform
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = connections + 256
+    if soft == resource.RLIM_INFINITY or soft >= want:
+        return
+    target = want if hard == resource.RLIM_INFINITY else min(want, hard)
+    with contextlib.suppress(ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        soft = target
+    if soft < want:
+        warnings.append(
+            f"only {soft} open files are allowed (ulimit -n) for {connections} connections: "
+            "raise the limit or lower the concurrency"
+        )
 
 
 def _ms(seconds: float | None) -> float | None:
@@ -440,7 +465,8 @@ class Runner:
     ) -> dict[str, Any]:
         c = self.config
         p = self.progress
-        p.total, p.phase = len(items), "running"
+        p.total, p.phase, p.started = len(items), "running", time.perf_counter()
+        raise_fd_limit(c.max_concurrency or len(items), self.warnings)
         schedule = arrival_times(len(items), c.request_rate, c.burstiness, c.seed)
         bodies = [self.body(it, pr, ignore_eos) for it, pr in zip(items, prompts, strict=True)]
         self.lag.samples.clear()
