@@ -1,14 +1,16 @@
 """A lean HTTP/1.1 client for streamed completions, built for timing.
 
-Each connection is a non-blocking socket read from an event-loop callback: a
-read is timestamped the moment the loop hands it over, and the server-sent
-events in it are split and passed on in that same callback, with no task
-switch per chunk. On Linux the kernel also stamps each read with the time the
-data arrived (``SO_TIMESTAMPNS``), so the client can measure how late it was
-in reading it: its own lag, kept apart from the server's latency.
+Each connection is a non-blocking socket read from an event-loop callback,
+with no task switch per chunk. On Linux the kernel stamps each read with the
+time its data arrived (``SO_TIMESTAMPNS``): that time, moved into the
+perf-counter clock, is the read's timestamp, so the client's own delay in
+getting to the socket stays out of the latencies, and is measured apart as
+its read lag. Reads are only read and stamped in the sockets' callbacks; the
+server-sent events in them are parsed once every socket ready in that loop
+iteration has been read (:class:`Inbox`).
 
-``https://`` URLs go through asyncio's TLS streams with the same parser, without
-kernel timestamps.
+``https://`` URLs go through asyncio's TLS streams with the same parser,
+timestamped when read.
 """
 
 from __future__ import annotations
