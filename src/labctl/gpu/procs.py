@@ -27,6 +27,9 @@ class ProcStat:
     ppid: int
     #: When the process started, in the platform's own units (clock ticks since boot on Linux).
     start: float
+    #: Session id: an engine started in a new session keeps its workers in it unless they
+    #: leave on purpose (0 where unknown).
+    session: int = 0
 
     @property
     def alive(self) -> bool:
@@ -48,7 +51,14 @@ def read_stat(pid: int) -> ProcStat | None:
         fields = tail.split()
         # After "pid (comm)": state ppid pgrp session tty tpgid flags minflt cminflt majflt
         # cmajflt utime stime cutime cstime priority nice threads itrealvalue starttime
-        return ProcStat(pid, head.partition("(")[2], fields[0], int(fields[1]), float(fields[19]))
+        return ProcStat(
+            pid,
+            head.partition("(")[2],
+            fields[0],
+            int(fields[1]),
+            float(fields[19]),
+            int(fields[3]),
+        )
     try:
         p = psutil.Process(pid)
         with p.oneshot():
@@ -59,9 +69,39 @@ def read_stat(pid: int) -> ProcStat | None:
                 "Z" if status == psutil.STATUS_ZOMBIE else "R",
                 p.ppid(),
                 p.create_time(),
+                os.getsid(pid),
             )
-    except (psutil.NoSuchProcess, psutil.AccessDenied):
+    except (psutil.NoSuchProcess, psutil.AccessDenied, ProcessLookupError, PermissionError):
         return None
+
+
+def all_pids() -> list[int]:
+    """Every process id visible here."""
+    if _HAVE_PROC:
+        return [int(name) for name in os.listdir(_PROC) if name.isdigit()]
+    return psutil.pids()
+
+
+def tree(root: int) -> list[ProcStat]:
+    """``root``'s living descendants and the other members of its session (not ``root``).
+
+    Workers that were reparented when their parent died still count while they
+    stay in the session the engine was started in.
+    """
+    stats = {pid: st for pid in all_pids() if (st := read_stat(pid)) is not None}
+    children: dict[int, list[int]] = {}
+    for st in stats.values():
+        children.setdefault(st.ppid, []).append(st.pid)
+    found: set[int] = set()
+    todo = list(children.get(root, []))
+    while todo:
+        pid = todo.pop()
+        if pid not in found:
+            found.add(pid)
+            todo += children.get(pid, [])
+    found |= {st.pid for st in stats.values() if st.session == root}
+    found.discard(root)
+    return [stats[pid] for pid in sorted(found) if stats[pid].alive]
 
 
 def ancestors(pid: int, stats: dict[int, ProcStat | None]) -> tuple[int, ...]:

@@ -1,0 +1,300 @@
+"""Engine processes: started in a session of their own, logged with rotation, stopped whole.
+
+An engine is rarely one process. vLLM forks an engine core and, with tensor
+parallelism, one worker per GPU; a worker whose parent is killed is reparented
+and keeps its GPU memory. So every process of the engine's tree is remembered
+(pid and start time, so that a reused pid is never mistaken for it) from the
+moment it is seen, and a stop ends with every one of them gone:
+
+1. SIGTERM to the engine's process group, then wait up to the grace period;
+2. SIGKILL to the group;
+3. SIGKILL to any remembered process still alive outside the group (orphans);
+4. reap the engine and wait until none of them exists.
+
+The engine's stdout and stderr go through a pipe into a size-rotated log file
+in the state dir, line by line, so the caller can also watch them (startup
+phases, the stall detector's last-output time).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Mapping, Sequence
+import contextlib
+from dataclasses import dataclass
+import math
+import os
+from pathlib import Path
+import signal
+import time
+
+from labctl.errors import EngineError
+from labctl.gpu.procs import ProcStat, read_stat, tree
+
+LOG_MAX_BYTES = 16 * 2**20
+LOG_KEEP = 3
+
+
+class RotatingLog:
+    """An append-only log file that rotates to ``.1`` … ``.{keep}`` past ``max_bytes``."""
+
+    def __init__(self, path: Path, max_bytes: int = LOG_MAX_BYTES, keep: int = LOG_KEEP) -> None:
+        self.path = path
+        self.max_bytes = max_bytes
+        self.keep = keep
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._fh = open(path, "ab")  # noqa: SIM115 - held for the engine's life
+        self._size = self._fh.tell()
+
+    def rotate(self) -> None:
+        self._fh.close()
+        for i in range(self.keep - 1, 0, -1):
+            older = self.path.with_name(f"{self.path.name}.{i}")
+            if older.exists():
+                os.replace(older, self.path.with_name(f"{self.path.name}.{i + 1}"))
+        if self.path.exists():
+            os.replace(self.path, self.path.with_name(f"{self.path.name}.1"))
+        self._fh = open(self.path, "ab")  # noqa: SIM115
+        self._size = 0
+
+    def write(self, data: bytes) -> None:
+        if self._size + len(data) > self.max_bytes and self._size:
+            self.rotate()
+        self._fh.write(data)
+        self._fh.flush()
+        self._size += len(data)
+
+    def close(self) -> None:
+        self._fh.close()  # idempotent
+
+
+@dataclass(frozen=True)
+class StopReport:
+    """How a stop went."""
+
+    #: The engine exited on SIGTERM within the grace period.
+    graceful: bool
+    exit_code: int | None
+    seconds: float
+    #: Processes of the engine's tree that outlived it and had to be killed on their own.
+    orphans_killed: tuple[int, ...]
+
+
+def startup_budget(weights_bytes: int, disk_gbps: float = 0.25, base_s: float = 120.0) -> float:
+    """Seconds an engine may take to become ready: a base plus reading its weights slowly.
+
+    vLLM on a warm cache needs tens of seconds plus about weights ÷ disk speed; a
+    cold network disk can be four times slower than a local NVMe (the default
+    assumes 250 MB/s).
+    """
+    return base_s + weights_bytes / (disk_gbps * 1e9)
+
+
+class EngineProcess:
+    """One engine process tree; all methods run on the event loop that started it."""
+
+    def __init__(
+        self,
+        argv: Sequence[str],
+        log_path: Path,
+        env: Mapping[str, str] | None = None,
+        cwd: Path | None = None,
+        on_line: Callable[[str], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if not argv:
+            raise EngineError("an engine needs a command to run")
+        self.argv = list(argv)
+        self.env = dict(env) if env is not None else None
+        self.cwd = cwd
+        self.on_line = on_line
+        self.clock = clock
+        self.log = RotatingLog(log_path)
+        self.proc: asyncio.subprocess.Process | None = None
+        self.started_at = 0.0
+        self.last_output = 0.0
+        #: Every process seen in the tree: pid → start time.
+        self.members: dict[int, float] = {}
+        self._pump: asyncio.Task[None] | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None else None
+
+    @property
+    def returncode(self) -> int | None:
+        return self.proc.returncode if self.proc is not None else None
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.returncode is None
+
+    def silent_for(self) -> float:
+        """Seconds since the engine last wrote a line (the stall detector's reading)."""
+        return self.clock() - self.last_output
+
+    async def start(self) -> int:
+        """Start the engine in a new session; returns its pid.
+
+        Raises:
+            EngineError: the command cannot be run (missing, not executable).
+        """
+        if self.proc is not None:
+            raise EngineError("this engine process was already started")
+        self.log.rotate()
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+        self.log.write(f"--- labctl: starting {' '.join(self.argv)} at {stamp}\n".encode())
+        try:
+            self.proc = await asyncio.create_subprocess_exec(
+                *self.argv,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+                env=self.env,
+                cwd=self.cwd,
+                start_new_session=True,
+                limit=2**20,
+            )
+        except OSError as exc:
+            self.log.write(f"--- labctl: cannot start: {exc}\n".encode())
+            self.close()
+            raise EngineError(
+                f"cannot start {self.argv[0]!r}: {exc.strerror or exc}; check the engine's "
+                "command (is it installed and on PATH?)"
+            ) from exc
+        self.started_at = self.last_output = self.clock()
+        self.members[self.proc.pid] = _start_of(self.proc.pid)
+        self._pump = asyncio.create_task(self._read_output())
+        return self.proc.pid
+
+    async def _read_output(self) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        stream = self.proc.stdout
+        while True:
+            try:
+                line = await stream.readline()
+            except ValueError:  # a line longer than the limit: take it in pieces
+                line = await stream.read(2**20)
+            if not line:
+                return
+            self.last_output = self.clock()
+            self.log.write(line)
+            if self.on_line is not None:
+                self.on_line(line.decode(errors="replace").rstrip("\n"))
+
+    def track(self) -> list[ProcStat]:
+        """Remember the tree's current processes; returns them (the engine itself excluded)."""
+        if self.proc is None:
+            return []
+        now = tree(self.proc.pid)
+        for st in now:
+            self.members.setdefault(st.pid, st.start)
+        return now
+
+    def alive_members(self) -> list[int]:
+        """Remembered processes that still exist as the same incarnation."""
+        out = []
+        for pid, start in self.members.items():
+            st = read_stat(pid)
+            if st is not None and st.alive and st.start == start:
+                out.append(pid)
+        return out
+
+    async def wait(self, limit: float | None = None) -> int | None:
+        """The engine process's exit code once it exits; ``None`` if ``limit`` s pass first.
+
+        Polls the return code: asyncio's ``Process.wait()`` also waits for the output
+        pipe to close, which a surviving worker can hold open indefinitely.
+        """
+        assert self.proc is not None
+        deadline = None if limit is None else self.clock() + limit
+        while self.proc.returncode is None:
+            if deadline is not None and self.clock() >= deadline:
+                return None
+            await asyncio.sleep(0.01)
+        return self.proc.returncode
+
+    async def _drain_output(self, limit: float = 1.0) -> None:
+        """Take the last lines; a worker still holding the pipe cannot keep this waiting."""
+        if self._pump is None:
+            return
+        try:
+            async with asyncio.timeout(limit):
+                await asyncio.shield(self._pump)
+        except TimeoutError:
+            self._pump.cancel()
+
+    async def stop(self, grace: float = 10.0, settle: float = 5.0) -> StopReport:
+        """Stop the whole tree (see the module doc); safe to call when it already exited.
+
+        Raises:
+            EngineError: a process of the tree still exists ``settle`` s after SIGKILL
+                (stuck in the kernel, e.g. on a hung GPU driver).
+        """
+        begun = self.clock()
+        if self.proc is None:
+            return StopReport(True, None, 0.0, ())
+        self.track()
+        pid = self.proc.pid
+        graceful = True
+        if self.proc.returncode is None:
+            _signal_group(pid, signal.SIGTERM)
+            graceful = await self.wait(grace) is not None
+        self.track()  # workers may have been started while it was shutting down
+        _signal_group(pid, signal.SIGKILL)  # what is left of the group, if anything
+        code = await self.wait()
+        orphans = tuple(p for p in self.alive_members() if p != pid)
+        for p in orphans:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(p, signal.SIGKILL)
+        deadline = self.clock() + settle
+        while True:
+            left = [p for p in self.alive_members() if p != pid]
+            if not left or self.clock() >= deadline:
+                break
+            await asyncio.sleep(0.02)
+        await self._drain_output()
+        self.log.write(
+            f"--- labctl: stopped (exit {code}, {'SIGTERM' if graceful else 'SIGKILL'}"
+            f"{f', killed orphans {list(orphans)}' if orphans else ''})\n".encode()
+        )
+        self.close()
+        if left:
+            raise EngineError(
+                f"processes {left} of the engine did not exit {settle:g} s after SIGKILL; "
+                "they may be stuck in the GPU driver (check `nvidia-smi` and dmesg)"
+            )
+        return StopReport(graceful and code is not None, code, self.clock() - begun, orphans)
+
+    def close(self) -> None:
+        self.log.close()
+
+
+def _start_of(pid: int) -> float:
+    st = read_stat(pid)
+    return float(st.start) if st is not None else 0.0
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+
+
+@dataclass
+class Backoff:
+    """Restart delays for an engine that dies outside a deploy: 1, 2, 4, … up to ``cap`` s.
+
+    A run that stayed up for ``stable`` s resets the sequence.
+    """
+
+    first: float = 1.0
+    cap: float = 60.0
+    stable: float = 300.0
+    failures: int = 0
+
+    def next_delay(self, ran_for: float) -> float:
+        if ran_for >= self.stable:
+            self.failures = 0
+        delay = min(self.cap, math.ldexp(self.first, self.failures))
+        self.failures += 1
+        return delay
