@@ -71,6 +71,12 @@ class EngineError(LabError, RuntimeError):
     exit_code = 7
 
 
+class DeployError(LabError, RuntimeError):
+    """A deployment cannot be made, or its journal cannot be read or written."""
+
+    exit_code = 9
+
+
 class BenchError(LabError, RuntimeError):
     """A benchmark run in which no request succeeded (the most common reason is named)."""
 

@@ -1,0 +1,283 @@
+"""The deploy journal: revisions, deploys and their timed steps, in SQLite.
+
+Every deploy is written step by step as it happens (WAL mode, each write its own
+transaction), so a daemon killed mid-deploy leaves an exact record of how far it
+got: :meth:`Journal.unfinished` lists those deploys for reconciliation on the
+next start. ``current`` says what each deployment is serving and through which
+engine process (pid and start time, so a reused pid is never adopted).
+
+The schema evolves through numbered migrations recorded in ``user_version``; a
+journal written by a newer labctl is refused rather than misread.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+import contextlib
+from dataclasses import dataclass, field
+import json
+from pathlib import Path
+import sqlite3
+import time
+from typing import Any
+
+from labctl.errors import DeployError
+
+MIGRATIONS: tuple[str, ...] = (
+    # 1: revisions, deploys, steps, current
+    """
+    CREATE TABLE revisions (
+        deployment TEXT NOT NULL,
+        revision INTEGER NOT NULL,
+        spec TEXT NOT NULL,
+        created REAL NOT NULL,
+        PRIMARY KEY (deployment, revision)
+    );
+    CREATE TABLE deploys (
+        id INTEGER PRIMARY KEY,
+        deployment TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        from_revision INTEGER,
+        to_revision INTEGER NOT NULL,
+        started REAL NOT NULL,
+        finished REAL,
+        outcome TEXT,
+        error TEXT
+    );
+    CREATE INDEX deploys_by_deployment ON deploys (deployment, id);
+    CREATE TABLE steps (
+        deploy_id INTEGER NOT NULL REFERENCES deploys (id),
+        seq INTEGER NOT NULL,
+        name TEXT NOT NULL,
+        started REAL NOT NULL,
+        finished REAL,
+        outcome TEXT,
+        error TEXT,
+        freed_bytes INTEGER,
+        detail TEXT NOT NULL DEFAULT '{}',
+        PRIMARY KEY (deploy_id, seq)
+    );
+    CREATE TABLE current (
+        deployment TEXT PRIMARY KEY,
+        revision INTEGER NOT NULL,
+        engine_pid INTEGER,
+        engine_start REAL,
+        url TEXT,
+        updated REAL NOT NULL
+    );
+    """,
+)
+
+#: How a deploy can end.
+OUTCOMES = ("committed", "rolled_back", "refused", "failed", "interrupted")
+
+
+@dataclass
+class Step:
+    """A step being recorded; set ``freed_bytes`` and ``detail`` before it ends."""
+
+    deploy_id: int
+    seq: int
+    name: str
+    detail: dict[str, Any] = field(default_factory=dict)
+    freed_bytes: int | None = None
+
+
+@dataclass(frozen=True)
+class Current:
+    deployment: str
+    revision: int
+    engine_pid: int | None
+    engine_start: float | None
+    url: str | None
+
+
+class Journal:
+    """One SQLite file; use from one thread (the daemon's event loop)."""
+
+    def __init__(self, path: Path, clock: Callable[[], float] = time.time) -> None:
+        self.path = path
+        self.clock = clock
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.db = sqlite3.connect(path, isolation_level=None)
+            self.db.row_factory = sqlite3.Row
+            mode = self.db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise DeployError(
+                    f"the journal {path} cannot use write-ahead logging (journal_mode is "
+                    f"{mode}); put LABCTL_HOME on a local filesystem"
+                )
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            self.db.execute("PRAGMA foreign_keys=ON")
+            self.db.execute("PRAGMA busy_timeout=5000")
+            self._migrate()
+        except sqlite3.DatabaseError as exc:
+            raise DeployError(
+                f"the journal {path} cannot be opened ({exc}); move it aside to start a new one"
+            ) from exc
+
+    def _migrate(self) -> None:
+        version = int(self.db.execute("PRAGMA user_version").fetchone()[0])
+        if version > len(MIGRATIONS):
+            raise DeployError(
+                f"the journal {self.path} is at schema version {version}, newer than this "
+                f"labctl knows ({len(MIGRATIONS)}); upgrade labctl"
+            )
+        for number in range(version + 1, len(MIGRATIONS) + 1):
+            with self._tx():
+                # executescript() would commit first: run the statements one by one
+                for statement in MIGRATIONS[number - 1].split(";"):
+                    if statement.strip():
+                        self.db.execute(statement)
+                self.db.execute(f"PRAGMA user_version={number}")
+
+    @contextlib.contextmanager
+    def _tx(self) -> Iterator[None]:
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
+    @property
+    def schema_version(self) -> int:
+        return int(self.db.execute("PRAGMA user_version").fetchone()[0])
+
+    @property
+    def journal_mode(self) -> str:
+        return str(self.db.execute("PRAGMA journal_mode").fetchone()[0])
+
+    def close(self) -> None:
+        self.db.close()
+
+    # -- revisions ---------------------------------------------------------------------
+
+    def add_revision(self, deployment: str, spec: dict[str, Any]) -> int:
+        """Store a new revision of ``deployment``; returns its number (1, 2, …)."""
+        with self._tx():
+            row = self.db.execute(
+                "SELECT COALESCE(MAX(revision), 0) FROM revisions WHERE deployment = ?",
+                (deployment,),
+            ).fetchone()
+            number = int(row[0]) + 1
+            self.db.execute(
+                "INSERT INTO revisions VALUES (?, ?, ?, ?)",
+                (deployment, number, json.dumps(spec, sort_keys=True), self.clock()),
+            )
+        return number
+
+    def revision(self, deployment: str, number: int) -> dict[str, Any]:
+        row = self.db.execute(
+            "SELECT spec FROM revisions WHERE deployment = ? AND revision = ?", (deployment, number)
+        ).fetchone()
+        if row is None:
+            raise DeployError(f"{deployment} has no revision {number}")
+        spec: dict[str, Any] = json.loads(row[0])
+        return spec
+
+    # -- deploys and steps --------------------------------------------------------------
+
+    def begin(self, deployment: str, kind: str, from_revision: int | None, to_revision: int) -> int:
+        """Record the start of a deploy (``kind``: deploy, rollback, reconcile); returns its id."""
+        cur = self.db.execute(
+            "INSERT INTO deploys (deployment, kind, from_revision, to_revision, started) "
+            "VALUES (?, ?, ?, ?, ?)",
+            (deployment, kind, from_revision, to_revision, self.clock()),
+        )
+        assert cur.lastrowid is not None
+        return cur.lastrowid
+
+    @contextlib.contextmanager
+    def step(self, deploy_id: int, name: str, **detail: Any) -> Iterator[Step]:
+        """Record a step: its start now, its end (and failure, with the error) on exit."""
+        seq = int(
+            self.db.execute(
+                "SELECT COALESCE(MAX(seq), 0) + 1 FROM steps WHERE deploy_id = ?", (deploy_id,)
+            ).fetchone()[0]
+        )
+        self.db.execute(
+            "INSERT INTO steps (deploy_id, seq, name, started, detail) VALUES (?, ?, ?, ?, ?)",
+            (deploy_id, seq, name, self.clock(), json.dumps(detail)),
+        )
+        step = Step(deploy_id, seq, name, dict(detail))
+        outcome, error = "ok", None
+        try:
+            yield step
+        except BaseException as exc:
+            outcome, error = "failed", str(exc) or type(exc).__name__
+            raise
+        finally:
+            self.db.execute(
+                "UPDATE steps SET finished = ?, outcome = ?, error = ?, freed_bytes = ?, "
+                "detail = ? WHERE deploy_id = ? AND seq = ?",
+                (self.clock(), outcome, error, step.freed_bytes, json.dumps(step.detail),
+                 deploy_id, seq),
+            )  # fmt: skip
+
+    def finish(self, deploy_id: int, outcome: str, error: str | None = None) -> None:
+        if outcome not in OUTCOMES:
+            raise ValueError(f"outcome {outcome!r} is not one of {OUTCOMES}")
+        self.db.execute(
+            "UPDATE deploys SET finished = ?, outcome = ?, error = ? WHERE id = ?",
+            (self.clock(), outcome, error, deploy_id),
+        )
+
+    def unfinished(self) -> list[dict[str, Any]]:
+        """Deploys that never finished: the daemon stopped in the middle of them."""
+        rows = self.db.execute("SELECT * FROM deploys WHERE finished IS NULL ORDER BY id")
+        return [self._deploy(r) for r in rows.fetchall()]
+
+    def history(self, deployment: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+        """The latest deploys, newest first, each with its steps and their durations."""
+        if deployment is None:
+            rows = self.db.execute("SELECT * FROM deploys ORDER BY id DESC LIMIT ?", (limit,))
+        else:
+            rows = self.db.execute(
+                "SELECT * FROM deploys WHERE deployment = ? ORDER BY id DESC LIMIT ?",
+                (deployment, limit),
+            )
+        return [self._deploy(r) for r in rows.fetchall()]
+
+    def _deploy(self, row: sqlite3.Row) -> dict[str, Any]:
+        doc = dict(row)
+        doc["duration_s"] = None if doc["finished"] is None else doc["finished"] - doc["started"]
+        steps = self.db.execute(
+            "SELECT * FROM steps WHERE deploy_id = ? ORDER BY seq", (doc["id"],)
+        ).fetchall()
+        doc["steps"] = []
+        for s in steps:
+            step = dict(s)
+            step["detail"] = json.loads(step["detail"])
+            step["duration_s"] = None if s["finished"] is None else s["finished"] - s["started"]
+            doc["steps"].append(step)
+        return doc
+
+    # -- what is serving ---------------------------------------------------------------
+
+    def set_current(
+        self,
+        deployment: str,
+        revision: int,
+        engine_pid: int | None = None,
+        engine_start: float | None = None,
+        url: str | None = None,
+    ) -> None:
+        self.db.execute(
+            "INSERT INTO current VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (deployment) DO UPDATE "
+            "SET revision = excluded.revision, engine_pid = excluded.engine_pid, "
+            "engine_start = excluded.engine_start, url = excluded.url, updated = excluded.updated",
+            (deployment, revision, engine_pid, engine_start, url, self.clock()),
+        )
+
+    def clear_current(self, deployment: str) -> None:
+        self.db.execute("DELETE FROM current WHERE deployment = ?", (deployment,))
+
+    def current(self) -> list[Current]:
+        rows = self.db.execute(
+            "SELECT deployment, revision, engine_pid, engine_start, url FROM current "
+            "ORDER BY deployment"
+        ).fetchall()
+        return [Current(*r) for r in rows]
