@@ -111,23 +111,57 @@ class EngineProcess:
         self.clock = clock
         self.log = RotatingLog(log_path)
         self.proc: asyncio.subprocess.Process | None = None
+        #: An engine found running (started by an earlier daemon): pid and start time.
+        self._adopted: tuple[int, float] | None = None
         self.started_at = 0.0
         self.last_output = 0.0
         #: Every process seen in the tree: pid → start time.
         self.members: dict[int, float] = {}
         self._pump: asyncio.Task[None] | None = None
 
+    @classmethod
+    def adopt(
+        cls, pid: int, start: float, log_path: Path, clock: Callable[[], float] = time.monotonic
+    ) -> EngineProcess:
+        """Take over an engine that an earlier daemon started (its output is not ours to read).
+
+        Raises:
+            EngineError: no such process, or the pid now belongs to another process.
+        """
+        st = read_stat(pid)
+        if st is None or not st.alive or st.start != start:
+            raise EngineError(f"engine process {pid} is gone (or its pid was reused)")
+        engine = cls(["<adopted>"], log_path, clock=clock)
+        engine._adopted = (pid, start)
+        engine.members[pid] = start
+        engine.started_at = engine.last_output = clock()
+        engine.log.write(f"--- labctl: adopted running engine pid {pid}\n".encode())
+        return engine
+
     @property
     def pid(self) -> int | None:
+        if self._adopted is not None:
+            return self._adopted[0]
         return self.proc.pid if self.proc is not None else None
 
     @property
+    def start_time(self) -> float | None:
+        """The engine process's start time as ``/proc`` gives it (with the pid, its identity)."""
+        pid = self.pid
+        return None if pid is None else self.members.get(pid)
+
+    @property
     def returncode(self) -> int | None:
+        """The exit code; for an adopted engine (not our child) -1 once it has gone."""
+        if self._adopted is not None:
+            pid, start = self._adopted
+            st = read_stat(pid)
+            return None if st is not None and st.alive and st.start == start else -1
         return self.proc.returncode if self.proc is not None else None
 
     @property
     def running(self) -> bool:
-        return self.proc is not None and self.proc.returncode is None
+        return self.pid is not None and self.returncode is None
 
     def silent_for(self) -> float:
         """Seconds since the engine last wrote a line (the stall detector's reading)."""
@@ -139,7 +173,7 @@ class EngineProcess:
         Raises:
             EngineError: the command cannot be run (missing, not executable).
         """
-        if self.proc is not None:
+        if self.pid is not None:
             raise EngineError("this engine process was already started")
         self.log.rotate()
         stamp = time.strftime("%Y-%m-%d %H:%M:%S")
@@ -184,9 +218,10 @@ class EngineProcess:
 
     def track(self) -> list[ProcStat]:
         """Remember the tree's current processes; returns them (the engine itself excluded)."""
-        if self.proc is None:
+        pid = self.pid
+        if pid is None:
             return []
-        now = tree(self.proc.pid)
+        now = tree(pid)
         for st in now:
             self.members.setdefault(st.pid, st.start)
         return now
@@ -206,13 +241,13 @@ class EngineProcess:
         Polls the return code: asyncio's ``Process.wait()`` also waits for the output
         pipe to close, which a surviving worker can hold open indefinitely.
         """
-        assert self.proc is not None
+        assert self.pid is not None
         deadline = None if limit is None else self.clock() + limit
-        while self.proc.returncode is None:
+        while (code := self.returncode) is None:
             if deadline is not None and self.clock() >= deadline:
                 return None
             await asyncio.sleep(0.01)
-        return self.proc.returncode
+        return code
 
     async def _drain_output(self, limit: float = 1.0) -> None:
         """Take the last lines; a worker still holding the pipe cannot keep this waiting."""
@@ -232,12 +267,12 @@ class EngineProcess:
                 (stuck in the kernel, e.g. on a hung GPU driver).
         """
         begun = self.clock()
-        if self.proc is None:
+        pid = self.pid
+        if pid is None:
             return StopReport(True, None, 0.0, ())
         self.track()
-        pid = self.proc.pid
         graceful = True
-        if self.proc.returncode is None:
+        if self.returncode is None:
             _signal_group(pid, signal.SIGTERM)
             graceful = await self.wait(grace) is not None
         self.track()  # workers may have been started while it was shutting down
