@@ -174,7 +174,7 @@ DEFAULT_MODEL = "Qwen/Qwen3-0.6B"
 def default_config() -> LabConfig:
     chat = DeploymentSpec(
         name="chat", engine="sim", model=DEFAULT_MODEL, gpus=(0,),
-        args={"max_model_len": 8192, "load_gbps": 8.0},
+        args={"max_model_len": 8192, "load_gbps": 8.0, "enforce_eager": True},
     )  # fmt: skip
     return LabConfig(gpu_backend="sim", sim_gpus="1xrtx-3090", deployments=(chat,))
 

@@ -58,11 +58,15 @@ def _register() -> None:
     from labctl.cli import exporter as exporter_cmd
     from labctl.cli import fit as fit_cmd
     from labctl.cli import gpus as gpus_cmd
+    from labctl.cli import lab as lab_cmd
     from labctl.cli import models as models_cmd
     from labctl.cli import sim as sim_cmd
 
     cli.add_command(fit_cmd.fit)
     cli.add_command(bench_cmd.bench)
+    for command in (lab_cmd.up, lab_cmd.down, lab_cmd.status, lab_cmd.ps, lab_cmd.deploy,
+                    lab_cmd.rollback, lab_cmd.history):  # fmt: skip
+        cli.add_command(command)
     cli.add_command(gpus_cmd.gpus)
     cli.add_command(models_cmd.models)
     cli.add_command(exporter_cmd.exporter)

@@ -1,0 +1,190 @@
+"""``labctl up`` and the commands that talk to it: down, status, ps, deploy, rollback, history."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+import urllib.error
+import urllib.request
+
+import click
+
+from labctl.cli.output import console, emit_json
+from labctl.config import load_config, state_dir
+from labctl.errors import DeployError, LabError, UsageError
+
+DEFAULT_URL = "http://127.0.0.1:8080"
+
+url_option = click.option(
+    "--url", envvar="LABCTL_URL", default=DEFAULT_URL, show_default=True,
+    help="the lab daemon [env LABCTL_URL]",
+)  # fmt: skip
+
+
+def call(url: str, method: str, path: str, body: Any = None, timeout: float = 600) -> Any:
+    """One request to the daemon's admin API; errors become one-line LabErrors."""
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(url.rstrip("/") + path, data=data, method=method,
+                                 headers={"Content-Type": "application/json"})  # fmt: skip
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return json.loads(resp.read() or b"null")
+    except urllib.error.HTTPError as exc:
+        try:
+            message = json.loads(exc.read())["error"]["message"]
+        except (ValueError, KeyError, TypeError):
+            message = f"HTTP {exc.code} from {url}{path}"
+        if exc.code == 409:
+            raise DeployError(message) from None
+        raise UsageError(message) from None
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise LabError(
+            f"no lab answers at {url} ({reason}); start one with `labctl up`, or pass --url"
+        ) from None
+
+
+@click.command()
+@click.option("--config", "config_path", type=click.Path(path_type=Path),
+              help="lab.toml (default: the embedded default lab)")  # fmt: skip
+@click.option("--listen", help="HOST:PORT for the daemon (default: lab.listen, 127.0.0.1:8080)")
+def up(config_path: Path | None, listen: str | None) -> None:
+    """Run the lab: its deployments, telemetry and admin API, until Ctrl-C."""
+    from labctl.daemon.app import Daemon
+
+    config = load_config(config_path)
+    daemon = Daemon(config, state_dir(), listen)
+
+    def listening(url: str) -> None:
+        names = ", ".join(d.name for d in config.deployments) or "none"
+        click.echo(f"labctl: lab at {url} ({config.source}; deployments: {names})")
+        click.echo(f"  admin API  {url}/api/status")
+        click.echo(f"  metrics    {url}/metrics")
+        click.echo(f"  status     labctl status{'' if url == DEFAULT_URL else f' --url {url}'}")
+        click.echo("  Ctrl-C stops every engine and waits for their memory; twice kills them.")
+
+    asyncio.run(daemon.run(listening))
+    click.echo("labctl: lab stopped")
+
+
+@click.command()
+@url_option
+def down(url: str) -> None:
+    """Stop the lab: every engine first, then the daemon."""
+    call(url, "POST", "/api/shutdown")
+    click.echo(f"labctl: stopping the lab at {url}")
+
+
+@click.command()
+@url_option
+@click.option("--json", "as_json", is_flag=True, help="print one JSON document")
+def status(url: str, as_json: bool) -> None:
+    """Each deployment: state, model, revision, engine and where it serves."""
+    doc = call(url, "GET", "/api/status", timeout=10)
+    if as_json:
+        emit_json(doc)
+        return
+    out = console()
+    out.print(f"lab {doc['url']} (pid {doc['pid']}, {doc['config']}, GPUs: {doc['gpu_backend']})")
+    out.print(f"{'NAME':<14}{'STATE':<11}{'REV':>4}  {'ENGINE':<9}{'MODEL':<36}URL")
+    for d in doc["deployments"]:
+        out.print(f"{d['name']:<14}{d['state']:<11}{d['revision'] or '-':>4}  {d['engine']:<9}"
+                  f"{d['model'] or '-'!s:<36}{d['url'] or '-'}")  # fmt: skip
+        if d["error"]:
+            out.print(f"  {d['error']}")
+
+
+@click.command()
+@url_option
+@click.option("--json", "as_json", is_flag=True, help="print one JSON document")
+def ps(url: str, as_json: bool) -> None:
+    """Every engine process and worker the lab runs, with its GPU memory."""
+    doc = call(url, "GET", "/api/ps", timeout=10)
+    if as_json:
+        emit_json(doc)
+        return
+    out = console()
+    out.print(f"{'DEPLOYMENT':<14}{'REV':>4}  {'PID':>8}  {'ROLE':<8}GPU MEMORY")
+    for p in doc["processes"]:
+        out.print(f"{p['deployment']:<14}{p['revision'] or '-':>4}  {p['pid']:>8}  {p['role']:<8}"
+                  f"{p['gpu_memory_bytes'] / 2**30:.2f} GiB")  # fmt: skip
+
+
+def _value(text: str) -> Any:
+    """``--set`` values: JSON where it parses (numbers, true/false, lists), else the string."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+@click.command()
+@click.argument("name")
+@click.option("--model", help="the model of the new revision")
+@click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
+              help="a setting or engine flag, e.g. max_model_len=8192 or args.enforce_eager=true")  # fmt: skip
+@click.option("--dry-run", is_flag=True, help="only check that it would fit (preflight)")
+@url_option
+@click.option("--json", "as_json", is_flag=True, help="print one JSON document")
+def deploy(name: str, model: str | None, settings: tuple[str, ...], dry_run: bool, url: str,
+           as_json: bool) -> None:  # fmt: skip
+    """Replace NAME's running revision: preflight, drain, stop, verify release, start, smoke
+    test, switch, or roll back."""
+    values = {}
+    for item in settings:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--set {item!r}: use KEY=VALUE, e.g. max_model_len=8192")
+        values[key] = _value(value)
+    body = {"model": model, "set": values, "dry_run": dry_run}
+    record = call(url, "POST", f"/api/deployments/{name}/deploy", body)
+    if as_json:
+        emit_json(record)
+    elif dry_run:
+        click.echo(f"{name}: fits ({record['need']})")
+    else:
+        _print_deploy(record)
+
+
+@click.command()
+@click.argument("name")
+@url_option
+@click.option("--json", "as_json", is_flag=True, help="print one JSON document")
+def rollback(name: str, url: str, as_json: bool) -> None:
+    """Deploy the revision NAME served before this one."""
+    record = call(url, "POST", f"/api/deployments/{name}/rollback", {})
+    if as_json:
+        emit_json(record)
+    else:
+        _print_deploy(record)
+
+
+@click.command()
+@click.argument("name", required=False)
+@url_option
+@click.option("--json", "as_json", is_flag=True, help="print one JSON document")
+def history(name: str | None, url: str, as_json: bool) -> None:
+    """Deploys, newest first, with every step's duration and the memory released."""
+    doc = call(url, "GET", "/api/history" + (f"?deployment={name}" if name else ""), timeout=10)
+    if as_json:
+        emit_json(doc)
+        return
+    for record in doc["deploys"]:
+        _print_deploy(record)
+
+
+def _print_deploy(r: dict[str, Any]) -> None:
+    out = console()
+    took = f"{r['duration_s']:.2f} s" if r["duration_s"] is not None else "unfinished"
+    frm = f"r{r['from_revision']}" if r["from_revision"] else "-"
+    out.print(f"#{r['id']} {r['deployment']} {r['kind']} {frm} → r{r['to_revision']}: "
+              f"{r['outcome'] or 'in progress'} ({took})")  # fmt: skip
+    if r["error"]:
+        out.print(f"    {r['error']}")
+    for s in r["steps"]:
+        dur = f"{s['duration_s']:.3f} s" if s["duration_s"] is not None else "…"
+        freed = f", released {s['freed_bytes'] / 2**30:.2f} GiB" if s["freed_bytes"] else ""
+        err = f": {s['error']}" if s["error"] else ""
+        out.print(f"    {s['name']:<15}{s['outcome'] or '…':<8}{dur:>10}{freed}{err}")

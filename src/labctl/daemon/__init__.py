@@ -1,0 +1,1 @@
+"""The composition root for `labctl up`: wiring, signals and shutdown."""

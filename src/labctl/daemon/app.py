@@ -1,0 +1,445 @@
+"""``labctl up``: the lab daemon, composed from the services; no logic of its own.
+
+One listener: ``/healthz``, ``/readyz``, ``/metrics`` (GPU and host telemetry,
+the daemon's own series and the engines' gauges under labctl names) and the
+admin API under ``/api`` (status, deployments, deploy, rollback, history,
+events as server-sent events, shutdown). On start it reconciles with the
+journal: a deploy that a killed daemon left unfinished is closed as
+interrupted, a healthy engine it left running is adopted, anything else of
+it is stopped. On SIGINT or SIGTERM it stops every engine it runs and waits
+for their memory; a second signal kills them at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+import contextlib
+import json
+import os
+from pathlib import Path
+import signal
+import time
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.parser import text_string_to_metric_families
+
+from labctl.config import DeploymentSpec, LabConfig, parse_listen
+from labctl.deploy.controller import STATES, Controller, Engine
+from labctl.deploy.journal import Journal
+from labctl.errors import ConfigError, DeployError, LabError
+from labctl.gpu import open_backend
+from labctl.gpu.host import HostSampler
+from labctl.gpu.sim import parse_sim_gpus
+from labctl.runtime.process import Backoff, EngineProcess
+from labctl.telemetry.collector import TelemetryCollector
+from labctl.telemetry.sampler import Sampler
+
+#: Engine metric → labctl name, for the gauges the dashboard and alerts read.
+ENGINE_GAUGES = {
+    "vllm:num_requests_running": "labctl_engine_requests_running",
+    "vllm:num_requests_waiting": "labctl_engine_requests_waiting",
+    "vllm:kv_cache_usage_perc": "labctl_engine_kv_cache_usage_ratio",
+    "llamacpp:requests_processing": "labctl_engine_requests_running",
+    "llamacpp:requests_deferred": "labctl_engine_requests_waiting",
+}
+DEPLOY_BUCKETS = (0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1200)
+RELEASE_BUCKETS = (0.01, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30)
+
+
+class DaemonMetrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry(auto_describe=True)
+        self.state = Gauge("labctl_deployment_state", "1 for the state each deployment is in.",
+                           ["deployment", "state"], registry=r)  # fmt: skip
+        self.deploy = Histogram("labctl_deploy_duration_seconds", "Time a deploy took, by outcome.",
+                                ["outcome"], buckets=DEPLOY_BUCKETS, registry=r)  # fmt: skip
+        self.startup = Histogram("labctl_engine_startup_seconds", "Engine startup time, by phase.",
+                                 ["phase"], buckets=DEPLOY_BUCKETS, registry=r)  # fmt: skip
+        self.release = Histogram("labctl_memory_release_seconds",
+                                 "Time from an engine's exit to its GPU memory being free.",
+                                 buckets=RELEASE_BUCKETS, registry=r)  # fmt: skip
+        self.restarts = Counter("labctl_engine_restarts_total",
+                                "Engine restarts outside a deploy, by reason.",
+                                ["deployment", "reason"], registry=r)  # fmt: skip
+        self.engine = {
+            name: Gauge(name, f"Normalised from the engine's own {name.split('_', 2)[-1]}.",
+                        ["deployment"], registry=r)
+            for name in sorted(set(ENGINE_GAUGES.values()))
+        }  # fmt: skip
+
+
+class Daemon:
+    def __init__(self, config: LabConfig, home: Path, listen: str | None = None) -> None:
+        self.config = config
+        self.home = home
+        self.host, self.port = parse_listen(
+            listen or config.listen, "--listen" if listen else "lab.listen"
+        )
+        self.metrics = DaemonMetrics()
+        self.events: list[asyncio.Queue[dict[str, Any]]] = []
+        self.stopping = asyncio.Event()
+        self.forced = False
+        self.url = ""
+        sims = parse_sim_gpus(config.sim_gpus) if config.sim_gpus else None
+        self.backend = open_backend(config.gpu_backend, home, sims)
+        self.journal = Journal(home / "journal.db")
+        self.controller = Controller(self.journal, self.backend, home, on_event=self._event)
+        self.sampler = Sampler(self.backend, HostSampler(), owners=self._owners, interval=1.0)
+        self.telemetry = TelemetryCollector(self.sampler)
+        self.backoff: dict[str, Backoff] = {}
+        self._tasks: list[asyncio.Task[Any]] = []
+
+    # -- events and metrics -----------------------------------------------------------
+
+    def _owners(self) -> dict[int, str]:
+        return dict(self.controller.owned_pids())
+
+    def _event(self, event: dict[str, Any]) -> None:
+        for q in list(self.events):
+            with contextlib.suppress(asyncio.QueueFull):
+                q.put_nowait(event)
+        if event["type"] == "state":
+            for state in STATES:
+                self.metrics.state.labels(event["deployment"], state).set(
+                    1 if state == event["state"] else 0
+                )
+
+    def _drain_observations(self) -> None:
+        for kind, data in self.controller.observations:
+            if kind == "deploy":
+                self.metrics.deploy.labels(data["outcome"]).observe(data["seconds"])
+            elif kind == "release":
+                self.metrics.release.observe(data["seconds"])
+            elif kind == "startup":
+                for phase, seconds in data.items():
+                    self.metrics.startup.labels(phase).observe(seconds)
+        self.controller.observations.clear()
+
+    async def _poll_engines(self) -> None:
+        """Every 2 s: each ready engine's gauges under labctl names; restarts of dead engines."""
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as http:
+            while True:
+                self._drain_observations()
+                for d in list(self.controller.deployments.values()):
+                    e = d.engine
+                    if e is None:
+                        continue
+                    if d.state == "ready" and e.process.returncode is not None:
+                        self._tasks.append(asyncio.create_task(self._restart(d.name, e)))
+                        continue
+                    try:
+                        async with http.get(e.url + "/metrics") as r:
+                            text = await r.text() if r.status == 200 else ""
+                    except (aiohttp.ClientError, TimeoutError):
+                        continue
+                    for family in text_string_to_metric_families(text):
+                        target = ENGINE_GAUGES.get(family.name)
+                        if target and family.samples:
+                            value = sum(s.value for s in family.samples)
+                            self.metrics.engine[target].labels(d.name).set(value)
+                await asyncio.sleep(2.0)
+
+    async def _restart(self, name: str, dead: Engine) -> None:
+        d = self.controller.deployments[name]
+        if d.engine is not dead or d.state != "ready":
+            return
+        code = dead.process.returncode
+        self.metrics.restarts.labels(name, "exited").inc()
+        d.restarts += 1
+        delay = self.backoff.setdefault(name, Backoff()).next_delay(
+            time.monotonic() - dead.process.started_at
+        )
+        self.controller._set_state(
+            d, "failed", f"engine exited with code {code}; restart in {delay:g} s"
+        )
+        await asyncio.sleep(delay)
+        if d.engine is not dead or self.stopping.is_set():
+            return
+        with contextlib.suppress(LabError):
+            await self.controller.deploy(d.spec, kind="restart", revision=d.revision)
+
+    # -- reconcile --------------------------------------------------------------------
+
+    async def reconcile(self) -> list[str]:
+        """Make the journal and the running processes agree; returns what was done."""
+        done = []
+        for pending in self.journal.unfinished():
+            self.journal.finish(
+                pending["id"], "interrupted", "the daemon stopped during the deploy"
+            )
+            done.append(f"closed deploy {pending['id']} of {pending['deployment']} as interrupted")
+        wanted = {d.name: d for d in self.config.deployments}
+        for cur in self.journal.current():
+            log = self.home / "logs" / f"{cur.deployment}-r{cur.revision}.log"
+            engine = None
+            if cur.engine_pid and cur.engine_start is not None:
+                with contextlib.suppress(LabError):
+                    engine = EngineProcess.adopt(cur.engine_pid, cur.engine_start, log)
+            spec = None
+            with contextlib.suppress(LabError, KeyError):
+                spec = DeploymentSpec.from_dict(
+                    cur.deployment, self.journal.revision(cur.deployment, cur.revision)
+                )
+            healthy = (
+                engine is not None and spec is not None and cur.url is not None
+                and cur.deployment in wanted and await self.controller._probe(cur.url + spec.health_path)
+            )  # fmt: skip
+            if healthy:
+                assert engine is not None and spec is not None and cur.url is not None
+                engine.track()
+                d = self.controller.add(spec)
+                d.engine = Engine(cur.revision, spec, engine, cur.url)
+                d.revision = cur.revision
+                self.controller._set_state(d, "ready")
+                rec = self.journal.begin(cur.deployment, "reconcile", cur.revision, cur.revision)
+                with self.journal.step(rec, "adopt", pid=cur.engine_pid, url=cur.url):
+                    pass
+                self.journal.finish(rec, "committed")
+                done.append(
+                    f"adopted {cur.deployment} revision {cur.revision} (pid {cur.engine_pid})"
+                )
+                continue
+            if engine is not None:
+                engine.track()
+                with contextlib.suppress(LabError):
+                    await engine.stop(grace=5)
+                done.append(
+                    f"stopped the leftover engine of {cur.deployment} (pid {cur.engine_pid})"
+                )
+            self.journal.clear_current(cur.deployment)
+        return done
+
+    # -- HTTP -------------------------------------------------------------------------
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        r = app.router
+        r.add_get("/healthz", self.healthz)
+        r.add_get("/readyz", self.readyz)
+        r.add_get("/metrics", self.metrics_page)
+        r.add_get("/api/status", self.status)
+        r.add_get("/api/deployments", self.status)
+        r.add_get("/api/ps", self.ps)
+        r.add_post("/api/deployments/{name}/deploy", self.deploy)
+        r.add_post("/api/deployments/{name}/rollback", self.rollback)
+        r.add_get("/api/history", self.history)
+        r.add_get("/api/events", self.stream_events)
+        r.add_post("/api/shutdown", self.shutdown)
+        return app
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        return web.Response(text="ok\n")
+
+    async def readyz(self, request: web.Request) -> web.Response:
+        states = {d.name: d.state for d in self.controller.deployments.values()}
+        ready = bool(states) and all(s == "ready" for s in states.values())
+        return web.json_response(
+            {"ready": ready, "deployments": states}, status=200 if ready else 503
+        )
+
+    async def metrics_page(self, request: web.Request) -> web.Response:
+        self._drain_observations()
+        body = self.telemetry.render() + generate_latest(self.metrics.registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    def status_doc(self) -> dict[str, Any]:
+        return {
+            "url": self.url, "pid": os.getpid(), "config": self.config.source,
+            "gpu_backend": self.backend.name,
+            "deployments": [d.status() for d in self.controller.deployments.values()],
+        }  # fmt: skip
+
+    async def status(self, request: web.Request) -> web.Response:
+        return web.json_response(self.status_doc())
+
+    async def ps(self, request: web.Request) -> web.Response:
+        reading = await asyncio.to_thread(self.backend.read)
+        memory: dict[int, int] = {}
+        for dev in reading.devices:
+            for p in dev.processes:
+                memory[p.pid] = memory.get(p.pid, 0) + (p.used_bytes or 0)
+        rows = []
+        for d in self.controller.deployments.values():
+            if d.engine is None:
+                continue
+            for st in [None, *d.engine.process.track()]:
+                pid = d.engine.process.pid if st is None else st.pid
+                rows.append({"deployment": d.name, "revision": d.revision, "pid": pid,
+                             "role": "engine" if st is None else "worker",
+                             "gpu_memory_bytes": memory.get(pid or -1, 0)})  # fmt: skip
+        return web.json_response({"processes": rows})
+
+    async def _json_body(self, request: web.Request) -> dict[str, Any]:
+        if not request.can_read_body:
+            return {}
+        try:
+            body = await request.json()
+        except (ValueError, UnicodeDecodeError):
+            raise _api_error(400, "the request body is not valid JSON") from None
+        if not isinstance(body, dict):
+            raise _api_error(400, "the request body must be a JSON object")
+        return body
+
+    async def deploy(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        body = await self._json_body(request)
+        d = self.controller.deployments.get(name)
+        if d is None:
+            names = ", ".join(self.controller.deployments) or "none"
+            raise _api_error(404, f"no deployment named {name!r}; the lab has: {names}")
+        doc = d.spec.to_dict()
+        if body.get("model"):
+            doc["model"] = body["model"]
+        for key, value in (body.get("set") or {}).items():
+            _apply(doc, key, value)
+        doc.pop("name", None)
+        try:
+            spec = DeploymentSpec.from_dict(name, doc, where=f"deploy {name}")
+        except ConfigError as exc:
+            raise _api_error(400, str(exc)) from None
+        try:
+            record = await self.controller.deploy(spec, dry_run=bool(body.get("dry_run")))
+        except DeployError as exc:
+            raise _api_error(409, str(exc)) from None
+        self._drain_observations()
+        return web.json_response(record)
+
+    async def rollback(self, request: web.Request) -> web.Response:
+        try:
+            record = await self.controller.rollback(request.match_info["name"])
+        except DeployError as exc:
+            raise _api_error(409, str(exc)) from None
+        self._drain_observations()
+        return web.json_response(record)
+
+    async def history(self, request: web.Request) -> web.Response:
+        name = request.query.get("deployment") or None
+        return web.json_response({"deploys": self.journal.history(name, limit=100)})
+
+    async def stream_events(self, request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+        )
+        await resp.prepare(request)
+        q: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=1000)
+        self.events.append(q)
+        try:
+            await resp.write(
+                f"data: {json.dumps({'type': 'hello', **self.status_doc()})}\n\n".encode()
+            )
+            while not self.stopping.is_set():
+                try:
+                    event = await asyncio.wait_for(q.get(), 15)
+                except TimeoutError:
+                    await resp.write(b": keep-alive\n\n")
+                    continue
+                await resp.write(f"data: {json.dumps(event)}\n\n".encode())
+        except (ConnectionResetError, asyncio.CancelledError):
+            pass
+        finally:
+            self.events.remove(q)
+        return resp
+
+    async def shutdown(self, request: web.Request) -> web.Response:
+        self.stopping.set()
+        return web.json_response({"stopping": True})
+
+    # -- life -------------------------------------------------------------------------
+
+    async def run(self, on_listening: Callable[[str], None] = lambda url: None) -> None:
+        loop = asyncio.get_running_loop()
+
+        def on_signal() -> None:
+            if self.stopping.is_set():
+                self.forced = True
+                self._kill_all()
+                os._exit(130)
+            self.stopping.set()
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, on_signal)
+        runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
+        await runner.setup()
+        site = web.TCPSite(runner, self.host, self.port)
+        try:
+            await site.start()
+        except OSError as exc:
+            await runner.cleanup()
+            raise ConfigError(
+                f"cannot listen on {self.host}:{self.port}: {exc.strerror or exc}; is another "
+                "labctl up running? Pick another address with --listen"
+            ) from exc
+        bound = runner.addresses[0][1] if runner.addresses else self.port
+        self.url = f"http://{self.host}:{bound}"
+        self.sampler.start()
+        try:
+            for line in await self.reconcile():
+                _log(line)
+            on_listening(self.url)
+            self._tasks.append(asyncio.create_task(self._poll_engines()))
+            starting = asyncio.create_task(self._start_configured())
+            await self.stopping.wait()
+            starting.cancel()
+            with contextlib.suppress(asyncio.CancelledError, LabError):
+                await starting
+        finally:
+            _log("stopping: engines first, then the listener")
+            for task in self._tasks:
+                task.cancel()
+            await self.controller.stop_all()
+            await self.controller.close()
+            await runner.cleanup()
+            self.sampler.stop()
+            self.journal.close()
+
+    async def _start_configured(self) -> None:
+        for spec in self.config.deployments:
+            d = self.controller.deployments.get(spec.name)
+            if d is not None and d.engine is not None:
+                continue  # adopted
+            try:
+                await self.controller.deploy(spec, kind="start")
+            except LabError as exc:
+                _log(f"{spec.name}: {exc}")
+
+    def _kill_all(self) -> None:
+        for d in self.controller.deployments.values():
+            if d.engine is not None and d.engine.process.pid is not None:
+                for pid in d.engine.process.members:
+                    with contextlib.suppress(ProcessLookupError, PermissionError):
+                        os.kill(pid, signal.SIGKILL)
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(d.engine.process.pid, signal.SIGKILL)
+
+
+def _api_error(status: int, message: str) -> web.HTTPException:
+    cls = {400: web.HTTPBadRequest, 404: web.HTTPNotFound, 409: web.HTTPConflict}[status]
+    return cls(text=json.dumps({"error": {"message": message, "code": status}}),
+               content_type="application/json")  # fmt: skip
+
+
+def _apply(doc: dict[str, Any], key: str, value: Any) -> None:
+    """``--set`` semantics: a top-level setting, ``args.X``, ``env.X``, or else an engine flag."""
+    head, _, rest = key.partition(".")
+    if rest and head in ("args", "env"):
+        doc.setdefault(head, {})[rest] = value
+    elif key in doc and key not in ("args", "env"):
+        doc[key] = value
+    else:
+        doc.setdefault("args", {})[key.replace("-", "_")] = value
+
+
+def _log(message: str) -> None:
+    stamp = time.strftime("%H:%M:%S")
+    print(f"{stamp} labctl: {message}", flush=True)
