@@ -109,7 +109,6 @@ class DeploymentSpec:
                 )
         elif not model:
             raise ConfigError(f"{at}.model is required for engine {engine!r}")
-        if engine == "llamacpp" and model and not Path(model).expanduser().is_file():
             raise ConfigError(
                 f"{at}.model = {model!r}: no such GGUF file; give the path of a .gguf model"
             )

@@ -60,6 +60,52 @@ class Twin:
         self.url = url
 
 
+class Daemon:
+    """A running `labctl up`."""
+
+    def __init__(self, proc: subprocess.Popen[str], url: str) -> None:
+        self.proc = proc
+        self.url = url
+
+    def api(self, method: str, path: str, body: Any = None, timeout: float = 120) -> Any:
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(self.url + path, data=data, method=method,
+                                     headers={"Content-Type": "application/json"})  # fmt: skip
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return json.loads(r.read())
+
+    def deployment(self, name: str) -> dict[str, Any]:
+        doc = self.api("GET", "/api/status")
+        return next(d for d in doc["deployments"] if d["name"] == name)
+
+    def wait_state(self, name: str, state: str, timeout: float = 30.0) -> dict[str, Any]:
+        def check() -> dict[str, Any] | None:
+            try:
+                d = self.deployment(name)
+            except StopIteration:
+                return None
+            return d if d["state"] == state else None
+
+        return dict(wait_for(check, timeout, f"{name} to be {state}"))
+
+
+def engine_pids(home: Path) -> list[int]:
+    """Processes started against ``home`` (LABCTL_HOME in their environment), but this one."""
+    me, out = os.getpid(), []
+    needle = f"LABCTL_HOME={home}".encode()
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or int(name) == me:
+            continue
+        try:
+            env = Path(f"/proc/{name}/environ").read_bytes()
+            stat = Path(f"/proc/{name}/stat").read_text()
+        except OSError:
+            continue
+        if needle in env.split(b"\0") and stat.rpartition(")")[2].split()[0] not in "ZX":
+            out.append(int(name))
+    return out
+
+
 class Lab:
     def __init__(self, home: Path) -> None:
         self.home = home
@@ -106,6 +152,24 @@ class Lab:
             pytest.fail(f"the twin did not start: {proc.stderr.read() if proc.stderr else ''}")
         return Twin(proc, url)
 
+    def up(self, *args: str, wait: bool = True) -> Daemon:
+        """Start `labctl up --listen 127.0.0.1:PORT ARGS`; with ``wait``, until it listens."""
+        port = free_port()
+        proc = self.start("up", "--listen", f"127.0.0.1:{port}", *args)
+        url = f"http://127.0.0.1:{port}"
+        if wait:
+            assert proc.stdout is not None
+            seen = []
+            while line := proc.stdout.readline():  # reconcile lines may come first
+                seen.append(line)
+                if "lab at" in line:
+                    break
+            else:
+                proc.wait(30)
+                err = proc.stderr.read() if proc.stderr else ""
+                pytest.fail(f"labctl up did not start: {''.join(seen)}{err}")
+        return Daemon(proc, url)
+
     def prometheus(self, target_url: str, workdir: Path) -> Callable[[str], list[dict[str, Any]]]:
         """Start a real Prometheus scraping ``target_url`` every second; returns a query function."""
         binary = shutil.which("prometheus")
@@ -150,6 +214,6 @@ class Lab:
             for pipe in (proc.stdout, proc.stderr):
                 if pipe is not None:
                     pipe.close()
-        for pid in self.stray:
+        for pid in self.stray + engine_pids(self.home):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)

@@ -220,6 +220,8 @@ def run(**kw: Any) -> None:
               help="fault: every Nth stream ends halfway with an error event")  # fmt: skip
 @click.option("--malformed-sse-every", type=int, metavar="N",
               help="fault: every Nth stream carries an event that is not JSON")  # fmt: skip
+@click.option("--fail-completions", is_flag=True,
+              help="fault: healthy, but every completion answers 500")  # fmt: skip
 def serve(**kw: Any) -> None:
     """The twin as a live vLLM-compatible server (OpenAI API, /health, /metrics).
 
@@ -244,6 +246,7 @@ def serve(**kw: Any) -> None:
         orphan_worker=kw.pop("orphan_worker"),
         error_mid_stream_every=kw.pop("error_mid_stream_every"),
         malformed_sse_every=kw.pop("malformed_sse_every"),
+        fail_completions=kw.pop("fail_completions"),
     )
     for flag in ("error_mid_stream_every", "malformed_sse_every"):
         if (value := getattr(faults, flag)) is not None and value < 1:

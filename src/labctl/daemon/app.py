@@ -138,6 +138,7 @@ class Daemon:
                     if d.state == "ready" and e.process.returncode is not None:
                         self._tasks.append(asyncio.create_task(self._restart(d.name, e)))
                         continue
+                    e.process.track()  # remember workers while they are still its children
                     try:
                         async with http.get(e.url + "/metrics") as r:
                             text = await r.text() if r.status == 200 else ""
@@ -174,11 +175,33 @@ class Daemon:
     async def reconcile(self) -> list[str]:
         """Make the journal and the running processes agree; returns what was done."""
         done = []
+        current_pids = {c.engine_pid for c in self.journal.current()}
         for pending in self.journal.unfinished():
+            name = pending["deployment"]
+            for step in pending["steps"]:
+                pid, start = step["detail"].get("pid"), step["detail"].get("start")
+                if pid is None or start is None or pid in current_pids:
+                    continue
+                log = self.home / "logs" / f"{name}-leftover-{pid}.log"
+                try:
+                    leftover = EngineProcess.adopt(pid, start, log)
+                except LabError:
+                    continue  # already gone
+                leftover.track()
+                with contextlib.suppress(LabError):
+                    await leftover.stop(grace=5)
+                done.append(
+                    f"stopped engine pid {pid} that the interrupted deploy of {name} started"
+                )
             self.journal.finish(
                 pending["id"], "interrupted", "the daemon stopped during the deploy"
             )
-            done.append(f"closed deploy {pending['id']} of {pending['deployment']} as interrupted")
+            done.append(f"closed deploy {pending['id']} of {name} as interrupted")
+        if done:
+            rec = self.journal.begin("*", "reconcile", None, 0)
+            with self.journal.step(rec, "cleanup", actions=list(done)):
+                pass
+            self.journal.finish(rec, "committed")
         wanted = {d.name: d for d in self.config.deployments}
         for cur in self.journal.current():
             log = self.home / "logs" / f"{cur.deployment}-r{cur.revision}.log"

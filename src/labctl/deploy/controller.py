@@ -32,7 +32,7 @@ import aiohttp
 from labctl.catalog.gpus import gpu as catalog_gpu
 from labctl.catalog.models import resolve
 from labctl.config import DeploymentSpec
-from labctl.deploy.journal import Journal
+from labctl.deploy.journal import Journal, Step
 from labctl.engines.adapter import adapter
 from labctl.errors import CatalogError, DeployError, EngineError, LabError
 from labctl.fit.plan import FitRequest, plan
@@ -211,7 +211,12 @@ class Controller:
                 f"KV cache {res.kv_cache_bytes / GiB:.2f} GiB for {res.kv_cache_tokens:,} tokens)",
             )
         if spec.engine == "llamacpp" and spec.model:
-            size = Path(spec.model).expanduser().stat().st_size
+            path = Path(spec.model).expanduser()
+            if not path.is_file():
+                raise DeployError(
+                    f"{spec.name}: model {spec.model!r}: no such GGUF file; give the path of a .gguf model"
+                )
+            size = path.stat().st_size
             return Need(size, f"{size / GiB:.2f} GiB of GGUF weights (KV cache not counted)")
         return Need(0, "no estimate for a command engine")
 
@@ -242,6 +247,8 @@ class Controller:
 
     def preflight(self, spec: DeploymentSpec, old: Engine | None) -> Need:
         need = self.need(spec)
+        if old is not None:
+            old.process.track()  # workers it forked (or left behind) give memory back too
         reading = self._read()
         old_pids = set(old.process.members) if old else set()
         for dev in reading.devices:
@@ -261,8 +268,15 @@ class Controller:
 
     # -- engines -----------------------------------------------------------------------
 
-    async def start_engine(self, spec: DeploymentSpec, revision: int) -> Engine:
+    async def start_engine(
+        self,
+        spec: DeploymentSpec,
+        revision: int,
+        on_spawn: Callable[[EngineProcess], None] = lambda process: None,
+    ) -> Engine:
         """Start a revision and wait until it is ready (health, its model listed).
+
+        ``on_spawn`` hears of the process as soon as it exists, before it is ready.
 
         Raises:
             EngineError: it exited, stalled, timed out, or failed its probes (the log's tail).
@@ -287,6 +301,7 @@ class Controller:
         log = self.home / "logs" / f"{spec.name}-r{revision}.log"
         process = EngineProcess(launch.argv, log, env=env, on_line=on_line, clock=self.clock)
         await process.start()
+        on_spawn(process)
         mark[0] = process.started_at
         url = f"http://{self.host}:{port}"
         engine = Engine(revision, spec, process, url, phases)
@@ -383,7 +398,10 @@ class Controller:
         pids = set(engine.process.members)
         before = self.held_by(self._read(), gpus, pids)
         if deploy_id is not None:
-            with self.journal.step(deploy_id, "stop", pid=engine.process.pid) as step:
+            alive = engine.process.alive_members()
+            with self.journal.step(
+                deploy_id, "stop", pid=engine.process.pid, processes=alive
+            ) as step:
                 report = await engine.process.stop(grace=engine.spec.stop_grace)
                 step.detail |= {"graceful": report.graceful, "exit_code": report.exit_code,
                                 "orphans_killed": list(report.orphans_killed)}  # fmt: skip
@@ -490,8 +508,8 @@ class Controller:
             self.journal.clear_current(d.name)
         self._set_state(d, "starting")
         with self.journal.step(deploy_id, "start", revision=revision) as step:
-            engine = await self.start_engine(spec, revision)
-            step.detail |= {"pid": engine.process.pid, "url": engine.url, "phases": engine.phases}
+            engine = await self.start_engine(spec, revision, self._spawned(step))
+            step.detail |= {"url": engine.url, "phases": engine.phases}
         self.observations.append(("startup", dict(engine.phases)))
         try:
             with self.journal.step(deploy_id, "smoke_test"):
@@ -518,8 +536,8 @@ class Controller:
             return False
         try:
             with self.journal.step(deploy_id, "rollback", revision=old.revision) as step:
-                engine = await self.start_engine(old.spec, old.revision)
-                step.detail |= {"pid": engine.process.pid, "phases": engine.phases}
+                engine = await self.start_engine(old.spec, old.revision, self._spawned(step))
+                step.detail |= {"url": engine.url, "phases": engine.phases}
                 await self.smoke(engine)
         except (LabError, OSError) as exc:
             self._set_state(d, "failed", f"rollback failed too: {exc}")
@@ -531,6 +549,15 @@ class Controller:
         self._set_state(d, "ready")
         await self.hooks.resume(d.name, engine.url)
         return True
+
+    def _spawned(self, step: Step) -> Callable[[EngineProcess], None]:
+        """Journal a new engine's pid at once, so a daemon killed now can find it later."""
+
+        def note(process: EngineProcess) -> None:
+            step.detail |= {"pid": process.pid, "start": process.start_time}
+            self.journal.note(step)
+
+        return note
 
     async def rollback(self, name: str) -> dict[str, Any]:
         """Deploy the revision before the one serving (a new deploy of an old revision).

@@ -217,6 +217,13 @@ class Journal:
                  deploy_id, seq),
             )  # fmt: skip
 
+    def note(self, step: Step) -> None:
+        """Write a running step's detail now (e.g. an engine's pid the moment it is spawned)."""
+        self.db.execute(
+            "UPDATE steps SET detail = ? WHERE deploy_id = ? AND seq = ?",
+            (json.dumps(step.detail), step.deploy_id, step.seq),
+        )
+
     def finish(self, deploy_id: int, outcome: str, error: str | None = None) -> None:
         if outcome not in OUTCOMES:
             raise ValueError(f"outcome {outcome!r} is not one of {OUTCOMES}")

@@ -11,9 +11,10 @@ moment it is seen, and a stop ends with every one of them gone:
 3. SIGKILL to any remembered process still alive outside the group (orphans);
 4. reap the engine and wait until none of them exists.
 
-The engine's stdout and stderr go through a pipe into a size-rotated log file
-in the state dir, line by line, so the caller can also watch them (startup
-phases, the stall detector's last-output time).
+The engine's stdout and stderr go to a size-rotated log file in the state dir,
+which labctl tails, so the caller can also watch them (startup phases, the
+stall detector's last-output time) and the engine never depends on the daemon
+staying alive to read a pipe.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from dataclasses import dataclass
 import math
 import os
 from pathlib import Path
+import shutil
 import signal
 import time
 
@@ -36,36 +38,71 @@ LOG_KEEP = 3
 
 
 class RotatingLog:
-    """An append-only log file that rotates to ``.1`` … ``.{keep}`` past ``max_bytes``."""
+    """An engine's log file: the engine writes to it directly, labctl tails and rotates it.
+
+    The engine's stdout and stderr are this file (opened for appending), not a pipe
+    to the daemon, so an engine outlives a daemon that dies and can be adopted by
+    the next one. Past ``max_bytes`` the file is copied to ``.1`` (older copies
+    shift up to ``.{keep}``) and truncated in place, which the engine's appending
+    descriptor follows.
+    """
 
     def __init__(self, path: Path, max_bytes: int = LOG_MAX_BYTES, keep: int = LOG_KEEP) -> None:
         self.path = path
         self.max_bytes = max_bytes
         self.keep = keep
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._fh = open(path, "ab")  # noqa: SIM115 - held for the engine's life
-        self._size = self._fh.tell()
+        self.fh = open(path, "ab")  # noqa: SIM115 - held for the engine's life
+        self._offset = self.fh.tell()
 
-    def rotate(self) -> None:
-        self._fh.close()
+    def _shift(self) -> None:
         for i in range(self.keep - 1, 0, -1):
             older = self.path.with_name(f"{self.path.name}.{i}")
             if older.exists():
                 os.replace(older, self.path.with_name(f"{self.path.name}.{i + 1}"))
+
+    def rotate(self) -> None:
+        """Start a new file (at each engine start): the current one becomes ``.1``."""
+        self.fh.close()
+        self._shift()
         if self.path.exists():
             os.replace(self.path, self.path.with_name(f"{self.path.name}.1"))
-        self._fh = open(self.path, "ab")  # noqa: SIM115
-        self._size = 0
+        self.fh = open(self.path, "ab")  # noqa: SIM115
+        self._offset = 0
+
+    def _copy_truncate(self) -> None:
+        self._shift()
+        shutil.copyfile(self.path, self.path.with_name(f"{self.path.name}.1"))
+        os.truncate(self.path, 0)
+        self._offset = 0
 
     def write(self, data: bytes) -> None:
-        if self._size + len(data) > self.max_bytes and self._size:
-            self.rotate()
-        self._fh.write(data)
-        self._fh.flush()
-        self._size += len(data)
+        """A line of labctl's own (start, stop, adoption), kept in order with the engine's."""
+        size = self.path.stat().st_size if self.path.exists() else 0
+        if size and size + len(data) > self.max_bytes:
+            self._copy_truncate()
+        self.fh.write(data)
+        self.fh.flush()
+
+    def skip(self) -> None:
+        """Tail from the end as it is now (past labctl's own note)."""
+        self._offset = self.path.stat().st_size
+
+    def poll(self) -> bytes:
+        """What the engine wrote since the last call (rotating the file when it grew too big)."""
+        try:
+            with open(self.path, "rb") as rd:
+                rd.seek(self._offset)
+                data = rd.read()
+        except FileNotFoundError:
+            return b""
+        self._offset += len(data)
+        if self._offset > self.max_bytes:
+            self._copy_truncate()
+        return data
 
     def close(self) -> None:
-        self._fh.close()  # idempotent
+        self.fh.close()  # idempotent
 
 
 @dataclass(frozen=True)
@@ -178,16 +215,16 @@ class EngineProcess:
         self.log.rotate()
         stamp = time.strftime("%Y-%m-%d %H:%M:%S")
         self.log.write(f"--- labctl: starting {' '.join(self.argv)} at {stamp}\n".encode())
+        self.log.skip()
         try:
             self.proc = await asyncio.create_subprocess_exec(
                 *self.argv,
                 stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
+                stdout=self.log.fh,
                 stderr=asyncio.subprocess.STDOUT,
                 env=self.env,
                 cwd=self.cwd,
                 start_new_session=True,
-                limit=2**20,
             )
         except OSError as exc:
             self.log.write(f"--- labctl: cannot start: {exc}\n".encode())
@@ -202,19 +239,18 @@ class EngineProcess:
         return self.proc.pid
 
     async def _read_output(self) -> None:
-        assert self.proc is not None and self.proc.stdout is not None
-        stream = self.proc.stdout
+        """Tail the log: each line to ``on_line``, and when the engine last wrote."""
+        partial = b""
         while True:
-            try:
-                line = await stream.readline()
-            except ValueError:  # a line longer than the limit: take it in pieces
-                line = await stream.read(2**20)
-            if not line:
-                return
-            self.last_output = self.clock()
-            self.log.write(line)
-            if self.on_line is not None:
-                self.on_line(line.decode(errors="replace").rstrip("\n"))
+            data = self.log.poll()
+            if data:
+                self.last_output = self.clock()
+                lines = (partial + data).split(b"\n")
+                partial = lines.pop()
+                if self.on_line is not None:
+                    for line in lines:
+                        self.on_line(line.decode(errors="replace"))
+            await asyncio.sleep(0.05)
 
     def track(self) -> list[ProcStat]:
         """Remember the tree's current processes; returns them (the engine itself excluded)."""
@@ -249,15 +285,14 @@ class EngineProcess:
             await asyncio.sleep(0.01)
         return code
 
-    async def _drain_output(self, limit: float = 1.0) -> None:
-        """Take the last lines; a worker still holding the pipe cannot keep this waiting."""
+    async def _stop_tailing(self) -> None:
+        """Take the last lines the engine wrote, then stop following its log."""
         if self._pump is None:
             return
-        try:
-            async with asyncio.timeout(limit):
-                await asyncio.shield(self._pump)
-        except TimeoutError:
-            self._pump.cancel()
+        await asyncio.sleep(0.06)  # one more poll
+        self._pump.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._pump
 
     async def stop(self, grace: float = 10.0, settle: float = 5.0) -> StopReport:
         """Stop the whole tree (see the module doc); safe to call when it already exited.
@@ -288,7 +323,7 @@ class EngineProcess:
             if not left or self.clock() >= deadline:
                 break
             await asyncio.sleep(0.02)
-        await self._drain_output()
+        await self._stop_tailing()
         self.log.write(
             f"--- labctl: stopped (exit {code}, {'SIGTERM' if graceful else 'SIGKILL'}"
             f"{f', killed orphans {list(orphans)}' if orphans else ''})\n".encode()

@@ -66,6 +66,8 @@ class Faults:
     error_mid_stream_every: int | None = None
     #: Every Nth streamed response carries one event that is not valid JSON.
     malformed_sse_every: int | None = None
+    #: Healthy, lists its model, but every completion fails (a broken CUDA context).
+    fail_completions: bool = False
 
 
 def _log(message: str, level: str = "INFO") -> None:
@@ -124,6 +126,10 @@ class TwinServer:
         )
 
     async def _body(self, request: web.Request) -> dict[str, Any] | web.Response:
+        if self.faults.fail_completions:
+            return _error(
+                500, "CUDA error: an illegal memory access was encountered (--fail-completions)"
+            )
         try:
             body = await request.json()
         except (ValueError, UnicodeDecodeError):

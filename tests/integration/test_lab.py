@@ -1,0 +1,286 @@
+"""The lab daemon with twin engines on simulated GPUs: deploys, refusals, rollbacks, crashes."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+import json
+import os
+from pathlib import Path
+import signal
+import urllib.request
+
+import pytest
+
+from labctl.config import load_config
+from labctl.gpu.sim import SimBackend, SimMachine
+from tests.integration.conftest import Run
+from tests.integration.lab import Daemon, Lab, engine_pids, free_port, wait_for
+
+GiB = 2**30
+EXAMPLE = Path(__file__).parent.parent.parent / "examples" / "lab.toml"
+FAST = "{ max_model_len = 4096, time_scale = 0.05, load_gbps = 0 }"
+
+
+def lab_toml(tmp_path: Path, chat_args: str = FAST, extra: str = "") -> Path:
+    path = tmp_path / "lab.toml"
+    path.write_text(
+        '[lab]\ngpu_backend = "sim"\nsim_gpus = "1xrtx-3090"\n\n'
+        '[deployments.chat]\nengine = "sim"\nmodel = "Qwen/Qwen3-0.6B"\nstop_grace = 5\n'
+        f"args = {chat_args}\n{extra}"
+    )
+    return path
+
+
+def complete(d: Daemon, name: str = "chat") -> dict[str, object]:
+    dep = d.deployment(name)
+    body = json.dumps({"model": dep["served_model"], "prompt": "hi", "max_tokens": 2}).encode()
+    req = urllib.request.Request(dep["url"] + "/v1/completions", data=body,
+                                 headers={"Content-Type": "application/json"})  # fmt: skip
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return dict(json.loads(r.read()))
+
+
+def alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[0] not in "ZX"
+
+
+def test_the_embedded_default_is_ready_within_10_s_and_ctrl_c_leaves_nothing(
+    lab: Lab, labctl: Callable[..., Run]
+) -> None:
+    d = lab.up()
+    ready = d.wait_state("chat", "ready", timeout=10)
+    assert ready["model"] == "Qwen/Qwen3-0.6B" and ready["revision"] == 1
+    status = labctl("status", "--url", d.url, "--json", home=lab.home, check=True).json()
+    assert isinstance(status, dict)
+    assert {k: status["deployments"][0][k] for k in ("name", "state", "model", "revision")} == {
+        "name": "chat", "state": "ready", "model": "Qwen/Qwen3-0.6B", "revision": 1,
+    }  # fmt: skip
+    assert complete(d)["choices"]
+    assert engine_pids(lab.home) and SimMachine(lab.home).devices()[0].spec.id == "rtx-3090"
+    d.proc.send_signal(signal.SIGINT)
+    assert d.proc.wait(30) == 0
+    assert engine_pids(lab.home) == []  # no engine, worker or daemon left
+    assert SimBackend(SimMachine(lab.home)).read().devices[0].memory_used_bytes == 0
+
+
+def test_a_swap_between_models_that_cannot_both_fit_is_journaled_step_by_step(
+    lab: Lab, labctl: Callable[..., Run], tmp_path: Path
+) -> None:
+    d = lab.up("--config", str(lab_toml(tmp_path)))
+    old = d.wait_state("chat", "ready")
+    run = labctl("deploy", "chat", "--model", "Qwen/Qwen3-8B", "--set", "max_model_len=4096",
+                 "--url", d.url, "--json", home=lab.home, check=True)  # fmt: skip
+    record = run.json()
+    assert isinstance(record, dict) and record["outcome"] == "committed"
+    steps = {s["name"]: s for s in record["steps"]}
+    assert list(steps) == ["preflight", "drain", "stop", "verify_release", "start", "smoke_test",
+                           "switch"]  # fmt: skip
+    assert all(s["outcome"] == "ok" and s["duration_s"] is not None for s in record["steps"])
+    assert steps["verify_release"]["freed_bytes"] > 20 * GiB  # 0.9 of the 3090
+    assert "21.22 GiB per GPU" in steps["preflight"]["detail"]["need"]
+    assert not alive(old["pid"])
+    new = d.wait_state("chat", "ready")
+    assert new["model"] == "Qwen/Qwen3-8B" and new["revision"] == 2 and complete(d)["choices"]
+    text = labctl("history", "chat", "--url", d.url, home=lab.home, check=True).out
+    assert "chat deploy r1 → r2: committed" in text and "released 21.22 GiB" in text
+    metrics = urllib.request.urlopen(d.url + "/metrics", timeout=5).read().decode()
+    assert 'labctl_deploy_duration_seconds_count{outcome="committed"} 2.0' in metrics
+    assert 'labctl_deployment_state{deployment="chat",state="ready"} 1.0' in metrics
+    assert "labctl_memory_release_seconds_count 1.0" in metrics
+    assert 'labctl_engine_startup_seconds_count{phase="load_weights"} 2.0' in metrics
+
+
+def test_a_model_that_cannot_fit_is_refused_with_the_planners_numbers(
+    lab: Lab, labctl: Callable[..., Run], tmp_path: Path
+) -> None:
+    d = lab.up("--config", str(lab_toml(tmp_path)))
+    before = d.wait_state("chat", "ready")
+    run = labctl("deploy", "chat", "--model", "Qwen/Qwen3-8B", "--set", "max_model_len=40960",
+                 "--url", d.url, home=lab.home)  # fmt: skip
+    assert run.code == 9
+    assert run.err.strip() == (
+        "labctl: error: chat: Qwen/Qwen3-8B does not fit on GPU 0 (NVIDIA GeForce RTX 3090): one "
+        "40,960-token request needs 5.62 GiB of KV cache but 4.15 GiB is available; the largest "
+        "context that fits is 30,224"
+    )
+    after = d.deployment("chat")
+    assert (after["state"], after["pid"], after["revision"]) == ("ready", before["pid"], 1)
+    assert complete(d)["choices"]
+
+
+@pytest.mark.parametrize(
+    ("flags", "why"),
+    [
+        (["--set", "fail_startup_after=0.05"], "exited with code"),
+        (
+            ["--set", "hang_startup=true", "--set", "startup_timeout=2"],
+            "did not become ready in 2 s",
+        ),
+        (["--set", "fail_completions=true"], "smoke test: HTTP 500"),
+    ],
+    ids=["fails-startup", "hangs", "fails-smoke-test"],
+)
+def test_a_failing_revision_is_rolled_back_and_the_old_one_serves_again(
+    lab: Lab, labctl: Callable[..., Run], tmp_path: Path, flags: list[str], why: str
+) -> None:
+    d = lab.up("--config", str(lab_toml(tmp_path)))
+    d.wait_state("chat", "ready")
+    run = labctl("deploy", "chat", *flags, "--url", d.url, home=lab.home)
+    assert run.code == 9
+    assert why in run.err and "rolled back to revision 1, which serves again" in run.err
+    after = d.wait_state("chat", "ready")
+    assert after["revision"] == 1 and complete(d)["choices"]
+    (record, *_) = labctl("history", "chat", "--url", d.url, "--json", home=lab.home,
+                          check=True).json()["deploys"]  # type: ignore[index]  # fmt: skip
+    assert record["outcome"] == "rolled_back"
+    assert [s["name"] for s in record["steps"]][-1] == "rollback"
+    assert len(engine_pids(lab.home)) == 2  # the daemon and the one engine: nothing left over
+
+
+def test_an_orphaned_worker_of_the_old_revision_is_killed_before_the_new_one_starts(
+    lab: Lab, labctl: Callable[..., Run], tmp_path: Path
+) -> None:
+    args = "{ max_model_len = 4096, time_scale = 0.05, load_gbps = 0, orphan_worker = true }"
+    d = lab.up("--config", str(lab_toml(tmp_path, args)))
+    old = d.wait_state("chat", "ready")
+    workers = [p["pid"] for p in d.api("GET", "/api/ps")["processes"] if p["role"] == "worker"]
+    (worker,) = workers
+    os.kill(old["pid"], signal.SIGKILL)  # the engine dies; its worker keeps the memory
+    wait_for(lambda: not alive(old["pid"]), what="the engine to die")
+    assert alive(worker)
+    labctl("deploy", "chat", "--model", "Qwen/Qwen3-8B", "--set", "max_model_len=4096",
+           "--set", "orphan_worker=false", "--url", d.url, home=lab.home, check=True)  # fmt: skip
+    assert not alive(worker)
+    assert d.wait_state("chat", "ready")["model"] == "Qwen/Qwen3-8B"
+    history = d.api("GET", "/api/history?deployment=chat")["deploys"]
+    stops = [s for r in history for s in r["steps"] if s["name"] == "stop"]
+    assert any(worker in s["detail"]["processes"] for s in stops)
+
+
+def test_memory_held_by_an_unrelated_process_is_named_in_the_refusal(
+    lab: Lab, labctl: Callable[..., Run], tmp_path: Path
+) -> None:
+    args = (
+        "{ max_model_len = 4096, time_scale = 0.05, load_gbps = 0, gpu_memory_utilization = 0.4 }"
+    )
+    d = lab.up("--config", str(lab_toml(tmp_path, args)))
+    d.wait_state("chat", "ready")
+    _, holder = lab.hold(0, "8GiB")
+    run = labctl("deploy", "chat", "--set", "gpu_memory_utilization=0.9", "--url", d.url,
+                 home=lab.home)  # fmt: skip
+    assert run.code == 9
+    assert f"pid {holder} (" in run.err and "sim hold" in run.err
+    assert "holds 8.00 GiB on GPU 0" in run.err
+    assert d.deployment("chat")["state"] == "ready"
+
+
+def test_a_daemon_killed_mid_deploy_reconciles_to_serving_and_journals_it(
+    lab: Lab, tmp_path: Path
+) -> None:
+    config = lab_toml(tmp_path)
+    d = lab.up("--config", str(config))
+    d.wait_state("chat", "ready")
+    slow = lab.start("deploy", "chat", "--set", "time_scale=1", "--url", d.url)
+
+    def spawned() -> int | None:
+        deploys = d.api("GET", "/api/history?deployment=chat")["deploys"]
+        start = [s for s in deploys[0]["steps"] if s["name"] == "start"]
+        return start[0]["detail"].get("pid") if start and deploys[0]["kind"] == "deploy" else None
+
+    new_pid = int(wait_for(spawned, what="the new revision to be spawned"))
+    d.proc.kill()  # SIGKILL in the middle of the new revision's startup
+    d.proc.wait(10)
+    slow.wait(30)
+    assert alive(new_pid)  # engines live in their own sessions
+    again = lab.up("--config", str(config))
+    ready = again.wait_state("chat", "ready")
+    assert not alive(new_pid) and complete(again)["choices"]
+    history = again.api("GET", "/api/history")["deploys"]
+    interrupted = [r for r in history if r["outcome"] == "interrupted"]
+    assert len(interrupted) == 1 and interrupted[0]["to_revision"] == 2
+    print(
+        "HISTORY",
+        json.dumps(
+            [
+                (
+                    r["deployment"],
+                    r["kind"],
+                    r["outcome"],
+                    r["error"],
+                    [(s["name"], s["detail"]) for s in r["steps"]],
+                )
+                for r in history
+            ],
+            indent=0,
+        )[:3000],
+    )
+    (cleanup,) = [r for r in history if r["kind"] == "reconcile"]
+    actions = cleanup["steps"][0]["detail"]["actions"]
+    assert any(f"stopped engine pid {new_pid}" in a for a in actions)
+    assert ready["revision"] == 3  # the configured revision, started afresh
+
+
+def test_a_daemon_killed_while_idle_adopts_its_healthy_engine(lab: Lab, tmp_path: Path) -> None:
+    config = lab_toml(tmp_path)
+    d = lab.up("--config", str(config))
+    first = d.wait_state("chat", "ready")
+    d.proc.kill()
+    d.proc.wait(10)
+    again = lab.up("--config", str(config))
+    adopted = again.wait_state("chat", "ready")
+    assert (adopted["pid"], adopted["revision"]) == (first["pid"], 1)
+    history = again.api("GET", "/api/history?deployment=chat")["deploys"]
+    assert history[0]["kind"] == "reconcile" and history[0]["steps"][0]["name"] == "adopt"
+
+
+def test_bad_input_is_a_clear_error_and_leaves_deployments_alone(
+    lab: Lab, labctl: Callable[..., Run], tmp_path: Path
+) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[deployments.chat]\nengine = "tgi"\nmodel = "m"\n')
+    run = labctl("up", "--config", str(bad), home=lab.home)
+    assert run.code == 3
+    assert run.err.strip() == (
+        "labctl: error: deployments.chat.engine = 'tgi': use one of vllm, llamacpp, sim, command"
+    )
+    bad.write_text('[deployments.chat]\nengine = "sim"\nmodel = "m"\ngpus = "0"\n')
+    assert (
+        "deployments.chat.gpus = '0': give a list of GPU indices"
+        in labctl("up", "--config", str(bad), home=lab.home).err
+    )
+    d = lab.up("--config", str(lab_toml(tmp_path)))
+    before = d.wait_state("chat", "ready")
+    port = int(d.url.rsplit(":", 1)[1])
+    run = labctl("up", "--config", str(lab_toml(tmp_path)), "--listen", f"127.0.0.1:{port}",
+                 home=tmp_path / "other")  # fmt: skip
+    assert run.code == 3 and f"cannot listen on 127.0.0.1:{port}" in run.err
+    run = labctl("deploy", "nope", "--url", d.url, home=lab.home)
+    assert run.code == 2 and "no deployment named 'nope'; the lab has: chat" in run.err
+    run = labctl("deploy", "chat", "--set", "engine=llamacpp", "--set", "model=/no/such.gguf",
+                 "--url", d.url, home=lab.home)  # fmt: skip
+    assert run.code == 9 and "model '/no/such.gguf': no such GGUF file" in run.err
+    run = labctl("deploy", "chat", "--set", "port=99999", "--url", d.url, home=lab.home)
+    assert run.code == 2 and "port = 99999: use 1–65535, or 0" in run.err
+    after = d.deployment("chat")
+    assert (after["state"], after["pid"], after["revision"]) == ("ready", before["pid"], 1)
+    down = labctl("status", "--url", f"http://127.0.0.1:{free_port()}", home=lab.home)
+    assert down.code == 1 and "no lab answers at" in down.err
+
+
+def test_the_example_lab_toml_documents_a_valid_lab() -> None:
+    config = load_config(EXAMPLE)
+    assert {d.engine for d in config.deployments} == {"vllm", "llamacpp", "sim", "command"}
+    text = EXAMPLE.read_text()
+    from dataclasses import fields
+
+    from labctl.config import DeploymentSpec
+
+    for f in fields(DeploymentSpec):
+        if f.name != "name":
+            assert f"{f.name} =" in text, f"examples/lab.toml does not document {f.name}"
+    for key in ("listen", "gpu_backend", "sim_gpus"):
+        assert f"{key} =" in text
