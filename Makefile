@@ -10,7 +10,8 @@ SEED_MODELS := google/gemma-4-31B-it google/gemma-4-26B-A4B-it \
 	openai/whisper-large-v3 openvla/openvla-7b
 DEFAULT_GPU := rtx-3090
 
-.PHONY: up test lint typecheck unit integration gpu bench-fit bench-exporter bench-twin bench-capacity system-deps clean
+
+.PHONY: up plan test lint typecheck unit integration gpu bench-fit bench-exporter bench-twin bench-capacity bench-deploy system-deps clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,8 +19,12 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
+# The lab on its embedded default (a simulated RTX 3090 serving one twin) until Ctrl-C.
 up: $(STAMP)
-	@echo "labctl: memory plan for the seed models on the embedded default GPU ($(DEFAULT_GPU), simulated)"
+	@$(BIN)/labctl up
+
+# The memory plan of the seed models on the embedded default GPU.
+plan: $(STAMP)
 	@$(BIN)/labctl fit $(SEED_MODELS) --gpu $(DEFAULT_GPU)
 
 # Debian packages the integration tests drive for real: Prometheus and promtool.
@@ -62,6 +67,9 @@ bench-exporter: $(STAMP)
 bench-twin: $(STAMP)
 	$(BIN)/python benchmarks/twin_fidelity.py
 	$(BIN)/python benchmarks/twin_speed.py
+
+bench-deploy: $(STAMP)
+	$(BIN)/python benchmarks/deploy_overhead.py
 
 # GuideLLM, to compare against, in its own venv (not a labctl dependency). torch 2.13.0 is
 # pinned so that pip takes the CPU build where one is at hand instead of several GB of CUDA.

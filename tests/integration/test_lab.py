@@ -284,3 +284,52 @@ def test_the_example_lab_toml_documents_a_valid_lab() -> None:
             assert f"{f.name} =" in text, f"examples/lab.toml does not document {f.name}"
     for key in ("listen", "gpu_backend", "sim_gpus"):
         assert f"{key} =" in text
+
+
+def test_an_engine_that_dies_outside_a_deploy_is_restarted(lab: Lab, tmp_path: Path) -> None:
+    d = lab.up("--config", str(lab_toml(tmp_path)))
+    first = d.wait_state("chat", "ready")
+    os.kill(first["pid"], signal.SIGKILL)
+    d.wait_state("chat", "failed", timeout=10)  # seen, and a restart scheduled after a backoff
+    again = d.wait_state("chat", "ready", timeout=20)
+    assert again["pid"] != first["pid"] and again["revision"] == 1 and again["restarts"] == 1
+    metrics = urllib.request.urlopen(d.url + "/metrics", timeout=5).read().decode()
+    assert 'labctl_engine_restarts_total{deployment="chat",reason="exited"} 1.0' in metrics
+    kinds = [r["kind"] for r in d.api("GET", "/api/history?deployment=chat")["deploys"]]
+    assert kinds[0] == "restart"
+
+
+def test_a_start_that_stops_logging_is_stalled_and_rolled_back(
+    lab: Lab, labctl: Callable[..., Run], tmp_path: Path
+) -> None:
+    d = lab.up("--config", str(lab_toml(tmp_path)))
+    d.wait_state("chat", "ready")
+    run = labctl("deploy", "chat", "--set", "hang_startup=true", "--set", "stall_timeout=1",
+                 "--url", d.url, home=lab.home)  # fmt: skip
+    assert run.code == 9 and "stalled: no log output for 1 s" in run.err
+    assert "loading is stuck" in run.err  # the log's last lines come with the error
+    assert d.wait_state("chat", "ready")["revision"] == 1
+
+
+def test_events_stream_and_labctl_down_stops_everything(
+    lab: Lab, labctl: Callable[..., Run], tmp_path: Path
+) -> None:
+    d = lab.up("--config", str(lab_toml(tmp_path)))
+    d.wait_state("chat", "ready")
+    events = urllib.request.urlopen(d.url + "/api/events", timeout=30)
+    hello = json.loads(events.readline().decode().removeprefix("data: "))
+    assert hello["type"] == "hello" and hello["deployments"][0]["state"] == "ready"
+    labctl("deploy", "chat", "--set", "max_model_len=2048", "--url", d.url, home=lab.home,
+           check=True)  # fmt: skip
+    seen = []
+    while len(seen) < 6:
+        line = events.readline().decode().strip()
+        if line.startswith("data: "):
+            seen.append(json.loads(line[6:]))
+    assert [e.get("state") for e in seen if e["type"] == "state"][:4] == [
+        "draining", "stopping", "starting", "ready"
+    ]  # fmt: skip
+    events.close()
+    assert "stopping the lab" in labctl("down", "--url", d.url, home=lab.home, check=True).out
+    assert d.proc.wait(30) == 0
+    assert engine_pids(lab.home) == []
