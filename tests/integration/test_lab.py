@@ -333,3 +333,46 @@ def test_events_stream_and_labctl_down_stops_everything(
     assert "stopping the lab" in labctl("down", "--url", d.url, home=lab.home, check=True).out
     assert d.proc.wait(30) == 0
     assert engine_pids(lab.home) == []
+
+
+def llama_server_binary() -> str:
+    """The cached llama-server that `make test` builds (scripts/build-llama-server.sh)."""
+    path = os.environ.get("LABCTL_LLAMA_SERVER")
+    if path:
+        assert Path(path).is_file(), f"LABCTL_LLAMA_SERVER={path} does not exist"
+        return path
+    cached = Path.home() / ".cache" / "labctl" / "llama-server-0.3.36-portable" / "llama-server"
+    if not cached.is_file():
+        pytest.skip("llama-server is not built here: run `make llama-server` (make test does)")
+    return str(cached)
+
+
+def test_a_swap_between_two_real_llama_server_models(
+    lab: Lab, labctl: Callable[..., Run], tmp_path: Path
+) -> None:
+    from tests.tinygguf import write_tiny_llama
+
+    binary = llama_server_binary()
+    a = write_tiny_llama(tmp_path / "tiny-a.gguf", seed=1)
+    b = write_tiny_llama(tmp_path / "tiny-b.gguf", seed=2, layers=3)
+    config = tmp_path / "lab.toml"
+    config.write_text(
+        '[lab]\ngpu_backend = "sim"\nsim_gpus = "1xrtx-3090"\n\n'
+        f'[deployments.small]\nengine = "llamacpp"\nmodel = "{a}"\nbinary = "{binary}"\n'
+        "stop_grace = 5\nargs = { ctx_size = 512, threads = 1, parallel = 1 }\n"
+    )
+    d = lab.up("--config", str(config))
+    old = d.wait_state("small", "ready")
+    assert complete(d, "small")["choices"]
+    record = labctl("deploy", "small", "--set", f"model={b}", "--url", d.url, "--json",
+                    home=lab.home, check=True).json()  # fmt: skip
+    assert isinstance(record, dict) and record["outcome"] == "committed"
+    steps = {s["name"]: s for s in record["steps"]}
+    assert list(steps) == ["preflight", "drain", "stop", "verify_release", "start", "smoke_test",
+                           "switch"]  # fmt: skip
+    assert steps["stop"]["detail"]["graceful"] is True
+    assert set(steps["start"]["detail"]["phases"]) == {"load_weights", "api_server"}
+    new = d.wait_state("small", "ready")
+    assert new["revision"] == 2 and new["model"] == str(b) and not alive(old["pid"])
+    reply = complete(d, "small")
+    assert reply["model"] == "small" and reply["usage"]["completion_tokens"] == 2  # type: ignore[index]

@@ -8,10 +8,10 @@ Phases are named by the step that ends at the log line, so that
 ``labctl_engine_startup_seconds{phase}`` is the time from the previous phase
 (or the spawn) to that line:
 
-- ``load_weights``: vLLM "Model loading took …"; llama.cpp "model loaded";
+- ``load_weights``: vLLM "Model loading took …"; llama.cpp "llama_server: model loaded";
 - ``profile``: vLLM "GPU KV cache size: …" (memory profiling and KV allocation);
 - ``cuda_graphs``: vLLM "Graph capturing finished …";
-- ``api_server``: vLLM "Application startup complete."; llama.cpp "server is listening".
+- ``api_server``: vLLM "Application startup complete."; llama.cpp "listening on http://…".
 """
 
 from __future__ import annotations
@@ -33,8 +33,8 @@ _VLLM_PHASES = (
     (re.compile(r"Application startup complete"), "api_server"),
 )
 _LLAMACPP_PHASES = (
-    (re.compile(r"main: model loaded"), "load_weights"),
-    (re.compile(r"server is listening on"), "api_server"),
+    (re.compile(r": model loaded"), "load_weights"),
+    (re.compile(r": (server is )?listening on http"), "api_server"),
 )
 
 
