@@ -182,9 +182,13 @@ def _print_deploy(r: dict[str, Any]) -> None:
     out.print(f"#{r['id']} {r['deployment']} {r['kind']} {frm} → r{r['to_revision']}: "
               f"{r['outcome'] or 'in progress'} ({took})")  # fmt: skip
     if r["error"]:
-        out.print(f"    {r['error']}")
+        out.print(f"    {_clip(r['error'])}")
     for s in r["steps"]:
         dur = f"{s['duration_s']:.3f} s" if s["duration_s"] is not None else "…"
         freed = f", released {s['freed_bytes'] / 2**30:.2f} GiB" if s["freed_bytes"] else ""
-        err = f": {s['error']}" if s["error"] else ""
+        err = f": {_clip(s['error'])}" if s["error"] and s["error"] != r["error"] else ""
         out.print(f"    {s['name']:<15}{s['outcome'] or '…':<8}{dur:>10}{freed}{err}")
+
+
+def _clip(text: str, n: int = 200) -> str:
+    return text if len(text) <= n else text[: n - 1] + "…"

@@ -110,10 +110,18 @@ class Daemon:
             with contextlib.suppress(asyncio.QueueFull):
                 q.put_nowait(event)
         if event["type"] == "state":
+            self._write_owners()
             for state in STATES:
                 self.metrics.state.labels(event["deployment"], state).set(
                     1 if state == event["state"] else 0
                 )
+
+    def _write_owners(self) -> None:
+        """``owners.json``: which process is whose, for `labctl gpus` and `labctl exporter`."""
+        doc = {"pids": {str(pid): name for pid, name in self.controller.owned_pids().items()}}
+        tmp = self.home / "owners.json.tmp"
+        tmp.write_text(json.dumps(doc))
+        os.replace(tmp, self.home / "owners.json")
 
     def _drain_observations(self) -> None:
         for kind, data in self.controller.observations:
