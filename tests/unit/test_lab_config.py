@@ -123,6 +123,19 @@ def test_adapters_build_each_engines_command_line() -> None:
     assert vllm.argv == ["vllm", "serve", "Qwen/Qwen3-8B", "--host", "127.0.0.1", "--port", "9000",
                          "--served-model-name", "Qwen/Qwen3-8B", "--max-model-len", "4096"]  # fmt: skip
     assert vllm.env == {"CUDA_VISIBLE_DEVICES": "0,1"} and vllm.served_model == "Qwen/Qwen3-8B"
+    planned = adapter("vllm").launch(
+        {"name": "chat", "model": "m", "args": {"max_model_len": 4096},
+         "recommended_args": ["--max-model-len", "8192", "--gpu-memory-utilization", "0.9",
+                              "--enforce-eager"]},
+        "127.0.0.1", 9000, [0],
+    )  # fmt: skip
+    assert planned.argv[-5:] == [
+        "--max-model-len",
+        "4096",
+        "--gpu-memory-utilization",
+        "0.9",
+        "--enforce-eager",
+    ]  # the user's length wins; the rest is added
     twin = adapter("sim").launch({"name": "chat", "model": "m"}, "127.0.0.1", 9001, [0])
     assert twin.argv[:5] == [sys.executable, "-m", "labctl", "sim", "serve"]
     llama = adapter("llamacpp").launch({"name": "small", "model": "/m.gguf", "binary": "/opt/llama-server",

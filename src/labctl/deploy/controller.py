@@ -75,6 +75,8 @@ class Engine:
     url: str
     #: Startup phase → seconds it took.
     phases: dict[str, float] = field(default_factory=dict)
+    #: Flags the planner added to the command line.
+    recommended: tuple[str, ...] = ()
 
 
 @dataclass
@@ -105,6 +107,8 @@ class Need:
 
     bytes_per_gpu: int
     summary: str
+    #: The planner's flags that make the plan explicit (vLLM), added where the user set none.
+    recommended: tuple[str, ...] = ()
 
 
 class Controller:
@@ -209,6 +213,7 @@ class Controller:
                 res.budget_bytes,
                 f"{res.budget_bytes / GiB:.2f} GiB per GPU (weights {res.weights_bytes / GiB:.2f} GiB, "
                 f"KV cache {res.kv_cache_bytes / GiB:.2f} GiB for {res.kv_cache_tokens:,} tokens)",
+                tuple(res.recommended_args),
             )
         if spec.engine == "llamacpp" and spec.model:
             path = Path(spec.model).expanduser()
@@ -273,6 +278,7 @@ class Controller:
         spec: DeploymentSpec,
         revision: int,
         on_spawn: Callable[[EngineProcess], None] = lambda process: None,
+        recommended: Sequence[str] = (),
     ) -> Engine:
         """Start a revision and wait until it is ready (health, its model listed).
 
@@ -282,7 +288,7 @@ class Controller:
             EngineError: it exited, stalled, timed out, or failed its probes (the log's tail).
         """
         port = spec.port or _free_port(self.host)
-        settings = spec.to_dict()
+        settings = spec.to_dict() | {"recommended_args": list(recommended)}
         launch = adapter(spec.engine).launch(settings, self.host, port, spec.gpus)
         env = dict(os.environ) | launch.env | dict(spec.env) | {"LABCTL_HOME": str(self.home)}
         phases: dict[str, float] = {}
@@ -304,7 +310,7 @@ class Controller:
         on_spawn(process)
         mark[0] = process.started_at
         url = f"http://{self.host}:{port}"
-        engine = Engine(revision, spec, process, url, phases)
+        engine = Engine(revision, spec, process, url, phases, tuple(recommended))
         try:
             await self._wait_ready(engine, launch.health_path, launch.served_model, tail)
         except BaseException:
@@ -477,7 +483,7 @@ class Controller:
                 raise
             outcome, error = "committed", None
             try:
-                await self._replace(d, old, spec, revision, deploy_id)
+                await self._replace(d, old, spec, revision, deploy_id, need.recommended)
             except (LabError, OSError) as exc:
                 error = str(exc)
                 outcome = "rolled_back" if await self._roll_back(d, old, deploy_id) else "failed"
@@ -496,7 +502,13 @@ class Controller:
             return record
 
     async def _replace(
-        self, d: Deployment, old: Engine | None, spec: DeploymentSpec, revision: int, deploy_id: int
+        self,
+        d: Deployment,
+        old: Engine | None,
+        spec: DeploymentSpec,
+        revision: int,
+        deploy_id: int,
+        recommended: Sequence[str] = (),
     ) -> None:
         if old is not None:
             with self.journal.step(deploy_id, "drain"):
@@ -508,7 +520,7 @@ class Controller:
             self.journal.clear_current(d.name)
         self._set_state(d, "starting")
         with self.journal.step(deploy_id, "start", revision=revision) as step:
-            engine = await self.start_engine(spec, revision, self._spawned(step))
+            engine = await self.start_engine(spec, revision, self._spawned(step), recommended)
             step.detail |= {"url": engine.url, "phases": engine.phases}
         self.observations.append(("startup", dict(engine.phases)))
         try:
@@ -536,7 +548,9 @@ class Controller:
             return False
         try:
             with self.journal.step(deploy_id, "rollback", revision=old.revision) as step:
-                engine = await self.start_engine(old.spec, old.revision, self._spawned(step))
+                engine = await self.start_engine(
+                    old.spec, old.revision, self._spawned(step), old.recommended
+                )
                 step.detail |= {"url": engine.url, "phases": engine.phases}
                 await self.smoke(engine)
         except (LabError, OSError) as exc:

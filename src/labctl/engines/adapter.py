@@ -83,6 +83,23 @@ def flags(args: Mapping[str, Any], key: str = "args") -> list[str]:
     return out
 
 
+def _missing(recommended: Sequence[str], own: Sequence[str]) -> list[str]:
+    """The planner's ``--flag value`` pairs for flags the deployment does not set itself."""
+    out: list[str] = []
+    i = 0
+    while i < len(recommended):
+        flag = recommended[i]
+        value = (
+            []
+            if i + 1 >= len(recommended) or recommended[i + 1].startswith("--")
+            else [recommended[i + 1]]
+        )
+        if flag not in own:
+            out += [flag, *value]
+        i += 1 + len(value)
+    return out
+
+
 def _gpu_env(gpus: Sequence[int]) -> dict[str, str]:
     return {"CUDA_VISIBLE_DEVICES": ",".join(str(g) for g in gpus)}
 
@@ -101,9 +118,10 @@ class VllmAdapter:
         self, settings: Mapping[str, Any], host: str, port: int, gpus: Sequence[int]
     ) -> Launch:
         served = settings.get("served_model_name") or settings["model"]
+        own = flags(settings.get("args", {}))
         argv = [settings.get("binary") or "vllm", "serve", settings["model"], "--host", host,
-                "--port", str(port), "--served-model-name", served,
-                *flags(settings.get("args", {}))]  # fmt: skip
+                "--port", str(port), "--served-model-name", served, *own,
+                *_missing(settings.get("recommended_args", []), own)]  # fmt: skip
         return Launch(argv, _gpu_env(gpus), "/health", served)
 
     def phase(self, line: str) -> str | None:
