@@ -169,7 +169,7 @@ class Daemon:
         delay = self.backoff.setdefault(name, Backoff()).next_delay(
             time.monotonic() - dead.process.started_at
         )
-        self.controller._set_state(
+        self.controller.set_state(
             d, "failed", f"engine exited with code {code}; restart in {delay:g} s"
         )
         await asyncio.sleep(delay)
@@ -224,7 +224,7 @@ class Daemon:
                 )
             healthy = (
                 engine is not None and spec is not None and cur.url is not None
-                and cur.deployment in wanted and await self.controller._probe(cur.url + spec.health_path)
+                and cur.deployment in wanted and await self.controller.probe(cur.url + spec.health_path)
             )  # fmt: skip
             if healthy:
                 assert engine is not None and spec is not None and cur.url is not None
@@ -232,7 +232,7 @@ class Daemon:
                 d = self.controller.add(spec)
                 d.engine = Engine(cur.revision, spec, engine, cur.url)
                 d.revision = cur.revision
-                self.controller._set_state(d, "ready")
+                self.controller.set_state(d, "ready")
                 rec = self.journal.begin(cur.deployment, "reconcile", cur.revision, cur.revision)
                 with self.journal.step(rec, "adopt", pid=cur.engine_pid, url=cur.url):
                     pass

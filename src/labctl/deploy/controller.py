@@ -163,7 +163,7 @@ class Controller:
     def _emit(self, event: str, name: str, **data: Any) -> None:
         self.on_event({"type": event, "deployment": name, "time": time.time(), **data})
 
-    def _set_state(self, d: Deployment, state: str, error: str | None = None) -> None:
+    def set_state(self, d: Deployment, state: str, error: str | None = None) -> None:
         d.state, d.error = state, error
         self._emit("state", d.name, state=state, revision=d.revision, error=error)
 
@@ -347,13 +347,13 @@ class Controller:
                 raise failure(f"stalled: no log output for {spec.stall_timeout:g} s")
             if self.clock() > deadline:
                 raise failure(f"did not become ready in {self._startup_timeout(spec):g} s")
-            if await self._probe(engine.url + health) and (
+            if await self.probe(engine.url + health) and (
                 served is None or served in await self._models(engine.url)
             ):
                 return
             await asyncio.sleep(0.1)
 
-    async def _probe(self, url: str) -> bool:
+    async def probe(self, url: str) -> bool:
         try:
             async with self.http().get(url, timeout=aiohttp.ClientTimeout(total=2)) as r:
                 return r.status == 200
@@ -512,13 +512,13 @@ class Controller:
     ) -> None:
         if old is not None:
             with self.journal.step(deploy_id, "drain"):
-                self._set_state(d, "draining")
+                self.set_state(d, "draining")
                 await self.hooks.drain(d.name)
-            self._set_state(d, "stopping")
+            self.set_state(d, "stopping")
             await self.stop_engine(old, deploy_id)
             d.engine = None
             self.journal.clear_current(d.name)
-        self._set_state(d, "starting")
+        self.set_state(d, "starting")
         with self.journal.step(deploy_id, "start", revision=revision) as step:
             engine = await self.start_engine(spec, revision, self._spawned(step), recommended)
             step.detail |= {"url": engine.url, "phases": engine.phases}
@@ -533,17 +533,17 @@ class Controller:
             d.engine, d.revision, d.spec = engine, revision, spec
             self.journal.set_current(d.name, revision, engine.process.pid,
                                      engine.process.start_time, engine.url)  # fmt: skip
-            self._set_state(d, "ready")
+            self.set_state(d, "ready")
             await self.hooks.resume(d.name, engine.url)
 
     async def _roll_back(self, d: Deployment, old: Engine | None, deploy_id: int) -> bool:
         """Bring the old revision back after a failed deploy; True if it serves again."""
         if d.engine is not None and d.engine is old:
-            self._set_state(d, "ready")  # never stopped: it kept serving
+            self.set_state(d, "ready")  # never stopped: it kept serving
             await self.hooks.resume(d.name, old.url)
             return True
         if old is None:
-            self._set_state(d, "failed", "the deploy failed and there is no earlier revision")
+            self.set_state(d, "failed", "the deploy failed and there is no earlier revision")
             await self.hooks.resume(d.name, None)
             return False
         try:
@@ -554,13 +554,13 @@ class Controller:
                 step.detail |= {"url": engine.url, "phases": engine.phases}
                 await self.smoke(engine)
         except (LabError, OSError) as exc:
-            self._set_state(d, "failed", f"rollback failed too: {exc}")
+            self.set_state(d, "failed", f"rollback failed too: {exc}")
             await self.hooks.resume(d.name, None)
             return False
         d.engine, d.revision, d.spec = engine, old.revision, old.spec
         self.journal.set_current(d.name, old.revision, engine.process.pid,
                                  engine.process.start_time, engine.url)  # fmt: skip
-        self._set_state(d, "ready")
+        self.set_state(d, "ready")
         await self.hooks.resume(d.name, engine.url)
         return True
 
@@ -594,12 +594,12 @@ class Controller:
         """Stop every engine and wait for its memory (the daemon's shutdown)."""
         for d in self.deployments.values():
             if d.engine is not None:
-                self._set_state(d, "stopping")
+                self.set_state(d, "stopping")
                 with contextlib.suppress(LabError):
                     await self.stop_engine(d.engine)
                 d.engine = None
                 self.journal.clear_current(d.name)
-                self._set_state(d, "stopped")
+                self.set_state(d, "stopped")
 
 
 def _free_port(host: str) -> int:
