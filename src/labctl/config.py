@@ -59,6 +59,10 @@ class DeploymentSpec:
     stall_timeout: float = 300.0
     #: Seconds between SIGTERM and SIGKILL when stopping.
     stop_grace: float = 30.0
+    #: Requests the gateway lets run at once (default: the engine's max_num_seqs, else 64).
+    max_concurrency: int | None = None
+    #: Requests that may wait for a slot before more are refused with 429.
+    queue_size: int = 256
 
     @property
     def served(self) -> str:
@@ -138,6 +142,16 @@ class DeploymentSpec:
         timeout = doc.get("startup_timeout")
         if timeout is not None:
             timeout = _positive(doc, "startup_timeout", at)
+        limit = doc.get("max_concurrency")
+        if limit is not None and (
+            not isinstance(limit, int) or isinstance(limit, bool) or limit < 1
+        ):
+            raise ConfigError(
+                f"{at}.max_concurrency = {limit!r}: give a whole number of at least 1"
+            )
+        queue = doc.get("queue_size", 256)
+        if not isinstance(queue, int) or isinstance(queue, bool) or queue < 0:
+            raise ConfigError(f"{at}.queue_size = {queue!r}: give a whole number, 0 or more")
         return cls(
             name=name, engine=engine, model=model, gpus=tuple(gpus), port=port,
             served_model_name=_opt_str(doc, "served_model_name", at),
@@ -146,7 +160,30 @@ class DeploymentSpec:
             startup_timeout=timeout,
             stall_timeout=_positive(doc, "stall_timeout", at, 300.0),
             stop_grace=_positive(doc, "stop_grace", at, 30.0),
+            max_concurrency=limit, queue_size=queue,
         )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    key: str
+    #: Requests per minute this key may make (None: no limit).
+    rate_per_minute: int | None = None
+    #: Models (deployment names, served ids or aliases) it may use (empty: all).
+    models: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    keys: tuple[ApiKey, ...] = ()
+    admin_token: str | None = None
+    max_body_bytes: int = 32 * 2**20
+    #: Seconds a request may wait for a slot before a 503.
+    queue_timeout: float = 30.0
+    #: Seconds a request may be held while its deployment is swapped.
+    swap_timeout: float = 300.0
+    #: Seconds the requests in flight get to finish before a swap stops their engine.
+    drain_timeout: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -157,6 +194,7 @@ class LabConfig:
     sim_gpus: str | None = None
     deployments: tuple[DeploymentSpec, ...] = ()
     source: str = "embedded default"
+    gateway: GatewayConfig = GatewayConfig()
 
     def deployment(self, name: str) -> DeploymentSpec:
         for d in self.deployments:
@@ -208,8 +246,10 @@ def load_config(path: Path | None) -> LabConfig:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path} is not valid TOML: {exc}") from exc
     for key in doc:
-        if key not in ("lab", "deployments"):
-            raise ConfigError(f"{path}: [{key}] is not a section; use [lab] and [deployments.NAME]")
+        if key not in ("lab", "gateway", "deployments"):
+            raise ConfigError(
+                f"{path}: [{key}] is not a section; use [lab], [gateway] and [deployments.NAME]"
+            )
     lab = doc.get("lab", {})
     known = {"listen", "gpu_backend", "sim_gpus"}
     for key in lab:
@@ -234,7 +274,50 @@ def load_config(path: Path | None) -> LabConfig:
     ports = [d.port for d in specs if d.port]
     if len(ports) != len(set(ports)):
         raise ConfigError(f"two deployments use the same port ({ports}); give each its own or 0")
-    return LabConfig(listen, backend, sim_gpus, tuple(specs), str(path))
+    return LabConfig(
+        listen, backend, sim_gpus, tuple(specs), str(path), _gateway(doc.get("gateway", {}))
+    )
+
+
+def _gateway(doc: Mapping[str, Any]) -> GatewayConfig:
+    known = {
+        "keys",
+        "admin_token",
+        "max_body_bytes",
+        "queue_timeout",
+        "swap_timeout",
+        "drain_timeout",
+    }
+    for key in doc:
+        if key not in known:
+            raise ConfigError(
+                f"gateway.{key} is not a setting; use one of {', '.join(sorted(known))}"
+            )
+    keys = []
+    raw = doc.get("keys", [])
+    if not isinstance(raw, list):
+        raise ConfigError("gateway.keys must be a list: [[gateway.keys]] tables or inline tables")
+    for i, k in enumerate(raw):
+        at = f"gateway.keys[{i}]"
+        if not isinstance(k, dict) or not isinstance(k.get("key"), str) or len(k["key"]) < 8:
+            raise ConfigError(f"{at}.key: give a secret of at least 8 characters")
+        for name in k:
+            if name not in ("key", "rate_per_minute", "models"):
+                raise ConfigError(f"{at}.{name} is not a setting; use key, rate_per_minute, models")
+        rate = k.get("rate_per_minute")
+        if rate is not None and (not isinstance(rate, int) or isinstance(rate, bool) or rate < 1):
+            raise ConfigError(f"{at}.rate_per_minute = {rate!r}: give a whole number of at least 1")
+        keys.append(ApiKey(k["key"], rate, tuple(_str_list(k, "models", at))))
+    token = _opt_str(doc, "admin_token", "gateway")
+    size = doc.get("max_body_bytes", 32 * 2**20)
+    if not isinstance(size, int) or isinstance(size, bool) or size < 1024:
+        raise ConfigError(f"gateway.max_body_bytes = {size!r}: give a byte count of at least 1024")
+    return GatewayConfig(
+        tuple(keys), token, size,
+        _positive(doc, "queue_timeout", "gateway", 30.0),
+        _positive(doc, "swap_timeout", "gateway", 300.0),
+        _positive(doc, "drain_timeout", "gateway", 60.0),
+    )  # fmt: skip
 
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from pathlib import Path
 from typing import Any
 import urllib.error
@@ -24,10 +25,15 @@ url_option = click.option(
 
 
 def call(url: str, method: str, path: str, body: Any = None, timeout: float = 600) -> Any:
-    """One request to the daemon's admin API; errors become one-line LabErrors."""
+    """One request to the daemon's admin API; errors become one-line LabErrors.
+
+    The admin token, where the lab has one, comes from ``LABCTL_TOKEN``.
+    """
     data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(url.rstrip("/") + path, data=data, method=method,
-                                 headers={"Content-Type": "application/json"})  # fmt: skip
+    headers = {"Content-Type": "application/json"}
+    if token := os.environ.get("LABCTL_TOKEN"):
+        headers["Authorization"] = f"Bearer {token}"
+    req = urllib.request.Request(url.rstrip("/") + path, data=data, method=method, headers=headers)
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
             return json.loads(resp.read() or b"null")
@@ -38,6 +44,8 @@ def call(url: str, method: str, path: str, body: Any = None, timeout: float = 60
             message = f"HTTP {exc.code} from {url}{path}"
         if exc.code == 409:
             raise DeployError(message) from None
+        if exc.code in (401, 403):
+            raise UsageError(f"{message}: set LABCTL_TOKEN to the lab's admin token") from None
         raise UsageError(message) from None
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)

@@ -38,6 +38,7 @@ from labctl.config import DeploymentSpec, LabConfig, parse_listen
 from labctl.deploy.controller import STATES, Controller, Engine
 from labctl.deploy.journal import Journal
 from labctl.errors import ConfigError, DeployError, LabError
+from labctl.gateway.proxy import Gateway, Route
 from labctl.gpu import open_backend
 from labctl.gpu.host import HostSampler
 from labctl.gpu.sim import parse_sim_gpus
@@ -94,13 +95,31 @@ class Daemon:
         sims = parse_sim_gpus(config.sim_gpus) if config.sim_gpus else None
         self.backend = open_backend(config.gpu_backend, home, sims)
         self.journal = Journal(home / "journal.db")
-        self.controller = Controller(self.journal, self.backend, home, on_event=self._event)
+        gw = config.gateway
+        if not _loopback(self.host) and not (gw.keys and gw.admin_token):
+            raise ConfigError(
+                f"listening on {self.host} (beyond loopback) needs API keys ([[gateway.keys]]) "
+                "and an admin token (gateway.admin_token); add both, or listen on 127.0.0.1"
+            )
+        self.gateway = Gateway(gw, self._routes, self.metrics.registry)
+        self.controller = Controller(
+            self.journal, self.backend, home, hooks=self.gateway, on_event=self._event
+        )
         self.sampler = Sampler(self.backend, HostSampler(), owners=self._owners, interval=1.0)
         self.telemetry = TelemetryCollector(self.sampler)
         self.backoff: dict[str, Backoff] = {}
         self._tasks: list[asyncio.Task[Any]] = []
 
     # -- events and metrics -----------------------------------------------------------
+
+    def _routes(self) -> list[Route]:
+        out = []
+        for d in self.controller.deployments.values():
+            spec = d.spec
+            limit = spec.max_concurrency or d.max_num_seqs or _default_limit(spec)
+            url = d.engine.url if d.engine is not None and d.state == "ready" else None
+            out.append(Route(d.name, spec.served, spec.aliases, url, limit, spec.queue_size))
+        return out
 
     def _owners(self) -> dict[int, str]:
         return dict(self.controller.owned_pids())
@@ -254,8 +273,11 @@ class Daemon:
     # -- HTTP -------------------------------------------------------------------------
 
     def app(self) -> web.Application:
-        app = web.Application()
+        app = web.Application(
+            client_max_size=self.config.gateway.max_body_bytes, middlewares=[self._admin_guard]
+        )
         r = app.router
+        self.gateway.add_routes(r)
         r.add_get("/healthz", self.healthz)
         r.add_get("/readyz", self.readyz)
         r.add_get("/metrics", self.metrics_page)
@@ -268,6 +290,25 @@ class Daemon:
         r.add_get("/api/events", self.stream_events)
         r.add_post("/api/shutdown", self.shutdown)
         return app
+
+    @web.middleware
+    async def _admin_guard(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        """``/api`` takes the admin token when one is set; gateway keys are not admin tokens."""
+        token = self.config.gateway.admin_token
+        if token is not None and request.path.startswith("/api/"):
+            header = request.headers.get("Authorization", "")
+            given = header[7:].strip() if header.lower().startswith("bearer ") else ""
+            if given != token:
+                status = 403 if given in {k.key for k in self.config.gateway.keys} else 401
+                why = (
+                    "an API key is not an admin token"
+                    if status == 403
+                    else "the admin token is missing or wrong"
+                )
+                return web.json_response({"error": {"message": f"{why} (LABCTL_TOKEN)", "code": status}},
+                                         status=status)  # fmt: skip
+        result: web.StreamResponse = await handler(request)
+        return result
 
     async def healthz(self, request: web.Request) -> web.Response:
         return web.Response(text="ok\n")
@@ -400,7 +441,9 @@ class Daemon:
 
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, on_signal)
-        runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
+        runner = web.AppRunner(
+            self.app(), access_log=None, handle_signals=False, handler_cancellation=True
+        )
         await runner.setup()
         site = web.TCPSite(runner, self.host, self.port)
         try:
@@ -430,6 +473,7 @@ class Daemon:
                 task.cancel()
             await self.controller.stop_all()
             await self.controller.close()
+            await self.gateway.close()
             await runner.cleanup()
             self.sampler.stop()
             self.journal.close()
@@ -452,6 +496,18 @@ class Daemon:
                         os.kill(pid, signal.SIGKILL)
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(d.engine.process.pid, signal.SIGKILL)
+
+
+def _loopback(host: str) -> bool:
+    return host in ("127.0.0.1", "::1", "localhost") or host.startswith("127.")
+
+
+def _default_limit(spec: DeploymentSpec) -> int:
+    """Concurrency where no plan says: llama-server's slots, else 64."""
+    if spec.engine == "llamacpp":
+        slots = spec.args.get("parallel") or spec.args.get("np")
+        return int(slots) if isinstance(slots, int) and slots > 0 else 4
+    return 64
 
 
 def _api_error(status: int, message: str) -> web.HTTPException:

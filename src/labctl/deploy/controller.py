@@ -88,6 +88,8 @@ class Deployment:
     engine: Engine | None = None
     error: str | None = None
     restarts: int = 0
+    #: Sequences its engine runs at once, as planned (the gateway's default limit).
+    max_num_seqs: int | None = None
 
     def status(self) -> dict[str, Any]:
         e = self.engine
@@ -109,6 +111,8 @@ class Need:
     summary: str
     #: The planner's flags that make the plan explicit (vLLM), added where the user set none.
     recommended: tuple[str, ...] = ()
+    #: Sequences the engine runs at once (vLLM's max_num_seqs), where known.
+    max_num_seqs: int | None = None
 
 
 class Controller:
@@ -214,6 +218,7 @@ class Controller:
                 f"{res.budget_bytes / GiB:.2f} GiB per GPU (weights {res.weights_bytes / GiB:.2f} GiB, "
                 f"KV cache {res.kv_cache_bytes / GiB:.2f} GiB for {res.kv_cache_tokens:,} tokens)",
                 tuple(res.recommended_args),
+                res.max_num_seqs,
             )
         if spec.engine == "llamacpp" and spec.model:
             path = Path(spec.model).expanduser()
@@ -474,6 +479,7 @@ class Controller:
                 with self.journal.step(deploy_id, "preflight") as step:
                     need = self.preflight(spec, old)
                     step.detail["need"] = need.summary
+                d.max_num_seqs = need.max_num_seqs
             except DeployError as exc:
                 self.journal.finish(deploy_id, "refused", str(exc))
                 self._emit("deploy", spec.name, phase="refused", error=str(exc))

@@ -1,0 +1,1 @@
+"""The gateway: one OpenAI-compatible endpoint, admission per deployment, zero-loss swaps."""
