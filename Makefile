@@ -11,7 +11,7 @@ SEED_MODELS := google/gemma-4-31B-it google/gemma-4-26B-A4B-it \
 DEFAULT_GPU := rtx-3090
 
 
-.PHONY: up plan test lint typecheck unit integration gpu bench-fit bench-exporter bench-twin bench-capacity bench-deploy llama-server system-deps clean
+.PHONY: up plan test lint typecheck unit integration gpu bench-fit bench-exporter bench-twin bench-capacity bench-deploy bench-gateway llama-server system-deps clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -88,5 +88,14 @@ $(GUIDELLM_VENV)/bin/guidellm:
 bench-capacity: $(STAMP) $(GUIDELLM_VENV)/bin/guidellm
 	$(BIN)/python benchmarks/bench_capacity.py --guidellm $(GUIDELLM_VENV)/bin/guidellm
 
+# LiteLLM's proxy, to compare the gateway against, in its own venv (not a labctl dependency).
+LITELLM_VENV := .venv-litellm
+$(LITELLM_VENV)/bin/litellm:
+	test -x $(LITELLM_VENV)/bin/python || $(PYTHON) -m venv $(LITELLM_VENV)
+	$(LITELLM_VENV)/bin/python -m pip install --quiet 'litellm[proxy]'
+
+bench-gateway: $(STAMP) $(LITELLM_VENV)/bin/litellm
+	$(BIN)/python benchmarks/gateway_overhead.py --litellm $(LITELLM_VENV)/bin/litellm
+
 clean:
-	rm -rf $(VENV) $(GUIDELLM_VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(GUIDELLM_VENV) $(LITELLM_VENV) .pytest_cache .mypy_cache .ruff_cache

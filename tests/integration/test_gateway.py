@@ -114,9 +114,9 @@ def test_a_swap_under_steady_load_loses_nothing_and_holds_requests(
                       "--num-prompts", "120", "--input-len", "16", "--output-len", "16",
                       "--json-out", str(out))  # fmt: skip
     time.sleep(2.0)
-    labctl(
-        "deploy", "chat", "--set", "max_model_len=2048", "--url", d.url, home=lab.home, check=True
-    )
+    labctl("deploy", "chat", "--model", "Qwen/Qwen3-8B", "--set", "max_model_len=4096",
+           "--url", d.url, home=lab.home, check=True)  # fmt: skip
+    assert d.deployment("chat")["model"] == "Qwen/Qwen3-8B"
     assert bench.wait(120) == 0
     doc = json.loads(out.read_text())
     assert doc["completed"] == 120 and doc["failed"] == 0
@@ -162,7 +162,8 @@ def test_keys_models_body_limit_and_the_admin_token(
 ) -> None:
     gateway = ('[gateway]\nadmin_token = "admin-secret-1"\nmax_body_bytes = 4096\n'
                'keys = [{ key = "key-for-chat", models = ["chat"] },\n'
-               '        { key = "key-for-other", models = ["other"] }]\n\n')  # fmt: skip
+               '        { key = "key-for-other", models = ["other"] },\n'
+               '        { key = "key-two-a-minute", rate_per_minute = 2 }]\n\n')  # fmt: skip
     d = lab.up("--config", str(config(tmp_path, TWIN, gateway)))
     d.token = "admin-secret-1"
     d.wait_state("chat", "ready")
@@ -174,6 +175,7 @@ def test_keys_models_body_limit_and_the_admin_token(
     assert post(url, ok, "key-for-chat")[0] == 200
     status, doc, _ = post(url, ok, "key-for-other")
     assert status == 403 and doc["error"]["type"] == "permission_error"  # type: ignore[index]
+    assert [post(url, ok, "key-two-a-minute")[0] for _ in range(3)] == [200, 200, 429]
     status, doc, _ = post(
         url, None, "key-for-chat", raw=b'{"model": "chat", "prompt": "' + b"x" * 8000 + b'"}'
     )

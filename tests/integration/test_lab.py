@@ -282,8 +282,10 @@ def test_the_example_lab_toml_documents_a_valid_lab() -> None:
     for f in fields(DeploymentSpec):
         if f.name != "name":
             assert f"{f.name} =" in text, f"examples/lab.toml does not document {f.name}"
-    for key in ("listen", "gpu_backend", "sim_gpus"):
+    for key in ("listen", "gpu_backend", "sim_gpus", "keys", "admin_token", "max_body_bytes",
+                "queue_timeout", "swap_timeout", "drain_timeout"):  # fmt: skip
         assert f"{key} =" in text
+    assert config.gateway.keys[0].rate_per_minute == 600
 
 
 def test_an_engine_that_dies_outside_a_deploy_is_restarted(lab: Lab, tmp_path: Path) -> None:

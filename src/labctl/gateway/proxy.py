@@ -226,6 +226,8 @@ class Gateway:
                     error(exc.status, str(exc), kind, None, retry_after=exc.retry_after)
                 ) from None
             self.metrics.queue_wait.labels(route.name).observe(waited)
+            if waited:  # it may have been swapped while the request waited
+                route = self._route_named(route.name) or route
             try:
                 response = await self._forward(request, route, raw, doc, multipart, t0)
             finally:
@@ -267,7 +269,7 @@ class Gateway:
         self, request: web.Request, route: Route, raw: bytes, doc: dict[str, Any] | None,
         multipart: bool, t0: float,
     ) -> web.StreamResponse:  # fmt: skip
-        current = self._route_named(route.name) or route  # it may have been swapped meanwhile
+        current = route
         if current.url is None:
             raise _Reply(error(503, f"{route.name} is not serving right now", "service_unavailable",
                                None, retry_after=5))  # fmt: skip

@@ -1,0 +1,213 @@
+"""What the gateway costs: the same twin driven directly, through labctl, and through LiteLLM.
+
+`labctl up` serves one twin deployment at `--time-scale 0` (it answers as fast as
+it can, so what is measured is the path in front of it). `labctl bench` then
+drives, at concurrency 1, 64 and 512:
+
+- the twin directly (its own URL);
+- labctl's gateway (`/v1` on the daemon's listener);
+- LiteLLM's proxy (`litellm[proxy]`, not a labctl dependency) pointed at the same twin.
+
+For each it prints median and p99 TTFT, requests/s and streamed chunks/s, and
+the CPU seconds that the client, the proxy and the twin each used: all share
+this machine's cores.
+
+Targets: labctl adds ≤ 1 ms to the median TTFT at concurrency 1, and sustains
+≥ 10× LiteLLM's chunks/s at 64 and 512.
+
+    python benchmarks/gateway_overhead.py [--litellm PATH] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any
+import urllib.request
+
+import psutil
+
+TTFT_TARGET_MS, RATIO_TARGET = 1.0, 10.0
+#: LiteLLM refuses to start without one; the twin and an unkeyed gateway ignore it.
+MASTER_KEY = "sk-labctl-bench-" + "0123456789abcdef" * 2
+LEVELS = (1, 64, 512)
+CONFIG = """
+[lab]
+gpu_backend = "sim"
+sim_gpus = "1xrtx-3090"
+
+[deployments.chat]
+engine = "sim"
+model = "Qwen/Qwen3-0.6B"
+max_concurrency = 1024
+queue_size = 4096
+args = { max_model_len = 4096, time_scale = 0, max_num_seqs = 1024 }
+"""
+LITELLM = """
+model_list:
+  - model_name: chat
+    litellm_params:
+      model: openai/{served}
+      api_base: {url}/v1
+      api_key: none
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_http(url: str, limit: float = 120) -> None:
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise SystemExit(f"{url} did not answer")
+
+
+def tree_cpu(pid: int) -> float:
+    try:
+        p = psutil.Process(pid)
+        procs = [p, *p.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return 0.0
+    total = 0.0
+    for q in procs:
+        try:
+            t = q.cpu_times()
+            total += t.user + t.system
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
+def bench(
+    url: str, model: str, c: int, env: dict[str, str], out: Path
+) -> tuple[dict[str, Any], float]:
+    n = 200 if c == 1 else max(1000, 4 * c)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "labctl", "bench", "--base-url", url, "--model", model,
+         "--num-prompts", str(n), "--max-concurrency", str(c), "--input-len", "32",
+         "--output-len", "64", "--api-key", MASTER_KEY, "--json-out", str(out)],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    _, status, usage = os.wait4(proc.pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0 and proc.stderr is not None:
+        sys.stderr.write(proc.stderr.read().decode()[-1500:])
+    if proc.stderr is not None:
+        proc.stderr.close()
+    return json.loads(out.read_text()), usage.ru_utime + usage.ru_stime
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--litellm", default=str(Path(".venv-litellm/bin/litellm")))
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    litellm = args.litellm if Path(args.litellm).exists() else shutil.which("litellm")
+    if litellm is None:
+        raise SystemExit("litellm is missing: `make bench-gateway` installs it in .venv-litellm")
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        (work / "lab.toml").write_text(CONFIG)
+        env = dict(os.environ, LABCTL_HOME=str(work / "home"))
+        port = free_port()
+        gateway = f"http://127.0.0.1:{port}"
+        daemon = subprocess.Popen(
+            [sys.executable, "-m", "labctl", "up", "--config", str(work / "lab.toml"), "--listen",
+             f"127.0.0.1:{port}"],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        lport = free_port()
+        proxy = None
+        try:
+            wait_http(gateway + "/readyz")
+            status = json.loads(urllib.request.urlopen(gateway + "/api/status").read())
+            dep = status["deployments"][0]
+            twin_url, twin_pid = dep["url"], dep["pid"]
+            (work / "litellm.yaml").write_text(
+                LITELLM.format(url=twin_url, served=dep["served_model"])
+            )
+            proxy = subprocess.Popen(
+                [litellm, "--config", str(work / "litellm.yaml"), "--port", str(lport),
+                 "--host", "127.0.0.1", "--num_workers", "1"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                env=dict(os.environ, LITELLM_LOG="ERROR", LITELLM_MASTER_KEY=MASTER_KEY),
+            )  # fmt: skip
+            wait_http(f"http://127.0.0.1:{lport}/health/liveliness", limit=300)
+            targets = [
+                ("direct", twin_url, dep["served_model"], None),
+                ("labctl", gateway, "chat", daemon.pid),
+                ("litellm", f"http://127.0.0.1:{lport}", "chat", proxy.pid),
+            ]
+            for c in LEVELS:
+                for name, url, model, pid in targets:
+                    before = (tree_cpu(pid) if pid else 0.0, tree_cpu(twin_pid))
+                    doc, client_cpu = bench(url, model, c, env, work / f"{name}-{c}.json")
+                    after = (tree_cpu(pid) if pid else 0.0, tree_cpu(twin_pid))
+                    row = {
+                        "target": name, "concurrency": c, "completed": doc["completed"],
+                        "failed": doc["failed"], "median_ttft_ms": doc["median_ttft_ms"],
+                        "p99_ttft_ms": doc["p99_ttft_ms"], "requests_per_s": doc["request_throughput"],
+                        "chunks_per_s": doc["chunk_throughput"], "client_cpu_s": client_cpu,
+                        "proxy_cpu_s": after[0] - before[0], "twin_cpu_s": after[1] - before[1],
+                        "client_limited": doc["client_limited"],
+                    }  # fmt: skip
+                    rows.append(row)
+                    if not args.json:
+                        print(
+                            f"c={c:<4} {name:<8} TTFT median {row['median_ttft_ms']:7.2f} ms p99 "
+                            f"{row['p99_ttft_ms']:8.2f} ms | {row['requests_per_s']:8.1f} req/s "
+                            f"{row['chunks_per_s']:9,.0f} chunks/s | CPU s: client "
+                            f"{client_cpu:5.1f} proxy {row['proxy_cpu_s']:5.1f} twin "
+                            f"{row['twin_cpu_s']:5.1f} | failed {row['failed']}",
+                            flush=True,
+                        )
+        finally:
+            if proxy is not None:
+                proxy.terminate()
+                proxy.wait(30)
+            daemon.terminate()
+            daemon.wait(60)
+
+    def get(name: str, c: int) -> dict[str, Any]:
+        return next(r for r in rows if r["target"] == name and r["concurrency"] == c)
+
+    added = get("labctl", 1)["median_ttft_ms"] - get("direct", 1)["median_ttft_ms"]
+    ratios = {c: get("labctl", c)["chunks_per_s"] / max(get("litellm", c)["chunks_per_s"], 1e-9)
+              for c in LEVELS if c > 1}  # fmt: skip
+    met = added <= TTFT_TARGET_MS and all(r >= RATIO_TARGET for r in ratios.values())
+    summary = {"added_median_ttft_ms_c1": added, "chunks_ratio_vs_litellm": ratios, "met": met,
+               "cpu_count": os.cpu_count()}  # fmt: skip
+    if args.json:
+        print(json.dumps({"rows": rows, "summary": summary}, indent=2))
+    else:
+        print(
+            f"\nlabctl adds {added:.2f} ms to the median TTFT at concurrency 1 (target ≤ "
+            f"{TTFT_TARGET_MS:g} ms); chunks/s vs LiteLLM: "
+            + ", ".join(f"{r:.1f}× at {c}" for c, r in ratios.items())
+            + f" (target ≥ {RATIO_TARGET:g}×): {'targets met' if met else 'NOT met'}; "
+            f"{os.cpu_count()} cores shared by client, proxy and twin"
+        )
+    if not met:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
