@@ -15,7 +15,7 @@ import openai
 import pytest
 
 from tests.integration.conftest import Run
-from tests.integration.lab import Daemon, Lab, free_port
+from tests.integration.lab import Daemon, Lab, free_port, get
 from tests.integration.test_lab import llama_server_binary
 
 FAST = "{ max_model_len = 4096, time_scale = 0.05, load_gbps = 0 }"
@@ -43,7 +43,8 @@ def post(
         with urllib.request.urlopen(req, timeout=60) as r:
             return r.status, json.loads(r.read()), dict(r.headers)
     except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read()), dict(exc.headers)
+        with exc:
+            return exc.code, json.loads(exc.read()), dict(exc.headers)
 
 
 def check_openai_client(d: Daemon, model: str) -> None:
@@ -82,7 +83,7 @@ def test_the_openai_client_works_through_the_gateway_with_aliases(lab: Lab, tmp_
     d.wait_state("chat", "ready")
     for name in ("chat", "fast", "Qwen/Qwen3-0.6B"):
         check_openai_client(d, name)
-    metrics = urllib.request.urlopen(d.url + "/metrics", timeout=5).read().decode()
+    metrics = get(d.url + "/metrics")
     assert 'labctl_gateway_requests_total{code="200",model="chat"}' in metrics
     assert 'labctl_gateway_tokens_total{kind="completion",model="chat"}' in metrics
     assert "labctl_gateway_time_to_first_token_seconds_bucket" in metrics
@@ -120,7 +121,7 @@ def test_a_swap_under_steady_load_loses_nothing_and_holds_requests(
     assert bench.wait(120) == 0
     doc = json.loads(out.read_text())
     assert doc["completed"] == 120 and doc["failed"] == 0
-    metrics = urllib.request.urlopen(d.url + "/metrics", timeout=5).read().decode()
+    metrics = get(d.url + "/metrics")
     held = [line for line in metrics.splitlines()
             if line.startswith('labctl_gateway_queue_wait_seconds_bucket{le="0.1",model="chat"}')]  # fmt: skip
     total = [line for line in metrics.splitlines()
@@ -152,7 +153,7 @@ def test_overload_gives_429_and_queue_timeouts_503_with_retry_after(
     for status, doc, headers in results:
         if status != 200:
             assert int(headers["Retry-After"]) >= 1 and doc["error"]["message"]  # type: ignore[index]
-    metrics = urllib.request.urlopen(d.url + "/metrics", timeout=5).read().decode()
+    metrics = get(d.url + "/metrics")
     for code in ("200", "429", "503"):
         assert f'labctl_gateway_requests_total{{code="{code}",model="chat"}} 1.0' in metrics
 
@@ -185,6 +186,7 @@ def test_keys_models_body_limit_and_the_admin_token(
                                      headers={"Authorization": f"Bearer {key}"} if key else {})  # fmt: skip
         with pytest.raises(urllib.error.HTTPError) as err:
             urllib.request.urlopen(req, timeout=5)
+        err.value.close()
         assert err.value.code == code
     run = labctl("status", "--url", d.url, home=lab.home)
     assert run.code == 2 and "LABCTL_TOKEN" in run.err
@@ -210,12 +212,12 @@ def test_a_client_that_goes_away_is_cancelled_upstream(lab: Lab, tmp_path: Path)
         time.sleep(0.5)
 
     def running() -> float:
-        text = urllib.request.urlopen(engine + "/metrics", timeout=5).read().decode()
+        text = get(engine + "/metrics")
         return sum(float(line.split()[-1]) for line in text.splitlines()
                    if line.startswith("vllm:num_requests_running"))  # fmt: skip
 
     from tests.integration.lab import wait_for
 
     wait_for(lambda: running() == 0, 10, "the engine to drop the abandoned request")
-    metrics = urllib.request.urlopen(d.url + "/metrics", timeout=5).read().decode()
+    metrics = get(d.url + "/metrics")
     assert 'labctl_gateway_in_flight{model="chat"} 0.0' in metrics

@@ -14,7 +14,7 @@ import pytest
 from labctl.config import load_config
 from labctl.gpu.sim import SimBackend, SimMachine
 from tests.integration.conftest import Run
-from tests.integration.lab import Daemon, Lab, engine_pids, free_port, wait_for
+from tests.integration.lab import Daemon, Lab, engine_pids, free_port, get, wait_for
 
 GiB = 2**30
 EXAMPLE = Path(__file__).parent.parent.parent / "examples" / "lab.toml"
@@ -87,7 +87,7 @@ def test_a_swap_between_models_that_cannot_both_fit_is_journaled_step_by_step(
     assert new["model"] == "Qwen/Qwen3-8B" and new["revision"] == 2 and complete(d)["choices"]
     text = labctl("history", "chat", "--url", d.url, home=lab.home, check=True).out
     assert "chat deploy r1 → r2: committed" in text and "released 21.22 GiB" in text
-    metrics = urllib.request.urlopen(d.url + "/metrics", timeout=5).read().decode()
+    metrics = get(d.url + "/metrics")
     assert 'labctl_deploy_duration_seconds_count{outcome="committed"} 2.0' in metrics
     assert 'labctl_deployment_state{deployment="chat",state="ready"} 1.0' in metrics
     assert "labctl_memory_release_seconds_count 1.0" in metrics
@@ -295,7 +295,7 @@ def test_an_engine_that_dies_outside_a_deploy_is_restarted(lab: Lab, tmp_path: P
     d.wait_state("chat", "failed", timeout=10)  # seen, and a restart scheduled after a backoff
     again = d.wait_state("chat", "ready", timeout=20)
     assert again["pid"] != first["pid"] and again["revision"] == 1 and again["restarts"] == 1
-    metrics = urllib.request.urlopen(d.url + "/metrics", timeout=5).read().decode()
+    metrics = get(d.url + "/metrics")
     assert 'labctl_engine_restarts_total{deployment="chat",reason="exited"} 1.0' in metrics
     kinds = [r["kind"] for r in d.api("GET", "/api/history?deployment=chat")["deploys"]]
     assert kinds[0] == "restart"

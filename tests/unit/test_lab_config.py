@@ -56,7 +56,7 @@ def test_the_embedded_default_is_one_twin_on_a_simulated_3090() -> None:
             '[lab]\ncolour = "blue"\n',
             "lab.colour is not a setting; use one of gpu_backend, listen, sim_gpus",
         ),
-        ("[gateway]\n", "[gateway] is not a section"),
+        ("[routes]\n", "[routes] is not a section"),
         (
             '[deployments.chat]\nengine = "sim"\n',
             "deployments.chat.model is required for engine 'sim'",
