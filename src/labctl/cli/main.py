@@ -55,6 +55,7 @@ def cli() -> None:
 
 def _register() -> None:
     from labctl.cli import bench as bench_cmd
+    from labctl.cli import export as export_cmd
     from labctl.cli import exporter as exporter_cmd
     from labctl.cli import fit as fit_cmd
     from labctl.cli import gpus as gpus_cmd
@@ -64,6 +65,7 @@ def _register() -> None:
 
     cli.add_command(fit_cmd.fit)
     cli.add_command(bench_cmd.bench)
+    cli.add_command(export_cmd.export)
     for command in (lab_cmd.up, lab_cmd.down, lab_cmd.status, lab_cmd.ps, lab_cmd.deploy,
                     lab_cmd.rollback, lab_cmd.history):  # fmt: skip
         cli.add_command(command)

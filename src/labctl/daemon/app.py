@@ -70,6 +70,9 @@ class DaemonMetrics:
         self.release = Histogram("labctl_memory_release_seconds",
                                  "Time from an engine's exit to its GPU memory being free.",
                                  buckets=RELEASE_BUCKETS, registry=r)  # fmt: skip
+        self.release_failures = Counter("labctl_memory_release_failures_total",
+                                        "Stopped engines whose GPU memory was still held after "
+                                        "the release timeout.", registry=r)  # fmt: skip
         self.restarts = Counter("labctl_engine_restarts_total",
                                 "Engine restarts outside a deploy, by reason.",
                                 ["deployment", "reason"], registry=r)  # fmt: skip
@@ -148,6 +151,8 @@ class Daemon:
                 self.metrics.deploy.labels(data["outcome"]).observe(data["seconds"])
             elif kind == "release":
                 self.metrics.release.observe(data["seconds"])
+            elif kind == "release_failed":
+                self.metrics.release_failures.inc()
             elif kind == "startup":
                 for phase, seconds in data.items():
                     self.metrics.startup.labels(phase).observe(seconds)
@@ -289,6 +294,7 @@ class Daemon:
         r.add_get("/api/history", self.history)
         r.add_get("/api/events", self.stream_events)
         r.add_post("/api/shutdown", self.shutdown)
+        r.add_get("/sd/engines", self.engine_targets)
         return app
 
     @web.middleware
@@ -309,6 +315,20 @@ class Daemon:
                                          status=status)  # fmt: skip
         result: web.StreamResponse = await handler(request)
         return result
+
+    async def engine_targets(self, request: web.Request) -> web.Response:
+        """Prometheus HTTP service discovery: every serving engine's /metrics."""
+        targets = []
+        for d in self.controller.deployments.values():
+            if d.engine is not None:
+                host = d.engine.url.removeprefix("http://")
+                labels = {
+                    "deployment": d.name,
+                    "engine": d.spec.engine,
+                    "revision": str(d.revision),
+                }
+                targets.append({"targets": [host], "labels": labels})
+        return web.json_response(targets)
 
     async def healthz(self, request: web.Request) -> web.Response:
         return web.Response(text="ok\n")

@@ -432,6 +432,7 @@ class Controller:
                 if held == 0:
                     break
                 if self.clock() - exited > self.release_timeout:
+                    self.observations.append(("release_failed", {"bytes": held}))
                     raise DeployError(
                         f"{engine.spec.name}: {held / GiB:.2f} GiB still held by the stopped "
                         f"revision's processes {sorted(pids)} after {self.release_timeout:g} s"

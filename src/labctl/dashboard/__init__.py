@@ -1,0 +1,1 @@
+"""The observability pack: alert rules (and, next, the dashboard and Grafana export)."""

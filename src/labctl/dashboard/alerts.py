@@ -1,0 +1,270 @@
+"""The alert rules labctl ships, with a promtool unit test for each: one that fires, one that does not.
+
+The rules watch the failures users of local inference actually report (memory
+not released, restart flapping, slow or failed swaps, requests queueing, KV
+saturation, throttling, XIDs, a stale exporter), on the metric names the
+daemon exports. Counters are queried with their ``_total`` names, so they can
+fire. Annotations use only ``$labels``, so a test can state them exactly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+import json
+import re
+
+GiB = 2**30
+
+
+@dataclass(frozen=True)
+class Alert:
+    name: str
+    expr: str
+    for_: str
+    severity: str
+    summary: str
+    runbook: str
+    #: A test where it fires: series → promtool values, and the labels the alert carries.
+    fire: Mapping[str, str]
+    labels: Mapping[str, str]
+    #: A test where it does not.
+    quiet: Mapping[str, str]
+    eval_time: str = "10m"
+    extra: Mapping[str, str] = field(default_factory=dict)
+
+
+ALERTS: tuple[Alert, ...] = (
+    Alert(
+        "LabGpuMemoryNearFull",
+        "DCGM_FI_DEV_FB_USED / (DCGM_FI_DEV_FB_USED + DCGM_FI_DEV_FB_FREE) > 0.97",
+        "5m",
+        "warning",
+        "GPU {{ $labels.gpu }} memory is over 97% used",
+        "See `labctl gpus` for who holds it; lower gpu_memory_utilization or move a deployment.",
+        {'DCGM_FI_DEV_FB_USED{gpu="0"}': "23900+0x20", 'DCGM_FI_DEV_FB_FREE{gpu="0"}': "100+0x20"},
+        {"gpu": "0"},
+        {
+            'DCGM_FI_DEV_FB_USED{gpu="0"}': "12000+0x20",
+            'DCGM_FI_DEV_FB_FREE{gpu="0"}': "12000+0x20",
+        },
+    ),
+    Alert(
+        "LabGpuUnaccountedMemory",
+        f"labctl_gpu_unaccounted_memory_bytes > {GiB // 2}",
+        "2m",
+        "warning",
+        "GPU {{ $labels.gpu }} has memory no deployment accounts for",
+        "An orphaned worker or a process outside the lab holds it: `labctl gpus` names the pid.",
+        {'labctl_gpu_unaccounted_memory_bytes{gpu="0"}': f"{4 * GiB}+0x20"},
+        {"gpu": "0"},
+        {'labctl_gpu_unaccounted_memory_bytes{gpu="0"}': "0+0x20"},
+    ),
+    Alert(
+        "LabMemoryNotReleased",
+        "increase(labctl_memory_release_failures_total[15m]) > 0",
+        "0m",
+        "critical",
+        "A stopped engine's GPU memory was not released",
+        "`labctl history` shows the deploy; kill the pids it names or reset the GPU.",
+        {"labctl_memory_release_failures_total": "0+0x5 1+0x15"},
+        {},
+        {"labctl_memory_release_failures_total": "0+0x20"},
+    ),
+    Alert(
+        "LabEngineDown",
+        'labctl_deployment_state{state="failed"} == 1',
+        "1m",
+        "critical",
+        "Deployment {{ $labels.deployment }} has no engine serving",
+        "`labctl status` and the engine's log in $LABCTL_HOME/logs say why.",
+        {'labctl_deployment_state{deployment="chat",state="failed"}': "1+0x20"},
+        {"deployment": "chat", "state": "failed"},
+        {'labctl_deployment_state{deployment="chat",state="failed"}': "0+0x20"},
+    ),
+    Alert(
+        "LabEngineRestartFlapping",
+        "increase(labctl_engine_restarts_total[15m]) > 3",
+        "0m",
+        "warning",
+        "The engine of {{ $labels.deployment }} keeps restarting",
+        "Read its log for the crash; the restart backoff is growing meanwhile.",
+        {'labctl_engine_restarts_total{deployment="chat",reason="exited"}': "0+1x20"},
+        {"deployment": "chat", "reason": "exited"},
+        {'labctl_engine_restarts_total{deployment="chat",reason="exited"}': "0+0x20"},
+    ),
+    Alert(
+        "LabDeployFailed",
+        'increase(labctl_deploy_duration_seconds_count{outcome=~"failed|rolled_back"}[15m]) > 0',
+        "0m",
+        "warning",
+        "A deploy ended {{ $labels.outcome }}",
+        "`labctl history` shows the failed step and the log lines that came with it.",
+        {'labctl_deploy_duration_seconds_count{outcome="rolled_back"}': "0+0x5 1+0x15"},
+        {"outcome": "rolled_back"},
+        {'labctl_deploy_duration_seconds_count{outcome="committed"}': "0+1x20"},
+    ),
+    Alert(
+        "LabSwapSlow",
+        'histogram_quantile(0.9, sum by (le) (rate(labctl_deploy_duration_seconds_bucket{outcome="committed"}[1h]))) > 300',
+        "0m",
+        "warning",
+        "Swaps take more than 5 minutes (p90 over the last hour)",
+        "Compare the start step with the weights' size: a slow disk or a cold cache.",
+        {
+            'labctl_deploy_duration_seconds_bucket{outcome="committed",le="300"}': "0+0x20",
+            'labctl_deploy_duration_seconds_bucket{outcome="committed",le="600"}': "0+1x20",
+            'labctl_deploy_duration_seconds_bucket{outcome="committed",le="+Inf"}': "0+1x20",
+        },
+        {},
+        {
+            'labctl_deploy_duration_seconds_bucket{outcome="committed",le="300"}': "0+1x20",
+            'labctl_deploy_duration_seconds_bucket{outcome="committed",le="600"}': "0+1x20",
+            'labctl_deploy_duration_seconds_bucket{outcome="committed",le="+Inf"}': "0+1x20",
+        },
+    ),
+    Alert(
+        "LabRequestsQueueing",
+        "labctl_gateway_queue_depth > 10",
+        "2m",
+        "warning",
+        "Requests for {{ $labels.model }} are queueing",
+        "The deployment is at its concurrency limit: add capacity or lower the load.",
+        {'labctl_gateway_queue_depth{model="chat"}': "50+0x20"},
+        {"model": "chat"},
+        {'labctl_gateway_queue_depth{model="chat"}': "2+0x20"},
+    ),
+    Alert(
+        "LabTtftSloBurn",
+        "histogram_quantile(0.99, sum by (le, model) (rate(labctl_gateway_time_to_first_token_seconds_bucket[5m]))) > 2",
+        "5m",
+        "warning",
+        "p99 time to first token for {{ $labels.model }} is over 2 s",
+        "Check queueing and KV cache use of the deployment; prefill may be starved.",
+        {
+            'labctl_gateway_time_to_first_token_seconds_bucket{model="chat",le="1"}': "0+0x20",
+            'labctl_gateway_time_to_first_token_seconds_bucket{model="chat",le="5"}': "0+10x20",
+            'labctl_gateway_time_to_first_token_seconds_bucket{model="chat",le="+Inf"}': "0+10x20",
+        },
+        {"model": "chat"},
+        {
+            'labctl_gateway_time_to_first_token_seconds_bucket{model="chat",le="1"}': "0+10x20",
+            'labctl_gateway_time_to_first_token_seconds_bucket{model="chat",le="5"}': "0+10x20",
+            'labctl_gateway_time_to_first_token_seconds_bucket{model="chat",le="+Inf"}': "0+10x20",
+        },
+    ),
+    Alert(
+        "LabItlSloBurn",
+        "histogram_quantile(0.99, sum by (le, model) (rate(labctl_gateway_inter_token_latency_seconds_bucket[5m]))) > 0.2",
+        "5m",
+        "warning",
+        "p99 inter-token latency for {{ $labels.model }} is over 200 ms",
+        "Batches are too large for the card, or prefills interrupt decoding.",
+        {
+            'labctl_gateway_inter_token_latency_seconds_bucket{model="chat",le="0.1"}': "0+0x20",
+            'labctl_gateway_inter_token_latency_seconds_bucket{model="chat",le="0.5"}': "0+10x20",
+            'labctl_gateway_inter_token_latency_seconds_bucket{model="chat",le="+Inf"}': "0+10x20",
+        },
+        {"model": "chat"},
+        {
+            'labctl_gateway_inter_token_latency_seconds_bucket{model="chat",le="0.1"}': "0+10x20",
+            'labctl_gateway_inter_token_latency_seconds_bucket{model="chat",le="0.5"}': "0+10x20",
+            'labctl_gateway_inter_token_latency_seconds_bucket{model="chat",le="+Inf"}': "0+10x20",
+        },
+    ),
+    Alert(
+        "LabKvCacheSaturated",
+        "labctl_engine_kv_cache_usage_ratio > 0.95 and on (deployment) labctl_engine_requests_waiting > 0",
+        "5m",
+        "warning",
+        "The KV cache of {{ $labels.deployment }} is full and requests wait",
+        "Expect preemptions: lower max_num_seqs or max_model_len, or add memory.",
+        {
+            'labctl_engine_kv_cache_usage_ratio{deployment="chat"}': "0.99+0x20",
+            'labctl_engine_requests_waiting{deployment="chat"}': "5+0x20",
+        },
+        {"deployment": "chat"},
+        {
+            'labctl_engine_kv_cache_usage_ratio{deployment="chat"}': "0.99+0x20",
+            'labctl_engine_requests_waiting{deployment="chat"}': "0+0x20",
+        },
+    ),
+    Alert(
+        "LabGpuThrottled",
+        'labctl_gpu_clock_event_active{reason=~"sw_thermal_slowdown|hw_thermal_slowdown|hw_slowdown|hw_power_brake_slowdown|sw_power_cap"} == 1',
+        "5m",
+        "warning",
+        "GPU {{ $labels.gpu }} is throttled ({{ $labels.reason }})",
+        "Check cooling and the power limit (DCGM_FI_DEV_POWER_MGMT_LIMIT).",
+        {'labctl_gpu_clock_event_active{gpu="0",reason="sw_thermal_slowdown"}': "1+0x20"},
+        {"gpu": "0", "reason": "sw_thermal_slowdown"},
+        {'labctl_gpu_clock_event_active{gpu="0",reason="gpu_idle"}': "1+0x20"},
+    ),
+    Alert(
+        "LabGpuXidErrors",
+        "increase(labctl_gpu_xid_errors_total[10m]) > 0",
+        "0m",
+        "critical",
+        "GPU {{ $labels.gpu }} reported XID {{ $labels.xid }}",
+        "Look the XID up in NVIDIA's table; 48, 63, 64, 79 and 94/95 need the card checked.",
+        {'labctl_gpu_xid_errors_total{gpu="0",xid="79"}': "0+0x5 1+0x15"},
+        {"gpu": "0", "xid": "79"},
+        {'labctl_gpu_xid_errors_total{gpu="0",xid="79"}': "3+0x20"},
+    ),
+    Alert(
+        "LabTelemetryStale",
+        "labctl_gpu_sample_age_seconds > 30 or labctl_gpu_up == 0",
+        "2m",
+        "warning",
+        "GPU telemetry is stale",
+        "The sampler cannot read the GPUs: check the driver (`nvidia-smi`) and the daemon's log.",
+        {"labctl_gpu_up": "0+0x20", "labctl_gpu_sample_age_seconds": "1+0x20"},
+        {},
+        {"labctl_gpu_up": "1+0x20", "labctl_gpu_sample_age_seconds": "1+0x20"},
+    ),
+)
+
+
+def _q(text: str) -> str:
+    return json.dumps(text)  # a JSON string is a valid YAML double-quoted scalar
+
+
+def rules_yaml() -> str:
+    lines = ["groups:", "  - name: labctl", "    rules:"]
+    for a in ALERTS:
+        lines += [
+            f"      - alert: {a.name}",
+            f"        expr: {_q(a.expr)}",
+            f"        for: {a.for_}",
+            "        labels:",
+            f"          severity: {a.severity}",
+            "        annotations:",
+            f"          summary: {_q(a.summary)}",
+            f"          runbook: {_q(a.runbook)}",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def _render(text: str, labels: Mapping[str, str]) -> str:
+    return re.sub(r"\{\{ \$labels\.(\w+) \}\}", lambda m: labels.get(m.group(1), ""), text)
+
+
+def promtool_tests_yaml(rules_file: str = "labctl-rules.yml") -> str:
+    lines = [f"rule_files:\n  - {rules_file}", "evaluation_interval: 1m", "tests:"]
+    for a in ALERTS:
+        for series, expect in ((a.fire, True), (a.quiet, False)):
+            lines += ["  - interval: 1m", "    input_series:"]
+            for s, values in series.items():
+                lines += [f"      - series: {_q(s)}", f"        values: {_q(values)}"]
+            lines += ["    alert_rule_test:", f"      - eval_time: {a.eval_time}",
+                      f"        alertname: {a.name}"]  # fmt: skip
+            if not expect:
+                lines.append("        exp_alerts: []")
+                continue
+            labels = {**a.labels, "severity": a.severity}
+            lines += ["        exp_alerts:", "          - exp_labels:"]
+            lines += [f"              {k}: {_q(v)}" for k, v in labels.items()]
+            lines += ["            exp_annotations:",
+                      f"              summary: {_q(_render(a.summary, labels))}",
+                      f"              runbook: {_q(_render(a.runbook, labels))}"]  # fmt: skip
+    return "\n".join(lines) + "\n"
