@@ -139,7 +139,7 @@ def test_overload_gives_429_and_queue_timeouts_503_with_retry_after(
     d = lab.up("--config", str(config(tmp_path, body, "[gateway]\nqueue_timeout = 1\n\n")))
     d.wait_state("chat", "ready", timeout=30)
     url = d.url + "/v1/completions"
-    long = {"model": "chat", "prompt": "x", "max_tokens": 800, "ignore_eos": True}
+    long = {"model": "chat", "prompt": "x", "max_tokens": 300, "ignore_eos": True}  # ~3 s
 
     with concurrent.futures.ThreadPoolExecutor(3) as pool:
         first = pool.submit(post, url, long)
