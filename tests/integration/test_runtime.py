@@ -142,3 +142,13 @@ def test_restart_backoff_doubles_and_resets_after_a_stable_run() -> None:
     assert [b.next_delay(5) for _ in range(5)] == [1, 2, 4, 8, 8]
     assert b.next_delay(400) == 1
     assert startup_budget(16 * 10**9) == pytest.approx(120 + 64)
+
+
+def test_stopping_twice_is_safe(tmp_path: Path) -> None:
+    async def go() -> None:
+        engine = EngineProcess(script("import time; time.sleep(60)"), tmp_path / "e.log")
+        await engine.start()
+        first = await engine.stop(grace=2)
+        assert await engine.stop(grace=2) == first
+
+    asyncio.run(go())

@@ -176,7 +176,11 @@ class Daemon:
                             text = await r.text() if r.status == 200 else ""
                     except (aiohttp.ClientError, TimeoutError):
                         continue
-                    for family in text_string_to_metric_families(text):
+                    try:
+                        families = list(text_string_to_metric_families(text))
+                    except ValueError:
+                        continue  # not Prometheus text (a command engine's own page)
+                    for family in families:
                         target = ENGINE_GAUGES.get(family.name)
                         if target and family.samples:
                             value = sum(s.value for s in family.samples)

@@ -152,8 +152,8 @@ class Controller:
         if self._http is not None:
             await self._http.close()
 
-    def _lock(self, gpus: Sequence[int]) -> asyncio.Lock:
-        return self._locks.setdefault(frozenset(gpus), asyncio.Lock())
+    def _lock(self, gpu: int) -> asyncio.Lock:
+        return self._locks.setdefault(frozenset((gpu,)), asyncio.Lock())
 
     def owned_pids(self) -> dict[int, str]:
         """Every process of every running engine → its deployment."""
@@ -321,6 +321,8 @@ class Controller:
         except BaseException:
             with contextlib.suppress(EngineError):
                 await process.stop(grace=spec.stop_grace)
+            # what comes next (a rollback) needs its memory back first
+            await self.await_release(spec.name, spec.gpus, set(process.members), self.clock())
             raise
         return engine
 
@@ -426,24 +428,33 @@ class Controller:
             else contextlib.nullcontext()
         )
         with step_cm as step:
-            while True:
-                reading = self._read()
-                held = self.held_by(reading, gpus, pids)
-                if held == 0:
-                    break
-                if self.clock() - exited > self.release_timeout:
-                    self.observations.append(("release_failed", {"bytes": held}))
-                    raise DeployError(
-                        f"{engine.spec.name}: {held / GiB:.2f} GiB still held by the stopped "
-                        f"revision's processes {sorted(pids)} after {self.release_timeout:g} s"
-                    )
-                await asyncio.sleep(0.05)
+            await self.await_release(engine.spec.name, gpus, pids, exited)
             lag = self.clock() - exited
             if step is not None:
                 step.freed_bytes = before
                 step.detail["release_seconds"] = lag
         self.observations.append(("release", {"seconds": lag, "bytes": before}))
         return lag, before
+
+    async def await_release(
+        self, name: str, gpus: Sequence[int], pids: set[int], since: float
+    ) -> None:
+        """Wait until no process of ``pids`` holds memory on ``gpus``.
+
+        Raises:
+            DeployError: still held ``release_timeout`` s after ``since``.
+        """
+        while True:
+            held = self.held_by(self._read(), gpus, pids)
+            if held == 0:
+                return
+            if self.clock() - since > self.release_timeout:
+                self.observations.append(("release_failed", {"bytes": held}))
+                raise DeployError(
+                    f"{name}: {held / GiB:.2f} GiB still held by the stopped revision's "
+                    f"processes {sorted(pids)} after {self.release_timeout:g} s"
+                )
+            await asyncio.sleep(0.05)
 
     # -- deploys -----------------------------------------------------------------------
 
@@ -465,12 +476,15 @@ class Controller:
             DeployError: refused at preflight, or failed and rolled back (or could not).
         """
         d = self.add(spec)
-        old = d.engine
         if dry_run:
-            need = self.preflight(spec, old)
+            need = self.preflight(spec, d.engine)
             return {"deployment": spec.name, "dry_run": True, "fits": True, "need": need.summary,
                     "bytes_per_gpu": need.bytes_per_gpu}  # fmt: skip
-        async with self._lock(spec.gpus):
+        gpus = sorted(set(spec.gpus) | set(d.spec.gpus))
+        async with contextlib.AsyncExitStack() as locks:
+            for g in gpus:  # one deploy at a time on any GPU, taken in order (no deadlock)
+                await locks.enter_async_context(self._lock(g))
+            old = d.engine  # read under the locks: a deploy before this one may have changed it
             if revision is None:
                 revision = self.journal.add_revision(spec.name, spec.to_dict())
             deploy_id = self.journal.begin(spec.name, kind, d.revision, revision)
@@ -491,7 +505,7 @@ class Controller:
             outcome, error = "committed", None
             try:
                 await self._replace(d, old, spec, revision, deploy_id, need.recommended)
-            except (LabError, OSError) as exc:
+            except Exception as exc:  # anything: the old revision must come back
                 error = str(exc)
                 outcome = "rolled_back" if await self._roll_back(d, old, deploy_id) else "failed"
             self.journal.finish(deploy_id, outcome, error)
@@ -522,9 +536,9 @@ class Controller:
                 self.set_state(d, "draining")
                 await self.hooks.drain(d.name)
             self.set_state(d, "stopping")
-            await self.stop_engine(old, deploy_id)
-            d.engine = None
+            d.engine = None  # from here on, the old revision is not serving
             self.journal.clear_current(d.name)
+            await self.stop_engine(old, deploy_id)
         self.set_state(d, "starting")
         with self.journal.step(deploy_id, "start", revision=revision) as step:
             engine = await self.start_engine(spec, revision, self._spawned(step), recommended)
@@ -560,7 +574,7 @@ class Controller:
                 )
                 step.detail |= {"url": engine.url, "phases": engine.phases}
                 await self.smoke(engine)
-        except (LabError, OSError) as exc:
+        except Exception as exc:
             self.set_state(d, "failed", f"rollback failed too: {exc}")
             await self.hooks.resume(d.name, None)
             return False
@@ -602,7 +616,7 @@ class Controller:
         for d in self.deployments.values():
             if d.engine is not None:
                 self.set_state(d, "stopping")
-                with contextlib.suppress(LabError):
+                with contextlib.suppress(LabError, OSError):
                     await self.stop_engine(d.engine)
                 d.engine = None
                 self.journal.clear_current(d.name)

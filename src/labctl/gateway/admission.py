@@ -59,6 +59,7 @@ class Admission:
         self.in_flight = 0
         self.held = False
         self._held_since = 0.0
+        self._resumed_at = 0.0
         self._queue: list[_Waiter] = []
         self._seq = itertools.count()
         self._idle = asyncio.Event()
@@ -96,9 +97,9 @@ class Admission:
                 if self.held:  # through a swap, the wait is bounded by the swap timeout
                     limit = self.swap_timeout
                     left = max(since, self._held_since) + limit - self.clock()
-                else:
+                else:  # a request held through a swap gets a full queue timeout after it
                     limit = self.queue_timeout
-                    left = since + limit - self.clock()
+                    left = max(since, self._resumed_at) + limit - self.clock()
                 if left <= 0:
                     raise Rejected(
                         503,
@@ -135,6 +136,11 @@ class Admission:
             self._enter()
             waiter.future.set_result(None)
 
+    def resize(self, limit: int, queue_size: int) -> None:
+        """New limits (a redeploy changed them); a higher limit lets waiters in at once."""
+        self.limit, self.queue_size = max(1, limit), queue_size
+        self._wake()
+
     async def drain(self, limit_s: float) -> bool:
         """Hold new requests and wait for those in flight; True if they all finished in time."""
         self.held = True
@@ -149,4 +155,5 @@ class Admission:
     def resume(self) -> None:
         """Release the held queue (to the new revision, or the old one after a rollback)."""
         self.held = False
+        self._resumed_at = self.clock()
         self._wake()

@@ -128,6 +128,8 @@ class Gateway:
 
     def admission(self, route: Route) -> Admission:
         adm = self.admissions.get(route.name)
+        if adm is not None and (adm.limit, adm.queue_size) != (route.limit, route.queue_size):
+            adm.resize(route.limit, route.queue_size)  # a redeploy changed them
         if adm is None:
             adm = Admission(route.name, route.limit, route.queue_size,
                             self.config.queue_timeout, self.config.swap_timeout, self.clock)  # fmt: skip
@@ -217,8 +219,13 @@ class Gateway:
                 raise _Reply(error(403, f"This API key may not use the model `{model}`.",
                                    "permission_error", "model_not_allowed", "model"))  # fmt: skip
             adm = self.admission(route)
+            priority = (
+                doc.pop("priority", 0) if doc is not None else 0
+            )  # the gateway's, not the engine's
+            if not isinstance(priority, int) or isinstance(priority, bool):
+                raise _Reply(error(400, f"priority must be an integer (lower runs first), not {priority!r}",
+                                   "invalid_request_error", None, "priority"))  # fmt: skip
             try:
-                priority = int(doc.get("priority", 0)) if doc is not None else 0
                 waited = await adm.acquire(priority)
             except Rejected as exc:
                 kind = "rate_limit_error" if exc.status == 429 else "service_unavailable"

@@ -78,6 +78,8 @@ class RotatingLog:
 
     def write(self, data: bytes) -> None:
         """A line of labctl's own (start, stop, adoption), kept in order with the engine's."""
+        if self.fh.closed:
+            return
         size = self.path.stat().st_size if self.path.exists() else 0
         if size and size + len(data) > self.max_bytes:
             self._copy_truncate()
@@ -150,6 +152,7 @@ class EngineProcess:
         self.proc: asyncio.subprocess.Process | None = None
         #: An engine found running (started by an earlier daemon): pid and start time.
         self._adopted: tuple[int, float] | None = None
+        self._stopped: StopReport | None = None
         self.started_at = 0.0
         self.last_output = 0.0
         #: Every process seen in the tree: pid → start time.
@@ -305,6 +308,8 @@ class EngineProcess:
         pid = self.pid
         if pid is None:
             return StopReport(True, None, 0.0, ())
+        if self._stopped is not None:
+            return self._stopped  # stopped already: nothing of it is left
         self.track()
         graceful = True
         if self.returncode is None:
@@ -312,14 +317,14 @@ class EngineProcess:
             graceful = await self.wait(grace) is not None
         self.track()  # workers may have been started while it was shutting down
         _signal_group(pid, signal.SIGKILL)  # what is left of the group, if anything
-        code = await self.wait()
+        code = await self.wait(settle)
         orphans = tuple(p for p in self.alive_members() if p != pid)
         for p in orphans:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(p, signal.SIGKILL)
         deadline = self.clock() + settle
         while True:
-            left = [p for p in self.alive_members() if p != pid]
+            left = [p for p in self.alive_members() if p != pid or code is None]
             if not left or self.clock() >= deadline:
                 break
             await asyncio.sleep(0.02)
@@ -334,7 +339,10 @@ class EngineProcess:
                 f"processes {left} of the engine did not exit {settle:g} s after SIGKILL; "
                 "they may be stuck in the GPU driver (check `nvidia-smi` and dmesg)"
             )
-        return StopReport(graceful and code is not None, code, self.clock() - begun, orphans)
+        self._stopped = StopReport(
+            graceful and code is not None, code, self.clock() - begun, orphans
+        )
+        return self._stopped
 
     def close(self) -> None:
         self.log.close()
