@@ -255,17 +255,19 @@ class Inbox:
         items = self.items
         stop = time.perf_counter() + DRAIN_BUDGET_S
         i = 0
-        while i < len(items):
-            conn, data, t, lag, error = items[i]
-            i += 1
-            conn.deliver(data, t, lag, error)
-            if time.perf_counter() > stop:
-                break
-        del items[:i]
-        if items:
-            asyncio.get_running_loop().call_soon(self.drain)
-        else:
-            self.scheduled = False
+        try:
+            while i < len(items):
+                conn, data, t, lag, error = items[i]
+                i += 1
+                conn.deliver(data, t, lag, error)
+                if time.perf_counter() > stop:
+                    break
+        finally:  # a sink that raised must not stall every other connection
+            del items[:i]
+            if items:
+                asyncio.get_running_loop().call_soon(self.drain)
+            else:
+                self.scheduled = False
 
 
 class Connection:

@@ -1,7 +1,8 @@
 """One benchmark run: a seeded schedule of streamed requests, timed as ``vllm bench serve`` does.
 
-Every request is timed from the moment it is written to the socket: TTFT at the
-first event with non-empty ``choices``, one ITL sample per later such event,
+Every request is timed from just before it is sent (setting up a new connection
+included, as in vLLM's client): TTFT at the first event with non-empty
+``choices``, one ITL sample per later such event,
 E2EL at the last of them (the trailing usage event does not count). Output and
 prompt token counts come from the server's ``usage``; without it, from the
 server's ``/tokenize`` of the generated text, and only then from the number of
