@@ -34,6 +34,8 @@ import sys
 import tempfile
 from typing import Any
 
+from procs import run_measured
+
 MODEL = "Qwen/Qwen3-0.6B"
 INPUT_LEN, OUTPUT_LEN = 64, 128
 RATIO_TARGET, CHUNKS_TARGET = 2.0, 10_000
@@ -46,18 +48,6 @@ tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
 tok.decoder = decoders.WordPiece(prefix="##")
 PreTrainedTokenizerFast(tokenizer_object=tok).save_pretrained(sys.argv[1])
 """
-
-
-def run_measured(cmd: list[str], env: dict[str, str], timeout: float = 900) -> tuple[int, float]:
-    """Run a command; returns (exit code, CPU seconds of it and every process it reaped)."""
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0 and proc.stderr is not None:
-        sys.stderr.write(proc.stderr.read().decode()[-2000:])
-    if proc.stderr is not None:
-        proc.stderr.close()
-    return proc.returncode, usage.ru_utime + usage.ru_stime
 
 
 def start_twin(env: dict[str, str]) -> tuple[subprocess.Popen[str], str]:

@@ -21,14 +21,13 @@ import argparse
 import json
 import os
 from pathlib import Path
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from typing import Any
-import urllib.request
+
+from procs import free_port, wait_http
 
 CONTROL_TARGET_S, RELEASE_TARGET_S = 0.5, 0.2
 MODELS = ("Qwen/Qwen3-8B", "Qwen/Qwen3-0.6B")
@@ -43,25 +42,6 @@ model = "Qwen/Qwen3-0.6B"
 stop_grace = 10
 args = { max_model_len = 4096, time_scale = 0.05, load_gbps = 0 }
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_ready(url: str, limit: float = 60) -> None:
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url + "/readyz", timeout=2) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.1)
-    raise SystemExit("the lab did not become ready")
 
 
 def measure(record: dict[str, Any]) -> dict[str, float]:
@@ -96,7 +76,7 @@ def main() -> None:
         )  # fmt: skip
         rows = []
         try:
-            wait_ready(url)
+            wait_http(url + "/readyz", limit=60)
             for i in range(args.swaps):
                 model = MODELS[i % 2]
                 out = subprocess.run(

@@ -25,15 +25,15 @@ import json
 import os
 from pathlib import Path
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from typing import Any
 import urllib.request
 
 import psutil
+
+from procs import free_port, run_measured, wait_http
 
 TTFT_TARGET_MS, RATIO_TARGET = 1.0, 10.0
 #: LiteLLM refuses to start without one; the twin and an unkeyed gateway ignore it.
@@ -61,25 +61,6 @@ model_list:
 """
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_http(url: str, limit: float = 120) -> None:
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=2) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.2)
-    raise SystemExit(f"{url} did not answer")
-
-
 def tree_cpu(pid: int) -> float:
     try:
         p = psutil.Process(pid)
@@ -100,18 +81,13 @@ def bench(
     url: str, model: str, c: int, env: dict[str, str], out: Path
 ) -> tuple[dict[str, Any], float]:
     n = 200 if c == 1 else max(1000, 4 * c)
-    proc = subprocess.Popen(
+    _, cpu = run_measured(
         [sys.executable, "-m", "labctl", "bench", "--base-url", url, "--model", model,
          "--num-prompts", str(n), "--max-concurrency", str(c), "--input-len", "32",
          "--output-len", "64", "--api-key", MASTER_KEY, "--json-out", str(out)],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        env,
     )  # fmt: skip
-    _, status, usage = os.wait4(proc.pid, 0)
-    if os.waitstatus_to_exitcode(status) != 0 and proc.stderr is not None:
-        sys.stderr.write(proc.stderr.read().decode()[-1500:])
-    if proc.stderr is not None:
-        proc.stderr.close()
-    return json.loads(out.read_text()), usage.ru_utime + usage.ru_stime
+    return json.loads(out.read_text()), cpu
 
 
 def main() -> None:

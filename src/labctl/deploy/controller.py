@@ -36,7 +36,7 @@ from labctl.deploy.journal import Journal, Step
 from labctl.engines.adapter import adapter
 from labctl.errors import CatalogError, DeployError, EngineError, LabError
 from labctl.fit.plan import FitRequest, plan
-from labctl.gpu.procs import read_stat
+from labctl.gpu.procs import cmdline, read_stat
 from labctl.gpu.sample import GpuBackend, GpuReading
 from labctl.runtime.process import EngineProcess, startup_budget
 from labctl.units import GiB
@@ -249,7 +249,7 @@ class Controller:
             for p in dev.processes:
                 if p.pid not in owned and p.used_bytes:
                     st = read_stat(p.pid)
-                    cmd = _cmdline(p.pid) or (st.name if st else "?")
+                    cmd = cmdline(p.pid) or (st.name if st else "?")
                     parts.append(
                         f"pid {p.pid} ({cmd}) holds {p.used_bytes / GiB:.2f} GiB on GPU {dev.index}"
                     )
@@ -627,11 +627,3 @@ def _free_port(host: str) -> int:
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return ""
-    return raw.replace(b"\0", b" ").decode(errors="replace").strip()[:120]

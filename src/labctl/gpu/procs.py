@@ -75,6 +75,19 @@ def read_stat(pid: int) -> ProcStat | None:
         return None
 
 
+def cmdline(pid: int, limit: int = 120) -> str:
+    """The process's command line, shortened to ``limit`` characters ("" if unreadable)."""
+    try:
+        if _HAVE_PROC:
+            with open(f"{_PROC}/{pid}/cmdline", "rb") as fh:
+                text = fh.read().replace(b"\0", b" ").decode(errors="replace")
+        else:
+            text = " ".join(psutil.Process(pid).cmdline())
+    except (OSError, psutil.Error):
+        return ""
+    return text.strip()[:limit]
+
+
 def all_pids() -> list[int]:
     """Every process id visible here."""
     if _HAVE_PROC:

@@ -1,0 +1,45 @@
+"""What the benchmarks share: free ports, waiting for a URL, and timing child processes' CPU."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_http(url: str, limit: float = 120) -> None:
+    """Until ``url`` answers 200; exits the benchmark after ``limit`` seconds."""
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise SystemExit(f"{url} did not answer in {limit:g} s")
+
+
+def run_measured(cmd: list[str], env: dict[str, str]) -> tuple[int, float]:
+    """Run a command; returns (exit code, CPU seconds of it and every process it reaped).
+
+    Its stderr's tail is shown when it fails.
+    """
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    assert proc.stderr is not None
+    if proc.returncode != 0:
+        sys.stderr.write(proc.stderr.read().decode()[-2000:])
+    proc.stderr.close()
+    return proc.returncode, usage.ru_utime + usage.ru_stime
