@@ -11,7 +11,7 @@ SEED_MODELS := google/gemma-4-31B-it google/gemma-4-26B-A4B-it \
 DEFAULT_GPU := rtx-3090
 
 
-.PHONY: up plan test lint typecheck unit integration gpu bench-fit bench-exporter bench-twin bench-capacity bench-deploy bench-gateway llama-server system-deps clean
+.PHONY: up plan test lint typecheck unit integration gpu bench-fit bench-exporter bench-twin bench-capacity bench-deploy bench-gateway bench-dashboard llama-server system-deps clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,11 +27,13 @@ up: $(STAMP)
 plan: $(STAMP)
 	@$(BIN)/labctl fit $(SEED_MODELS) --gpu $(DEFAULT_GPU)
 
-# Debian packages the integration tests drive for real: Prometheus and promtool.
-# Installed once (as root, or through sudo); nothing happens when they are present.
-SYSTEM_PACKAGES := prometheus
+# Debian packages the integration tests drive for real: Prometheus and promtool, and Chromium
+# for the dashboard's browser tests (driven by Playwright from .venv). Installed once (as
+# root, or through sudo); nothing happens when they are present.
+SYSTEM_PACKAGES := prometheus chromium
 system-deps:
-	@command -v prometheus >/dev/null && command -v promtool >/dev/null || { \
+	@command -v prometheus >/dev/null && command -v promtool >/dev/null && \
+		command -v chromium >/dev/null || { \
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 		echo "installing Debian packages: $(SYSTEM_PACKAGES)"; \
 		$$SUDO apt-get update -qq && \
@@ -77,6 +79,9 @@ bench-twin: $(STAMP)
 
 bench-deploy: $(STAMP)
 	$(BIN)/python benchmarks/deploy_overhead.py
+
+bench-dashboard: $(STAMP) system-deps
+	$(BIN)/python benchmarks/dashboard_cost.py
 
 # GuideLLM, to compare against, in its own venv (not a labctl dependency). torch 2.13.0 is
 # pinned so that pip takes the CPU build where one is at hand instead of several GB of CUDA.

@@ -187,6 +187,16 @@ class GatewayConfig:
 
 
 @dataclass(frozen=True)
+class DashboardConfig:
+    #: Seconds between the daemon's own evaluations of the panels and alert rules.
+    interval: float = 5.0
+    #: Seconds of history the daemon keeps for the page.
+    history: float = 3600.0
+    #: Multiplies every alert rule's ``for``: 0 fires on the first true evaluation.
+    alert_for_scale: float = 1.0
+
+
+@dataclass(frozen=True)
 class LabConfig:
     listen: str = DEFAULT_LISTEN
     gpu_backend: str = "auto"
@@ -195,6 +205,7 @@ class LabConfig:
     deployments: tuple[DeploymentSpec, ...] = ()
     source: str = "embedded default"
     gateway: GatewayConfig = GatewayConfig()
+    dashboard: DashboardConfig = DashboardConfig()
 
     def deployment(self, name: str) -> DeploymentSpec:
         for d in self.deployments:
@@ -246,9 +257,10 @@ def load_config(path: Path | None) -> LabConfig:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path} is not valid TOML: {exc}") from exc
     for key in doc:
-        if key not in ("lab", "gateway", "deployments"):
+        if key not in ("lab", "gateway", "dashboard", "deployments"):
             raise ConfigError(
-                f"{path}: [{key}] is not a section; use [lab], [gateway] and [deployments.NAME]"
+                f"{path}: [{key}] is not a section; use [lab], [gateway], [dashboard] and "
+                "[deployments.NAME]"
             )
     lab = doc.get("lab", {})
     known = {"listen", "gpu_backend", "sim_gpus"}
@@ -275,8 +287,32 @@ def load_config(path: Path | None) -> LabConfig:
     if len(ports) != len(set(ports)):
         raise ConfigError(f"two deployments use the same port ({ports}); give each its own or 0")
     return LabConfig(
-        listen, backend, sim_gpus, tuple(specs), str(path), _gateway(doc.get("gateway", {}))
-    )
+        listen, backend, sim_gpus, tuple(specs), str(path), _gateway(doc.get("gateway", {})),
+        _dashboard(doc.get("dashboard", {})),
+    )  # fmt: skip
+
+
+def _dashboard(doc: Mapping[str, Any]) -> DashboardConfig:
+    known = {"interval", "history", "alert_for_scale"}
+    for key in doc:
+        if key not in known:
+            raise ConfigError(
+                f"dashboard.{key} is not a setting; use one of {', '.join(sorted(known))}"
+            )
+    interval = _positive(doc, "interval", "dashboard", 5.0)
+    history = _positive(doc, "history", "dashboard", 3600.0)
+    if history < interval:
+        raise ConfigError(
+            f"dashboard.history = {history:g} is shorter than dashboard.interval = {interval:g}; "
+            "keep at least one interval"
+        )
+    scale = doc.get("alert_for_scale", 1.0)
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or scale < 0:
+        raise ConfigError(
+            f"dashboard.alert_for_scale = {scale!r}: give a number of at least 0 (1 keeps each "
+            "rule's for:, 0 fires at once)"
+        )
+    return DashboardConfig(interval, history, float(scale))
 
 
 def _gateway(doc: Mapping[str, Any]) -> GatewayConfig:

@@ -176,31 +176,37 @@ class Lab:
 
     def prometheus(self, target_url: str, workdir: Path) -> Callable[[str], list[dict[str, Any]]]:
         """Start a real Prometheus scraping ``target_url`` every second; returns a query function."""
-        binary = shutil.which("prometheus")
-        assert binary, "prometheus is missing: `make test` installs the Debian package prometheus"
-        port = free_port()
         config = workdir / "prometheus.yml"
         target = urllib.parse.urlparse(target_url).netloc
         config.write_text(
             "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n"
             f"scrape_configs:\n  - job_name: lab\n    static_configs:\n      - targets: ['{target}']\n"
         )
+        return self.prometheus_with(config, workdir)[0]
+
+    def prometheus_with(
+        self, config: Path, workdir: Path
+    ) -> tuple[Callable[[str], list[dict[str, Any]]], str]:
+        """Start a real Prometheus on ``config``; returns a query function and its API base URL."""
+        binary = shutil.which("prometheus")
+        assert binary, "prometheus is missing: `make test` installs the Debian package prometheus"
+        port = free_port()
         server = subprocess.Popen(
             [binary, f"--config.file={config}", f"--storage.tsdb.path={workdir / 'tsdb'}",
              f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
         self.procs.append((server, False))
-        api = f"http://127.0.0.1:{port}/api/v1/query?query="
+        base = f"http://127.0.0.1:{port}/api/v1/"
 
         def query(expr: str) -> list[dict[str, Any]]:
             if server.poll() is not None:
                 pytest.fail(f"prometheus exited: {server.stderr.read() if server.stderr else ''}")
-            doc = json.loads(get(api + urllib.parse.quote(expr)))
+            doc = json.loads(get(base + "query?query=" + urllib.parse.quote(expr)))
             assert doc["status"] == "success", doc
             return list(doc["data"]["result"])
 
-        return query
+        return query, base
 
     def stop(self) -> None:
         for proc, session in self.procs:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+import contextlib
 import json
 from pathlib import Path
 import re
 import shutil
 import subprocess
+import urllib.error
 import urllib.parse
 
 from labctl.dashboard.alerts import ALERTS
@@ -87,3 +89,109 @@ def test_a_real_prometheus_with_the_exported_config_scrapes_the_lab_and_its_engi
     finally:
         server.terminate()
         server.wait(10)
+
+
+PROVOKE = """
+[lab]
+gpu_backend = "sim"
+sim_gpus = "1xrtx-3090"
+
+[dashboard]
+interval = 1.0
+alert_for_scale = 0
+
+[deployments.chat]
+engine = "sim"
+model = "Qwen/Qwen3-0.6B"
+stop_grace = 5
+max_concurrency = 2
+queue_size = 500
+args = { max_model_len = 4096, time_scale = 0.5, load_gbps = 0, gpu_memory_utilization = 0.5 }
+"""
+PROVOKED = {"LabGpuUnaccountedMemory", "LabRequestsQueueing", "LabDeployFailed"}
+
+
+def _grafana_queries(doc: dict[str, object]) -> list[str]:
+    """The dashboard's PromQL with its variables as "All" and Grafana's rate interval."""
+    from labctl.dashboard.grafana import expressions
+
+    out = []
+    for expr in expressions(doc):
+        expr = expr.replace("$__rate_interval", "1m")
+        expr = re.sub(r'=~"\$(instance|gpu|deployment)"', '=~".*"', expr)
+        m = re.fullmatch(r"label_values\((.+), (\w+)\)", expr)
+        out.append(f"count by ({m.group(2)}) ({m.group(1)})" if m else expr)
+    return out
+
+
+def test_prometheus_and_the_dashboard_fire_the_alerts_a_lab_provokes_and_every_grafana_query_has_data(
+    lab: Lab, labctl: Callable[..., Run], tmp_path: Path
+) -> None:
+    config = tmp_path / "lab.toml"
+    config.write_text(PROVOKE)
+    d = lab.up("--config", str(config))
+    d.wait_state("chat", "ready")
+    out = tmp_path / "prom"
+    labctl("export", "prometheus", "--out", str(out), "--url", d.url, "--scrape-interval", "1s",
+           "--alert-for-scale", "0", check=True)  # fmt: skip
+    query, api = lab.prometheus_with(out / "prometheus.yml", tmp_path)
+    wait_for(lambda: query('up{job="labctl"} == 1'), 30, "Prometheus to scrape the lab")
+
+    # 1. An orphaned twin worker: a twin outside the lab, killed, leaves its worker holding memory.
+    twin = lab.twin("--model", "Qwen/Qwen3-0.6B", "--time-scale", "0", "--gpu-memory-utilization",
+                    "0.2", "--max-model-len", "4096", "--orphan-worker")  # fmt: skip
+    worker = wait_for(lambda: _holders(lab, twin.proc.pid), 15, "the twin's worker")
+    lab.stray += worker
+    twin.proc.kill()
+    twin.proc.wait()
+    # 2. A failed deploy: the new revision fails its smoke test and is rolled back.
+    with contextlib.suppress(urllib.error.HTTPError):
+        d.api("POST", "/api/deployments/chat/deploy", {"set": {"fail_completions": True}})
+    assert d.wait_state("chat", "ready")["revision"] == 1
+    # 3. Queueing: four times more requests than the deployment takes at once, for a while.
+    lab.start("bench", "--base-url", d.url, "--model", "chat", "--num-prompts", "400",
+              "--max-concurrency", "40", "--input-len", "64", "--output-len", "200")  # fmt: skip
+
+    def prometheus_firing() -> set[str]:
+        alerts = json.loads(get(api + "alerts"))["data"]["alerts"]
+        return {a["labels"]["alertname"] for a in alerts if a["state"] == "firing"}
+
+    def lab_firing() -> set[str]:
+        return {a["name"] for a in d.api("GET", "/api/status")["alerts"] if a["state"] == "firing"}
+
+    wait_for(lambda: prometheus_firing() >= PROVOKED, 60, f"Prometheus to fire {PROVOKED}")
+    wait_for(lambda: lab_firing() >= PROVOKED, 30, f"the lab to fire {PROVOKED}")
+    # On the page: the alert list names each, with its summary.
+    from tests.integration.browser import browser
+
+    with browser() as b:
+        page = b.new_page(viewport={"width": 1280, "height": 800})
+        page.goto(d.url + "/")
+        for name in PROVOKED:
+            page.wait_for_selector(f'#alerts [data-alert="{name}"]', timeout=15_000)
+        text = page.locator("#alerts").inner_text()
+    assert "Requests for chat are queueing" in text and "A deploy ended rolled_back" in text
+    status = labctl("status", "--url", d.url, check=True).out
+    assert "LabRequestsQueueing" in status and "firing" in status
+
+    # Every PromQL expression of the exported Grafana dashboard returns data from this lab.
+    gout = tmp_path / "grafana"
+    labctl("export", "grafana", "--out", str(gout), check=True)
+    doc = json.loads((gout / "dashboards" / "labctl-lab.json").read_text())
+    empty = [expr for expr in _grafana_queries(doc) if not query(expr)]
+    assert not empty, f"Grafana queries with no data: {empty}"
+
+
+def _holders(lab: Lab, twin_pid: int) -> list[int]:
+    """The pids holding simulated GPU memory for the twin (its worker)."""
+    from labctl.gpu.sim import SimBackend, SimMachine
+
+    procs = SimBackend(SimMachine(lab.home)).read().devices[0].processes
+    return [p.pid for p in procs if p.pid != twin_pid and _parent(p.pid) == twin_pid]
+
+
+def _parent(pid: int) -> int:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[1])
+    except (OSError, ValueError, IndexError):
+        return -1

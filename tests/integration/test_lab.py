@@ -277,9 +277,9 @@ def test_the_example_lab_toml_documents_a_valid_lab() -> None:
     text = EXAMPLE.read_text()
     from dataclasses import fields
 
-    from labctl.config import DeploymentSpec
+    from labctl.config import DashboardConfig, DeploymentSpec
 
-    for f in fields(DeploymentSpec):
+    for f in [*fields(DeploymentSpec), *fields(DashboardConfig)]:
         if f.name != "name":
             assert f"{f.name} =" in text, f"examples/lab.toml does not document {f.name}"
     for key in ("listen", "gpu_backend", "sim_gpus", "keys", "admin_token", "max_body_bytes",

@@ -1,7 +1,8 @@
-"""``labctl export prometheus --out DIR``: a Prometheus setup for a running lab."""
+"""``labctl export prometheus|grafana --out DIR``: monitoring for a running lab."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 import urllib.parse
 
@@ -13,8 +14,8 @@ from labctl.errors import UsageError
 PROMETHEUS = """\
 # Prometheus for a labctl lab: `prometheus --config.file={dir}/prometheus.yml`.
 global:
-  scrape_interval: 5s
-  evaluation_interval: 5s
+  scrape_interval: {interval}
+  evaluation_interval: {interval}
 rule_files:
   - labctl-rules.yml
 scrape_configs:
@@ -31,31 +32,84 @@ scrape_configs:
 
 
 @click.command()
-@click.argument("what", type=click.Choice(["prometheus"]))
+@click.argument("what", type=click.Choice(["prometheus", "grafana"]))
 @click.option(
     "--out", "out", required=True, type=click.Path(path_type=Path), help="folder to write"
 )
 @click.option("--url", envvar="LABCTL_URL", default=DEFAULT_URL, show_default=True,
-              help="the lab daemon to scrape [env LABCTL_URL]")  # fmt: skip
-def export(what: str, out: Path, url: str) -> None:
-    """Write a Prometheus configuration, the alert rules and their promtool tests to OUT.
+              help="the lab daemon to scrape (prometheus) [env LABCTL_URL]")  # fmt: skip
+@click.option("--scrape-interval", default="5s", show_default=True,
+              help="Prometheus's scrape and rule evaluation interval (prometheus)")  # fmt: skip
+@click.option("--alert-for-scale", type=click.FloatRange(min=0), default=1.0, show_default=True,
+              help="multiply every rule's for: (0 fires at once; for tests and demos)")  # fmt: skip
+@click.option("--prometheus-url", default="http://127.0.0.1:9090", show_default=True,
+              help="where Grafana reaches Prometheus (grafana)")  # fmt: skip
+def export(what: str, out: Path, url: str, scrape_interval: str, alert_for_scale: float,
+           prometheus_url: str) -> None:  # fmt: skip
+    """Write monitoring for a lab to OUT.
 
-    Check them with `promtool check config OUT/prometheus.yml` and
-    `promtool test rules OUT/labctl-rules.test.yml`.
+    prometheus: a configuration that scrapes the daemon and every engine, the alert
+    rules and their promtool tests; check them with `promtool check config
+    OUT/prometheus.yml` and `promtool test rules OUT/labctl-rules.test.yml`.
+
+    grafana: the dashboard (the built-in page's panels, with instance, GPU and
+    deployment variables) and provisioning files for its data source and folder.
     """
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        if what == "prometheus":
+            _prometheus(out, url, scrape_interval, alert_for_scale)
+        else:
+            _grafana(out, prometheus_url)
+    except OSError as exc:
+        raise UsageError(f"--out {out}: {exc.strerror or exc}") from exc
+
+
+def _prometheus(out: Path, url: str, interval: str, for_scale: float) -> None:
     from labctl.dashboard.alerts import ALERTS, promtool_tests_yaml, rules_yaml
+    from labctl.dashboard.promql import PromQLError, parse_duration
 
     target = urllib.parse.urlsplit(url).netloc
     if not target:
         raise UsageError(f"--url {url!r} is not a URL; e.g. http://127.0.0.1:8080")
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "prometheus.yml").write_text(
-            PROMETHEUS.format(dir=out, target=target, url=url.rstrip("/"))
-        )
-        (out / "labctl-rules.yml").write_text(rules_yaml())
-        (out / "labctl-rules.test.yml").write_text(promtool_tests_yaml("labctl-rules.yml"))
-    except OSError as exc:
-        raise UsageError(f"--out {out}: {exc.strerror or exc}") from exc
+        parse_duration(interval)
+    except PromQLError:
+        raise UsageError(
+            f"--scrape-interval {interval!r}: give a duration such as 5s or 1m"
+        ) from None
+    (out / "prometheus.yml").write_text(
+        PROMETHEUS.format(dir=out, target=target, url=url.rstrip("/"), interval=interval)
+    )
+    (out / "labctl-rules.yml").write_text(rules_yaml(for_scale))
+    (out / "labctl-rules.test.yml").write_text(promtool_tests_yaml("labctl-rules.yml"))
+    if for_scale != 1:
+        # The tests state the shipped timings; keep them beside the scaled rules.
+        (out / "labctl-rules.shipped.yml").write_text(rules_yaml())
+        (out / "labctl-rules.test.yml").write_text(promtool_tests_yaml("labctl-rules.shipped.yml"))
     click.echo(f"wrote {out}/prometheus.yml, labctl-rules.yml ({len(ALERTS)} alerts) and "
                "labctl-rules.test.yml")  # fmt: skip
+
+
+def _grafana(out: Path, prometheus_url: str) -> None:
+    from labctl.dashboard.grafana import UID, dashboard_json, provisioning
+
+    if not urllib.parse.urlsplit(prometheus_url).netloc:
+        raise UsageError(
+            f"--prometheus-url {prometheus_url!r} is not a URL; e.g. http://127.0.0.1:9090"
+        )
+    doc = dashboard_json()
+    dashboards = out / "dashboards"
+    dashboards.mkdir(exist_ok=True)
+    (dashboards / f"{UID}.json").write_text(json.dumps(doc, indent=2) + "\n")
+    for name, text in provisioning(prometheus_url, str(dashboards.resolve())).items():
+        folder = (
+            out
+            / "provisioning"
+            / ("datasources" if name.startswith("datasource") else "dashboards")
+        )
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "labctl.yml").write_text(text)
+    panels = sum(1 for p in doc["panels"] if p.get("type") != "row")
+    click.echo(f"wrote {dashboards}/{UID}.json ({panels} panels) and "
+               f"{out}/provisioning/{{datasources,dashboards}}/labctl.yml")  # fmt: skip

@@ -68,6 +68,7 @@ def up(config_path: Path | None, listen: str | None) -> None:
     def listening(url: str) -> None:
         names = ", ".join(d.name for d in config.deployments) or "none"
         click.echo(f"labctl: lab at {url} ({config.source}; deployments: {names})")
+        click.echo(f"  dashboard  {url}/")
         click.echo(f"  admin API  {url}/api/status")
         click.echo(f"  metrics    {url}/metrics")
         click.echo(f"  status     labctl status{'' if url == DEFAULT_URL else f' --url {url}'}")
@@ -89,19 +90,61 @@ def down(url: str) -> None:
 @url_option
 @click.option("--json", "as_json", is_flag=True, help="print one JSON document")
 def status(url: str, as_json: bool) -> None:
-    """Each deployment: state, model, revision, engine and where it serves."""
+    """One screen: GPUs, deployments (state, requests, queue, KV, latency) and alerts."""
     doc = call(url, "GET", "/api/status", timeout=10)
     if as_json:
         emit_json(doc)
         return
     out = console()
     out.print(f"lab {doc['url']} (pid {doc['pid']}, {doc['config']}, GPUs: {doc['gpu_backend']})")
-    out.print(f"{'NAME':<14}{'STATE':<11}{'REV':>4}  {'ENGINE':<9}{'MODEL':<36}URL")
+    for g in doc.get("gpus", []):
+        total = g.get("memory_total_bytes")
+        owners = dict(g.get("memory_by_deployment") or {})
+        if g.get("unaccounted_bytes"):
+            owners["unaccounted"] = g["unaccounted_bytes"]
+        used = sum(owners.values())
+        split = ", ".join(f"{k} {_gib(v)}" for k, v in owners.items()) or "nothing held"
+        reasons = ", ".join(g.get("throttle_reasons") or []) or "none"
+        out.print(
+            f"GPU {g['index']} {g['name']}: {_gib(used)} of {_gib(total)} GiB ({split}) · "
+            f"util {_num(g.get('util_percent'), '%')} · {_num(g.get('power_watts'), ' W')} · "
+            f"{_num(g.get('temperature_c'), ' °C')} · throttled: {reasons}"
+        )
+    out.print(f"{'NAME':<12}{'STATE':<10}{'REV':>4}  {'MODEL':<28}{'RUN':>5}{'WAIT':>5}{'QUEUE':>6}"
+              f"{'KV':>6}  {'TTFT p50/p99':<16}{'ITL p50/p99':<15}{'TOK/S':>7}")  # fmt: skip
+    serving = doc.get("serving", {})
     for d in doc["deployments"]:
-        out.print(f"{d['name']:<14}{d['state']:<11}{d['revision'] or '-':>4}  {d['engine']:<9}"
-                  f"{d['model'] or '-'!s:<36}{d['url'] or '-'}")  # fmt: skip
+        s = serving.get(d["name"], {})
+        ttft = f"{_ms(s.get('ttft_p50'))}/{_ms(s.get('ttft_p99'))}"
+        itl = f"{_ms(s.get('itl_p50'))}/{_ms(s.get('itl_p99'))}"
+        kv = s.get("kv")
+        out.print(
+            f"{d['name']:<12}{d['state']:<10}{d['revision'] or '-':>4}  {str(d['model'] or '-')[:27]:<28}"
+            f"{_num(s.get('requests_running')):>5}{_num(s.get('requests_waiting')):>5}"
+            f"{_num(s.get('requests_queued')):>6}{'-' if kv is None else f'{kv:.0%}':>6}  "
+            f"{ttft + ' ms':<16}{itl + ' ms':<15}{_num(s.get('tokens_completion')):>7}"
+        )
         if d["error"]:
             out.print(f"  {d['error']}")
+    alerts = doc.get("alerts", [])
+    firing = [a for a in alerts if a["state"] == "firing"]
+    pending = len(alerts) - len(firing)
+    out.print(f"alerts: {len(firing)} firing, {pending} pending" if alerts else "alerts: none")
+    for a in alerts:
+        out.print(f"  {a['state'].upper():<8}{a['name']} ({a['severity']}): {a['summary']}")
+        out.print(f"          {a['runbook']}")
+
+
+def _gib(value: float | None) -> str:
+    return "-" if value is None else f"{value / 2**30:.2f}"
+
+
+def _num(value: float | None, unit: str = "") -> str:
+    return "-" if value is None else f"{value:.0f}{unit}"
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value * 1000:.0f}"
 
 
 @click.command()

@@ -13,7 +13,7 @@ for their memory; a second signal kills them at once.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 import contextlib
 import json
 import os
@@ -35,8 +35,10 @@ from prometheus_client import (
 from prometheus_client.parser import text_string_to_metric_families
 
 from labctl.config import DeploymentSpec, LabConfig, parse_listen
+from labctl.dashboard.board import Board, samples
+from labctl.dashboard.page import page_html
 from labctl.deploy.controller import STATES, Controller, Engine
-from labctl.deploy.journal import Journal
+from labctl.deploy.journal import OUTCOMES, Journal
 from labctl.errors import ConfigError, DeployError, LabError
 from labctl.gateway.proxy import Gateway, Route
 from labctl.gpu import open_backend
@@ -76,6 +78,8 @@ class DaemonMetrics:
         self.restarts = Counter("labctl_engine_restarts_total",
                                 "Engine restarts outside a deploy, by reason.",
                                 ["deployment", "reason"], registry=r)  # fmt: skip
+        for outcome in OUTCOMES:
+            self.deploy.labels(outcome)  # each outcome from 0, so increase() sees the first
         self.engine = {
             name: Gauge(name, f"Normalised from the engine's own {name.split('_', 2)[-1]}.",
                         ["deployment"], registry=r)
@@ -112,6 +116,10 @@ class Daemon:
         self.telemetry = TelemetryCollector(self.sampler)
         self.backoff: dict[str, Backoff] = {}
         self._tasks: list[asyncio.Task[Any]] = []
+        dash = config.dashboard
+        self.board = Board(self._samples, dash.interval, dash.history, dash.alert_for_scale)
+        #: Open dashboard pages: each gets every tick and a fresh timeline on each event.
+        self.watchers: list[asyncio.Queue[dict[str, Any]]] = []
 
     # -- events and metrics -----------------------------------------------------------
 
@@ -127,11 +135,20 @@ class Daemon:
     def _owners(self) -> dict[int, str]:
         return dict(self.controller.owned_pids())
 
+    def _samples(self) -> Iterator[tuple[str, dict[str, str], float]]:
+        self._drain_observations()
+        yield from samples(self.telemetry.collect())
+        yield from samples(self.metrics.registry.collect())
+
     def _event(self, event: dict[str, Any]) -> None:
         for q in list(self.events):
             with contextlib.suppress(asyncio.QueueFull):
                 q.put_nowait(event)
+        if self.watchers:
+            self._watch({"type": "event", "event": event, "deployments": self._deployments(),
+                         "timeline": self._timeline()})  # fmt: skip
         if event["type"] == "state":
+            self.metrics.restarts.labels(event["deployment"], "exited")  # a 0 from the start
             self._write_owners()
             for state in STATES:
                 self.metrics.state.labels(event["deployment"], state).set(
@@ -205,6 +222,71 @@ class Daemon:
             return
         with contextlib.suppress(LabError):
             await self.controller.deploy(d.spec, kind="restart", revision=d.revision)
+
+    # -- dashboard --------------------------------------------------------------------
+
+    def _watch(self, doc: dict[str, Any]) -> None:
+        for q in list(self.watchers):
+            with contextlib.suppress(asyncio.QueueFull):
+                q.put_nowait(doc)
+
+    def _deployments(self) -> list[dict[str, Any]]:
+        return [d.status() for d in self.controller.deployments.values()]
+
+    def _timeline(self) -> list[dict[str, Any]]:
+        return self.journal.history(limit=20)
+
+    def _gpus(self) -> list[dict[str, Any]]:
+        snap = self.sampler.latest
+        if snap is None or snap.reading is None:
+            return []
+        return [{"index": d.index, "name": d.name, "memory_total_bytes": d.memory_total_bytes,
+                 "power_limit_watts": d.power_limit_watts} for d in snap.reading.devices]  # fmt: skip
+
+    async def _board_loop(self) -> None:
+        """Every interval: the board's tick (panels, alerts), sent to every open page."""
+        interval = self.board.interval
+        while True:
+            tick = self.board.tick(time.time())
+            if self.watchers:
+                self._watch({"type": "tick", **tick, "deployments": self._deployments()})
+            await asyncio.sleep(interval - time.time() % interval)
+
+    def dashboard_doc(self) -> dict[str, Any]:
+        return {
+            **self.board.snapshot(), "url": self.url, "gpu_backend": self.backend.name,
+            "gpus": self._gpus(), "deployments": self._deployments(),
+            "timeline": self._timeline(), "auth": self.config.gateway.admin_token is not None,
+        }  # fmt: skip
+
+    async def dashboard_page(self, request: web.Request) -> web.Response:
+        return web.Response(
+            text=page_html(), content_type="text/html", headers={"Cache-Control": "no-cache"}
+        )
+
+    async def dashboard_state(self, request: web.Request) -> web.Response:
+        return web.json_response(self.dashboard_doc(), dumps=_compact)
+
+    async def dashboard_events(self, request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+        )
+        await resp.prepare(request)
+        q: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=100)
+        self.watchers.append(q)
+        try:
+            while not self.stopping.is_set():
+                try:
+                    doc = await asyncio.wait_for(q.get(), 15)
+                except TimeoutError:
+                    await resp.write(b": keep-alive\n\n")
+                    continue
+                await resp.write(f"data: {_compact(doc)}\n\n".encode())
+        except (ConnectionResetError, asyncio.CancelledError):
+            pass
+        finally:
+            self.watchers.remove(q)
+        return resp
 
     # -- reconcile --------------------------------------------------------------------
 
@@ -299,6 +381,9 @@ class Daemon:
         r.add_get("/api/events", self.stream_events)
         r.add_post("/api/shutdown", self.shutdown)
         r.add_get("/sd/engines", self.engine_targets)
+        r.add_get("/", self.dashboard_page)
+        r.add_get("/dashboard/state", self.dashboard_state)
+        r.add_get("/dashboard/events", self.dashboard_events)
         return app
 
     @web.middleware
@@ -352,9 +437,43 @@ class Daemon:
     def status_doc(self) -> dict[str, Any]:
         return {
             "url": self.url, "pid": os.getpid(), "config": self.config.source,
-            "gpu_backend": self.backend.name,
-            "deployments": [d.status() for d in self.controller.deployments.values()],
+            "gpu_backend": self.backend.name, "deployments": self._deployments(),
+            "gpus": [{**g, **self._gpu_now(g["index"])} for g in self._gpus()],
+            "serving": self._serving_now(), "alerts": self.board.alert_docs(),
         }  # fmt: skip
+
+    def _gpu_now(self, index: int) -> dict[str, Any]:
+        """The board's latest GPU values: memory by owner, utilization, power, temperature."""
+        gpu = str(index)
+        out: dict[str, Any] = {"memory_by_deployment": {}, "throttle_reasons": []}
+        for panel, field in (("gpu_util", "util_percent"), ("gpu_temp", "temperature_c")):
+            out[field] = next(
+                (v for lab, _, v in self.board.latest(panel) if lab.get("gpu") == gpu), None
+            )
+        for labels, role, value in self.board.latest("gpu_power"):
+            if labels.get("gpu") == gpu and role == "draw":
+                out["power_watts"] = value
+        for labels, role, value in self.board.latest("gpu_memory"):
+            if labels.get("gpu") != gpu:
+                continue
+            if role == "deployment":
+                out["memory_by_deployment"][labels.get("deployment", "")] = value
+            elif role == "unaccounted":
+                out["unaccounted_bytes"] = value
+        for labels, _, value in self.board.latest("gpu_throttle"):
+            if labels.get("gpu") == gpu and value == 1 and labels.get("reason") != "gpu_idle":
+                out["throttle_reasons"].append(labels.get("reason"))
+        return out
+
+    def _serving_now(self) -> dict[str, dict[str, float]]:
+        """Per deployment: the board's latest running, waiting, queued, KV, latency, tokens/s."""
+        out: dict[str, dict[str, float]] = {}
+        for panel in ("dep_requests", "dep_kv", "dep_ttft", "dep_itl", "dep_e2e", "dep_tokens"):
+            for labels, role, value in self.board.latest(panel):
+                name = labels.get("deployment") or labels.get("model") or ""
+                key = panel.removeprefix("dep_") + (f"_{role}" if role else "")
+                out.setdefault(name, {})[key] = value
+        return out
 
     async def status(self, request: web.Request) -> web.Response:
         return web.json_response(self.status_doc())
@@ -486,6 +605,7 @@ class Daemon:
                 _log(line)
             on_listening(self.url)
             self._tasks.append(asyncio.create_task(self._poll_engines()))
+            self._tasks.append(asyncio.create_task(self._board_loop()))
             starting = asyncio.create_task(self._start_configured())
             await self.stopping.wait()
             starting.cancel()
@@ -532,6 +652,10 @@ def _default_limit(spec: DeploymentSpec) -> int:
         slots = spec.args.get("parallel") or spec.args.get("np")
         return int(slots) if isinstance(slots, int) and slots > 0 else 4
     return 64
+
+
+def _compact(doc: Any) -> str:
+    return json.dumps(doc, separators=(",", ":"))
 
 
 def _api_error(status: int, message: str) -> web.HTTPException:

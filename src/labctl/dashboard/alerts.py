@@ -12,7 +12,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 import json
+import math
 import re
+from typing import Any
+
+from labctl.dashboard.promql import Labels, Store, evaluate, parse_duration
 
 GiB = 2**30
 
@@ -229,13 +233,15 @@ def _q(text: str) -> str:
     return json.dumps(text)  # a JSON string is a valid YAML double-quoted scalar
 
 
-def rules_yaml() -> str:
+def rules_yaml(for_scale: float = 1.0) -> str:
+    """The rules file; ``for_scale`` multiplies each rule's ``for`` (as lab.toml's
+    ``dashboard.alert_for_scale`` does for the daemon's own evaluation)."""
     lines = ["groups:", "  - name: labctl", "    rules:"]
     for a in ALERTS:
         lines += [
             f"      - alert: {a.name}",
             f"        expr: {_q(a.expr)}",
-            f"        for: {a.for_}",
+            f"        for: {a.for_ if for_scale == 1 else scaled_for(a, for_scale)}",
             "        labels:",
             f"          severity: {a.severity}",
             "        annotations:",
@@ -268,3 +274,86 @@ def promtool_tests_yaml(rules_file: str = "labctl-rules.yml") -> str:
                       f"              summary: {_q(_render(a.summary, labels))}",
                       f"              runbook: {_q(_render(a.runbook, labels))}"]  # fmt: skip
     return "\n".join(lines) + "\n"
+
+
+def scaled_for(a: Alert, scale: float) -> str:
+    """The rule's ``for`` with ``scale`` applied (0 fires on the first evaluation)."""
+    seconds = parse_duration(a.for_) * scale
+    return f"{seconds:g}s" if seconds else "0s"
+
+
+@dataclass
+class Firing:
+    alert: Alert
+    labels: dict[str, str]
+    value: float
+    since: float
+    state: str = "pending"
+
+    def doc(self) -> dict[str, Any]:
+        labels = {**self.labels, "severity": self.alert.severity}
+        return {
+            "name": self.alert.name, "state": self.state, "severity": self.alert.severity,
+            "labels": self.labels, "since": self.since,
+            "value": None if math.isnan(self.value) else self.value,
+            "summary": _render(self.alert.summary, labels),
+            "runbook": _render(self.alert.runbook, labels),
+        }  # fmt: skip
+
+
+class RuleEngine:
+    """Evaluates the shipped rules over a :class:`Store`, as Prometheus does: an alert is
+    pending from its first true evaluation and firing once it has held for ``for``."""
+
+    def __init__(self, alerts: tuple[Alert, ...] = ALERTS, for_scale: float = 1.0) -> None:
+        self.alerts = alerts
+        self.hold = {a.name: parse_duration(a.for_) * for_scale for a in alerts}
+        self.active: dict[tuple[str, Labels], Firing] = {}
+        self.errors: dict[str, str] = {}
+
+    def evaluate(self, store: Store, t: float) -> list[Firing]:
+        seen = set()
+        for a in self.alerts:
+            try:
+                result = evaluate(a.expr, store, t)
+            except (ValueError, ArithmeticError) as exc:
+                self.errors[a.name] = str(exc)
+                continue
+            if not isinstance(result, list):
+                continue
+            for labels, value in result:
+                key = (a.name, tuple(kv for kv in labels if kv[0] != "__name__"))
+                seen.add(key)
+                f = self.active.get(key)
+                if f is None:
+                    f = self.active[key] = Firing(a, dict(key[1]), value, t)
+                f.value = value
+                if t - f.since >= self.hold[a.name]:
+                    f.state = "firing"
+        for key in list(self.active):
+            if key not in seen:
+                del self.active[key]
+        order = {a.name: i for i, a in enumerate(self.alerts)}
+        return sorted(self.active.values(),
+                      key=lambda f: (f.state != "firing", order[f.alert.name], sorted(f.labels.items())))  # fmt: skip
+
+
+def expand_series(values: str, interval: float = 60.0) -> list[tuple[float, float]]:
+    """promtool's input notation (``0+1x20``, ``5+0x3 1+0x15``) as (time, value) samples."""
+    out: list[tuple[float, float]] = []
+    for part in values.split():
+        m = re.fullmatch(r"(-?[\d.e+]+?)(?:([+-][\d.e]+)x(\d+))?", part)
+        if not m:
+            raise ValueError(f"cannot read series values {part!r}")
+        start = float(m.group(1))
+        step = float(m.group(2) or 0)
+        for i in range(int(m.group(3) or 0) + 1):
+            out.append((len(out) * interval, start + i * step))
+    return out
+
+
+def series_labels(series: str) -> tuple[str, dict[str, str]]:
+    """``name{a="b"}`` as its name and labels."""
+    name, _, rest = series.partition("{")
+    labels = dict(re.findall(r'(\w+)="([^"]*)"', rest))
+    return name, labels

@@ -1,0 +1,141 @@
+"""The daemon's own view of its metrics: an hour of samples, the panels' history, the alerts.
+
+Every tick (5 s by default) the board takes the daemon's metrics as a scrape would
+see them, keeps the series that the rules and panels read in a :class:`Store`,
+evaluates every panel query and alert rule on it, and keeps each panel series'
+values for the history window. The built-in page loads :meth:`Board.snapshot`
+once and then appends each tick's values from the event stream.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+import math
+import re
+from typing import Any
+
+from labctl.dashboard.alerts import ALERTS, Firing, RuleEngine
+from labctl.dashboard.panels import PANELS, daemon_queries
+from labctl.dashboard.promql import PromQLError, Store, evaluate, metric_names
+
+Sample = tuple[str, dict[str, str], float]
+
+
+@dataclass
+class _History:
+    panel: str
+    role: str
+    legend: str
+    labels: dict[str, str]
+    values: deque[float | None]
+
+
+def _num(value: float) -> float | None:
+    """A JSON-safe value with four significant digits (NaN and infinities as null)."""
+    if math.isnan(value) or math.isinf(value):
+        return None
+    return float(f"{value:.4g}")
+
+
+def _legend(template: str, labels: dict[str, str]) -> str:
+    return re.sub(r"\{\{\s*(\w+)\s*\}\}", lambda m: labels.get(m.group(1), ""), template).strip()
+
+
+class Board:
+    def __init__(
+        self,
+        collect: Callable[[], Iterable[Sample]],
+        interval: float = 5.0,
+        history: float = 3600.0,
+        for_scale: float = 1.0,
+    ) -> None:
+        self.collect = collect
+        self.interval = interval
+        self.history = history
+        self.queries = daemon_queries()
+        names = {n for a in ALERTS for n in metric_names(a.expr)}
+        names |= {n for _, _, expr in self.queries for n in metric_names(expr)}
+        # The rules look back up to an hour (rate over 1h); keep a little more.
+        self.store = Store(retention=max(3900.0, history + 60), names=names)
+        self.rules = RuleEngine(ALERTS, for_scale)
+        self.points = max(2, int(history / interval) + 1)
+        self.times: deque[float] = deque(maxlen=self.points)
+        self.series: dict[str, _History] = {}
+        self.alerts: list[Firing] = []
+        self.errors: dict[str, str] = {}
+
+    def tick(self, now: float) -> dict[str, Any]:
+        """Take the metrics at ``now`` (wall clock); returns what changed, for the stream."""
+        self.store.add(now, self.collect())
+        self.times.append(now)
+        values: dict[str, float | None] = {}
+        added: dict[str, dict[str, Any]] = {}
+        for panel, query, expr in self.queries:
+            try:
+                result = evaluate(expr, self.store, now)
+            except (PromQLError, ArithmeticError) as exc:
+                self.errors[panel.id] = str(exc)
+                continue
+            if not isinstance(result, list):
+                result = [((), result)]
+            for key, value in result:
+                labels = {k: v for k, v in key if k != "__name__"}
+                sid = "|".join(
+                    [panel.id, query.role, *(f"{k}={v}" for k, v in sorted(labels.items()))]
+                )
+                h = self.series.get(sid)
+                if h is None:
+                    h = self.series[sid] = _History(
+                        panel.id, query.role, _legend(query.legend, labels), labels,
+                        deque([None] * (len(self.times) - 1), maxlen=self.points),
+                    )  # fmt: skip
+                    added[sid] = self._meta(h)
+                values[sid] = _num(value)
+        for sid, h in list(self.series.items()):
+            h.values.append(values.get(sid))
+            if sid not in values and all(v is None for v in h.values):
+                del self.series[sid]
+        self.alerts = self.rules.evaluate(self.store, now)
+        return {"t": now, "values": values, "series": added, "alerts": self.alert_docs()}
+
+    def alert_docs(self) -> list[dict[str, Any]]:
+        return [f.doc() for f in self.alerts]
+
+    def firing(self) -> list[Firing]:
+        return [f for f in self.alerts if f.state == "firing"]
+
+    @staticmethod
+    def _meta(h: _History) -> dict[str, Any]:
+        return {"panel": h.panel, "role": h.role, "legend": h.legend, "labels": h.labels}
+
+    def latest(self, panel: str) -> list[tuple[dict[str, str], str, float]]:
+        """The panel's series with a current value: labels, role, value."""
+        out = []
+        for h in self.series.values():
+            if h.panel == panel and h.values and h.values[-1] is not None:
+                out.append((h.labels, h.role, float(h.values[-1])))
+        return out
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "interval": self.interval,
+            "history": self.history,
+            "panels": [
+                {"id": p.id, "title": p.title, "section": p.section, "unit": p.unit,
+                 "description": p.description, "kind": p.kind, "stacked": p.stacked}
+                for p in PANELS if not p.grafana_only
+            ],
+            "times": list(self.times),
+            "series": {sid: {**self._meta(h), "values": list(h.values)}
+                       for sid, h in self.series.items()},
+            "alerts": self.alert_docs(),
+        }  # fmt: skip
+
+
+def samples(families: Iterable[Any]) -> Iterable[Sample]:
+    """(name, labels, value) of every sample in prometheus_client metric families."""
+    for family in families:
+        for s in family.samples:
+            yield s.name, s.labels, s.value

@@ -1,0 +1,286 @@
+"""The dashboard's panels, defined once: the built-in page and the exported Grafana dashboard
+show the same queries.
+
+A query is written once with placeholders: ``@gpu``, ``@dep``, ``@model`` and ``@i``
+inside a selector's braces stand for the dashboard's filters (instance, GPU,
+deployment; the gateway's series carry the deployment as ``model``), and ``@w``
+for the rate window. :func:`for_grafana` turns them into Grafana variables
+(``$instance``, ``$gpu``, ``$deployment``, ``$__rate_interval``);
+:func:`for_daemon` drops the filters and uses a one-minute window, which is what
+the daemon evaluates every tick for the built-in page.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+import re
+
+
+@dataclass(frozen=True)
+class Query:
+    expr: str
+    #: Grafana's legend, ``{{label}}`` expanded.
+    legend: str
+    #: The series' role in a panel (``used``, ``p99``, …); the page styles by it.
+    role: str = ""
+
+
+@dataclass(frozen=True)
+class Panel:
+    id: str
+    title: str
+    section: str  # gpu, deployment, deploys, alerts
+    unit: str  # Grafana's unit id
+    queries: tuple[Query, ...]
+    description: str = ""
+    stacked: bool = False
+    #: timeseries, table (current values), state (0/1 over time)
+    kind: str = "timeseries"
+    #: Shown only in Grafana (the page has its own view of it).
+    grafana_only: bool = False
+
+
+def _q(expr: str, legend: str, role: str = "") -> Query:
+    return Query(expr, legend, role)
+
+
+def _quantiles(metric: str) -> tuple[Query, ...]:
+    expr = "histogram_quantile({q}, sum by (le, model) (rate({m}_bucket{{@model}}[@w])))"
+    return (
+        _q(expr.format(q="0.5", m=metric), "{{model}} p50", "p50"),
+        _q(expr.format(q="0.99", m=metric), "{{model}} p99", "p99"),
+    )
+
+
+PANELS: tuple[Panel, ...] = (
+    Panel(
+        "gpu_memory",
+        "GPU memory by deployment",
+        "gpu",
+        "bytes",
+        (
+            _q(
+                "labctl_gpu_deployment_memory_bytes{@gpu}",
+                "GPU {{gpu}} {{deployment}}",
+                "deployment",
+            ),
+            _q(
+                "labctl_gpu_unaccounted_memory_bytes{@gpu}",
+                "GPU {{gpu}} unaccounted",
+                "unaccounted",
+            ),
+            _q("DCGM_FI_DEV_FB_TOTAL{@gpu} * 1048576", "GPU {{gpu}} total", "total"),
+        ),
+        "Memory held by each deployment's process tree; unaccounted is memory no deployment "
+        "holds (orphaned workers, other programs).",
+        stacked=True,
+    ),
+    Panel(
+        "gpu_processes",
+        "GPU memory by process",
+        "gpu",
+        "bytes",
+        (
+            _q(
+                "labctl_gpu_process_memory_bytes{@gpu}",
+                "{{gpu}} {{pid}} {{process}} {{deployment}}",
+            ),
+        ),
+        "Every process holding GPU memory, with the deployment whose tree it is in.",
+        kind="table",
+    ),
+    Panel(
+        "gpu_util",
+        "GPU utilization",
+        "gpu",
+        "percent",
+        (_q("DCGM_FI_DEV_GPU_UTIL{@gpu}", "GPU {{gpu}}"),),
+    ),
+    Panel(
+        "gpu_power",
+        "GPU power",
+        "gpu",
+        "watt",
+        (
+            _q("DCGM_FI_DEV_POWER_USAGE{@gpu}", "GPU {{gpu}} draw", "draw"),
+            _q("DCGM_FI_DEV_POWER_MGMT_LIMIT{@gpu}", "GPU {{gpu}} limit", "limit"),
+        ),
+    ),
+    Panel(
+        "gpu_temp",
+        "GPU temperature",
+        "gpu",
+        "celsius",
+        (_q("DCGM_FI_DEV_GPU_TEMP{@gpu}", "GPU {{gpu}}"),),
+    ),
+    Panel(
+        "gpu_throttle",
+        "Clock event reasons",
+        "gpu",
+        "short",
+        (_q("labctl_gpu_clock_event_active{@gpu}", "GPU {{gpu}} {{reason}}"),),
+        "1 while the clocks are held back for the reason: thermal and power slowdowns throttle.",
+        kind="state",
+    ),
+    Panel(
+        "dep_state",
+        "Deployment state",
+        "deployment",
+        "short",
+        (_q("labctl_deployment_state{@dep} == 1", "{{deployment}} {{state}}"),),
+        kind="state",
+    ),
+    Panel(
+        "dep_requests",
+        "Requests running and waiting",
+        "deployment",
+        "short",
+        (
+            _q("labctl_engine_requests_running{@dep}", "{{deployment}} running", "running"),
+            _q(
+                "labctl_engine_requests_waiting{@dep}",
+                "{{deployment}} waiting in the engine",
+                "waiting",
+            ),
+            _q("labctl_gateway_queue_depth{@model}", "{{model}} queued at the gateway", "queued"),
+        ),
+        "Running and waiting come from the engine; queued requests wait in the gateway for a slot.",
+    ),
+    Panel(
+        "dep_kv",
+        "KV cache usage",
+        "deployment",
+        "percentunit",
+        (_q("labctl_engine_kv_cache_usage_ratio{@dep}", "{{deployment}}"),),
+    ),
+    Panel(
+        "dep_ttft",
+        "Time to first token",
+        "deployment",
+        "s",
+        _quantiles("labctl_gateway_time_to_first_token_seconds"),
+    ),
+    Panel(
+        "dep_itl",
+        "Inter-token latency",
+        "deployment",
+        "s",
+        _quantiles("labctl_gateway_inter_token_latency_seconds"),
+    ),
+    Panel(
+        "dep_e2e",
+        "Request latency (end to end)",
+        "deployment",
+        "s",
+        _quantiles("labctl_gateway_request_duration_seconds"),
+    ),
+    Panel(
+        "dep_queue_wait",
+        "Queue wait",
+        "deployment",
+        "s",
+        _quantiles("labctl_gateway_queue_wait_seconds"),
+    ),
+    Panel(
+        "dep_tokens",
+        "Tokens per second",
+        "deployment",
+        "short",
+        (
+            _q(
+                'sum by (model) (rate(labctl_gateway_tokens_total{kind="completion",@model}[@w]))',
+                "{{model}} generated",
+                "completion",
+            ),
+            _q(
+                'sum by (model) (rate(labctl_gateway_tokens_total{kind="prompt",@model}[@w]))',
+                "{{model}} prompt",
+                "prompt",
+            ),
+        ),
+    ),
+    Panel(
+        "deploys",
+        "Deploys in the last hour",
+        "deploys",
+        "short",
+        (
+            _q(
+                "sum by (outcome) (increase(labctl_deploy_duration_seconds_count{@i}[1h]))",
+                "{{outcome}}",
+            ),
+        ),
+    ),
+    Panel(
+        "deploy_p90",
+        "Deploy duration (p90, last hour)",
+        "deploys",
+        "s",
+        (
+            _q(
+                "histogram_quantile(0.9, sum by (le) (rate(labctl_deploy_duration_seconds_bucket{@i}[1h])))",
+                "p90",
+            ),
+        ),
+    ),
+    Panel(
+        "memory_release",
+        "Memory release after a stop (p90, last hour)",
+        "deploys",
+        "s",
+        (
+            _q(
+                "histogram_quantile(0.9, sum by (le) (rate(labctl_memory_release_seconds_bucket{@i}[1h])))",
+                "p90",
+            ),
+        ),
+        "From an engine's exit to its GPU memory being free.",
+    ),
+    Panel(
+        "restarts",
+        "Engine restarts in the last hour",
+        "deploys",
+        "short",
+        (
+            _q(
+                "sum by (deployment) (increase(labctl_engine_restarts_total{@dep}[1h]))",
+                "{{deployment}}",
+            ),
+        ),
+    ),
+    Panel(
+        "alerts",
+        "Firing alerts",
+        "alerts",
+        "short",
+        (_q('ALERTS{alertstate="firing",@i}', "{{alertname}}"),),
+        "The lab's alert rules, as Prometheus evaluates them.",
+        kind="table",
+        grafana_only=True,
+    ),
+)
+
+_FILTERS = {
+    "@gpu": 'instance=~"$instance",gpu=~"$gpu"',
+    "@dep": 'instance=~"$instance",deployment=~"$deployment"',
+    "@model": 'instance=~"$instance",model=~"$deployment"',
+    "@i": 'instance=~"$instance"',
+}
+
+
+def for_grafana(expr: str) -> str:
+    out = expr.replace("[@w]", "[$__rate_interval]")
+    for key, value in _FILTERS.items():
+        out = out.replace(key, value)
+    return out
+
+
+def for_daemon(expr: str) -> str:
+    out = expr.replace("[@w]", "[1m]")
+    out = re.sub(r",?@(gpu|dep|model|i)\b", "", out)
+    return out.replace("{,", "{").replace("{}", "")
+
+
+def daemon_queries() -> list[tuple[Panel, Query, str]]:
+    """What the daemon evaluates each tick: every panel query the page shows."""
+    return [(p, q, for_daemon(q.expr)) for p in PANELS if not p.grafana_only for q in p.queries]
