@@ -8,6 +8,8 @@ from pathlib import Path
 import re
 import time
 from typing import Any
+import urllib.error
+import urllib.request
 
 from tests.integration.browser import browser
 from tests.integration.lab import Lab, get
@@ -60,6 +62,12 @@ def _shots() -> Path | None:
     return Path(where) if where else None
 
 
+def _set_token(page: Any, token: str) -> None:
+    box = page.locator("#token")
+    box.fill(token)
+    box.dispatch_event("change")
+
+
 def _wait_all_live(
     page: Any, timeout: float = 40.0, but: frozenset[str] = frozenset()
 ) -> list[dict[str, Any]]:
@@ -91,6 +99,18 @@ def test_the_dashboard_shows_every_panel_live_under_load_and_deploys_from_the_pa
         lab.start("bench", "--base-url", d.url, "--model", model, "--num-prompts", "5000",
                   "--request-rate", "6", "--max-concurrency", "8", "--input-len", "64",
                   "--output-len", "48")  # fmt: skip
+    # The page itself is open; its data takes the admin token, as a bearer or as the cookie
+    # the page sets (EventSource cannot send headers).
+    for headers, status in (({}, 401), ({"Cookie": "labctl_token=wrong"}, 401),
+                            ({"Cookie": f"labctl_token={TOKEN}"}, 200),
+                            ({"Authorization": f"Bearer {TOKEN}"}, 200)):  # fmt: skip
+        req = urllib.request.Request(d.url + "/dashboard/state", headers=headers)
+        try:
+            with urllib.request.urlopen(req, timeout=10) as r:
+                code = r.status
+        except urllib.error.HTTPError as exc:
+            code = exc.code
+        assert code == status, (headers, code)
     html = get(d.url + "/")
     assert not re.search(r"""(src|href)=["']?(https?:)?//""", html), (
         "the page loads nothing external"
@@ -100,8 +120,13 @@ def test_the_dashboard_shows_every_panel_live_under_load_and_deploys_from_the_pa
         page = b.new_page(viewport={"width": 1280, "height": 800})
         requests: list[str] = []
         page.on("request", lambda r: requests.append(r.url))
-        started = time.monotonic()
+        # The lab has an admin token: the page's data asks for it.
         page.goto(d.url + "/")
+        page.wait_for_selector("#lock:not([hidden])")
+        assert page.locator("#gpus [data-gpu]").count() == 0
+        assert page.locator("#live").inner_text() == "locked"
+        started = time.monotonic()
+        _set_token(page, TOKEN)
         page.wait_for_selector('[data-deployment="chat"] [data-panel="dep_ttft"]')
         first_paint = time.monotonic() - started
         panels = _wait_all_live(page, but=AFTER_A_STOP)
@@ -117,7 +142,8 @@ def test_the_dashboard_shows_every_panel_live_under_load_and_deploys_from_the_pa
         if shots:
             page.screenshot(path=str(shots / "dashboard-1280x800.png"))
 
-        # A deploy from the page: refused without the admin token, then done with it.
+        # A deploy from the page: refused with a wrong admin token, then done with the right one.
+        _set_token(page, "not-the-admin-token")
         timeline = page.locator("#timeline")
         before = timeline.get_attribute("data-latest")
         page.locator('button[data-act="deploy"][data-name="chat"]').click()
@@ -130,7 +156,7 @@ def test_the_dashboard_shows_every_panel_live_under_load_and_deploys_from_the_pa
             timeout=10_000,
         )
         assert "err" in (msg.get_attribute("class") or "")
-        page.locator("#token").fill(TOKEN)
+        _set_token(page, TOKEN)
         page.locator('button[data-act="deploy"][data-name="chat"]').click()
         form.locator("textarea").fill("max_model_len=2048")
         form.locator('button[type="submit"]').click()
@@ -159,7 +185,11 @@ def test_the_dashboard_shows_every_panel_live_under_load_and_deploys_from_the_pa
 
         phone = b.new_page(viewport={"width": 390, "height": 844}, device_scale_factor=2,
                            is_mobile=True, has_touch=True)  # fmt: skip
-        phone.goto(d.url + "/")
+        phone.goto(d.url + "/")  # a new browser context: the token is asked for again
+        phone.wait_for_selector("#lock:not([hidden])")
+        _set_token(phone, TOKEN)
+        _wait_all_live(phone)
+        phone.reload()  # remembered now (local storage and cookie)
         _wait_all_live(phone)
         phone.wait_for_timeout(3000)  # a few points more on the charts
         width = phone.evaluate("document.documentElement.scrollWidth")

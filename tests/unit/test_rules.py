@@ -7,11 +7,12 @@ import math
 
 import pytest
 
+from labctl.dashboard import promql
 from labctl.dashboard.alerts import ALERTS, Alert, RuleEngine, expand_series, series_labels
 from labctl.dashboard.promql import PromQLError, Store, evaluate, metric_names, parse_duration
 
 
-def _run(alert: Alert, series: dict[str, str]) -> list[dict[str, str]]:
+def _run(alert: Alert, series: dict[str, str], at: str | None = None) -> list[dict[str, str]]:
     store = Store(retention=7200)
     samples: dict[float, list[tuple[str, dict[str, str], float]]] = {}
     for text, values in series.items():
@@ -19,11 +20,11 @@ def _run(alert: Alert, series: dict[str, str]) -> list[dict[str, str]]:
         for t, v in expand_series(values):
             samples.setdefault(t, []).append((name, labels, v))
     engine = RuleEngine((alert,))
-    end = parse_duration(alert.eval_time)
+    end = parse_duration(at or alert.eval_time)
     firing: list[dict[str, str]] = []
     t = 0.0
     while t <= end:
-        store.add(t, samples.get(t, []))
+        store.add(t, samples.get(t, []), mark_missing=False)  # promtool's `_` is no sample
         firing = [f.labels for f in engine.evaluate(store, t) if f.state == "firing"]
         t += 60
     return firing
@@ -141,3 +142,49 @@ def test_the_store_keeps_only_its_retention() -> None:
         s.add(float(t), [("g", {}, float(t))])
     times = s.series["g"][()].times
     assert times[-1] == 995 and times[0] >= 995 - 100 - 10
+
+
+def test_offset_looks_back_and_unless_keeps_only_new_series() -> None:
+    s = Store()
+    s.add(0, [("c_total", {"xid": "13"}, 1.0)])
+    s.add(600, [("c_total", {"xid": "13"}, 1.0), ("c_total", {"xid": "79"}, 1.0)])
+    new = evaluate("c_total > 0 unless c_total offset 10m", s, 600)
+    assert [dict(k)["xid"] for k, _ in new] == ["79"]  # type: ignore[union-attr]
+
+
+def test_promtool_series_notation_expands_as_promtool_does() -> None:
+    assert expand_series("0+1x2") == [(0, 0), (60, 1), (120, 2)]
+    assert expand_series("_x2 5 _ 6") == [(120, 5), (240, 6)]
+    stale = expand_series("1 stale 2")
+    assert stale[0] == (0, 1) and math.isnan(stale[1][1]) and stale[2] == (120, 2)
+    assert series_labels('a_total{gpu="0",xid="79"}') == ("a_total", {"gpu": "0", "xid": "79"})
+
+
+def test_one_to_one_matching_keeps_prometheus_result_labels_and_refuses_many_to_many() -> None:
+    s = _store({
+        'a{x="1",y="p"}': [(0, 5)], 'b{x="1",z="q"}': [(0, 1)],
+        'c{x="1",y="p"}': [(0, 5)], 'c{x="1",y="r"}': [(0, 6)],
+    })  # fmt: skip
+    assert evaluate("a > on (x) b", s, 0) == [((("x", "1"),), 5.0)]
+    assert evaluate("a - ignoring (y, z) b", s, 0) == [((("x", "1"),), 4.0)]
+    with pytest.raises(PromQLError, match="many-to-many"):
+        evaluate("a > on (x) c", s, 0)
+    with pytest.raises(PromQLError, match="multiple matches"):
+        evaluate("c > on (x) b", s, 0)
+
+
+def test_the_store_ignores_samples_that_go_back_in_time_and_keeps_old_staleness() -> None:
+    s = Store()
+    s.add(100, [("g", {}, 1.0)])
+    s.add(50, [("g", {}, 9.0)])  # a clock stepped back
+    s.add(105, [])  # missing: a staleness marker
+    s.add(110, [("g", {}, 2.0)])
+    assert evaluate("g", s, 110) == [((("__name__", "g"),), 2.0)]
+    assert evaluate("g offset 5s", s, 110) == []  # the marker at 105 is still there
+    assert evaluate("max_over_time(g[1m])", s, 110) == [((), 2.0)]
+
+
+def test_histogram_quantile_of_nan_counts_is_nan_not_an_exception() -> None:
+    s = _store({'h_bucket{le="1"}': [(0, math.nan)], 'h_bucket{le="+Inf"}': [(0, math.nan)]})
+    assert evaluate("histogram_quantile(0.5, h_bucket)", s, 0) == []  # NaN samples are markers
+    assert math.isnan(promql._quantile(0.5, [(1.0, math.nan), (math.inf, math.nan)]))

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Iterator
 import contextlib
+import hmac
 import json
 import os
 from pathlib import Path
@@ -120,6 +121,7 @@ class Daemon:
         self.board = Board(self._samples, dash.interval, dash.history, dash.alert_for_scale)
         #: Open dashboard pages: each gets every tick and a fresh timeline on each event.
         self.watchers: list[asyncio.Queue[dict[str, Any]]] = []
+        self.lagging: set[int] = set()
 
     # -- events and metrics -----------------------------------------------------------
 
@@ -227,8 +229,10 @@ class Daemon:
 
     def _watch(self, doc: dict[str, Any]) -> None:
         for q in list(self.watchers):
-            with contextlib.suppress(asyncio.QueueFull):
+            try:
                 q.put_nowait(doc)
+            except asyncio.QueueFull:
+                self.lagging.add(id(q))  # its stream ends; the page reconnects and reloads
 
     def _deployments(self) -> list[dict[str, Any]]:
         return [d.status() for d in self.controller.deployments.values()]
@@ -246,10 +250,23 @@ class Daemon:
     async def _board_loop(self) -> None:
         """Every interval: the board's tick (panels, alerts), sent to every open page."""
         interval = self.board.interval
+        failed = False
+        reported: dict[str, str] = {}
         while True:
-            tick = self.board.tick(time.time())
-            if self.watchers:
-                self._watch({"type": "tick", **tick, "deployments": self._deployments()})
+            try:
+                tick = self.board.tick(time.time())
+            except Exception as exc:  # a bad tick must not end the page's updates
+                if not failed:
+                    _log(f"dashboard: a tick failed ({type(exc).__name__}: {exc}); retrying")
+                failed = True
+            else:
+                failed = False
+                for what, error in self.board.errors.items():
+                    if reported.get(what) != error:
+                        _log(f"dashboard: {what} failed: {error}")
+                reported = dict(self.board.errors)
+                if self.watchers:
+                    self._watch({"type": "tick", **tick, "deployments": self._deployments()})
             await asyncio.sleep(interval - time.time() % interval)
 
     def dashboard_doc(self) -> dict[str, Any]:
@@ -275,7 +292,7 @@ class Daemon:
         q: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=100)
         self.watchers.append(q)
         try:
-            while not self.stopping.is_set():
+            while not self.stopping.is_set() and id(q) not in self.lagging:
                 try:
                     doc = await asyncio.wait_for(q.get(), 15)
                 except TimeoutError:
@@ -286,6 +303,7 @@ class Daemon:
             pass
         finally:
             self.watchers.remove(q)
+            self.lagging.discard(id(q))
         return resp
 
     # -- reconcile --------------------------------------------------------------------
@@ -388,12 +406,17 @@ class Daemon:
 
     @web.middleware
     async def _admin_guard(self, request: web.Request, handler: Any) -> web.StreamResponse:
-        """``/api`` takes the admin token when one is set; gateway keys are not admin tokens."""
+        """``/api`` and the dashboard's data take the admin token when one is set (the page's
+        data also as the ``labctl_token`` cookie, which EventSource sends); gateway keys are
+        not admin tokens."""
         token = self.config.gateway.admin_token
-        if token is not None and request.path.startswith("/api/"):
+        path = request.path
+        if token is not None and path.startswith(("/api/", "/dashboard/")):
             header = request.headers.get("Authorization", "")
             given = header[7:].strip() if header.lower().startswith("bearer ") else ""
-            if given != token:
+            if not given and path.startswith("/dashboard/"):
+                given = request.cookies.get("labctl_token", "")
+            if not hmac.compare_digest(given.encode(), token.encode()):
                 status = 403 if given in {k.key for k in self.config.gateway.keys} else 401
                 why = (
                     "an API key is not an admin token"
@@ -440,6 +463,7 @@ class Daemon:
             "gpu_backend": self.backend.name, "deployments": self._deployments(),
             "gpus": [{**g, **self._gpu_now(g["index"])} for g in self._gpus()],
             "serving": self._serving_now(), "alerts": self.board.alert_docs(),
+            "alert_errors": dict(self.board.errors),
         }  # fmt: skip
 
     def _gpu_now(self, index: int) -> dict[str, Any]:

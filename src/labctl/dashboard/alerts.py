@@ -10,13 +10,13 @@ fire. Annotations use only ``$labels``, so a test can state them exactly.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 import json
 import math
 import re
 from typing import Any
 
-from labctl.dashboard.promql import Labels, Store, evaluate, parse_duration
+from labctl.dashboard.promql import Cache, Labels, Store, evaluate, parse_duration
 
 GiB = 2**30
 
@@ -35,7 +35,8 @@ class Alert:
     #: A test where it does not.
     quiet: Mapping[str, str]
     eval_time: str = "10m"
-    extra: Mapping[str, str] = field(default_factory=dict)
+    #: More cases where it must not fire: series and the time to evaluate at.
+    also_quiet: tuple[tuple[Mapping[str, str], str], ...] = ()
 
 
 ALERTS: tuple[Alert, ...] = (
@@ -206,14 +207,22 @@ ALERTS: tuple[Alert, ...] = (
     ),
     Alert(
         "LabGpuXidErrors",
-        "increase(labctl_gpu_xid_errors_total[10m]) > 0",
+        # A GPU's first XID of a kind starts a new series at 1, which increase() cannot see:
+        # the second half fires on a series that had no sample in the 50 minutes before the
+        # last ten (over a range, so a missed scrape's staleness marker is not "new").
+        "increase(labctl_gpu_xid_errors_total[10m]) > 0 or (labctl_gpu_xid_errors_total > 0 "
+        "unless max_over_time(labctl_gpu_xid_errors_total[50m] offset 10m))",
         "0m",
         "critical",
         "GPU {{ $labels.gpu }} reported XID {{ $labels.xid }}",
         "Look the XID up in NVIDIA's table; 48, 63, 64, 79 and 94/95 need the card checked.",
-        {'labctl_gpu_xid_errors_total{gpu="0",xid="79"}': "0+0x5 1+0x15"},
+        {'labctl_gpu_xid_errors_total{gpu="0",xid="79"}': "_x5 1+0x15"},
         {"gpu": "0", "xid": "79"},
         {'labctl_gpu_xid_errors_total{gpu="0",xid="79"}': "3+0x20"},
+        # A missed scrape ten minutes back is no new XID.
+        also_quiet=(
+            ({'labctl_gpu_xid_errors_total{gpu="0",xid="79"}': "3+0x4 stale 3+0x20"}, "15m"),
+        ),
     ),
     Alert(
         "LabTelemetryStale",
@@ -258,11 +267,13 @@ def _render(text: str, labels: Mapping[str, str]) -> str:
 def promtool_tests_yaml(rules_file: str = "labctl-rules.yml") -> str:
     lines = [f"rule_files:\n  - {rules_file}", "evaluation_interval: 1m", "tests:"]
     for a in ALERTS:
-        for series, expect in ((a.fire, True), (a.quiet, False)):
+        cases = [(a.fire, True, a.eval_time), (a.quiet, False, a.eval_time),
+                 *((q, False, at) for q, at in a.also_quiet)]  # fmt: skip
+        for series, expect, eval_time in cases:
             lines += ["  - interval: 1m", "    input_series:"]
             for s, values in series.items():
                 lines += [f"      - series: {_q(s)}", f"        values: {_q(values)}"]
-            lines += ["    alert_rule_test:", f"      - eval_time: {a.eval_time}",
+            lines += ["    alert_rule_test:", f"      - eval_time: {eval_time}",
                       f"        alertname: {a.name}"]  # fmt: skip
             if not expect:
                 lines.append("        exp_alerts: []")
@@ -295,7 +306,7 @@ class Firing:
         return {
             "name": self.alert.name, "state": self.state, "severity": self.alert.severity,
             "labels": self.labels, "since": self.since,
-            "value": None if math.isnan(self.value) else self.value,
+            "value": self.value if math.isfinite(self.value) else None,
             "summary": _render(self.alert.summary, labels),
             "runbook": _render(self.alert.runbook, labels),
         }  # fmt: skip
@@ -311,14 +322,16 @@ class RuleEngine:
         self.active: dict[tuple[str, Labels], Firing] = {}
         self.errors: dict[str, str] = {}
 
-    def evaluate(self, store: Store, t: float) -> list[Firing]:
+    def evaluate(self, store: Store, t: float, cache: Cache | None = None) -> list[Firing]:
         seen = set()
         for a in self.alerts:
             try:
-                result = evaluate(a.expr, store, t)
-            except (ValueError, ArithmeticError) as exc:
-                self.errors[a.name] = str(exc)
+                result = evaluate(a.expr, store, t, cache)
+            except Exception as exc:  # as Prometheus does: the rule's alerts stay as they were
+                self.errors[a.name] = f"{type(exc).__name__}: {exc}"
+                seen |= {key for key in self.active if key[0] == a.name}
                 continue
+            self.errors.pop(a.name, None)
             if not isinstance(result, list):
                 continue
             for labels, value in result:
@@ -339,9 +352,17 @@ class RuleEngine:
 
 
 def expand_series(values: str, interval: float = 60.0) -> list[tuple[float, float]]:
-    """promtool's input notation (``0+1x20``, ``5+0x3 1+0x15``) as (time, value) samples."""
-    out: list[tuple[float, float]] = []
+    """promtool's input notation (``0+1x20``, ``5+0x3 1+0x15``, ``_x5 1+0x15``) as (time,
+    value) samples; ``_`` is a missing sample and ``stale`` a staleness marker (NaN)."""
+    out: list[tuple[float, float | None]] = []  # None: a missing sample
     for part in values.split():
+        gap = re.fullmatch(r"_(?:x(\d+))?", part)
+        if gap:  # missing samples: `_` is one, `_x3` three
+            out += [(0.0, None)] * int(gap.group(1) or 1)
+            continue
+        if part == "stale":
+            out.append((len(out) * interval, math.nan))
+            continue
         m = re.fullmatch(r"(-?[\d.e+]+?)(?:([+-][\d.e]+)x(\d+))?", part)
         if not m:
             raise ValueError(f"cannot read series values {part!r}")
@@ -349,7 +370,7 @@ def expand_series(values: str, interval: float = 60.0) -> list[tuple[float, floa
         step = float(m.group(2) or 0)
         for i in range(int(m.group(3) or 0) + 1):
             out.append((len(out) * interval, start + i * step))
-    return out
+    return [(t, v) for t, v in out if v is not None]
 
 
 def series_labels(series: str) -> tuple[str, dict[str, str]]:

@@ -18,7 +18,7 @@ from typing import Any
 
 from labctl.dashboard.alerts import ALERTS, Firing, RuleEngine
 from labctl.dashboard.panels import PANELS, daemon_queries
-from labctl.dashboard.promql import PromQLError, Store, evaluate, metric_names
+from labctl.dashboard.promql import Cache, Store, evaluate, metric_names
 
 Sample = tuple[str, dict[str, str], float]
 
@@ -67,17 +67,22 @@ class Board:
         self.errors: dict[str, str] = {}
 
     def tick(self, now: float) -> dict[str, Any]:
-        """Take the metrics at ``now`` (wall clock); returns what changed, for the stream."""
+        """Take the metrics at ``now`` (wall clock); returns what changed, for the stream.
+
+        A query or rule that fails is skipped (its error kept in :attr:`errors`); the tick's
+        time and every series' value are appended together, so the history stays aligned.
+        """
         self.store.add(now, self.collect())
-        self.times.append(now)
+        cache: Cache = {}
         values: dict[str, float | None] = {}
         added: dict[str, dict[str, Any]] = {}
         for panel, query, expr in self.queries:
             try:
-                result = evaluate(expr, self.store, now)
-            except (PromQLError, ArithmeticError) as exc:
-                self.errors[panel.id] = str(exc)
+                result = evaluate(expr, self.store, now, cache)
+            except Exception as exc:
+                self.errors[f"panel {panel.id}"] = f"{type(exc).__name__}: {exc}"
                 continue
+            self.errors.pop(f"panel {panel.id}", None)
             if not isinstance(result, list):
                 result = [((), result)]
             for key, value in result:
@@ -85,19 +90,26 @@ class Board:
                 sid = "|".join(
                     [panel.id, query.role, *(f"{k}={v}" for k, v in sorted(labels.items()))]
                 )
-                h = self.series.get(sid)
-                if h is None:
-                    h = self.series[sid] = _History(
-                        panel.id, query.role, _legend(query.legend, labels), labels,
-                        deque([None] * (len(self.times) - 1), maxlen=self.points),
-                    )  # fmt: skip
-                    added[sid] = self._meta(h)
+                if sid not in self.series and sid not in added:
+                    added[sid] = {"panel": panel.id, "role": query.role,
+                                  "legend": _legend(query.legend, labels), "labels": labels}  # fmt: skip
                 values[sid] = _num(value)
+        self.times.append(now)
+        for sid, meta in added.items():
+            self.series[sid] = _History(
+                meta["panel"], meta["role"], meta["legend"], meta["labels"],
+                deque([None] * (len(self.times) - 1), maxlen=self.points),
+            )  # fmt: skip
         for sid, h in list(self.series.items()):
             h.values.append(values.get(sid))
             if sid not in values and all(v is None for v in h.values):
                 del self.series[sid]
-        self.alerts = self.rules.evaluate(self.store, now)
+        self.alerts = self.rules.evaluate(self.store, now, cache)
+        for name, error in self.rules.errors.items():
+            self.errors[f"rule {name}"] = error
+        for gone in [e for e in self.errors if e.startswith("rule ")]:
+            if gone.removeprefix("rule ") not in self.rules.errors:
+                del self.errors[gone]
         return {"t": now, "values": values, "series": added, "alerts": self.alert_docs()}
 
     def alert_docs(self) -> list[dict[str, Any]]:
@@ -131,6 +143,7 @@ class Board:
             "series": {sid: {**self._meta(h), "values": list(h.values)}
                        for sid, h in self.series.items()},
             "alerts": self.alert_docs(),
+            "errors": dict(self.errors),
         }  # fmt: skip
 
 

@@ -5,7 +5,7 @@ shipped rules and dashboard queries itself with :func:`evaluate`, so the built-i
 page and ``labctl status`` show the same alerts a Prometheus with the exported
 rules fires. The subset: instant selectors with ``= != =~ !~`` matchers, range
 selectors under ``rate``, ``increase``, ``delta``, ``avg_over_time`` and
-``max_over_time``; ``histogram_quantile``; ``sum``, ``avg``, ``min``, ``max`` and
+``max_over_time``; ``offset``; ``histogram_quantile``; ``sum``, ``avg``, ``min``, ``max`` and
 ``count`` with ``by``/``without``; arithmetic and comparisons (vector–scalar and
 one-to-one vector–vector, with ``on``/``ignoring``); ``and``, ``or``, ``unless``.
 Semantics follow Prometheus's: counter resets in ``rate``/``increase``, their
@@ -19,7 +19,6 @@ from array import array
 from bisect import bisect_right
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-import itertools
 import math
 import re
 
@@ -38,13 +37,54 @@ class PromQLError(ValueError):
 
 
 class Series:
-    __slots__ = ("stale", "times", "values")
+    """One series' samples in time order; a NaN value is a staleness marker.
+
+    ``resets[i]`` is the sum of the values before each counter reset up to sample ``i``,
+    so the increase between two samples is a subtraction, and ``marks[i]`` counts the
+    markers up to ``i``: ``rate`` and ``increase`` cost two bisections, not a scan.
+    """
+
+    __slots__ = ("last", "marks", "marks_base", "resets", "stale", "times", "values")
 
     def __init__(self) -> None:
         self.times = array("d")
         self.values = array("d")
-        #: When the series was first missing from a scrape (Prometheus's staleness marker).
-        self.stale: float | None = None
+        self.resets = array("d")
+        self.marks = array("q")
+        self.marks_base = 0
+        self.last: float | None = None
+        self.stale = False
+
+    def append(self, t: float, value: float) -> None:
+        if self.times and t <= self.times[-1]:
+            return  # samples only move forward (a clock stepped back is ignored)
+        if math.isnan(value):
+            self.mark_stale(t)
+            return
+        offset = self.resets[-1] if self.resets else 0.0
+        if self.last is not None and value < self.last:
+            offset += self.last
+        self.times.append(t)
+        self.values.append(value)
+        self.resets.append(offset)
+        self.marks.append(self.marks[-1] if self.marks else self.marks_base)
+        self.last, self.stale = value, False
+
+    def mark_stale(self, t: float) -> None:
+        if self.stale or not self.times or t <= self.times[-1]:
+            return
+        self.times.append(t)
+        self.values.append(math.nan)
+        self.resets.append(self.resets[-1])
+        self.marks.append(self.marks[-1] + 1)
+        self.stale = True
+
+    def trim(self, keep_from: int) -> None:
+        if keep_from <= 0:
+            return
+        self.marks_base = self.marks[keep_from - 1]
+        for arr in (self.times, self.values, self.resets, self.marks):
+            del arr[:keep_from]
 
 
 class Store:
@@ -55,8 +95,14 @@ class Store:
         self.names = names
         self.series: dict[str, dict[Labels, Series]] = {}
 
-    def add(self, t: float, samples: Iterable[tuple[str, dict[str, str], float]]) -> None:
-        """One scrape at ``t``: series it lacks are stale from ``t`` on, as in Prometheus."""
+    def add(
+        self,
+        t: float,
+        samples: Iterable[tuple[str, dict[str, str], float]],
+        mark_missing: bool = True,
+    ) -> None:
+        """One scrape at ``t``; with ``mark_missing``, the series it lacks are stale from ``t``
+        on, as Prometheus marks them."""
         seen: set[int] = set()
         for name, labels, value in samples:
             if self.names is not None and name not in self.names:
@@ -66,15 +112,19 @@ class Store:
             s = by_labels.get(key)
             if s is None:
                 s = by_labels[key] = Series()
-            s.times.append(t)
-            s.values.append(value)
-            s.stale = None
+            s.append(t, value)
             seen.add(id(s))
-        for by_labels in self.series.values():
-            for s in by_labels.values():
-                if s.stale is None and id(s) not in seen:
-                    s.stale = t
+        if mark_missing:
+            for by_labels in self.series.values():
+                for s in by_labels.values():
+                    if id(s) not in seen:
+                        s.mark_stale(t)
         self._trim(t)
+
+    def mark_stale(self, name: str, labels: dict[str, str], t: float) -> None:
+        s = self.series.get(name, {}).get(tuple(sorted(labels.items())))
+        if s is not None:
+            s.mark_stale(t)
 
     def _trim(self, now: float) -> None:
         cutoff = now - self.retention
@@ -86,9 +136,7 @@ class Store:
                         continue
                     # Trim in bulk (a tenth of the retention at a time), not every sample.
                     if s.times[0] < cutoff - self.retention / 10:
-                        keep = bisect_right(s.times, cutoff)
-                        del s.times[:keep]
-                        del s.values[:keep]
+                        s.trim(bisect_right(s.times, cutoff))
             if not by_labels:
                 del self.series[name]
 
@@ -127,6 +175,7 @@ class Selector:
     name: str
     matchers: tuple[Matcher, ...]
     range: float | None = None
+    offset: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -322,7 +371,11 @@ class _Parser:
             self.take()
             rng = parse_duration(self.take()[1])
             self.take("]")
-        return Selector(name, tuple(matchers), rng)
+        offset = 0.0
+        if self.peek()[1] == "offset":
+            self.take()
+            offset = parse_duration(self.take()[1])
+        return Selector(name, tuple(matchers), rng, offset)
 
 
 _CACHE: dict[str, Node] = {}
@@ -358,8 +411,13 @@ def metric_names(text: str) -> set[str]:
 # -- evaluation ------------------------------------------------------------------------
 
 
-def evaluate(text: str, store: Store, t: float) -> Value:
-    return _eval(parse(text), store, t)
+Cache = dict[tuple[str, Selector, float], Vector]
+
+
+def evaluate(text: str, store: Store, t: float, cache: Cache | None = None) -> Value:
+    """The value of ``text`` at ``t``. ``cache`` shares range-function results between the
+    expressions evaluated at the same ``t`` (the rules and panels of one tick)."""
+    return _eval(parse(text), store, t, cache)
 
 
 def _drop_name(labels: Labels) -> Labels:
@@ -367,41 +425,39 @@ def _drop_name(labels: Labels) -> Labels:
 
 
 def _instant(store: Store, sel: Selector, t: float) -> Vector:
+    t -= sel.offset
     out: Vector = []
     for key, s in store.matching(sel.name, sel.matchers):
-        times = s.times
-        i = bisect_right(times, t) - 1
-        if s.stale is not None and s.stale <= t and (i < 0 or times[i] < s.stale):
-            continue
-        if i >= 0 and times[i] > t - LOOKBACK:
+        i = bisect_right(s.times, t) - 1
+        if i >= 0 and s.times[i] > t - LOOKBACK and not math.isnan(s.values[i]):
             out.append(((("__name__", sel.name), *key), s.values[i]))
     return out
 
 
-def _window(s: Series, start: float, end: float) -> tuple[list[float], list[float]]:
-    """The samples in (start, end]."""
-    lo, hi = bisect_right(s.times, start), bisect_right(s.times, end)
-    return s.times[lo:hi].tolist(), s.values[lo:hi].tolist()
-
-
-def _extrapolated(
-    ts: list[float], vs: list[float], start: float, end: float, kind: str
-) -> float | None:
-    """Prometheus's extrapolatedRate: the increase within the window, stretched to its edges."""
-    if len(ts) < 2:
+def _extrapolated(s: Series, start: float, end: float, kind: str) -> float | None:
+    """Prometheus's extrapolatedRate over the samples in (start, end]: the increase (with
+    counter resets) between the first and last sample, stretched to the window's edges."""
+    times, values = s.times, s.values
+    lo, hi = bisect_right(times, start), bisect_right(times, end)
+    first, last = lo, hi - 1
+    while first <= last and math.isnan(values[first]):
+        first += 1
+    while last >= first and math.isnan(values[last]):
+        last -= 1
+    if last <= first:
         return None
-    result = vs[-1] - vs[0]
+    before = s.marks[lo - 1] if lo > 0 else s.marks_base
+    count = (hi - lo) - (s.marks[hi - 1] - before)
+    v0 = values[first]
+    result = values[last] - v0
     if kind != "delta":
-        for a, b in itertools.pairwise(vs):
-            if b < a:
-                result += a  # a counter reset
-    sampled = ts[-1] - ts[0]
-    average = sampled / (len(ts) - 1)
-    to_start, to_end = ts[0] - start, end - ts[-1]
+        result += s.resets[last] - s.resets[first]
+    sampled = times[last] - times[first]
+    average = sampled / (count - 1)
+    to_start, to_end = times[first] - start, end - times[last]
     threshold = average * 1.1
-    if kind != "delta" and result > 0 and vs[0] >= 0:
-        to_zero = sampled * (vs[0] / result)
-        to_start = min(to_start, to_zero)
+    if kind != "delta" and result > 0 and v0 >= 0:
+        to_start = min(to_start, sampled * (v0 / result))
     extend = sampled
     extend += to_start if to_start < threshold else average / 2
     extend += to_end if to_end < threshold else average / 2
@@ -413,20 +469,24 @@ def _extrapolated(
 
 def _range_call(func: str, sel: Selector, store: Store, t: float) -> Vector:
     assert sel.range is not None
+    t -= sel.offset
     start = t - sel.range
     out: Vector = []
     for key, s in store.matching(sel.name, sel.matchers):
-        ts, vs = _window(s, start, t)
+        value: float | None
         if func in ("rate", "increase", "delta"):
-            value = _extrapolated(ts, vs, start, t, func)
-        elif not vs:
-            value = None
-        elif func == "avg_over_time":
-            value = sum(vs) / len(vs)
-        elif func == "max_over_time":
-            value = max(vs)
+            value = _extrapolated(s, start, t, func)
         else:
-            value = min(vs)
+            lo, hi = bisect_right(s.times, start), bisect_right(s.times, t)
+            vs = [v for v in s.values[lo:hi] if not math.isnan(v)]
+            if not vs:
+                value = None
+            elif func == "avg_over_time":
+                value = sum(vs) / len(vs)
+            elif func == "max_over_time":
+                value = max(vs)
+            else:
+                value = min(vs)
         if value is not None:
             out.append((key, value))
     return out
@@ -448,8 +508,10 @@ def _quantile(q: float, buckets: list[tuple[float, float]]) -> float:
     total = buckets[-1][1]
     if total == 0:
         return math.nan
+    if math.isnan(total):
+        return math.nan
     rank = q * total
-    b = next(i for i, (_, c) in enumerate(buckets) if c >= rank)
+    b = next((i for i, (_, c) in enumerate(buckets) if c >= rank), len(buckets) - 1)
     if b == len(buckets) - 1:
         return buckets[-2][0]
     if b == 0 and buckets[0][0] <= 0:
@@ -502,8 +564,20 @@ def _signature(
     return tuple(kv for kv in labels if kv[0] not in drop)
 
 
-def _binary(n: Binary, store: Store, t: float) -> Value:
-    left, right = _eval(n.left, store, t), _eval(n.right, store, t)
+def _result_labels(labels: Labels, n: Binary, compare: bool) -> Labels:
+    """Prometheus's resultMetric for one-to-one matching: the left side's labels, without the
+    name for arithmetic and ``bool``, only the ``on`` labels or without the ``ignoring`` ones."""
+    if not compare or n.bool_:
+        labels = _drop_name(labels)
+    if n.on is not None:
+        return tuple(kv for kv in labels if kv[0] in n.on)
+    if n.ignoring:
+        return tuple(kv for kv in labels if kv[0] not in n.ignoring)
+    return labels
+
+
+def _binary(n: Binary, store: Store, t: float, cache: Cache | None) -> Value:
+    left, right = _eval(n.left, store, t, cache), _eval(n.right, store, t, cache)
     op = n.op
     if op in ("and", "or", "unless"):
         if not isinstance(left, list) or not isinstance(right, list):
@@ -527,12 +601,21 @@ def _binary(n: Binary, store: Store, t: float) -> Value:
     if isinstance(left, list) and isinstance(right, list):
         index: dict[Labels, float] = {}
         for k, v in right:
-            index[_signature(k, n.on, n.ignoring)] = v
-        for k, v in left:
             sig = _signature(k, n.on, n.ignoring)
             if sig in index:
-                out_labels = k if compare and not n.bool_ else sig
-                pairs.append((out_labels, v, index[sig], v))
+                raise PromQLError(f"many-to-many matching is not allowed ({op}): labels {dict(sig)} "
+                                  "repeat on the right")  # fmt: skip
+            index[sig] = v
+        matched: set[Labels] = set()
+        for k, v in left:
+            sig = _signature(k, n.on, n.ignoring)
+            if sig not in index:
+                continue
+            if sig in matched:
+                raise PromQLError(f"multiple matches for labels {dict(sig)} ({op}): many-to-one "
+                                  "matching is not supported")  # fmt: skip
+            matched.add(sig)
+            pairs.append((_result_labels(k, n, compare), v, index[sig], v))
     elif isinstance(left, list):
         assert isinstance(right, float)
         pairs = [(k if compare and not n.bool_ else _drop_name(k), v, right, v) for k, v in left]
@@ -554,7 +637,7 @@ def _binary(n: Binary, store: Store, t: float) -> Value:
     return out
 
 
-def _eval(n: Node, store: Store, t: float) -> Value:
+def _eval(n: Node, store: Store, t: float, cache: Cache | None = None) -> Value:
     if isinstance(n, Number):
         return n.value
     if isinstance(n, Selector):
@@ -562,9 +645,9 @@ def _eval(n: Node, store: Store, t: float) -> Value:
             raise PromQLError(f"a range selector {n.name}[…] needs a function such as rate()")
         return _instant(store, n, t)
     if isinstance(n, Binary):
-        return _binary(n, store, t)
+        return _binary(n, store, t, cache)
     if isinstance(n, Aggregate):
-        vec = _eval(n.arg, store, t)
+        vec = _eval(n.arg, store, t, cache)
         if not isinstance(vec, list):
             raise PromQLError(f"{n.op}() takes a vector")
         groups: dict[Labels, list[float]] = {}
@@ -575,10 +658,15 @@ def _eval(n: Node, store: Store, t: float) -> Value:
     if func in _RANGE_FUNCS:
         sel = args[0]
         assert isinstance(sel, Selector)
-        return _range_call(func, sel, store, t)
+        if cache is None:
+            return _range_call(func, sel, store, t)
+        memo = (func, sel, t)
+        if memo not in cache:
+            cache[memo] = _range_call(func, sel, store, t)
+        return cache[memo]
     if func == "histogram_quantile":
-        q = _eval(args[0], store, t)
-        vec = _eval(args[1], store, t)
+        q = _eval(args[0], store, t, cache)
+        vec = _eval(args[1], store, t, cache)
         if not isinstance(q, float) or not isinstance(vec, list):
             raise PromQLError("histogram_quantile(q, vector) takes a number and a vector")
         hist: dict[Labels, list[tuple[float, float]]] = {}
@@ -590,20 +678,20 @@ def _eval(n: Node, store: Store, t: float) -> Value:
             hist.setdefault(key, []).append((float(le), v))
         return [(k, _quantile(q, b)) for k, b in hist.items()]
     if func in ("abs", "clamp_min", "clamp_max"):
-        vec = _eval(args[0], store, t)
+        vec = _eval(args[0], store, t, cache)
         if not isinstance(vec, list):
             raise PromQLError(f"{func}() takes a vector")
         if func == "abs":
             return [(_drop_name(k), abs(v)) for k, v in vec]
-        bound = _eval(args[1], store, t)
+        bound = _eval(args[1], store, t, cache)
         assert isinstance(bound, float)
         pick = max if func == "clamp_min" else min
         return [(_drop_name(k), pick(v, bound)) for k, v in vec]
     if func == "vector":
-        value = _eval(args[0], store, t)
+        value = _eval(args[0], store, t, cache)
         assert isinstance(value, float)
         return [((), value)]
-    vec = _eval(args[0], store, t)  # scalar()
+    vec = _eval(args[0], store, t, cache)  # scalar()
     if not isinstance(vec, list):
         return vec
     return vec[0][1] if len(vec) == 1 else math.nan
