@@ -86,6 +86,8 @@ def test_the_board_keeps_each_series_history_and_fires_rules_on_its_own_samples(
     (util,) = [s for s in snap["series"].values() if s["panel"] == "gpu_util"]
     assert util["values"] == [30.0] * 13 and util["legend"] == "GPU 0"
     assert [a["state"] for a in snap["alerts"]] == ["firing"]
+    assert board.gpu_now(0)["util_percent"] == 30.0  # what `labctl status` shows
+    assert board.serving_now() == {"chat": {"requests_queued": 50.0}}
     assert snap["alerts"][0]["summary"] == "Requests for chat are queueing"
     feed.samples = []
     for i in range(40, 60):

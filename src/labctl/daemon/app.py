@@ -285,13 +285,26 @@ class Daemon:
         return web.json_response(self.dashboard_doc(), dumps=_compact)
 
     async def dashboard_events(self, request: web.Request) -> web.StreamResponse:
+        return await self._stream(request, self.watchers, 100)
+
+    async def _stream(
+        self,
+        request: web.Request,
+        subscribers: list[asyncio.Queue[dict[str, Any]]],
+        size: int,
+        first: dict[str, Any] | None = None,
+    ) -> web.StreamResponse:
+        """Server-sent events: ``first``, then each document put on this stream's queue, with
+        a keep-alive comment every 15 s; a stream whose queue overflowed ends."""
         resp = web.StreamResponse(
             headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
         )
         await resp.prepare(request)
-        q: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=100)
-        self.watchers.append(q)
+        q: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=size)
+        subscribers.append(q)
         try:
+            if first is not None:
+                await resp.write(f"data: {_compact(first)}\n\n".encode())
             while not self.stopping.is_set() and id(q) not in self.lagging:
                 try:
                     doc = await asyncio.wait_for(q.get(), 15)
@@ -302,7 +315,7 @@ class Daemon:
         except (ConnectionResetError, asyncio.CancelledError):
             pass
         finally:
-            self.watchers.remove(q)
+            subscribers.remove(q)
             self.lagging.discard(id(q))
         return resp
 
@@ -461,43 +474,10 @@ class Daemon:
         return {
             "url": self.url, "pid": os.getpid(), "config": self.config.source,
             "gpu_backend": self.backend.name, "deployments": self._deployments(),
-            "gpus": [{**g, **self._gpu_now(g["index"])} for g in self._gpus()],
-            "serving": self._serving_now(), "alerts": self.board.alert_docs(),
+            "gpus": [{**g, **self.board.gpu_now(g["index"])} for g in self._gpus()],
+            "serving": self.board.serving_now(), "alerts": self.board.alert_docs(),
             "alert_errors": dict(self.board.errors),
         }  # fmt: skip
-
-    def _gpu_now(self, index: int) -> dict[str, Any]:
-        """The board's latest GPU values: memory by owner, utilization, power, temperature."""
-        gpu = str(index)
-        out: dict[str, Any] = {"memory_by_deployment": {}, "throttle_reasons": []}
-        for panel, field in (("gpu_util", "util_percent"), ("gpu_temp", "temperature_c")):
-            out[field] = next(
-                (v for lab, _, v in self.board.latest(panel) if lab.get("gpu") == gpu), None
-            )
-        for labels, role, value in self.board.latest("gpu_power"):
-            if labels.get("gpu") == gpu and role == "draw":
-                out["power_watts"] = value
-        for labels, role, value in self.board.latest("gpu_memory"):
-            if labels.get("gpu") != gpu:
-                continue
-            if role == "deployment":
-                out["memory_by_deployment"][labels.get("deployment", "")] = value
-            elif role == "unaccounted":
-                out["unaccounted_bytes"] = value
-        for labels, _, value in self.board.latest("gpu_throttle"):
-            if labels.get("gpu") == gpu and value == 1 and labels.get("reason") != "gpu_idle":
-                out["throttle_reasons"].append(labels.get("reason"))
-        return out
-
-    def _serving_now(self) -> dict[str, dict[str, float]]:
-        """Per deployment: the board's latest running, waiting, queued, KV, latency, tokens/s."""
-        out: dict[str, dict[str, float]] = {}
-        for panel in ("dep_requests", "dep_kv", "dep_ttft", "dep_itl", "dep_e2e", "dep_tokens"):
-            for labels, role, value in self.board.latest(panel):
-                name = labels.get("deployment") or labels.get("model") or ""
-                key = panel.removeprefix("dep_") + (f"_{role}" if role else "")
-                out.setdefault(name, {})[key] = value
-        return out
 
     async def status(self, request: web.Request) -> web.Response:
         return web.json_response(self.status_doc())
@@ -567,28 +547,9 @@ class Daemon:
         return web.json_response({"deploys": self.journal.history(name, limit=100)})
 
     async def stream_events(self, request: web.Request) -> web.StreamResponse:
-        resp = web.StreamResponse(
-            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+        return await self._stream(
+            request, self.events, 1000, first={"type": "hello", **self.status_doc()}
         )
-        await resp.prepare(request)
-        q: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=1000)
-        self.events.append(q)
-        try:
-            await resp.write(
-                f"data: {json.dumps({'type': 'hello', **self.status_doc()})}\n\n".encode()
-            )
-            while not self.stopping.is_set():
-                try:
-                    event = await asyncio.wait_for(q.get(), 15)
-                except TimeoutError:
-                    await resp.write(b": keep-alive\n\n")
-                    continue
-                await resp.write(f"data: {json.dumps(event)}\n\n".encode())
-        except (ConnectionResetError, asyncio.CancelledError):
-            pass
-        finally:
-            self.events.remove(q)
-        return resp
 
     async def shutdown(self, request: web.Request) -> web.Response:
         self.stopping.set()

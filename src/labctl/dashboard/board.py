@@ -130,6 +130,39 @@ class Board:
                 out.append((h.labels, h.role, float(h.values[-1])))
         return out
 
+    def gpu_now(self, index: int) -> dict[str, Any]:
+        """The board's latest GPU values: memory by owner, utilization, power, temperature."""
+        gpu = str(index)
+        out: dict[str, Any] = {"memory_by_deployment": {}, "throttle_reasons": []}
+        for panel, field in (("gpu_util", "util_percent"), ("gpu_temp", "temperature_c")):
+            out[field] = next(
+                (v for lab, _, v in self.latest(panel) if lab.get("gpu") == gpu), None
+            )
+        for labels, role, value in self.latest("gpu_power"):
+            if labels.get("gpu") == gpu and role == "draw":
+                out["power_watts"] = value
+        for labels, role, value in self.latest("gpu_memory"):
+            if labels.get("gpu") != gpu:
+                continue
+            if role == "deployment":
+                out["memory_by_deployment"][labels.get("deployment", "")] = value
+            elif role == "unaccounted":
+                out["unaccounted_bytes"] = value
+        for labels, _, value in self.latest("gpu_throttle"):
+            if labels.get("gpu") == gpu and value == 1 and labels.get("reason") != "gpu_idle":
+                out["throttle_reasons"].append(labels.get("reason"))
+        return out
+
+    def serving_now(self) -> dict[str, dict[str, float]]:
+        """Per deployment: the board's latest running, waiting, queued, KV, latency, tokens/s."""
+        out: dict[str, dict[str, float]] = {}
+        for panel in ("dep_requests", "dep_kv", "dep_ttft", "dep_itl", "dep_e2e", "dep_tokens"):
+            for labels, role, value in self.latest(panel):
+                name = labels.get("deployment") or labels.get("model") or ""
+                key = panel.removeprefix("dep_") + (f"_{role}" if role else "")
+                out.setdefault(name, {})[key] = value
+        return out
+
     def snapshot(self) -> dict[str, Any]:
         return {
             "interval": self.interval,
