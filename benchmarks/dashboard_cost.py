@@ -27,8 +27,10 @@ import tempfile
 import time
 import urllib.request
 
+import psutil
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.procs import free_port, wait_http
+from benchmarks.procs import start_lab
 from tests.integration.browser import browser
 
 LAB = """
@@ -56,23 +58,15 @@ NOT_DRAWN = f"""() => [...document.querySelectorAll('[data-panel]')]
 
 
 def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    t = psutil.Process(pid).cpu_times()
+    return float(t.user + t.system)
 
 
-def start_lab(home: Path, interval: float, history: float) -> tuple[subprocess.Popen[bytes], str]:
+def lab(home: Path, interval: float, history: float) -> tuple[subprocess.Popen[bytes], str]:
     home.mkdir(parents=True, exist_ok=True)
     config = home / "lab.toml"
     config.write_text(LAB.format(interval=interval, history=history))
-    port = free_port()
-    env = dict(os.environ, LABCTL_HOME=str(home))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "labctl", "up", "--config", str(config), "--listen", f"127.0.0.1:{port}"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    wait_http(url + "/readyz", 120)
-    return proc, url
+    return start_lab(config, dict(os.environ, LABCTL_HOME=str(home)))
 
 
 def stop_lab(proc: subprocess.Popen[bytes]) -> None:
@@ -130,7 +124,7 @@ def main() -> None:
     ap.add_argument("--fill", type=float, default=180.0, help="seconds of history to fill first")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        proc, url = start_lab(Path(tmp) / "full", 0.25, args.fill)
+        proc, url = lab(Path(tmp) / "full", 0.25, args.fill)
         try:
             print(f"filling {args.fill / 0.25 + 1:.0f} points of history ({args.fill:g} s at 0.25 s)…",
                   flush=True)  # fmt: skip
@@ -138,7 +132,7 @@ def main() -> None:
             times, points, weight = measure_load(url, args.loads)
         finally:
             stop_lab(proc)
-        proc, url = start_lab(Path(tmp) / "cpu", 5.0, 3600)
+        proc, url = lab(Path(tmp) / "cpu", 5.0, 3600)
         try:
             print(
                 f"daemon CPU over {args.window:g} s with no page, then one page open…", flush=True

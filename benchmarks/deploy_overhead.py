@@ -27,7 +27,7 @@ import sys
 import tempfile
 from typing import Any
 
-from procs import free_port, wait_http
+from procs import start_lab
 
 CONTROL_TARGET_S, RELEASE_TARGET_S = 0.5, 0.2
 MODELS = ("Qwen/Qwen3-8B", "Qwen/Qwen3-0.6B")
@@ -67,16 +67,9 @@ def main() -> None:
         config = Path(tmp) / "lab.toml"
         config.write_text(CONFIG)
         env = dict(os.environ, LABCTL_HOME=str(Path(tmp) / "home"))
-        port = free_port()
-        url = f"http://127.0.0.1:{port}"
-        daemon = subprocess.Popen(
-            [sys.executable, "-m", "labctl", "up", "--config", str(config), "--listen",
-             f"127.0.0.1:{port}"],
-            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
+        daemon, url = start_lab(config, env, limit=60)
         rows = []
         try:
-            wait_http(url + "/readyz", limit=60)
             for i in range(args.swaps):
                 model = MODELS[i % 2]
                 out = subprocess.run(

@@ -33,7 +33,7 @@ import urllib.request
 
 import psutil
 
-from procs import free_port, run_measured, wait_http
+from procs import free_port, run_measured, start_lab, wait_http
 
 TTFT_TARGET_MS, RATIO_TARGET = 1.0, 10.0
 #: LiteLLM refuses to start without one; the twin and an unkeyed gateway ignore it.
@@ -103,17 +103,10 @@ def main() -> None:
         work = Path(tmp)
         (work / "lab.toml").write_text(CONFIG)
         env = dict(os.environ, LABCTL_HOME=str(work / "home"))
-        port = free_port()
-        gateway = f"http://127.0.0.1:{port}"
-        daemon = subprocess.Popen(
-            [sys.executable, "-m", "labctl", "up", "--config", str(work / "lab.toml"), "--listen",
-             f"127.0.0.1:{port}"],
-            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
+        daemon, gateway = start_lab(work / "lab.toml", env)
         lport = free_port()
         proxy = None
         try:
-            wait_http(gateway + "/readyz")
             status = json.loads(urllib.request.urlopen(gateway + "/api/status").read())
             dep = status["deployments"][0]
             twin_url, twin_pid = dep["url"], dep["pid"]

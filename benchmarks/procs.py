@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 import socket
 import subprocess
 import sys
@@ -28,6 +29,26 @@ def wait_http(url: str, limit: float = 120) -> None:
             pass
         time.sleep(0.1)
     raise SystemExit(f"{url} did not answer in {limit:g} s")
+
+
+def start_lab(
+    config: Path, env: dict[str, str], limit: float = 120
+) -> tuple[subprocess.Popen[bytes], str]:
+    """`labctl up --config CONFIG` on a free loopback port, once /readyz answers; returns the
+    daemon and its URL. Exits the benchmark if it is not ready within ``limit`` seconds."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "labctl", "up", "--config", str(config), "--listen",
+         f"127.0.0.1:{port}"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(url + "/readyz", limit)
+    except SystemExit:
+        proc.kill()
+        raise
+    return proc, url
 
 
 def run_measured(cmd: list[str], env: dict[str, str]) -> tuple[int, float]:

@@ -184,14 +184,12 @@ def test_prometheus_and_the_dashboard_fire_the_alerts_a_lab_provokes_and_every_g
 
 def _holders(lab: Lab, twin_pid: int) -> list[int]:
     """The pids holding simulated GPU memory for the twin (its worker)."""
+    from labctl.gpu.procs import read_stat
     from labctl.gpu.sim import SimBackend, SimMachine
 
     procs = SimBackend(SimMachine(lab.home)).read().devices[0].processes
-    return [p.pid for p in procs if p.pid != twin_pid and _parent(p.pid) == twin_pid]
-
-
-def _parent(pid: int) -> int:
-    try:
-        return int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[1])
-    except (OSError, ValueError, IndexError):
-        return -1
+    return [
+        p.pid
+        for p in procs
+        if p.pid != twin_pid and getattr(read_stat(p.pid), "ppid", -1) == twin_pid
+    ]

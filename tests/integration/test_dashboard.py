@@ -27,20 +27,12 @@ admin_token = "{TOKEN}"
 [dashboard]
 interval = 1.0
 
-[deployments.chat]
-engine = "sim"
-model = "Qwen/Qwen3-0.6B"
-gpus = [0]
-stop_grace = 5
-args = {TWIN}
-
-[deployments.code]
-engine = "sim"
-model = "Qwen/Qwen3-0.6B"
-gpus = [1]
-stop_grace = 5
-args = {TWIN}
 """
+LAB += "".join(
+    f'\n[deployments.{name}]\nengine = "sim"\nmodel = "Qwen/Qwen3-0.6B"\ngpus = [{gpu}]\n'
+    f"stop_grace = 5\nargs = {TWIN}\n"
+    for name, gpu in (("chat", 0), ("code", 1))
+)  # one twin on each GPU
 GPU_PANELS = {"gpu_memory", "gpu_processes", "gpu_util", "gpu_power", "gpu_temp", "gpu_throttle"}
 DEPLOYMENT_PANELS = {"dep_state", "dep_requests", "dep_kv", "dep_tokens", "dep_ttft", "dep_itl",
                      "dep_e2e", "dep_queue_wait"}  # fmt: skip

@@ -82,11 +82,12 @@ def _prometheus(out: Path, url: str, interval: str, for_scale: float) -> None:
         PROMETHEUS.format(dir=out, target=target, url=url.rstrip("/"), interval=interval)
     )
     (out / "labctl-rules.yml").write_text(rules_yaml(for_scale))
-    (out / "labctl-rules.test.yml").write_text(promtool_tests_yaml("labctl-rules.yml"))
+    tested = "labctl-rules.yml"
     if for_scale != 1:
         # The tests state the shipped timings; keep them beside the scaled rules.
-        (out / "labctl-rules.shipped.yml").write_text(rules_yaml())
-        (out / "labctl-rules.test.yml").write_text(promtool_tests_yaml("labctl-rules.shipped.yml"))
+        tested = "labctl-rules.shipped.yml"
+        (out / tested).write_text(rules_yaml())
+    (out / "labctl-rules.test.yml").write_text(promtool_tests_yaml(tested))
     click.echo(f"wrote {out}/prometheus.yml, labctl-rules.yml ({len(ALERTS)} alerts) and "
                "labctl-rules.test.yml")  # fmt: skip
 

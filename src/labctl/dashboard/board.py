@@ -75,7 +75,7 @@ class Board:
         self.store.add(now, self.collect())
         cache: Cache = {}
         values: dict[str, float | None] = {}
-        added: dict[str, dict[str, Any]] = {}
+        new: dict[str, _History] = {}
         for panel, query, expr in self.queries:
             try:
                 result = evaluate(expr, self.store, now, cache)
@@ -90,16 +90,16 @@ class Board:
                 sid = "|".join(
                     [panel.id, query.role, *(f"{k}={v}" for k, v in sorted(labels.items()))]
                 )
-                if sid not in self.series and sid not in added:
-                    added[sid] = {"panel": panel.id, "role": query.role,
-                                  "legend": _legend(query.legend, labels), "labels": labels}  # fmt: skip
+                if sid not in self.series and sid not in new:
+                    legend = _legend(query.legend, labels)
+                    new[sid] = _History(
+                        panel.id, query.role, legend, labels, deque(maxlen=self.points)
+                    )
                 values[sid] = _num(value)
         self.times.append(now)
-        for sid, meta in added.items():
-            self.series[sid] = _History(
-                meta["panel"], meta["role"], meta["legend"], meta["labels"],
-                deque([None] * (len(self.times) - 1), maxlen=self.points),
-            )  # fmt: skip
+        for sid, h in new.items():
+            h.values.extend([None] * (len(self.times) - 1))  # aligned with the earlier ticks
+            self.series[sid] = h
         for sid, h in list(self.series.items()):
             h.values.append(values.get(sid))
             if sid not in values and all(v is None for v in h.values):
@@ -110,6 +110,7 @@ class Board:
         for gone in [e for e in self.errors if e.startswith("rule ")]:
             if gone.removeprefix("rule ") not in self.rules.errors:
                 del self.errors[gone]
+        added = {sid: self._meta(h) for sid, h in new.items()}
         return {"t": now, "values": values, "series": added, "alerts": self.alert_docs()}
 
     def alert_docs(self) -> list[dict[str, Any]]:

@@ -121,11 +121,6 @@ class Store:
                         s.mark_stale(t)
         self._trim(t)
 
-    def mark_stale(self, name: str, labels: dict[str, str], t: float) -> None:
-        s = self.series.get(name, {}).get(tuple(sorted(labels.items())))
-        if s is not None:
-            s.mark_stale(t)
-
     def _trim(self, now: float) -> None:
         cutoff = now - self.retention
         for name, by_labels in list(self.series.items()):
