@@ -25,12 +25,13 @@ import subprocess
 import sys
 import tempfile
 import time
+from typing import Any
 import urllib.request
 
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.procs import start_lab
+from benchmarks.procs import admin, start_lab
 from tests.integration.browser import browser
 
 LAB = """
@@ -57,6 +58,10 @@ NOT_DRAWN = f"""() => [...document.querySelectorAll('[data-panel]')]
   .filter(e => e.dataset.live !== '1' && !{IDLE}.includes(e.dataset.panel)).map(e => e.dataset.panel)"""
 
 
+#: The environment (its LABCTL_HOME, where the admin token is) of each lab started, by URL.
+ENV: dict[str, dict[str, str]] = {}
+
+
 def cpu_seconds(pid: int) -> float:
     t = psutil.Process(pid).cpu_times()
     return float(t.user + t.system)
@@ -66,7 +71,21 @@ def lab(home: Path, interval: float, history: float) -> tuple[subprocess.Popen[b
     home.mkdir(parents=True, exist_ok=True)
     config = home / "lab.toml"
     config.write_text(LAB.format(interval=interval, history=history))
-    return start_lab(config, dict(os.environ, LABCTL_HOME=str(home)))
+    env = dict(os.environ, LABCTL_HOME=str(home))
+    proc, url = start_lab(config, env)
+    ENV[url] = env
+    return proc, url
+
+
+def logged_in(b: Any, url: str) -> Any:
+    """A browser context with the lab's session cookie (through a one-time link)."""
+    context = b.new_context(viewport={"width": 1280, "height": 800})
+    page = context.new_page()
+    link = admin(url, "/api/login-link", ENV[url], {})
+    assert isinstance(link, dict)
+    page.goto(link["url"])
+    page.close()
+    return context
 
 
 def stop_lab(proc: subprocess.Popen[bytes]) -> None:
@@ -77,16 +96,18 @@ def stop_lab(proc: subprocess.Popen[bytes]) -> None:
         proc.kill()
 
 
-def size(url: str) -> int:
-    with urllib.request.urlopen(url, timeout=10) as r:
+def size(url: str, token: str = "") -> int:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=10) as r:
         return len(r.read())
 
 
 def measure_load(url: str, loads: int) -> tuple[list[float], int, int]:
     times = []
     with browser() as b:
+        context = logged_in(b, url)
         for _ in range(loads):
-            page = b.new_page(viewport={"width": 1280, "height": 800})
+            page = context.new_page()
             t0 = time.perf_counter()
             page.goto(url + "/")
             try:
@@ -97,7 +118,8 @@ def measure_load(url: str, loads: int) -> tuple[list[float], int, int]:
             times.append(time.perf_counter() - t0)
             points = page.evaluate("S.times.length")
             page.close()
-    return times, points, size(url + "/") + size(url + "/dashboard/state")
+    token = (Path(ENV[url]["LABCTL_HOME"]) / "admin-token").read_text().strip()
+    return times, points, size(url + "/") + size(url + "/dashboard/state", token)
 
 
 def measure_cpu(pid: int, url: str, window: float) -> tuple[float, float]:
@@ -105,7 +127,7 @@ def measure_cpu(pid: int, url: str, window: float) -> tuple[float, float]:
     time.sleep(window)
     idle = (cpu_seconds(pid) - c0) / (time.monotonic() - t0)
     with browser() as b:
-        page = b.new_page(viewport={"width": 1280, "height": 800})
+        page = logged_in(b, url).new_page()
         page.goto(url + "/")
         page.wait_for_function(DRAWN, timeout=20_000)
         t0, c0 = time.monotonic(), cpu_seconds(pid)

@@ -29,11 +29,10 @@ import subprocess
 import sys
 import tempfile
 from typing import Any
-import urllib.request
 
 import psutil
 
-from procs import free_port, run_measured, start_lab, wait_http
+from procs import admin, free_port, run_measured, start_lab, wait_http
 
 TTFT_TARGET_MS, RATIO_TARGET = 1.0, 10.0
 #: LiteLLM refuses to start without one; the twin and an unkeyed gateway ignore it.
@@ -107,7 +106,8 @@ def main() -> None:
         lport = free_port()
         proxy = None
         try:
-            status = json.loads(urllib.request.urlopen(gateway + "/api/status").read())
+            status = admin(gateway, "/api/status", env)
+            assert isinstance(status, dict)
             dep = status["deployments"][0]
             twin_url, twin_pid = dep["url"], dep["pid"]
             (work / "litellm.yaml").write_text(

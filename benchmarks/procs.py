@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 import socket
@@ -49,6 +50,17 @@ def start_lab(
         proc.kill()
         raise
     return proc, url
+
+
+def admin(url: str, path: str, env: dict[str, str], body: object = None) -> object:
+    """One admin API call with the token the lab generated in the benchmark's LABCTL_HOME."""
+    token = (Path(env["LABCTL_HOME"]) / "admin-token").read_text().strip()
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(url + path, data=data, method="GET" if body is None else "POST",
+                                 headers={"Authorization": f"Bearer {token}",
+                                          "Content-Type": "application/json"})  # fmt: skip
+    with urllib.request.urlopen(req, timeout=30) as r:
+        return json.loads(r.read())
 
 
 def run_measured(cmd: list[str], env: dict[str, str]) -> tuple[int, float]:

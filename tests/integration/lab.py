@@ -68,6 +68,19 @@ class Daemon:
         self.url = url
         #: The lab's admin token, where it has one.
         self.token: str | None = None
+        #: What it printed on stdout (up to the end of its banner, and the rest once it exited).
+        self.printed: list[str] = []
+
+    def errors(self) -> str:
+        """Its stderr, once it has exited."""
+        assert self.proc.poll() is not None and self.proc.stderr is not None
+        return str(self.proc.stderr.read())
+
+    def output(self) -> str:
+        """Its stdout, once it has exited."""
+        assert self.proc.poll() is not None and self.proc.stdout is not None
+        self.printed.append(self.proc.stdout.read())
+        return "".join(self.printed)
 
     def api(self, method: str, path: str, body: Any = None, timeout: float = 120) -> Any:
         data = None if body is None else json.dumps(body).encode()
@@ -77,6 +90,10 @@ class Daemon:
         req = urllib.request.Request(self.url + path, data=data, method=method, headers=headers)
         with urllib.request.urlopen(req, timeout=timeout) as r:
             return json.loads(r.read())
+
+    def login_url(self) -> str:
+        """A fresh one-time link that logs a browser in to the dashboard."""
+        return str(self.api("POST", "/api/login-link", {})["url"])
 
     def deployment(self, name: str) -> dict[str, Any]:
         doc = self.api("GET", "/api/status")
@@ -118,14 +135,16 @@ class Lab:
         #: Pids left behind on purpose (orphaned workers) to kill at the end.
         self.stray: list[int] = []
 
-    def start(self, *args: str, session: bool = False) -> subprocess.Popen[str]:
+    def start(
+        self, *args: str, session: bool = False, env: dict[str, str] | None = None
+    ) -> subprocess.Popen[str]:
         """Run ``labctl ARGS`` with piped output (``session``: in its own process group)."""
         proc = subprocess.Popen(
             [sys.executable, "-m", "labctl", *args],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
-            env=self.env,
+            env=self.env | (env or {}),
             start_new_session=session,
         )
         self.procs.append((proc, session))
@@ -156,23 +175,26 @@ class Lab:
             pytest.fail(f"the twin did not start: {proc.stderr.read() if proc.stderr else ''}")
         return Twin(proc, url)
 
-    def up(self, *args: str, wait: bool = True) -> Daemon:
+    def up(self, *args: str, wait: bool = True, env: dict[str, str] | None = None) -> Daemon:
         """Start `labctl up --listen 127.0.0.1:PORT ARGS`; with ``wait``, until it listens."""
         port = free_port()
-        proc = self.start("up", "--listen", f"127.0.0.1:{port}", *args)
-        url = f"http://127.0.0.1:{port}"
+        proc = self.start("up", "--listen", f"127.0.0.1:{port}", *args, env=env)
+        daemon = Daemon(proc, f"http://127.0.0.1:{port}")
         if wait:
             assert proc.stdout is not None
-            seen = []
+            seen = daemon.printed
             while line := proc.stdout.readline():  # reconcile lines may come first
                 seen.append(line)
-                if "lab at" in line:
+                if "Ctrl-C" in line:  # the banner's last line
                     break
             else:
                 proc.wait(30)
                 err = proc.stderr.read() if proc.stderr else ""
                 pytest.fail(f"labctl up did not start: {''.join(seen)}{err}")
-        return Daemon(proc, url)
+            token = self.home / "admin-token"
+            if token.exists():
+                daemon.token = token.read_text().strip()
+        return daemon
 
     def prometheus(self, target_url: str, workdir: Path) -> Callable[[str], list[dict[str, Any]]]:
         """Start a real Prometheus scraping ``target_url`` every second; returns a query function."""

@@ -91,10 +91,17 @@ def test_the_dashboard_shows_every_panel_live_under_load_and_deploys_from_the_pa
         lab.start("bench", "--base-url", d.url, "--model", model, "--num-prompts", "5000",
                   "--request-rate", "6", "--max-concurrency", "8", "--input-len", "64",
                   "--output-len", "48")  # fmt: skip
-    # The page itself is open; its data takes the admin token, as a bearer or as the cookie
-    # the page sets (EventSource cannot send headers).
-    for headers, status in (({}, 401), ({"Cookie": "labctl_token=wrong"}, 401),
-                            ({"Cookie": f"labctl_token={TOKEN}"}, 200),
+    # The page itself is open; its data takes the admin token as a bearer, or the session
+    # cookie that the token (or a one-time link) buys: HttpOnly and SameSite=Strict.
+    login = urllib.request.Request(d.url + "/dashboard/login", data=b'{"token": "%s"}' % TOKEN.encode(),
+                                   headers={"Content-Type": "application/json"})  # fmt: skip
+    with urllib.request.urlopen(login, timeout=10) as r:
+        cookie = r.headers["Set-Cookie"]
+    assert "HttpOnly" in cookie and "SameSite=Strict" in cookie, cookie
+    session = cookie.split(";", 1)[0]
+    for headers, status in (({}, 401), ({"Cookie": "labctl_session=wrong"}, 401),
+                            ({"Cookie": f"labctl_token={TOKEN}"}, 401),
+                            ({"Cookie": session}, 200),
                             ({"Authorization": f"Bearer {TOKEN}"}, 200)):  # fmt: skip
         req = urllib.request.Request(d.url + "/dashboard/state", headers=headers)
         try:
@@ -102,6 +109,7 @@ def test_the_dashboard_shows_every_panel_live_under_load_and_deploys_from_the_pa
                 code = r.status
         except urllib.error.HTTPError as exc:
             code = exc.code
+            exc.close()
         assert code == status, (headers, code)
     html = get(d.url + "/")
     assert not re.search(r"""(src|href)=["']?(https?:)?//""", html), (
@@ -134,21 +142,12 @@ def test_the_dashboard_shows_every_panel_live_under_load_and_deploys_from_the_pa
         if shots:
             page.screenshot(path=str(shots / "dashboard-1280x800.png"))
 
-        # A deploy from the page: refused with a wrong admin token, then done with the right one.
-        _set_token(page, "not-the-admin-token")
+        # The page never sees its session: the cookie is HttpOnly.
+        assert "labctl_session" not in page.evaluate("document.cookie")
+        # A deploy from the page, through its session cookie.
         timeline = page.locator("#timeline")
         before = timeline.get_attribute("data-latest")
-        page.locator('button[data-act="deploy"][data-name="chat"]').click()
         form = page.locator('form.deploy[data-name="chat"]')
-        form.locator("textarea").fill("max_model_len=2048")
-        form.locator('button[type="submit"]').click()
-        msg = page.locator('.msg[data-name="chat"]')
-        page.wait_for_function(
-            "document.querySelector('.msg[data-name=chat]').textContent.includes('admin token')",
-            timeout=10_000,
-        )
-        assert "err" in (msg.get_attribute("class") or "")
-        _set_token(page, TOKEN)
         page.locator('button[data-act="deploy"][data-name="chat"]').click()
         form.locator("textarea").fill("max_model_len=2048")
         form.locator('button[type="submit"]').click()
@@ -179,9 +178,12 @@ def test_the_dashboard_shows_every_panel_live_under_load_and_deploys_from_the_pa
                            is_mobile=True, has_touch=True)  # fmt: skip
         phone.goto(d.url + "/")  # a new browser context: the token is asked for again
         phone.wait_for_selector("#lock:not([hidden])")
+        _set_token(phone, "not-the-admin-token")  # refused: the page stays locked
+        phone.wait_for_function("document.querySelector('#token').placeholder.startsWith('wrong')")
+        assert phone.locator("#gpus [data-gpu]").count() == 0
         _set_token(phone, TOKEN)
         _wait_all_live(phone)
-        phone.reload()  # remembered now (local storage and cookie)
+        phone.reload()  # remembered now (the session cookie)
         _wait_all_live(phone)
         phone.wait_for_timeout(3000)  # a few points more on the charts
         width = phone.evaluate("document.documentElement.scrollWidth")
@@ -189,6 +191,16 @@ def test_the_dashboard_shows_every_panel_live_under_load_and_deploys_from_the_pa
         phone.screenshot(path=str(tmp_path / "dashboard-phone.png"), full_page=True)
         if shots:
             phone.screenshot(path=str(shots / "dashboard-phone.png"))  # the first screen
+
+        # The one-time link that `labctl up` printed logs a fresh browser in, once.
+        link = next(line for line in d.printed if "/login?code=" in line).split()[1]
+        fresh = b.new_page()
+        fresh.goto(link)
+        fresh.wait_for_selector('[data-deployment="chat"] [data-panel="dep_ttft"]')
+        assert fresh.url.rstrip("/") == d.url
+        again = b.new_page()
+        again.goto(link)
+        assert "used already" in again.content()
     assert first_paint < 5, first_paint  # generous here; benchmarks/dashboard_cost.py measures
     for name in ("dashboard-1280x800.png", "dashboard-phone.png"):
         assert (tmp_path / name).stat().st_size > 20_000

@@ -161,12 +161,12 @@ def test_overload_gives_429_and_queue_timeouts_503_with_retry_after(
 def test_keys_models_body_limit_and_the_admin_token(
     lab: Lab, labctl: Callable[..., Run], tmp_path: Path
 ) -> None:
-    gateway = ('[gateway]\nadmin_token = "admin-secret-1"\nmax_body_bytes = 4096\n'
+    gateway = ('[gateway]\nadmin_token = "admin-secret-0001"\nmax_body_bytes = 4096\n'
                'keys = [{ key = "key-for-chat", models = ["chat"] },\n'
                '        { key = "key-for-other", models = ["other"] },\n'
                '        { key = "key-two-a-minute", rate_per_minute = 2 }]\n\n')  # fmt: skip
     d = lab.up("--config", str(config(tmp_path, TWIN, gateway)))
-    d.token = "admin-secret-1"
+    d.token = "admin-secret-0001"
     d.wait_state("chat", "ready")
     url = d.url + "/v1/completions"
     ok = {"model": "chat", "prompt": "x", "max_tokens": 1}
@@ -206,7 +206,7 @@ def test_a_client_that_goes_away_is_cancelled_upstream(lab: Lab, tmp_path: Path)
                           "ignore_eos": True}).encode()  # fmt: skip
     host, port = d.url.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port))) as s:
-        s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                   + f"Content-Length: {len(payload)}\r\n\r\n".encode() + payload)  # fmt: skip
         assert b"200 OK" in s.recv(4096)
         time.sleep(0.5)
@@ -221,3 +221,32 @@ def test_a_client_that_goes_away_is_cancelled_upstream(lab: Lab, tmp_path: Path)
     wait_for(lambda: running() == 0, 10, "the engine to drop the abandoned request")
     metrics = get(d.url + "/metrics")
     assert 'labctl_gateway_in_flight{model="chat"} 0.0' in metrics
+
+
+def test_a_non_streaming_client_that_goes_away_is_cancelled_upstream(
+    lab: Lab, tmp_path: Path
+) -> None:
+    import socket
+
+    from tests.integration.lab import wait_for
+
+    body = ('[deployments.chat]\nengine = "sim"\nmodel = "Qwen/Qwen3-0.6B"\nstop_grace = 5\n'
+            'args = { max_model_len = 4096, time_scale = 1, load_gbps = 0, enforce_eager = true }\n')  # fmt: skip
+    d = lab.up("--config", str(config(tmp_path, body)))
+    engine = d.wait_state("chat", "ready", timeout=30)["url"]
+
+    def running() -> float:
+        text = get(engine + "/metrics")
+        return sum(float(line.split()[-1]) for line in text.splitlines()
+                   if line.startswith("vllm:num_requests_running"))  # fmt: skip
+
+    payload = json.dumps({"model": "chat", "prompt": "x", "max_tokens": 3000,
+                          "ignore_eos": True}).encode()  # fmt: skip
+    host, port = d.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port))) as s:
+        s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                  b"Content-Type: application/json\r\n"
+                  + f"Content-Length: {len(payload)}\r\n\r\n".encode() + payload)  # fmt: skip
+        wait_for(lambda: running() == 1, 10, "the engine to run the request")
+    wait_for(lambda: running() == 0, 10, "the engine to drop the abandoned request")
+    assert 'labctl_gateway_in_flight{model="chat"} 0.0' in get(d.url + "/metrics")

@@ -158,7 +158,7 @@ def test_an_orphaned_worker_of_the_old_revision_is_killed_before_the_new_one_sta
     assert d.wait_state("chat", "ready")["model"] == "Qwen/Qwen3-8B"
     history = d.api("GET", "/api/history?deployment=chat")["deploys"]
     stops = [s for r in history for s in r["steps"] if s["name"] == "stop"]
-    assert any(worker in s["detail"]["processes"] for s in stops)
+    assert any(str(worker) in s["detail"]["processes"] for s in stops)
 
 
 def test_memory_held_by_an_unrelated_process_is_named_in_the_refusal(
@@ -220,7 +220,7 @@ def test_a_daemon_killed_mid_deploy_reconciles_to_serving_and_journals_it(
     )
     (cleanup,) = [r for r in history if r["kind"] == "reconcile"]
     actions = cleanup["steps"][0]["detail"]["actions"]
-    assert any(f"stopped engine pid {new_pid}" in a for a in actions)
+    assert any(f"stopped pid {new_pid} (chat)" in a for a in actions)
     assert ready["revision"] == 3  # the configured revision, started afresh
 
 
@@ -262,7 +262,7 @@ def test_bad_input_is_a_clear_error_and_leaves_deployments_alone(
     assert run.code == 2 and "no deployment named 'nope'; the lab has: chat" in run.err
     run = labctl("deploy", "chat", "--set", "engine=llamacpp", "--set", "model=/no/such.gguf",
                  "--url", d.url, home=lab.home)  # fmt: skip
-    assert run.code == 9 and "model '/no/such.gguf': no such GGUF file" in run.err
+    assert run.code == 2 and "model = '/no/such.gguf': no such GGUF file" in run.err
     run = labctl("deploy", "chat", "--set", "port=99999", "--url", d.url, home=lab.home)
     assert run.code == 2 and "port = 99999: use 1–65535, or 0" in run.err
     after = d.deployment("chat")
@@ -272,7 +272,7 @@ def test_bad_input_is_a_clear_error_and_leaves_deployments_alone(
 
 
 def test_the_example_lab_toml_documents_a_valid_lab() -> None:
-    config = load_config(EXAMPLE)
+    config = load_config(EXAMPLE, check_host=False)  # it names a vllm binary and /models
     assert {d.engine for d in config.deployments} == {"vllm", "llamacpp", "sim", "command"}
     text = EXAMPLE.read_text()
     from dataclasses import fields
@@ -318,7 +318,12 @@ def test_events_stream_and_labctl_down_stops_everything(
 ) -> None:
     d = lab.up("--config", str(lab_toml(tmp_path)))
     d.wait_state("chat", "ready")
-    events = urllib.request.urlopen(d.url + "/api/events", timeout=30)
+    events = urllib.request.urlopen(
+        urllib.request.Request(
+            d.url + "/api/events", headers={"Authorization": f"Bearer {d.token}"}
+        ),
+        timeout=30,
+    )
     hello = json.loads(events.readline().decode().removeprefix("data: "))
     assert hello["type"] == "hello" and hello["deployments"][0]["state"] == "ready"
     labctl("deploy", "chat", "--set", "max_model_len=2048", "--url", d.url, home=lab.home,

@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 import fnmatch
+import functools
 import math
 import re
 
@@ -53,7 +54,7 @@ LINEAR_ROLES = frozenset(
 )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class WeightSpec:
     """One tensor (or ``count`` identical tensors) of the checkpoint.
 
@@ -174,22 +175,44 @@ class QuantInfo:
 
     def covers(self, spec: WeightSpec) -> bool:
         """Whether this format converts ``spec`` (1-D tensors never are)."""
-        if len(spec.shape) < 2 or any(_name_matches(p, spec.name) for p in self.skip):
+        if len(spec.shape) < 2:
+            return False
+        plain, patterns = self._skip_kinds
+        name = spec.name
+        # Substring tests run in C (a skip list may name a few thousand modules).
+        if any(map(name.__contains__, plain)) or any(_pattern_matches(p, name) for p in patterns):
             return False
         if self.scope:
             return spec.role in self.scope
         return spec.role in LINEAR_ROLES
+
+    @functools.cached_property
+    def _skip_kinds(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """The skip list split into plain names and wildcard or regex patterns."""
+        plain = tuple(p for p in self.skip if p and not _is_pattern(p))
+        return plain, tuple(p for p in self.skip if p and _is_pattern(p))
+
+
+def _is_pattern(pattern: str) -> bool:
+    return pattern.startswith("re:") or any(ch in pattern for ch in "*?[")
 
 
 def _name_matches(pattern: str, name: str) -> bool:
     """Match an ignore-list entry the way checkpoint configs write them."""
     if not pattern:
         return False
+    if _is_pattern(pattern):
+        return _pattern_matches(pattern, name)
+    return pattern in name
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _pattern_matches(pattern: str, name: str) -> bool:
+    """A wildcard or regular-expression match, remembered: the suggestions plan the same
+    model a dozen times over and each plan matches every pattern against every name."""
     if pattern.startswith("re:"):
         return re.search(pattern[3:], name) is not None
-    if any(ch in pattern for ch in "*?["):
-        return fnmatch.fnmatchcase(name, pattern + "*")
-    return pattern in name
+    return fnmatch.fnmatchcase(name, pattern + "*")
 
 
 @dataclass(frozen=True)

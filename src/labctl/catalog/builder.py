@@ -30,7 +30,9 @@ from labctl.catalog.configview import (
     dtype_of,
     model_type_of,
 )
-from labctl.catalog.quantconfig import parse_quantization_config
+from labctl.catalog.formats import DTYPE_BYTES
+from labctl.catalog.limits import check_arch
+from labctl.catalog.quantconfig import check_pattern_work, parse_quantization_config
 from labctl.catalog.towers import audio_tower, vision_tower, vit_params, whisper
 from labctl.errors import ModelFormatError
 
@@ -74,11 +76,10 @@ def _text_config(cfg: ConfigView) -> tuple[ConfigView, ConfigView | None]:
 
 def _layer_types(text: ConfigView, model_type: str, n_layers: int) -> list[str]:
     """Attention type of each decoder layer: full, sliding, chunked, linear, mla."""
-    raw = text.get("layer_types")
-    if isinstance(raw, list) and len(raw) >= n_layers:
+    raw = text.names("layer_types")
+    if raw is not None and len(raw) >= n_layers:
         out = []
         for t in raw[:n_layers]:
-            t = str(t)
             if "linear" in t or "mamba" in t or "deltanet" in t:
                 out.append("linear")
             elif "sliding" in t or "local" in t:
@@ -89,19 +90,19 @@ def _layer_types(text: ConfigView, model_type: str, n_layers: int) -> list[str]:
                 out.append("full")
         return out
     if model_type in _QWEN35:
-        interval = text.int("full_attention_interval", 4)
+        interval = text.int("full_attention_interval", 4, minimum=1)
         return ["full" if (i + 1) % interval == 0 else "linear" for i in range(n_layers)]
-    window = text.get("sliding_window")
+    window = text.window("sliding_window")
     if model_type == "gemma2":
         return ["sliding" if i % 2 == 0 else "full" for i in range(n_layers)]
     if model_type in ("gemma3", "gemma3_text", "gemma4", "gemma4_text"):
-        pattern = text.int("sliding_window_pattern", 6)
+        pattern = text.int("sliding_window_pattern", 6, minimum=1)
         return ["full" if (i + 1) % pattern == 0 else "sliding" for i in range(n_layers)]
     if model_type in ("llama4", "llama4_text") and text.has("attention_chunk_size"):
         no_rope = text.get("no_rope_layers")
         if isinstance(no_rope, list) and len(no_rope) == n_layers:
             return ["chunked" if flag else "full" for flag in no_rope]
-        step = text.int("no_rope_layer_interval", 4)
+        step = text.int("no_rope_layer_interval", 4, minimum=1)
         return ["full" if (i + 1) % step == 0 else "chunked" for i in range(n_layers)]
     if model_type in _MLA or model_type == "kimi_vl":
         return ["mla"] * n_layers
@@ -118,16 +119,16 @@ def _moe_layers(text: ConfigView, model_type: str, n_layers: int, n_experts: int
         return [False] * n_layers
     if model_type in _MLA:
         first_dense = text.int("first_k_dense_replace", 0)
-        freq = text.int("moe_layer_freq", 1)
+        freq = text.int("moe_layer_freq", 1, minimum=1)
         return [i >= first_dense and i % freq == 0 for i in range(n_layers)]
     if model_type in ("llama4", "llama4_text"):
-        step = text.int("interleave_moe_layer_step", 1)
-        moe_layers = text.get("moe_layers")
-        if isinstance(moe_layers, list):
+        step = text.int("interleave_moe_layer_step", 1, minimum=1)
+        if text.has("moe_layers"):
+            moe_layers = text.indices("moe_layers")
             return [i in moe_layers for i in range(n_layers)]
         return [(i + 1) % step == 0 for i in range(n_layers)]
-    only_dense = text.get("mlp_only_layers") or []
-    step = text.int("decoder_sparse_step", 1)
+    only_dense = text.indices("mlp_only_layers")
+    step = text.int("decoder_sparse_step", 1, minimum=1)
     return [i not in only_dense and (i + 1) % step == 0 for i in range(n_layers)]
 
 
@@ -138,12 +139,12 @@ def _moe_layers(text: ConfigView, model_type: str, n_layers: int, n_experts: int
 def _decoder(cfg: ConfigView, text: ConfigView, name: str, w: WeightList) -> ModelArch:
     model_type = model_type_of(text) if text is not cfg else model_type_of(cfg)
     outer_type = model_type_of(cfg)
-    hidden = text.int("hidden_size")
-    n_layers = text.int("num_hidden_layers")
-    n_heads = text.int("num_attention_heads")
-    n_kv = text.int("num_key_value_heads", n_heads)
-    head_dim = text.int("head_dim", hidden // max(n_heads, 1))
-    vocab = text.int("vocab_size")
+    hidden = text.int("hidden_size", minimum=1)
+    n_layers = text.int("num_hidden_layers", minimum=1)
+    n_heads = text.int("num_attention_heads", minimum=1)
+    n_kv = text.int("num_key_value_heads", n_heads, minimum=1)
+    head_dim = text.int("head_dim", hidden // n_heads, minimum=1)
+    vocab = text.int("vocab_size", minimum=1)
     tie = text.bool("tie_word_embeddings", model_type in _GEMMA)
     layernorm = model_type in _LAYERNORM
     norm_n = 2 if layernorm else 1
@@ -181,34 +182,44 @@ def _decoder(cfg: ConfigView, text: ConfigView, name: str, w: WeightList) -> Mod
     gemma4_moe = model_type in ("gemma4", "gemma4_text") and n_experts > 0
     moe_flags = _moe_layers(text, model_type, n_layers, n_experts)
     types = _layer_types(text, model_type, n_layers)
-    cross_layers = set(text.get("cross_attention_layers") or [])
+    cross_layers = text.indices("cross_attention_layers")
 
-    window = text.get("sliding_window")
-    window = int(window) if isinstance(window, int | float) and window else None
-    chunk = text.get("attention_chunk_size")
+    window = text.window("sliding_window")
+    chunk = text.window("attention_chunk_size")
     # Gemma 4: global layers have their own KV geometry, possibly with K = V.
     k_eq_v = text.bool("attention_k_eq_v")
-    g_kv = text.int("num_global_key_value_heads", n_kv) if k_eq_v else n_kv
-    g_head = text.int("global_head_dim", head_dim)
-    kv_shared_layers = text.int("num_kv_shared_layers", 0)
+    g_kv = text.int("num_global_key_value_heads", n_kv, minimum=1) if k_eq_v else n_kv
+    g_head = text.int("global_head_dim", head_dim, minimum=1)
+    kv_shared_layers = min(text.int("num_kv_shared_layers", 0), n_layers)
 
     mla = model_type in _MLA or outer_type in _MLA
     if mla:
-        q_lora = text.get("q_lora_rank")
-        kv_lora = text.int("kv_lora_rank")
+        q_lora = text.int("q_lora_rank", 0)
+        kv_lora = text.int("kv_lora_rank", minimum=1)
         rope_d = text.int("qk_rope_head_dim")
         nope_d = text.int("qk_nope_head_dim")
-        v_d = text.int("v_head_dim")
+        v_d = text.int("v_head_dim", minimum=1)
 
     lin = None
+    ssm_dtype = "auto"
     if model_type in _QWEN35:
         lin = (
-            text.int("linear_num_key_heads"),
-            text.int("linear_num_value_heads"),
-            text.int("linear_key_head_dim"),
-            text.int("linear_value_head_dim"),
-            text.int("linear_conv_kernel_dim", 4),
+            text.int("linear_num_key_heads", minimum=1),
+            text.int("linear_num_value_heads", minimum=1),
+            text.int("linear_key_head_dim", minimum=1),
+            text.int("linear_value_head_dim", minimum=1),
+            text.int("linear_conv_kernel_dim", 4, minimum=1),
         )
+        ssm_dtype = str(text.get("mamba_ssm_dtype", "auto")).removeprefix("torch.")
+        if ssm_dtype != "auto" and ssm_dtype not in DTYPE_BYTES:
+            raise ModelFormatError(
+                f"{text.where}: field 'mamba_ssm_dtype' is {ssm_dtype[:40]!r}; use one of "
+                f"auto, {', '.join(DTYPE_BYTES)}"
+            )
+    # Shared-KV layers reuse the cache of the last earlier layer of the same type.
+    last_of_type: dict[str, int] = {}
+    for j, kind in enumerate(types[: n_layers - kv_shared_layers]):
+        last_of_type[kind] = j
 
     kv_layers: list[KVLayer] = []
     w.mat("model.embed_tokens.weight", Role.EMBED, vocab, hidden)
@@ -235,7 +246,6 @@ def _decoder(cfg: ConfigView, text: ConfigView, name: str, w: WeightList) -> Mod
             w.vec(f"{a}.A_log", nv, layer=i)
             w.vec(f"{a}.norm.weight", dv, layer=i)
             w.mat(f"{a}.out_proj.weight", Role.LINEAR_ATTN, hidden, nv * dv, i)
-            ssm_dtype = str(text.get("mamba_ssm_dtype", "auto")).removeprefix("torch.")
             kv_layers.append(
                 KVLayer(
                     i,
@@ -250,9 +260,9 @@ def _decoder(cfg: ConfigView, text: ConfigView, name: str, w: WeightList) -> Mod
             a = f"{p}.self_attn"
             qk_d = nope_d + rope_d
             if q_lora:
-                w.mat(f"{a}.q_a_proj.weight", Role.REPLICATED, int(q_lora), hidden, i)
-                w.vec(f"{a}.q_a_layernorm.weight", int(q_lora), layer=i)
-                w.mat(f"{a}.q_b_proj.weight", Role.ATTN_Q, n_heads * qk_d, int(q_lora), i)
+                w.mat(f"{a}.q_a_proj.weight", Role.REPLICATED, q_lora, hidden, i)
+                w.vec(f"{a}.q_a_layernorm.weight", q_lora, layer=i)
+                w.mat(f"{a}.q_b_proj.weight", Role.ATTN_Q, n_heads * qk_d, q_lora, i)
             else:
                 w.mat(f"{a}.q_proj.weight", Role.ATTN_Q, n_heads * qk_d, hidden, i)
             w.mat(f"{a}.kv_a_proj_with_mqa.weight", Role.REPLICATED, kv_lora + rope_d, hidden, i)
@@ -296,18 +306,12 @@ def _decoder(cfg: ConfigView, text: ConfigView, name: str, w: WeightList) -> Mod
             )
             if i in cross_layers:
                 lkind = LayerKind.CROSS  # attends to image tokens, not to the text
-            lwindow = (
-                window
-                if kind == "sliding"
-                else (int(chunk) if kind == "chunked" and chunk else None)
-            )
+            lwindow = window if kind == "sliding" else (chunk if kind == "chunked" else None)
+            if lwindow is None and lkind in (LayerKind.SLIDING, LayerKind.CHUNKED):
+                lkind = LayerKind.FULL  # a window of none (null or 0) attends to everything
             shares = None
             if kv_shared_layers and i >= n_layers - kv_shared_layers:
-                # Shared-KV layers reuse the cache of the last earlier layer of the same type.
-                shares = next(
-                    (j for j in range(n_layers - kv_shared_layers - 1, -1, -1) if types[j] == kind),
-                    None,
-                )
+                shares = last_of_type.get(kind)
             kv_layers.append(
                 KVLayer(
                     i,
@@ -428,7 +432,7 @@ def _rope_buffers(
     max_pos = derived_max_model_len(text)
     if mla_rope_dim:
         return (RopeBuffer(max_pos, mla_rope_dim),)
-    partial = float(text.get("partial_rotary_factor", 1.0))
+    partial = text.number("partial_rotary_factor", 1.0, 0.0, 1.0)
     local = RopeBuffer(max_pos, int(head_dim * partial))
     if model_type in _GEMMA and "full" in types and "sliding" in types:
         # Local and global layers rotate with different bases: two tables. Gemma 4's
@@ -486,7 +490,9 @@ def build_arch(config: Config, name: str, where: str = "config.json") -> ModelAr
     quant = parse_quantization_config(config.get("quantization_config"), where)
     if quant is None and isinstance(cfg.get("text_config"), Mapping):
         quant = parse_quantization_config(config["text_config"].get("quantization_config"), where)
-    return _replace(arch, weights=tuple(w.items), quant=quant)
+    arch = check_arch(_replace(arch, weights=tuple(w.items), quant=quant), where)
+    check_pattern_work(quant, len(arch.weights), where)
+    return arch
 
 
 def _replace(arch: ModelArch, **changes: Any) -> ModelArch:

@@ -2,13 +2,14 @@
 
 ``config.json`` gives the architecture (and ``quantization_config`` the
 format); the safetensors headers, when present, give the exact bytes of every
-tensor, which then replace the weights derived from the config.
+tensor, which then replace the weights derived from the config. Tensors that
+differ only in an expert (or other) index are grouped into one weight entry, so
+a checkpoint of 100,000 per-expert tensors plans as fast as its config.
 """
 
 from __future__ import annotations
 
 from dataclasses import replace
-import json
 from pathlib import Path
 import re
 from typing import Any
@@ -16,10 +17,21 @@ from typing import Any
 from labctl.catalog.arch import ModelArch, Role, WeightSpec
 from labctl.catalog.builder import build_arch
 from labctl.catalog.formats import SAFETENSORS_FLOATS
-from labctl.catalog.safetensors import TensorInfo, read_checkpoint
+from labctl.catalog.jsonfile import read_json
+from labctl.catalog.limits import (
+    MAX_CONFIG_BYTES,
+    MAX_CONFIG_ITEMS,
+    MAX_NAME_PATTERNS,
+    MAX_WEIGHT_SPECS,
+    Bound,
+    check_arch,
+)
+from labctl.catalog.safetensors import iter_checkpoint
 from labctl.errors import CatalogError, ModelFormatError
 
 _LAYER = re.compile(r"\.(?:layers|h|blocks|block)\.(\d+)\.")
+#: A dotted name component made only of digits (a layer or expert index).
+_INDEX = re.compile(r"(?<![^.])\d+(?![^.])")
 _QUANT_AUX = (
     "qweight",
     "qzeros",
@@ -48,19 +60,16 @@ def read_config(directory: Path) -> dict[str, Any]:
         ModelFormatError: it is not a JSON object.
     """
     path = directory / "config.json"
-    if not path.is_file():
+    try:
+        present = path.is_file()
+    except OSError as exc:
+        raise CatalogError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+    if not present:
         raise CatalogError(
             f"{directory}: no config.json; point MODEL at a Hugging Face model directory, "
             "a .gguf file or a catalog id"
         )
-    try:
-        data = json.loads(path.read_text("utf-8"))
-    except UnicodeDecodeError as exc:
-        raise ModelFormatError(f"{path}: not UTF-8 text ({exc.reason})") from exc
-    except json.JSONDecodeError as exc:
-        raise ModelFormatError(
-            f"{path}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"
-        ) from exc
+    data = read_json(path, "config.json", MAX_CONFIG_BYTES, MAX_CONFIG_ITEMS)
     if not isinstance(data, dict):
         raise ModelFormatError(f"{path}: the top level must be a JSON object")
     return data
@@ -126,18 +135,71 @@ def classify(name: str) -> Role:
     return Role.NORM
 
 
-def _weight(t: TensorInfo) -> WeightSpec:
-    m = _LAYER.search("." + t.name)
-    aux = t.dtype not in SAFETENSORS_FLOATS or any(k in t.name for k in _QUANT_AUX)
-    return WeightSpec(
-        name=t.name,
-        role=classify(t.name),
-        shape=t.shape,
-        layer=int(m.group(1)) if m else None,
-        stored_dtype=t.dtype,
-        stored_bytes=t.nbytes,
-        quant_aux=aux,
+def _group_name(name: str) -> str:
+    """The name of a group of tensors: ``name`` with its indices other than the layer's
+    replaced by ``*`` (``model.layers.3.mlp.experts.*.up_proj.weight``)."""
+    m = _LAYER.search("." + name)
+    if m is None:
+        return _INDEX.sub("*", name)
+    start, end = m.start(1) - 1, m.end(1) - 1
+    return _INDEX.sub("*", name[:start]) + name[start:end] + _INDEX.sub("*", name[end:])
+
+
+def _too_many(directory: Path, what: str, bound: Bound) -> ModelFormatError:
+    return ModelFormatError(
+        f"{directory}: the safetensors shards hold more than {bound.high:,} {what} (published "
+        f"checkpoints have {bound.published}); the files are corrupt or not one model"
     )
+
+
+def _checkpoint_weights(directory: Path) -> tuple[list[WeightSpec], bool]:
+    """The checkpoint's tensors as weight entries, identical ones grouped with a count,
+    and whether there was a checkpoint at all.
+
+    Tensors group when their names differ only in numeric components other than the
+    layer index, and their dtype and shape agree: the experts of one projection of
+    one layer. The role of a name is worked out once per name pattern; empty tensors
+    (no bytes) are left out.
+    """
+    kinds: dict[str, tuple[Role, bool]] = {}
+    groups: dict[tuple[str, int | None, str, tuple[int, ...]], list[Any]] = {}
+    found = False
+    for t in iter_checkpoint(directory):
+        found = True
+        if not t.nbytes or t.name.endswith("rotary_emb.inv_freq"):
+            continue
+        pattern = _INDEX.sub("#", t.name)
+        kind = kinds.get(pattern)
+        if kind is None:
+            if len(kinds) >= MAX_NAME_PATTERNS.high:
+                raise _too_many(directory, "distinct tensor names", MAX_NAME_PATTERNS)
+            kind = kinds[pattern] = (classify(t.name), any(k in t.name for k in _QUANT_AUX))
+        m = _LAYER.search("." + t.name)
+        key = (pattern, int(m.group(1)) if m else None, t.dtype, t.shape)
+        group = groups.get(key)
+        if group is None:
+            if len(groups) >= MAX_WEIGHT_SPECS.high:
+                raise _too_many(directory, "distinct weight tensors", MAX_WEIGHT_SPECS)
+            groups[key] = [t.name, 1, t.nbytes]
+        else:
+            group[1] += 1
+            group[2] += t.nbytes
+    weights = []
+    for (pattern, layer, dtype, shape), (name, count, nbytes) in groups.items():
+        role, aux_name = kinds[pattern]
+        weights.append(
+            WeightSpec(
+                name=name if count == 1 else _group_name(name),
+                role=role,
+                shape=shape,
+                count=count,
+                layer=layer,
+                stored_dtype=dtype,
+                stored_bytes=nbytes,
+                quant_aux=dtype not in SAFETENSORS_FLOATS or aux_name,
+            )
+        )
+    return weights, found
 
 
 def load_hf_dir(directory: Path, name: str | None = None) -> ModelArch:
@@ -149,14 +211,13 @@ def load_hf_dir(directory: Path, name: str | None = None) -> ModelArch:
     """
     config = read_config(directory)
     arch = build_arch(config, name or directory.name, str(directory / "config.json"))
-    tensors = read_checkpoint(directory)
-    if not tensors:
+    weights, found = _checkpoint_weights(directory)
+    if not found:
         return replace(
             arch,
             source=str(directory),
             notes=(*arch.notes, "no safetensors files: weights derived from config.json"),
         )
-    weights = [_weight(t) for t in tensors if not t.name.endswith("rotary_emb.inv_freq")]
     if arch.tie_word_embeddings:
         weights = [w for w in weights if w.role is not Role.LM_HEAD]
     weights = [
@@ -165,4 +226,4 @@ def load_hf_dir(directory: Path, name: str | None = None) -> ModelArch:
         else w
         for w in weights
     ]
-    return replace(arch, weights=tuple(weights), source=str(directory))
+    return check_arch(replace(arch, weights=tuple(weights), source=str(directory)), str(directory))

@@ -24,7 +24,11 @@ from labctl.catalog.arch import ModelArch, QuantInfo, Role
 from labctl.catalog.builder import build_arch
 from labctl.catalog.gguf import arch_from_gguf, read_gguf
 from labctl.catalog.hf import load_hf_dir
-from labctl.errors import CatalogError, did_you_mean
+from labctl.catalog.limits import show
+from labctl.errors import CatalogError, ModelFormatError, did_you_mean
+
+#: Longest MODEL text worth comparing with the catalog for suggestions (ids are short).
+_SUGGEST_MAX = 200
 
 
 @dataclass(frozen=True)
@@ -181,17 +185,24 @@ def resolve(text: str) -> ModelArch:
         raise CatalogError(
             "MODEL is empty; pass a catalog id, a Hugging Face model directory or a .gguf file"
         )
-    path = Path(text).expanduser()
-    if path.exists():
-        if path.is_dir():
-            return load_hf_dir(path)
-        if path.suffix.lower() == ".gguf" or _is_gguf(path):
-            return arch_from_gguf(read_gguf(path))
-        if path.name == "config.json":
-            return load_hf_dir(path.parent)
+    if any(ord(c) < 32 or c == "\x7f" for c in text):
         raise CatalogError(
-            f"{path}: not a model; MODEL is a catalog id, a Hugging Face model directory or a .gguf file"
+            f"MODEL {show(text)} holds control characters; pass a catalog id, a Hugging Face "
+            "model directory or a .gguf file"
         )
+    path = Path(text).expanduser()
+    local = False
+    try:
+        local = path.exists()
+        if local:
+            return _resolve_path(path)
+    except OSError as exc:
+        if local:
+            raise ModelFormatError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+        raise CatalogError(
+            f"MODEL {show(text)} is not a usable path ({exc.strerror or exc}); pass a catalog "
+            "id, a Hugging Face model directory or a .gguf file"
+        ) from exc
     idx = _index()
     if text.lower() in idx:
         return catalog_arch(idx[text.lower()])
@@ -215,11 +226,29 @@ def resolve(text: str) -> ModelArch:
     if bare is not None:
         return catalog_arch(bare)
     if text.startswith((".", "/", "~")) or text.endswith((".gguf", ".json")):
-        raise CatalogError(f"{text}: no such file or directory")
+        raise CatalogError(f"{show(text, 300)[1:-1]}: no such file or directory")
     known = [e.id for e in catalog()] + [v.id for v in variants()]
+    hint = did_you_mean(text, known) if len(text) <= _SUGGEST_MAX else ""
     raise CatalogError(
-        f"unknown model {text!r}.{did_you_mean(text, known)} "
+        f"unknown model {show(text, 120)}.{hint} "
         "Pass a catalog id (see 'labctl models'), a Hugging Face model directory or a .gguf file"
+    )
+
+
+def _resolve_path(path: Path) -> ModelArch:
+    if path.is_dir():
+        return load_hf_dir(path)
+    if not path.is_file():  # a FIFO or a device would block or never end
+        raise CatalogError(
+            f"{path}: not a regular file; MODEL is a catalog id, a Hugging Face model "
+            "directory or a .gguf file"
+        )
+    if path.suffix.lower() == ".gguf" or _is_gguf(path):
+        return arch_from_gguf(read_gguf(path))
+    if path.name == "config.json":
+        return load_hf_dir(path.parent)
+    raise CatalogError(
+        f"{path}: not a model; MODEL is a catalog id, a Hugging Face model directory or a .gguf file"
     )
 
 

@@ -58,7 +58,7 @@ def vision_tower(
         return
     layers = vision.int("num_hidden_layers", vision.int("depth", 0))
     inter = vision.int("intermediate_size", 4 * hidden)
-    patch = vision.int("patch_size", 14)
+    patch = vision.int("patch_size", 14, minimum=1)
     image = vision.int("image_size", 224)
     vtype = str(vision.get("model_type", ""))
     gated = vtype in ("pixtral", "qwen2_5_vl", "qwen3_vl", "qwen3_5")
@@ -67,6 +67,7 @@ def vision_tower(
     )
     w.blob("vision_tower", Role.VISION, n)
     merge = outer.int("spatial_merge_size", vision.int("spatial_merge_size", 1))
+    merge = max(merge, 1)
     feature_layers = outer.get("vision_feature_layer")
     n_features = len(feature_layers) if isinstance(feature_layers, list) else 1
     proj_in = hidden * merge * merge * n_features
@@ -77,16 +78,16 @@ def vision_tower(
 
 
 def whisper(cfg: ConfigView, name: str, w: WeightList) -> ModelArch:
-    d = cfg.int("d_model")
+    d = cfg.int("d_model", minimum=1)
     enc_layers = cfg.int("encoder_layers")
-    dec_layers = cfg.int("decoder_layers")
-    heads = cfg.int("decoder_attention_heads")
+    dec_layers = cfg.int("decoder_layers", minimum=1)
+    heads = cfg.int("decoder_attention_heads", minimum=1)
     enc_ffn = cfg.int("encoder_ffn_dim")
     dec_ffn = cfg.int("decoder_ffn_dim")
-    vocab = cfg.int("vocab_size")
+    vocab = cfg.int("vocab_size", minimum=1)
     mels = cfg.int("num_mel_bins", 80)
     src = cfg.int("max_source_positions", 1500)
-    tgt = cfg.int("max_target_positions", 448)
+    tgt = cfg.int("max_target_positions", 448, minimum=1)
     head_dim = d // heads
 
     def attn(prefix: str, layer: int, role_q: Role = Role.ATTN_Q) -> None:

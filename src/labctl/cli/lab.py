@@ -1,4 +1,8 @@
-"""``labctl up`` and the commands that talk to it: down, status, ps, deploy, rollback, history."""
+"""``labctl up`` and the commands that talk to it: down, status, ps, deploy, cancel, rollback,
+history, dashboard.
+
+The admin token comes from ``LABCTL_TOKEN``, else from the file the lab generated in
+``$LABCTL_HOME`` (the CLI on the lab's own machine needs nothing set)."""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ import asyncio
 import json
 import os
 from pathlib import Path
+import time
 from typing import Any
 import urllib.error
 import urllib.request
@@ -15,6 +20,7 @@ import click
 from labctl.cli.output import console, emit_json
 from labctl.config import load_config, state_dir
 from labctl.errors import DeployError, LabError, UsageError
+from labctl.home import lock_holder, read_token
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 
@@ -24,14 +30,11 @@ url_option = click.option(
 )  # fmt: skip
 
 
-def call(url: str, method: str, path: str, body: Any = None, timeout: float = 600) -> Any:
-    """One request to the daemon's admin API; errors become one-line LabErrors.
-
-    The admin token, where the lab has one, comes from ``LABCTL_TOKEN``.
-    """
+def call(url: str, method: str, path: str, body: Any = None, timeout: float | None = 600) -> Any:
+    """One request to the daemon's admin API; errors become one-line LabErrors."""
     data = None if body is None else json.dumps(body).encode()
     headers = {"Content-Type": "application/json"}
-    if token := os.environ.get("LABCTL_TOKEN"):
+    if token := os.environ.get("LABCTL_TOKEN") or read_token(state_dir()):
         headers["Authorization"] = f"Bearer {token}"
     req = urllib.request.Request(url.rstrip("/") + path, data=data, method=method, headers=headers)
     try:
@@ -45,13 +48,20 @@ def call(url: str, method: str, path: str, body: Any = None, timeout: float = 60
         if exc.code == 409:
             raise DeployError(message) from None
         if exc.code in (401, 403):
-            raise UsageError(f"{message}: set LABCTL_TOKEN to the lab's admin token") from None
+            raise UsageError(
+                f"{message}: set LABCTL_TOKEN to the lab's admin token ({state_dir()}/admin-token "
+                "on the lab's machine, or lab.toml's gateway.admin_token)"
+            ) from None
         raise UsageError(message) from None
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
-        raise LabError(
+        raise NoLab(
             f"no lab answers at {url} ({reason}); start one with `labctl up`, or pass --url"
         ) from None
+
+
+class NoLab(LabError):
+    """Nothing answers at the lab's URL."""
 
 
 @click.command()
@@ -68,7 +78,7 @@ def up(config_path: Path | None, listen: str | None) -> None:
     def listening(url: str) -> None:
         names = ", ".join(d.name for d in config.deployments) or "none"
         click.echo(f"labctl: lab at {url} ({config.source}; deployments: {names})")
-        click.echo(f"  dashboard  {url}/")
+        click.echo(f"  dashboard  {daemon.login_url()}  (a one-time login link)")
         click.echo(f"  admin API  {url}/api/status")
         click.echo(f"  metrics    {url}/metrics")
         click.echo(f"  status     labctl status{'' if url == DEFAULT_URL else f' --url {url}'}")
@@ -81,9 +91,36 @@ def up(config_path: Path | None, listen: str | None) -> None:
 @click.command()
 @url_option
 def down(url: str) -> None:
-    """Stop the lab: every engine first, then the daemon."""
-    call(url, "POST", "/api/shutdown")
-    click.echo(f"labctl: stopping the lab at {url}")
+    """Stop the lab: every engine first, then the daemon; then any engine process the lab's
+    journal owns that is still running (left by a daemon that was killed)."""
+    home = state_dir()
+    try:
+        call(url, "POST", "/api/shutdown", timeout=10)
+        click.echo(f"labctl: stopping the lab at {url}")
+        deadline = time.monotonic() + 120
+        while lock_holder(home) is not None and time.monotonic() < deadline:
+            time.sleep(0.2)  # the daemon stops its engines and waits for their memory
+    except NoLab:
+        holder = lock_holder(home)
+        if holder is not None:
+            raise LabError(
+                f"the lab's daemon (pid {holder}) runs on LABCTL_HOME={home} but does not answer "
+                f"at {url}; pass its --url, or stop it with `kill {holder}`"
+            ) from None
+    if not (home / "journal.db").exists() or lock_holder(home) is not None:
+        return
+    from labctl.deploy.journal import Journal
+    from labctl.deploy.reconcile import leftovers, stop_leftovers
+
+    journal = Journal(home / "journal.db")
+    try:
+        stray = leftovers(journal, home, keep=set())
+        for line in asyncio.run(stop_leftovers(stray, home)):
+            click.echo(f"labctl: {line}, left running by a daemon that is gone")
+        for cur in journal.current():
+            journal.clear_current(cur.deployment)
+    finally:
+        journal.close()
 
 
 @click.command()
@@ -190,7 +227,13 @@ def deploy(name: str, model: str | None, settings: tuple[str, ...], dry_run: boo
             raise UsageError(f"--set {item!r}: use KEY=VALUE, e.g. max_model_len=8192")
         values[key] = _value(value)
     body = {"model": model, "set": values, "dry_run": dry_run}
-    record = call(url, "POST", f"/api/deployments/{name}/deploy", body)
+    try:
+        record = call(url, "POST", f"/api/deployments/{name}/deploy", body, timeout=None)
+    except KeyboardInterrupt:
+        raise LabError(
+            f"stopped waiting; the deploy of {name} goes on in the lab (`labctl history {name}` "
+            f"follows it; `labctl cancel {name}` stops it and rolls back)"
+        ) from None
     if as_json:
         emit_json(record)
     elif dry_run:
@@ -203,9 +246,34 @@ def deploy(name: str, model: str | None, settings: tuple[str, ...], dry_run: boo
 @click.argument("name")
 @url_option
 @click.option("--json", "as_json", is_flag=True, help="print one JSON document")
+def cancel(name: str, url: str, as_json: bool) -> None:
+    """Cancel NAME's deploy in progress: it stops where it safely can and rolls back."""
+    doc = call(url, "POST", f"/api/deployments/{name}/cancel", {}, timeout=10)
+    if as_json:
+        emit_json(doc)
+    else:
+        click.echo(f"{name}: deploy cancelled; it rolls back to the revision that served before")
+
+
+@click.command()
+@url_option
+@click.option("--json", "as_json", is_flag=True, help="print one JSON document")
+def dashboard(url: str, as_json: bool) -> None:
+    """Print a one-time link that logs a browser in to the lab's dashboard."""
+    doc = call(url, "POST", "/api/login-link", {}, timeout=10)
+    if as_json:
+        emit_json(doc)
+    else:
+        click.echo(f"{doc['url']}  (works once, for ten minutes)")
+
+
+@click.command()
+@click.argument("name")
+@url_option
+@click.option("--json", "as_json", is_flag=True, help="print one JSON document")
 def rollback(name: str, url: str, as_json: bool) -> None:
     """Deploy the revision NAME served before this one."""
-    record = call(url, "POST", f"/api/deployments/{name}/rollback", {})
+    record = call(url, "POST", f"/api/deployments/{name}/rollback", {}, timeout=None)
     if as_json:
         emit_json(record)
     else:

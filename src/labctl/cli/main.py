@@ -67,7 +67,7 @@ def _register() -> None:
     cli.add_command(bench_cmd.bench)
     cli.add_command(export_cmd.export)
     for command in (lab_cmd.up, lab_cmd.down, lab_cmd.status, lab_cmd.ps, lab_cmd.deploy,
-                    lab_cmd.rollback, lab_cmd.history):  # fmt: skip
+                    lab_cmd.cancel, lab_cmd.rollback, lab_cmd.history, lab_cmd.dashboard):  # fmt: skip
         cli.add_command(command)
     cli.add_command(gpus_cmd.gpus)
     cli.add_command(models_cmd.models)

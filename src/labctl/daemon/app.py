@@ -3,11 +3,13 @@
 One listener: ``/healthz``, ``/readyz``, ``/metrics`` (GPU and host telemetry,
 the daemon's own series and the engines' gauges under labctl names) and the
 admin API under ``/api`` (status, deployments, deploy, rollback, history,
-events as server-sent events, shutdown). On start it reconciles with the
-journal: a deploy that a killed daemon left unfinished is closed as
-interrupted, a healthy engine it left running is adopted, anything else of
-it is stopped. On SIGINT or SIGTERM it stops every engine it runs and waits
-for their memory; a second signal kills them at once.
+events as server-sent events, cancel, shutdown), all behind the guard
+(``daemon/guard.py``: Host, origin, content type, admin token, timeouts). On
+start it reconciles with the journal: a deploy that a killed daemon left
+unfinished is closed, a healthy engine it left running is adopted, and every
+other process of the lab's (journaled, or marked as the lab's engine) is
+stopped. On SIGINT or SIGTERM it lets deploys stop where they safely can, stops
+every engine it runs and waits for their memory; a second signal kills them.
 """
 
 from __future__ import annotations
@@ -15,11 +17,12 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Iterator
 import contextlib
-import hmac
+import dataclasses
 import json
 import os
 from pathlib import Path
 import signal
+import threading
 import time
 from typing import Any
 
@@ -35,17 +38,30 @@ from prometheus_client import (
 )
 from prometheus_client.parser import text_string_to_metric_families
 
-from labctl.config import DeploymentSpec, LabConfig, parse_listen
+from labctl import jsontext
+from labctl.config import (
+    DeploymentSpec,
+    LabConfig,
+    check_exposure,
+    check_gpu_indices,
+    check_lab,
+    parse_listen,
+)
+from labctl.daemon.guard import Guard, Log, route_logs
 from labctl.dashboard.board import Board, samples
 from labctl.dashboard.page import page_html
-from labctl.deploy.controller import STATES, Controller, Engine
+from labctl.deploy.controller import STATES, Controller, DeployCancelled, Engine
 from labctl.deploy.journal import OUTCOMES, Journal
+from labctl.deploy.reconcile import reconcile
+from labctl.deploy.requests import RequestRefused, requested_spec
 from labctl.errors import ConfigError, DeployError, LabError
 from labctl.gateway.proxy import Gateway, Route
 from labctl.gpu import open_backend
 from labctl.gpu.host import HostSampler
 from labctl.gpu.sim import parse_sim_gpus
-from labctl.runtime.process import Backoff, EngineProcess
+from labctl.home import DaemonLock, ensure_token, prepare, write_private
+from labctl.runtime.process import Backoff
+from labctl.secrets import Redactor, looks_secret
 from labctl.telemetry.collector import TelemetryCollector
 from labctl.telemetry.sampler import Sampler
 
@@ -58,6 +74,7 @@ ENGINE_GAUGES = {
     "llamacpp:requests_deferred": "labctl_engine_requests_waiting",
 }
 DEPLOY_BUCKETS = (0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1200)
+
 RELEASE_BUCKETS = (0.01, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30)
 
 
@@ -91,32 +108,47 @@ class DaemonMetrics:
 class Daemon:
     def __init__(self, config: LabConfig, home: Path, listen: str | None = None) -> None:
         self.config = config
-        self.home = home
-        self.host, self.port = parse_listen(
-            listen or config.listen, "--listen" if listen else "lab.listen"
-        )
+        self.home = prepare(home)
+        key = "--listen" if listen else "lab.listen"
+        self.host, self.port = parse_listen(listen or config.listen, key)
+        gw = config.gateway
+        check_exposure(self.host, gw, key)
+        if listen:  # the lab's port moved: deployments must not sit on it
+            check_lab(dataclasses.replace(config, listen=listen))
+        #: The admin token: lab.toml's, else the one generated at first start (0600).
+        self.token = gw.admin_token or ensure_token(self.home)
+        self.redact = Redactor([self.token, *(k.key for k in gw.keys)])
+        for spec in config.deployments:
+            self.redact.add(v for k, v in [*spec.env.items(), *spec.args.items()]
+                            if isinstance(v, str) and looks_secret(k, v))  # fmt: skip
+        self.log = Log(self.redact)
+        route_logs(self.log)
+        self.guard = Guard(self.token, self.host, config.allowed_hosts,
+                           (k.key for k in gw.keys), gw.read_timeout, self.log)  # fmt: skip
         self.metrics = DaemonMetrics()
         self.events: list[asyncio.Queue[dict[str, Any]]] = []
         self.stopping = asyncio.Event()
         self.forced = False
         self.url = ""
         sims = parse_sim_gpus(config.sim_gpus) if config.sim_gpus else None
-        self.backend = open_backend(config.gpu_backend, home, sims)
-        self.journal = Journal(home / "journal.db")
-        gw = config.gateway
-        if not _loopback(self.host) and not (gw.keys and gw.admin_token):
-            raise ConfigError(
-                f"listening on {self.host} (beyond loopback) needs API keys ([[gateway.keys]]) "
-                "and an admin token (gateway.admin_token); add both, or listen on 127.0.0.1"
-            )
-        self.gateway = Gateway(gw, self._routes, self.metrics.registry)
+        self.backend = open_backend(config.gpu_backend, self.home, sims)
+        check_gpu_indices(config, len(self.backend.read().devices))
+        #: Set once the configured deployments have started (fault injection waits for it).
+        self.started = threading.Event()
+        self.journal = Journal(self.home / "journal.db", on_step=_crash_point(self.started))
+        self.gateway = Gateway(gw, self._routes, self.metrics.registry,
+                               engine_gone=self._engine_gone)  # fmt: skip
         self.controller = Controller(
-            self.journal, self.backend, home, hooks=self.gateway, on_event=self._event
+            self.journal, self.backend, self.home, hooks=self.gateway, on_event=self._event
         )
+        for spec in config.deployments:
+            self.controller.revisions.remember(spec)
         self.sampler = Sampler(self.backend, HostSampler(), owners=self._owners, interval=1.0)
         self.telemetry = TelemetryCollector(self.sampler)
         self.backoff: dict[str, Backoff] = {}
         self._tasks: list[asyncio.Task[Any]] = []
+        #: Deployments whose dead engine is being restarted (one restart at a time).
+        self.restarting: set[str] = set()
         dash = config.dashboard
         self.board = Board(self._samples, dash.interval, dash.history, dash.alert_for_scale)
         #: Open dashboard pages: each gets every tick and a fresh timeline on each event.
@@ -160,9 +192,7 @@ class Daemon:
     def _write_owners(self) -> None:
         """``owners.json``: which process is whose, for `labctl gpus` and `labctl exporter`."""
         doc = {"pids": {str(pid): name for pid, name in self.controller.owned_pids().items()}}
-        tmp = self.home / "owners.json.tmp"
-        tmp.write_text(json.dumps(doc))
-        os.replace(tmp, self.home / "owners.json")
+        write_private(self.home / "owners.json", json.dumps(doc))
 
     def _drain_observations(self) -> None:
         for kind, data in self.controller.observations:
@@ -178,16 +208,13 @@ class Daemon:
         self.controller.observations.clear()
 
     async def _poll_engines(self) -> None:
-        """Every 2 s: each ready engine's gauges under labctl names; restarts of dead engines."""
+        """Every 2 s: each ready engine's gauges under labctl names."""
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as http:
             while True:
                 self._drain_observations()
                 for d in list(self.controller.deployments.values()):
                     e = d.engine
-                    if e is None:
-                        continue
-                    if d.state == "ready" and e.process.returncode is not None:
-                        self._tasks.append(asyncio.create_task(self._restart(d.name, e)))
+                    if e is None or e.process.returncode is not None:
                         continue
                     e.process.track()  # remember workers while they are still its children
                     try:
@@ -206,24 +233,63 @@ class Daemon:
                             self.metrics.engine[target].labels(d.name).set(value)
                 await asyncio.sleep(2.0)
 
+    async def _watch_engines(self) -> None:
+        """Every 0.1 s: a serving engine that exited is restarted at once (its requests held)."""
+        while True:
+            for d in list(self.controller.deployments.values()):
+                e = d.engine
+                if e is not None and d.state == "ready" and e.process.returncode is not None:
+                    self._restart_soon(d.name, e)
+            await asyncio.sleep(0.1)
+
+    def _restart_soon(self, name: str, dead: Engine) -> None:
+        if name not in self.restarting:
+            self.restarting.add(name)
+            self.gateway.hold(name)  # new requests wait for the restart instead of failing
+            self._tasks.append(asyncio.create_task(self._restart(name, dead)))
+
+    async def _engine_gone(self, name: str) -> bool:
+        """The gateway found ``name``'s engine refusing connections: True if it is dead and a
+        restart is under way (the request then waits for it in the held queue)."""
+        d = self.controller.deployments.get(name)
+        if d is None:
+            return False
+        e = d.engine
+        if e is not None and d.state == "ready":
+            for _ in range(20):  # its exit may not be reaped yet: give it up to a second
+                if (
+                    e.process.returncode is not None
+                    or e.process.pid not in e.process.alive_members()
+                ):
+                    self._restart_soon(name, e)
+                    break
+                await asyncio.sleep(0.05)
+        return name in self.restarting or d.state in ("draining", "stopping", "starting")
+
     async def _restart(self, name: str, dead: Engine) -> None:
-        d = self.controller.deployments[name]
-        if d.engine is not dead or d.state != "ready":
-            return
-        code = dead.process.returncode
-        self.metrics.restarts.labels(name, "exited").inc()
-        d.restarts += 1
-        delay = self.backoff.setdefault(name, Backoff()).next_delay(
-            time.monotonic() - dead.process.started_at
-        )
-        self.controller.set_state(
-            d, "failed", f"engine exited with code {code}; restart in {delay:g} s"
-        )
-        await asyncio.sleep(delay)
-        if d.engine is not dead or self.stopping.is_set():
-            return
-        with contextlib.suppress(LabError):
-            await self.controller.deploy(d.spec, kind="restart", revision=d.revision)
+        try:
+            d = self.controller.deployments[name]
+            if d.engine is not dead or d.state != "ready":
+                return
+            code = dead.process.returncode
+            self.metrics.restarts.labels(name, "exited").inc()
+            d.restarts += 1
+            delay = self.backoff.setdefault(name, Backoff()).next_delay(
+                time.monotonic() - dead.process.started_at
+            )
+            self.controller.set_state(
+                d, "failed", f"engine exited with code {code}; restart in {delay:g} s"
+            )
+            await asyncio.sleep(delay)
+            if d.engine is not dead or self.stopping.is_set():
+                return
+            with contextlib.suppress(LabError):
+                await self.controller.deploy(d.spec, kind="restart", revision=d.revision)
+        finally:
+            self.restarting.discard(name)
+            d = self.controller.deployments[name]
+            if d.deploying is None:  # a restart that did not happen holds nothing back
+                await self.gateway.resume(name, None)
 
     # -- dashboard --------------------------------------------------------------------
 
@@ -257,13 +323,13 @@ class Daemon:
                 tick = self.board.tick(time.time())
             except Exception as exc:  # a bad tick must not end the page's updates
                 if not failed:
-                    _log(f"dashboard: a tick failed ({type(exc).__name__}: {exc}); retrying")
+                    self.log(f"dashboard: a tick failed ({type(exc).__name__}: {exc}); retrying")
                 failed = True
             else:
                 failed = False
                 for what, error in self.board.errors.items():
                     if reported.get(what) != error:
-                        _log(f"dashboard: {what} failed: {error}")
+                        self.log(f"dashboard: {what} failed: {error}")
                 reported = dict(self.board.errors)
                 if self.watchers:
                     self._watch({"type": "tick", **tick, "deployments": self._deployments()})
@@ -273,7 +339,7 @@ class Daemon:
         return {
             **self.board.snapshot(), "url": self.url, "gpu_backend": self.backend.name,
             "gpus": self._gpus(), "deployments": self._deployments(),
-            "timeline": self._timeline(), "auth": self.config.gateway.admin_token is not None,
+            "timeline": self._timeline(), "auth": True,
         }  # fmt: skip
 
     async def dashboard_page(self, request: web.Request) -> web.Response:
@@ -323,80 +389,15 @@ class Daemon:
 
     async def reconcile(self) -> list[str]:
         """Make the journal and the running processes agree; returns what was done."""
-        done = []
-        current_pids = {c.engine_pid for c in self.journal.current()}
-        for pending in self.journal.unfinished():
-            name = pending["deployment"]
-            for step in pending["steps"]:
-                pid, start = step["detail"].get("pid"), step["detail"].get("start")
-                if pid is None or start is None or pid in current_pids:
-                    continue
-                log = self.home / "logs" / f"{name}-leftover-{pid}.log"
-                try:
-                    leftover = EngineProcess.adopt(pid, start, log)
-                except LabError:
-                    continue  # already gone
-                leftover.track()
-                with contextlib.suppress(LabError):
-                    await leftover.stop(grace=5)
-                done.append(
-                    f"stopped engine pid {pid} that the interrupted deploy of {name} started"
-                )
-            self.journal.finish(
-                pending["id"], "interrupted", "the daemon stopped during the deploy"
-            )
-            done.append(f"closed deploy {pending['id']} of {name} as interrupted")
-        if done:
-            rec = self.journal.begin("*", "reconcile", None, 0)
-            with self.journal.step(rec, "cleanup", actions=list(done)):
-                pass
-            self.journal.finish(rec, "committed")
-        wanted = {d.name: d for d in self.config.deployments}
-        for cur in self.journal.current():
-            log = self.home / "logs" / f"{cur.deployment}-r{cur.revision}.log"
-            engine = None
-            if cur.engine_pid and cur.engine_start is not None:
-                with contextlib.suppress(LabError):
-                    engine = EngineProcess.adopt(cur.engine_pid, cur.engine_start, log)
-            spec = None
-            with contextlib.suppress(LabError, KeyError):
-                spec = DeploymentSpec.from_dict(
-                    cur.deployment, self.journal.revision(cur.deployment, cur.revision)
-                )
-            healthy = (
-                engine is not None and spec is not None and cur.url is not None
-                and cur.deployment in wanted and await self.controller.probe(cur.url + spec.health_path)
-            )  # fmt: skip
-            if healthy:
-                assert engine is not None and spec is not None and cur.url is not None
-                engine.track()
-                d = self.controller.add(spec)
-                d.engine = Engine(cur.revision, spec, engine, cur.url)
-                d.revision = cur.revision
-                self.controller.set_state(d, "ready")
-                rec = self.journal.begin(cur.deployment, "reconcile", cur.revision, cur.revision)
-                with self.journal.step(rec, "adopt", pid=cur.engine_pid, url=cur.url):
-                    pass
-                self.journal.finish(rec, "committed")
-                done.append(
-                    f"adopted {cur.deployment} revision {cur.revision} (pid {cur.engine_pid})"
-                )
-                continue
-            if engine is not None:
-                engine.track()
-                with contextlib.suppress(LabError):
-                    await engine.stop(grace=5)
-                done.append(
-                    f"stopped the leftover engine of {cur.deployment} (pid {cur.engine_pid})"
-                )
-            self.journal.clear_current(cur.deployment)
-        return done
+        return await reconcile(
+            self.controller, self.home, {d.name for d in self.config.deployments}
+        )
 
     # -- HTTP -------------------------------------------------------------------------
 
     def app(self) -> web.Application:
         app = web.Application(
-            client_max_size=self.config.gateway.max_body_bytes, middlewares=[self._admin_guard]
+            client_max_size=self.config.gateway.max_body_bytes, middlewares=[self.guard.middleware]
         )
         r = app.router
         self.gateway.add_routes(r)
@@ -408,38 +409,25 @@ class Daemon:
         r.add_get("/api/ps", self.ps)
         r.add_post("/api/deployments/{name}/deploy", self.deploy)
         r.add_post("/api/deployments/{name}/rollback", self.rollback)
+        r.add_post("/api/deployments/{name}/cancel", self.cancel)
         r.add_get("/api/history", self.history)
         r.add_get("/api/events", self.stream_events)
+        r.add_post("/api/login-link", self.login_link)
         r.add_post("/api/shutdown", self.shutdown)
         r.add_get("/sd/engines", self.engine_targets)
         r.add_get("/", self.dashboard_page)
+        r.add_get("/login", self.guard.login)
+        r.add_post("/dashboard/login", self.guard.token_login)
         r.add_get("/dashboard/state", self.dashboard_state)
         r.add_get("/dashboard/events", self.dashboard_events)
         return app
 
-    @web.middleware
-    async def _admin_guard(self, request: web.Request, handler: Any) -> web.StreamResponse:
-        """``/api`` and the dashboard's data take the admin token when one is set (the page's
-        data also as the ``labctl_token`` cookie, which EventSource sends); gateway keys are
-        not admin tokens."""
-        token = self.config.gateway.admin_token
-        path = request.path
-        if token is not None and path.startswith(("/api/", "/dashboard/")):
-            header = request.headers.get("Authorization", "")
-            given = header[7:].strip() if header.lower().startswith("bearer ") else ""
-            if not given and path.startswith("/dashboard/"):
-                given = request.cookies.get("labctl_token", "")
-            if not hmac.compare_digest(given.encode(), token.encode()):
-                status = 403 if given in {k.key for k in self.config.gateway.keys} else 401
-                why = (
-                    "an API key is not an admin token"
-                    if status == 403
-                    else "the admin token is missing or wrong"
-                )
-                return web.json_response({"error": {"message": f"{why} (LABCTL_TOKEN)", "code": status}},
-                                         status=status)  # fmt: skip
-        result: web.StreamResponse = await handler(request)
-        return result
+    def login_url(self) -> str:
+        """A one-time link that logs a browser in to the dashboard (a session cookie)."""
+        return f"{self.url}/login?code={self.guard.login_code()}"
+
+    async def login_link(self, request: web.Request) -> web.Response:
+        return web.json_response({"url": self.login_url()})
 
     async def engine_targets(self, request: web.Request) -> web.Response:
         """Prometheus HTTP service discovery: every serving engine's /metrics."""
@@ -500,33 +488,34 @@ class Daemon:
         return web.json_response({"processes": rows})
 
     async def _json_body(self, request: web.Request) -> dict[str, Any]:
-        if not request.can_read_body:
+        raw = await request.read()
+        if not raw.strip():
             return {}
         try:
-            body = await request.json()
-        except (ValueError, UnicodeDecodeError):
-            raise _api_error(400, "the request body is not valid JSON") from None
+            body = jsontext.loads(raw)
+        except ValueError as exc:
+            raise _api_error(400, f"the request body is not valid JSON: {exc}") from None
         if not isinstance(body, dict):
             raise _api_error(400, "the request body must be a JSON object")
         return body
 
-    async def deploy(self, request: web.Request) -> web.Response:
-        name = request.match_info["name"]
-        body = await self._json_body(request)
+    def _deploy_spec(self, name: str, body: dict[str, Any]) -> DeploymentSpec:
         d = self.controller.deployments.get(name)
         if d is None:
             names = ", ".join(self.controller.deployments) or "none"
             raise _api_error(404, f"no deployment named {name!r}; the lab has: {names}")
-        doc = d.spec.to_dict()
-        if body.get("model"):
-            doc["model"] = body["model"]
-        for key, value in (body.get("set") or {}).items():
-            _apply(doc, key, value)
-        doc.pop("name", None)
+        others = [x.spec for x in self.controller.deployments.values() if x.name != name]
         try:
-            spec = DeploymentSpec.from_dict(name, doc, where=f"deploy {name}")
-        except ConfigError as exc:
-            raise _api_error(400, str(exc)) from None
+            return requested_spec(d.spec, body, self.config, others)
+        except RequestRefused as exc:
+            raise _api_error(exc.status, str(exc)) from None
+
+    async def deploy(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        body = await self._json_body(request)
+        spec = self._deploy_spec(name, body)
+        self.redact.add(v for k, v in [*spec.env.items(), *spec.args.items()]
+                        if isinstance(v, str) and looks_secret(k, v))  # fmt: skip
         try:
             record = await self.controller.deploy(spec, dry_run=bool(body.get("dry_run")))
         except DeployError as exc:
@@ -535,12 +524,21 @@ class Daemon:
         return web.json_response(record)
 
     async def rollback(self, request: web.Request) -> web.Response:
+        await self._json_body(request)
         try:
             record = await self.controller.rollback(request.match_info["name"])
         except DeployError as exc:
             raise _api_error(409, str(exc)) from None
         self._drain_observations()
         return web.json_response(record)
+
+    async def cancel(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        try:
+            self.controller.cancel(name)
+        except DeployError as exc:
+            raise _api_error(409, str(exc)) from None
+        return web.json_response({"deployment": name, "cancelling": True})
 
     async def history(self, request: web.Request) -> web.Response:
         name = request.query.get("deployment") or None
@@ -553,11 +551,18 @@ class Daemon:
 
     async def shutdown(self, request: web.Request) -> web.Response:
         self.stopping.set()
-        return web.json_response({"stopping": True})
+        return web.json_response({"stopping": True, "pid": os.getpid()})
 
     # -- life -------------------------------------------------------------------------
 
     async def run(self, on_listening: Callable[[str], None] = lambda url: None) -> None:
+        lock = DaemonLock(self.home)
+        try:
+            await self._run(on_listening)
+        finally:
+            lock.release()
+
+    async def _run(self, on_listening: Callable[[str], None]) -> None:
         loop = asyncio.get_running_loop()
 
         def on_signal() -> None:
@@ -570,8 +575,10 @@ class Daemon:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, on_signal)
         runner = web.AppRunner(
-            self.app(), access_log=None, handle_signals=False, handler_cancellation=True
-        )
+            self.app(), access_log=None, handle_signals=False, handler_cancellation=True,
+            keepalive_timeout=self.config.gateway.idle_timeout,
+            lingering_time=1.0,  # after a 408 or 413, read what still comes for 1 s, not 10
+        )  # fmt: skip
         await runner.setup()
         site = web.TCPSite(runner, self.host, self.port)
         try:
@@ -583,21 +590,24 @@ class Daemon:
                 "labctl up running? Pick another address with --listen"
             ) from exc
         bound = runner.addresses[0][1] if runner.addresses else self.port
-        self.url = f"http://{self.host}:{bound}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        self.url = f"http://{host}:{bound}"
         self.sampler.start()
         try:
             for line in await self.reconcile():
-                _log(line)
+                self.log(line)
             on_listening(self.url)
             self._tasks.append(asyncio.create_task(self._poll_engines()))
+            self._tasks.append(asyncio.create_task(self._watch_engines()))
             self._tasks.append(asyncio.create_task(self._board_loop()))
             starting = asyncio.create_task(self._start_configured())
             await self.stopping.wait()
+            self.log("stopping: deploys in progress first, then engines, then the listener")
+            await self.controller.close_deploys()
             starting.cancel()
             with contextlib.suppress(asyncio.CancelledError, LabError):
                 await starting
         finally:
-            _log("stopping: engines first, then the listener")
             for task in self._tasks:
                 task.cancel()
             await self.controller.stop_all()
@@ -614,8 +624,11 @@ class Daemon:
                 continue  # adopted
             try:
                 await self.controller.deploy(spec, kind="start")
+            except DeployCancelled:
+                return  # the lab is shutting down
             except LabError as exc:
-                _log(f"{spec.name}: {exc}")
+                self.log(f"{spec.name}: {exc}")
+        self.started.set()
 
     def _kill_all(self) -> None:
         for d in self.controller.deployments.values():
@@ -625,10 +638,6 @@ class Daemon:
                         os.kill(pid, signal.SIGKILL)
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(d.engine.process.pid, signal.SIGKILL)
-
-
-def _loopback(host: str) -> bool:
-    return host in ("127.0.0.1", "::1", "localhost") or host.startswith("127.")
 
 
 def _default_limit(spec: DeploymentSpec) -> int:
@@ -644,22 +653,26 @@ def _compact(doc: Any) -> str:
 
 
 def _api_error(status: int, message: str) -> web.HTTPException:
-    cls = {400: web.HTTPBadRequest, 404: web.HTTPNotFound, 409: web.HTTPConflict}[status]
+    cls = {400: web.HTTPBadRequest, 403: web.HTTPForbidden, 404: web.HTTPNotFound,
+           409: web.HTTPConflict}[status]  # fmt: skip
     return cls(text=json.dumps({"error": {"message": message, "code": status}}),
                content_type="application/json")  # fmt: skip
 
 
-def _apply(doc: dict[str, Any], key: str, value: Any) -> None:
-    """``--set`` semantics: a top-level setting, ``args.X``, ``env.X``, or else an engine flag."""
-    head, _, rest = key.partition(".")
-    if rest and head in ("args", "env"):
-        doc.setdefault(head, {})[rest] = value
-    elif key in doc and key not in ("args", "env"):
-        doc[key] = value
-    else:
-        doc.setdefault("args", {})[key.replace("-", "_")] = value
+def _crash_point(armed: threading.Event) -> Callable[[str], None]:
+    """Fault injection for the crash-consistency tests: ``LABCTL_FAULT_KILL_AT=STEP[@SECONDS]``
+    kills this daemon with SIGKILL when a deploy step named STEP has begun (SECONDS later),
+    once ``armed`` (after the configured deployments started)."""
+    spec = os.environ.get("LABCTL_FAULT_KILL_AT", "")
+    step, _, delay = spec.partition("@")
 
+    def hook(name: str) -> None:
+        if name == step and armed.is_set():
+            seconds = float(delay or 0)
+            if seconds <= 0:
+                os.kill(os.getpid(), signal.SIGKILL)
+            timer = threading.Timer(seconds, os.kill, (os.getpid(), signal.SIGKILL))
+            timer.daemon = True
+            timer.start()
 
-def _log(message: str) -> None:
-    stamp = time.strftime("%H:%M:%S")
-    print(f"{stamp} labctl: {message}", flush=True)
+    return hook if step else (lambda name: None)

@@ -12,12 +12,23 @@ the old revision will give back. Release verification asks the GPU backend
 until no process of the old engine's tree holds memory and the device has the
 room the new revision needs; memory held by a process labctl does not own is
 named (pid, command, bytes) when it is what stands in the way.
+
+A deploy belongs to the lab, not to the client that asked for it: it runs as a
+task of its own and goes on to its commit or rollback whatever the client does.
+A cancel is an explicit request; it takes effect where it is safe (while
+draining, starting or smoke-testing; a stop in progress is finished first) and
+rolls back like any failure. Every step that acts on an engine process journals
+the process (pid, start time, process group, the tree's members) before it
+acts, so that a daemon killed at any point leaves enough for the next one to
+finish the job. The planner runs off the event loop, bounded in time.
+
+Revisions are journaled without their secrets (see ``deploy/revisions.py``).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 import contextlib
 from dataclasses import dataclass, field
 import json
@@ -25,28 +36,23 @@ import os
 from pathlib import Path
 import socket
 import time
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import aiohttp
 
-from labctl.catalog.gpus import gpu as catalog_gpu
-from labctl.catalog.models import resolve
 from labctl.config import DeploymentSpec
 from labctl.deploy.journal import Journal, Step
+from labctl.deploy.preflight import Need, Planner
+from labctl.deploy.revisions import Revisions
 from labctl.engines.adapter import adapter
-from labctl.errors import CatalogError, DeployError, EngineError, LabError
-from labctl.fit.plan import FitRequest, plan
-from labctl.gpu.procs import cmdline, read_stat
+from labctl.errors import DeployError, EngineError, LabError
 from labctl.gpu.sample import GpuBackend, GpuReading
-from labctl.runtime.process import EngineProcess, startup_budget
+from labctl.runtime.process import ENGINE_MARK, EngineProcess, startup_budget
 from labctl.units import GiB
 
 STATES = ("stopped", "starting", "ready", "draining", "stopping", "failed")
-#: vLLM flags the planner reads from a deployment's ``args``.
-FIT_FLAGS = ("tensor_parallel_size", "pipeline_parallel_size", "max_model_len", "max_num_seqs",
-             "max_num_batched_tokens", "gpu_memory_utilization", "kv_cache_dtype",
-             "quantization", "enforce_eager", "enable_prefix_caching")  # fmt: skip
 RELEASE_TIMEOUT_S = 30.0
+T = TypeVar("T")
 
 
 class Hooks(Protocol):
@@ -77,6 +83,8 @@ class Engine:
     phases: dict[str, float] = field(default_factory=dict)
     #: Flags the planner added to the command line.
     recommended: tuple[str, ...] = ()
+    #: Bytes per GPU the planner said it takes (its startup time budget scales with them).
+    need_bytes: int = 0
 
 
 @dataclass
@@ -90,6 +98,11 @@ class Deployment:
     restarts: int = 0
     #: Sequences its engine runs at once, as planned (the gateway's default limit).
     max_num_seqs: int | None = None
+    #: The deploy in progress, if any, and whether a cancel was asked for.
+    deploying: asyncio.Task[dict[str, Any]] | None = None
+    cancel_requested: bool = False
+    #: The part of the deploy a cancel may interrupt right now (drain, start, smoke test).
+    interruptible: asyncio.Task[Any] | None = None
 
     def status(self) -> dict[str, Any]:
         e = self.engine
@@ -103,16 +116,8 @@ class Deployment:
         }  # fmt: skip
 
 
-@dataclass(frozen=True)
-class Need:
-    """What preflight found: bytes the revision needs on each of its GPUs, and why."""
-
-    bytes_per_gpu: int
-    summary: str
-    #: The planner's flags that make the plan explicit (vLLM), added where the user set none.
-    recommended: tuple[str, ...] = ()
-    #: Sequences the engine runs at once (vLLM's max_num_seqs), where known.
-    max_num_seqs: int | None = None
+class DeployCancelled(DeployError):
+    """A deploy stopped on request (``labctl cancel``) or by the daemon's shutdown."""
 
 
 class Controller:
@@ -140,6 +145,11 @@ class Controller:
         self._http: aiohttp.ClientSession | None = None
         #: Durations of the last deploys' parts, for the daemon's metrics.
         self.observations: list[tuple[str, dict[str, Any]]] = []
+        #: Revisions as journaled, their secret settings held apart.
+        self.revisions = Revisions(journal)
+        #: Set when the daemon shuts down: a deploy then stops where it is, without rollback.
+        self.closing = False
+        self.planner = Planner(backend, self.owned_pids)
 
     # -- helpers ---------------------------------------------------------------------
 
@@ -176,105 +186,15 @@ class Controller:
 
     # -- preflight ---------------------------------------------------------------------
 
-    def need(self, spec: DeploymentSpec) -> Need:
-        """Bytes the revision takes on each GPU, from the planner where it can say.
+    async def preflight(self, spec: DeploymentSpec, old: Engine | None) -> Need:
+        return self.check_room(spec, old, await self.planner.plan_need(spec))
 
-        Raises:
-            DeployError: the planner says it does not fit (its reasons and numbers), or a
-                GPU it names does not exist.
-        """
-        devices = {d.index: d for d in self._read().devices}
-        for g in spec.gpus:
-            if g not in devices:
-                have = ", ".join(str(i) for i in sorted(devices)) or "none"
-                raise DeployError(f"{spec.name}: GPU {g} does not exist (this machine has: {have})")
-        if spec.engine in ("vllm", "sim"):
-            dev = devices[spec.gpus[0]]
-            try:
-                arch = resolve(str(spec.model))
-                gpu_spec = catalog_gpu(dev.catalog_id) if dev.catalog_id else None
-            except CatalogError as exc:
-                if spec.engine == "sim":
-                    raise DeployError(f"{spec.name}: {exc}") from exc
-                return Need(0, f"no plan ({exc}); the engine's own check decides")
-            args = {k.replace("-", "_"): v for k, v in spec.args.items()}
-            fields = {k: args[k] for k in FIT_FLAGS if k in args}
-            fields.setdefault("tensor_parallel_size", len(spec.gpus))
-            if gpu_spec is None and dev.memory_total_bytes:
-                fields["gpu_total_bytes"] = dev.memory_total_bytes
-            try:
-                res = plan(arch, FitRequest.on_gpu(gpu_spec, **fields), suggest=False)
-            except (LabError, TypeError, ValueError) as exc:
-                raise DeployError(
-                    f"{spec.name}: the planner cannot check these settings: {exc}"
-                ) from exc
-            if not res.fits:
-                raise DeployError(
-                    f"{spec.name}: {spec.model} does not fit on GPU {spec.gpus[0]} "
-                    f"({dev.name}): " + "; ".join(res.reasons)
-                )
-            return Need(
-                res.budget_bytes,
-                f"{res.budget_bytes / GiB:.2f} GiB per GPU (weights {res.weights_bytes / GiB:.2f} GiB, "
-                f"KV cache {res.kv_cache_bytes / GiB:.2f} GiB for {res.kv_cache_tokens:,} tokens)",
-                tuple(res.recommended_args),
-                res.max_num_seqs,
-            )
-        if spec.engine == "llamacpp" and spec.model:
-            path = Path(spec.model).expanduser()
-            if not path.is_file():
-                raise DeployError(
-                    f"{spec.name}: model {spec.model!r}: no such GGUF file; give the path of a .gguf model"
-                )
-            size = path.stat().st_size
-            return Need(size, f"{size / GiB:.2f} GiB of GGUF weights (KV cache not counted)")
-        return Need(0, "no estimate for a command engine")
-
-    def held_by(self, reading: GpuReading, gpus: Sequence[int], pids: set[int]) -> int:
-        """Bytes that processes ``pids`` hold on ``gpus`` (the most on any one GPU)."""
-        most = 0
-        for dev in reading.devices:
-            if dev.index in gpus:
-                held = sum(p.used_bytes or 0 for p in dev.processes if p.pid in pids)
-                most = max(most, held)
-        return most
-
-    def blockers(self, reading: GpuReading, gpus: Sequence[int]) -> str:
-        """Processes labctl does not own holding memory on ``gpus``, for a refusal message."""
-        owned = self.owned_pids()
-        parts = []
-        for dev in reading.devices:
-            if dev.index not in gpus:
-                continue
-            for p in dev.processes:
-                if p.pid not in owned and p.used_bytes:
-                    st = read_stat(p.pid)
-                    cmd = cmdline(p.pid) or (st.name if st else "?")
-                    parts.append(
-                        f"pid {p.pid} ({cmd}) holds {p.used_bytes / GiB:.2f} GiB on GPU {dev.index}"
-                    )
-        return "; ".join(parts)
-
-    def preflight(self, spec: DeploymentSpec, old: Engine | None) -> Need:
-        need = self.need(spec)
+    def check_room(self, spec: DeploymentSpec, old: Engine | None, need: Need) -> Need:
+        """Whether the GPUs have room for ``need`` once the old revision is gone."""
         if old is not None:
             old.process.track()  # workers it forked (or left behind) give memory back too
-        reading = self._read()
         old_pids = set(old.process.members) if old else set()
-        for dev in reading.devices:
-            if dev.index not in spec.gpus or dev.memory_free_bytes is None:
-                continue
-            back = sum(p.used_bytes or 0 for p in dev.processes if p.pid in old_pids)
-            room = dev.memory_free_bytes + back
-            if need.bytes_per_gpu > room:
-                who = self.blockers(reading, [dev.index])
-                raise DeployError(
-                    f"{spec.name}: needs {need.summary} but GPU {dev.index} has "
-                    f"{dev.memory_free_bytes / GiB:.2f} GiB free"
-                    + (f" + {back / GiB:.2f} GiB the old revision gives back" if back else "")
-                    + (f"; {who}" if who else "")
-                )
-        return need
+        return self.planner.check_room(spec, old_pids, need)
 
     # -- engines -----------------------------------------------------------------------
 
@@ -284,6 +204,7 @@ class Controller:
         revision: int,
         on_spawn: Callable[[EngineProcess], None] = lambda process: None,
         recommended: Sequence[str] = (),
+        need_bytes: int = 0,
     ) -> Engine:
         """Start a revision and wait until it is ready (health, its model listed).
 
@@ -296,6 +217,7 @@ class Controller:
         settings = spec.to_dict() | {"recommended_args": list(recommended)}
         launch = adapter(spec.engine).launch(settings, self.host, port, spec.gpus)
         env = dict(os.environ) | launch.env | dict(spec.env) | {"LABCTL_HOME": str(self.home)}
+        env |= {ENGINE_MARK: str(self.home), "LABCTL_DEPLOYMENT": spec.name}
         phases: dict[str, float] = {}
         tail: list[str] = []
         mark = [self.clock()]
@@ -315,7 +237,7 @@ class Controller:
         on_spawn(process)
         mark[0] = process.started_at
         url = f"http://{self.host}:{port}"
-        engine = Engine(revision, spec, process, url, phases, tuple(recommended))
+        engine = Engine(revision, spec, process, url, phases, tuple(recommended), need_bytes)
         try:
             await self._wait_ready(engine, launch.health_path, launch.served_model, tail)
         except BaseException:
@@ -326,20 +248,18 @@ class Controller:
             raise
         return engine
 
-    def _startup_timeout(self, spec: DeploymentSpec) -> float:
+    def _startup_timeout(self, engine: Engine) -> float:
+        spec = engine.spec
         if spec.startup_timeout is not None:
             return spec.startup_timeout
-        try:
-            need = self.need(spec)
-        except LabError:
-            return startup_budget(0)
-        return startup_budget(need.bytes_per_gpu * len(spec.gpus))
+        return startup_budget(engine.need_bytes * len(spec.gpus))
 
     async def _wait_ready(
         self, engine: Engine, health: str, served: str | None, tail: list[str]
     ) -> None:
         spec, process = engine.spec, engine.process
-        deadline = self.clock() + self._startup_timeout(spec)
+        budget = self._startup_timeout(engine)
+        deadline = self.clock() + budget
 
         def failure(what: str) -> EngineError:
             last = " | ".join(tail[-3:]) or "no output"
@@ -353,7 +273,7 @@ class Controller:
             if process.silent_for() > spec.stall_timeout:
                 raise failure(f"stalled: no log output for {spec.stall_timeout:g} s")
             if self.clock() > deadline:
-                raise failure(f"did not become ready in {self._startup_timeout(spec):g} s")
+                raise failure(f"did not become ready in {budget:g} s")
             if await self.probe(engine.url + health) and (
                 served is None or served in await self._models(engine.url)
             ):
@@ -409,12 +329,9 @@ class Controller:
         """
         gpus = engine.spec.gpus
         pids = set(engine.process.members)
-        before = self.held_by(self._read(), gpus, pids)
+        before = self.planner.held_by(self._read(), gpus, pids)
         if deploy_id is not None:
-            alive = engine.process.alive_members()
-            with self.journal.step(
-                deploy_id, "stop", pid=engine.process.pid, processes=alive
-            ) as step:
+            with self.journal.step(deploy_id, "stop", **_identity(engine.process)) as step:
                 report = await engine.process.stop(grace=engine.spec.stop_grace)
                 step.detail |= {"graceful": report.graceful, "exit_code": report.exit_code,
                                 "orphans_killed": list(report.orphans_killed)}  # fmt: skip
@@ -423,7 +340,12 @@ class Controller:
         pids |= set(engine.process.members)
         exited = self.clock()
         step_cm = (
-            self.journal.step(deploy_id, "verify_release", gpus=list(gpus))
+            self.journal.step(
+                deploy_id,
+                "verify_release",
+                gpus=list(gpus),
+                processes={str(p): engine.process.members.get(p, 0) for p in pids},
+            )
             if deploy_id is not None
             else contextlib.nullcontext()
         )
@@ -445,7 +367,7 @@ class Controller:
             DeployError: still held ``release_timeout`` s after ``since``.
         """
         while True:
-            held = self.held_by(self._read(), gpus, pids)
+            held = self.planner.held_by(self._read(), gpus, pids)
             if held == 0:
                 return
             if self.clock() - since > self.release_timeout:
@@ -470,57 +392,134 @@ class Controller:
         """Replace ``spec.name``'s running revision with ``spec`` (a new revision unless given).
 
         Returns the journal's record of the deploy. A refusal leaves the old revision
-        serving; a failure after it stopped rolls back to it.
+        serving; a failure after it stopped rolls back to it. The deploy runs as a task of
+        its own: the caller going away (a client that disconnects) does not stop it; only
+        :meth:`cancel` does.
 
         Raises:
             DeployError: refused at preflight, or failed and rolled back (or could not).
         """
         d = self.add(spec)
+        self.revisions.remember(spec)
         if dry_run:
-            need = self.preflight(spec, d.engine)
+            need = self.check_room(spec, d.engine, await self.planner.plan_need(spec))
             return {"deployment": spec.name, "dry_run": True, "fits": True, "need": need.summary,
                     "bytes_per_gpu": need.bytes_per_gpu}  # fmt: skip
+        task = asyncio.create_task(self._deploy(d, spec, kind, revision))
+        return await asyncio.shield(task)
+
+    def cancel(self, name: str) -> None:
+        """Ask the deploy of ``name`` in progress to stop and roll back.
+
+        Raises:
+            DeployError: no deploy of ``name`` is running.
+        """
+        d = self.deployments.get(name)
+        if d is None or d.deploying is None or d.deploying.done():
+            raise DeployError(f"no deploy of {name} is running; see `labctl history {name}`")
+        d.cancel_requested = True
+        if d.interruptible is not None:
+            d.interruptible.cancel()
+
+    async def close_deploys(self) -> None:
+        """Shutdown: every deploy in progress stops where it safely can, without a rollback."""
+        self.closing = True
+        running = [d.deploying for d in self.deployments.values() if d.deploying is not None]
+        for d in self.deployments.values():
+            if d.deploying is not None:
+                with contextlib.suppress(DeployError):
+                    self.cancel(d.name)
+        for task in running:
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await task
+
+    async def _interruptible(self, d: Deployment, work: Awaitable[T]) -> T:
+        """Run ``work`` so that a cancel may interrupt it (it cleans up after itself)."""
+        if d.cancel_requested:
+            if asyncio.iscoroutine(work):
+                work.close()
+            raise DeployCancelled(self._cancel_reason())
+        task = asyncio.ensure_future(work)
+        d.interruptible = task
+        try:
+            return await task
+        except asyncio.CancelledError:
+            if task.cancelled() and d.cancel_requested:
+                raise DeployCancelled(self._cancel_reason()) from None
+            raise
+        finally:
+            d.interruptible = None
+
+    def _checkpoint(self, d: Deployment) -> None:
+        """After a part that must not be interrupted (a stop): honour a cancel asked meanwhile."""
+        if d.cancel_requested:
+            raise DeployCancelled(self._cancel_reason())
+
+    def _cancel_reason(self) -> str:
+        return "the lab is shutting down" if self.closing else "cancelled by request"
+
+    async def _deploy(
+        self, d: Deployment, spec: DeploymentSpec, kind: str, revision: int | None
+    ) -> dict[str, Any]:
         gpus = sorted(set(spec.gpus) | set(d.spec.gpus))
         async with contextlib.AsyncExitStack() as locks:
             for g in gpus:  # one deploy at a time on any GPU, taken in order (no deadlock)
                 await locks.enter_async_context(self._lock(g))
-            old = d.engine  # read under the locks: a deploy before this one may have changed it
-            if revision is None:
-                revision = self.journal.add_revision(spec.name, spec.to_dict())
-            deploy_id = self.journal.begin(spec.name, kind, d.revision, revision)
-            begun = self.clock()
-            self._emit("deploy", spec.name, phase="begin", kind=kind, revision=revision)
+            if self.closing:
+                raise DeployCancelled(f"{spec.name}: the lab is shutting down")
+            d.deploying, d.cancel_requested = asyncio.current_task(), False
             try:
-                with self.journal.step(deploy_id, "preflight") as step:
-                    need = self.preflight(spec, old)
-                    step.detail["need"] = need.summary
-                d.max_num_seqs = need.max_num_seqs
-            except DeployError as exc:
-                self.journal.finish(deploy_id, "refused", str(exc))
-                self._emit("deploy", spec.name, phase="refused", error=str(exc))
-                self.observations.append(
-                    ("deploy", {"outcome": "refused", "seconds": self.clock() - begun})
-                )
-                raise
-            outcome, error = "committed", None
-            try:
-                await self._replace(d, old, spec, revision, deploy_id, need.recommended)
-            except Exception as exc:  # anything: the old revision must come back
-                error = str(exc)
-                outcome = "rolled_back" if await self._roll_back(d, old, deploy_id) else "failed"
-            self.journal.finish(deploy_id, outcome, error)
+                return await self._deploy_locked(d, spec, kind, revision)
+            finally:
+                d.deploying, d.cancel_requested = None, False
+
+    async def _deploy_locked(
+        self, d: Deployment, spec: DeploymentSpec, kind: str, revision: int | None
+    ) -> dict[str, Any]:
+        old = d.engine  # read under the locks: a deploy before this one may have changed it
+        if revision is None:
+            revision = self.revisions.add(spec)
+        deploy_id = self.journal.begin(spec.name, kind, d.revision, revision)
+        begun = self.clock()
+        self._emit("deploy", spec.name, phase="begin", kind=kind, revision=revision)
+        try:
+            with self.journal.step(deploy_id, "preflight") as step:
+                need = await self._interruptible(d, self.preflight(spec, old))
+                step.detail["need"] = need.summary
+            d.max_num_seqs = need.max_num_seqs
+        except DeployError as exc:
+            self.journal.finish(deploy_id, "refused", str(exc))
+            self._emit("deploy", spec.name, phase="refused", error=str(exc))
             self.observations.append(
-                ("deploy", {"outcome": outcome, "seconds": self.clock() - begun})
+                ("deploy", {"outcome": "refused", "seconds": self.clock() - begun})
             )
-            self._emit("deploy", spec.name, phase=outcome, revision=d.revision, error=error)
-            record = self.journal.history(spec.name, limit=1)[0]
-            if error is not None:
-                raise DeployError(
-                    f"{spec.name} revision {revision} failed: {error}; "
-                    + (f"rolled back to revision {d.revision}, which serves again"
-                       if outcome == "rolled_back" else "nothing serves it now")
-                )  # fmt: skip
-            return record
+            raise
+        outcome, error = "committed", None
+        try:
+            await self._replace(d, old, spec, revision, deploy_id, need)
+        except (Exception, asyncio.CancelledError) as exc:  # anything: the old revision comes back
+            error = str(exc) or type(exc).__name__
+            if isinstance(exc, asyncio.CancelledError):  # the daemon itself is going away
+                error = "the daemon stopped during the deploy"
+            if self.closing or isinstance(exc, asyncio.CancelledError):
+                outcome = "interrupted"
+                await self._leave(d, old)
+            else:
+                outcome = "rolled_back" if await self._roll_back(d, old, deploy_id) else "failed"
+        self.journal.finish(deploy_id, outcome, error)
+        self.observations.append(("deploy", {"outcome": outcome, "seconds": self.clock() - begun}))
+        self._emit("deploy", spec.name, phase=outcome, revision=d.revision, error=error)
+        record = self.journal.history(spec.name, limit=1)[0]
+        if error is not None:
+            cls = (
+                DeployCancelled if outcome == "interrupted" or "cancelled" in error else DeployError
+            )
+            raise cls(
+                f"{spec.name} revision {revision} failed: {error}; "
+                + (f"rolled back to revision {d.revision}, which serves again"
+                   if outcome == "rolled_back" else "nothing serves it now")
+            )  # fmt: skip
+        return record
 
     async def _replace(
         self,
@@ -529,33 +528,46 @@ class Controller:
         spec: DeploymentSpec,
         revision: int,
         deploy_id: int,
-        recommended: Sequence[str] = (),
+        need: Need,
     ) -> None:
         if old is not None:
             with self.journal.step(deploy_id, "drain"):
                 self.set_state(d, "draining")
-                await self.hooks.drain(d.name)
+                await self._interruptible(d, self.hooks.drain(d.name))
             self.set_state(d, "stopping")
             d.engine = None  # from here on, the old revision is not serving
             self.journal.clear_current(d.name)
-            await self.stop_engine(old, deploy_id)
+            # a stop is finished once begun, whatever is asked meanwhile (never half-stopped)
+            await asyncio.shield(self.stop_engine(old, deploy_id))
+            self._checkpoint(d)
         self.set_state(d, "starting")
         with self.journal.step(deploy_id, "start", revision=revision) as step:
-            engine = await self.start_engine(spec, revision, self._spawned(step), recommended)
+            engine = await self._interruptible(d, self.start_engine(
+                spec, revision, self._spawned(step), need.recommended, need.bytes_per_gpu))  # fmt: skip
             step.detail |= {"url": engine.url, "phases": engine.phases}
         self.observations.append(("startup", dict(engine.phases)))
         try:
-            with self.journal.step(deploy_id, "smoke_test"):
-                await self.smoke(engine)
-        except EngineError:
-            await self.stop_engine(engine, deploy_id)
+            with self.journal.step(deploy_id, "smoke_test", **_identity(engine.process)):
+                await self._interruptible(d, self.smoke(engine))
+        except (EngineError, DeployCancelled, asyncio.CancelledError):
+            await asyncio.shield(self.stop_engine(engine, deploy_id))
             raise
-        with self.journal.step(deploy_id, "switch"):
+        with self.journal.step(deploy_id, "switch", **_identity(engine.process)):
             d.engine, d.revision, d.spec = engine, revision, spec
             self.journal.set_current(d.name, revision, engine.process.pid,
                                      engine.process.start_time, engine.url)  # fmt: skip
             self.set_state(d, "ready")
             await self.hooks.resume(d.name, engine.url)
+
+    async def _leave(self, d: Deployment, old: Engine | None) -> None:
+        """A deploy stopped by the shutdown: nothing new serves; what still runs is stopped by
+        the shutdown that follows (the old revision, if it was never stopped)."""
+        if d.engine is not None and d.engine is old:
+            self.set_state(d, "ready")
+            await self.hooks.resume(d.name, old.url)
+            return
+        self.set_state(d, "stopped", "the lab shut down during a deploy")
+        await self.hooks.resume(d.name, None)
 
     async def _roll_back(self, d: Deployment, old: Engine | None, deploy_id: int) -> bool:
         """Bring the old revision back after a failed deploy; True if it serves again."""
@@ -570,7 +582,7 @@ class Controller:
         try:
             with self.journal.step(deploy_id, "rollback", revision=old.revision) as step:
                 engine = await self.start_engine(
-                    old.spec, old.revision, self._spawned(step), old.recommended
+                    old.spec, old.revision, self._spawned(step), old.recommended, old.need_bytes
                 )
                 step.detail |= {"url": engine.url, "phases": engine.phases}
                 await self.smoke(engine)
@@ -589,7 +601,8 @@ class Controller:
         """Journal a new engine's pid at once, so a daemon killed now can find it later."""
 
         def note(process: EngineProcess) -> None:
-            step.detail |= {"pid": process.pid, "start": process.start_time}
+            step.detail |= {"pid": process.pid, "start": process.start_time,
+                            "pgid": process.pid}  # fmt: skip
             self.journal.note(step)
 
         return note
@@ -608,8 +621,9 @@ class Controller:
         if not earlier:
             raise DeployError(f"{name} has no earlier committed revision to roll back to")
         target = int(earlier[0]["to_revision"])
-        spec = DeploymentSpec.from_dict(name, self.journal.revision(name, target))
-        return await self.deploy(spec, kind="rollback", revision=target)
+        return await self.deploy(
+            self.revisions.restore(name, target), kind="rollback", revision=target
+        )
 
     async def stop_all(self) -> None:
         """Stop every engine and wait for its memory (the daemon's shutdown)."""
@@ -621,6 +635,12 @@ class Controller:
                 d.engine = None
                 self.journal.clear_current(d.name)
                 self.set_state(d, "stopped")
+
+
+def _identity(process: EngineProcess) -> dict[str, Any]:
+    """What a step journals about an engine before acting on it: enough to finish the job."""
+    return {"pid": process.pid, "start": process.start_time, "pgid": process.pid,
+            "processes": {str(p): t for p, t in process.identity().items()}}  # fmt: skip
 
 
 def _free_port(host: str) -> int:

@@ -16,12 +16,14 @@ from collections.abc import Callable, Iterator
 import contextlib
 from dataclasses import dataclass, field
 import json
+import os
 from pathlib import Path
 import sqlite3
 import time
 from typing import Any
 
 from labctl.errors import DeployError
+from labctl.home import private_dir
 
 MIGRATIONS: tuple[str, ...] = (
     # 1: revisions, deploys, steps, current
@@ -70,6 +72,15 @@ MIGRATIONS: tuple[str, ...] = (
 
 #: How a deploy can end.
 OUTCOMES = ("committed", "rolled_back", "refused", "failed", "interrupted")
+#: The tables and columns this labctl reads and writes, checked at open.
+SCHEMA = {
+    "revisions": ("deployment", "revision", "spec", "created"),
+    "deploys": ("id", "deployment", "kind", "from_revision", "to_revision", "started",
+                "finished", "outcome", "error"),
+    "steps": ("deploy_id", "seq", "name", "started", "finished", "outcome", "error",
+              "freed_bytes", "detail"),
+    "current": ("deployment", "revision", "engine_pid", "engine_start", "url", "updated"),
+}  # fmt: skip
 
 
 @dataclass
@@ -95,10 +106,28 @@ class Current:
 class Journal:
     """One SQLite file; use from one thread (the daemon's event loop)."""
 
-    def __init__(self, path: Path, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        path: Path,
+        clock: Callable[[], float] = time.time,
+        on_step: Callable[[str], None] = lambda name: None,
+    ) -> None:
         self.path = path
         self.clock = clock
-        path.parent.mkdir(parents=True, exist_ok=True)
+        #: Told each step's name once its start is on disk (fault injection hooks in here).
+        self.on_step = on_step
+        try:
+            private_dir(path.parent)
+            # Its rows hold every deploy's settings: the owner's alone (SQLite gives the -wal
+            # and -shm files the database file's mode).
+            os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+            if path.stat().st_uid == os.getuid():
+                path.chmod(0o600)
+        except OSError as exc:
+            raise DeployError(
+                f"the journal {path} cannot be created ({exc.strerror or exc}); check that "
+                "LABCTL_HOME is a directory you can write"
+            ) from None
         try:
             self.db = sqlite3.connect(path, isolation_level=None)
             self.db.row_factory = sqlite3.Row
@@ -112,10 +141,26 @@ class Journal:
             self.db.execute("PRAGMA foreign_keys=ON")
             self.db.execute("PRAGMA busy_timeout=5000")
             self._migrate()
+            self._check_schema()
         except sqlite3.DatabaseError as exc:
             raise DeployError(
                 f"the journal {path} cannot be opened ({exc}); move it aside to start a new one"
             ) from exc
+
+    def _check_schema(self) -> None:
+        """Refuse a journal whose tables are not what this labctl writes (damaged or edited)."""
+        for table, columns in SCHEMA.items():
+            have = {r[1] for r in self.db.execute(f"PRAGMA table_info({table})").fetchall()}
+            if not have:
+                problem = f"table {table} is missing"
+            elif missing := [c for c in columns if c not in have]:
+                problem = f"table {table} lacks column(s) {', '.join(missing)}"
+            else:
+                continue
+            raise DeployError(
+                f"the journal {self.path} is damaged ({problem}); move it aside "
+                f"(mv {self.path} {self.path}.damaged) to start a new one"
+            )
 
     def _migrate(self) -> None:
         version = int(self.db.execute("PRAGMA user_version").fetchone()[0])
@@ -203,6 +248,7 @@ class Journal:
             (deploy_id, seq, name, self.clock(), json.dumps(detail)),
         )
         step = Step(deploy_id, seq, name, dict(detail))
+        self.on_step(name)
         outcome, error = "ok", None
         try:
             yield step
@@ -257,7 +303,7 @@ class Journal:
         doc["steps"] = []
         for s in steps:
             step = dict(s)
-            step["detail"] = json.loads(step["detail"])
+            step["detail"] = _detail(step["detail"])
             step["duration_s"] = None if s["finished"] is None else s["finished"] - s["started"]
             doc["steps"].append(step)
         return doc
@@ -282,9 +328,49 @@ class Journal:
     def clear_current(self, deployment: str) -> None:
         self.db.execute("DELETE FROM current WHERE deployment = ?", (deployment,))
 
+    def processes(self) -> dict[int, tuple[float, str]]:
+        """Every engine process the journal says the lab may own: pid → (start time, deployment).
+
+        From the steps of unfinished deploys (each journals the processes it acts on before it
+        acts) and from what each deployment serves. A pid is only ever acted on together with
+        its start time, so a reused pid is never mistaken for the lab's.
+        """
+        out: dict[int, tuple[float, str]] = {}
+        for deploy in self.unfinished():
+            for step in deploy["steps"]:
+                for pid, start in _pids(step["detail"]).items():
+                    out[pid] = (start, deploy["deployment"])
+        for cur in self.current():
+            if cur.engine_pid and cur.engine_start is not None:
+                out[cur.engine_pid] = (cur.engine_start, cur.deployment)
+        return out
+
     def current(self) -> list[Current]:
         rows = self.db.execute(
             "SELECT deployment, revision, engine_pid, engine_start, url FROM current "
             "ORDER BY deployment"
         ).fetchall()
         return [Current(*r) for r in rows]
+
+
+def _detail(raw: str) -> dict[str, Any]:
+    """A step's detail; a damaged one is shown as such rather than failing the whole history."""
+    try:
+        doc = json.loads(raw)
+    except (ValueError, RecursionError, TypeError):
+        return {"unreadable": str(raw)[:200]}
+    return doc if isinstance(doc, dict) else {"unreadable": str(raw)[:200]}
+
+
+def _pids(detail: dict[str, Any]) -> dict[int, float]:
+    """The (pid, start time) pairs a step's detail names: ``pid``/``start`` and ``processes``."""
+    out: dict[int, float] = {}
+    pid, start = detail.get("pid"), detail.get("start")
+    if isinstance(pid, int) and isinstance(start, (int, float)):
+        out[pid] = float(start)
+    procs = detail.get("processes")
+    if isinstance(procs, dict):
+        for key, value in procs.items():
+            if str(key).isdigit() and isinstance(value, (int, float)):
+                out[int(key)] = float(value)
+    return out

@@ -22,6 +22,7 @@ import re
 import sys
 from typing import Any, Protocol
 
+from labctl.config import check_flag
 from labctl.errors import ConfigError
 
 PHASES = ("load_weights", "profile", "cuda_graphs", "api_server")
@@ -63,23 +64,21 @@ def flags(args: Mapping[str, Any], key: str = "args") -> list[str]:
     """``{"max_model_len": 8192, "enforce_eager": true}`` → ``--max-model-len 8192 --enforce-eager``.
 
     Raises:
-        ConfigError: a value that is not a string, number or boolean.
+        ConfigError: a name that is not a flag's, or a value that is not a string, finite
+            number, boolean or list of strings and numbers (:func:`labctl.config.check_flag`).
     """
     out: list[str] = []
     for name, value in args.items():
+        check_flag(name, value, key)
         flag = "--" + name.replace("_", "-")
         if value is True:
             out.append(flag)
         elif value is False or value is None:
             continue
-        elif isinstance(value, (str, int, float)):
-            out += [flag, str(value)]
-        elif isinstance(value, list) and all(isinstance(v, (str, int, float)) for v in value):
+        elif isinstance(value, list):
             out += [flag, *(str(v) for v in value)]
         else:
-            raise ConfigError(
-                f"{key}.{name} = {value!r}: engine flags take a string, number, boolean or list"
-            )
+            out += [flag, str(value)]
     return out
 
 
@@ -171,7 +170,8 @@ class CommandAdapter:
                   "name": settings["name"]}  # fmt: skip
         try:
             argv = [part.format(**values) for part in settings["command"]]
-        except (KeyError, IndexError) as exc:
+        except (KeyError, IndexError, AttributeError, ValueError) as exc:
+            # lab.toml and the API check placeholders at load; this guards other callers.
             raise ConfigError(
                 f"deployments.{settings['name']}.command uses an unknown placeholder {exc}; "
                 "use {host}, {port}, {model} or {name}"

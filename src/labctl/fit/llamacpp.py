@@ -217,15 +217,21 @@ def plan_llamacpp(arch: ModelArch, req: LlamaCppRequest) -> LlamaCppResult:
     kv = kv_bytes(cells)
     compute = compute_bytes(ngl)
     used = weights_gpu + kv + compute + CONTEXT_BYTES
-    max_layers = max(
-        (
-            n
-            for n in range(n_layers, -1, -1)
-            if gpu_weights(n) + kv_bytes(cells, n) + compute_bytes(n) + CONTEXT_BYTES
-            <= req.gpu_total_bytes
-        ),
-        default=0,
-    )
+
+    def fits_with(layers: int) -> bool:
+        need = gpu_weights(layers) + kv_bytes(cells, layers) + compute_bytes(layers)
+        return need + CONTEXT_BYTES <= req.gpu_total_bytes
+
+    # Every term grows with the layers offloaded, so the most that fit is found by
+    # bisection (a scan would cost layers squared).
+    lo, hi = 0, n_layers
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if fits_with(mid):
+            lo = mid
+        else:
+            hi = mid - 1
+    max_layers = lo
     reasons = []
     if used > req.gpu_total_bytes:
         reasons.append(

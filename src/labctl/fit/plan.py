@@ -14,7 +14,7 @@ from typing import Any
 from labctl.catalog.arch import KVLayer, LayerKind, ModelArch, QuantInfo
 from labctl.catalog.formats import format_named
 from labctl.catalog.gpus import GpuSpec
-from labctl.errors import UsageError
+from labctl.errors import FitError, UsageError
 from labctl.fit.kv import KVLayout, KVOptions, dtype_bytes, layer_caches, plan_layout
 from labctl.fit.vllm import (
     CONTEXT_BYTES,
@@ -160,7 +160,27 @@ def divisors(n: int, limit: int = 64) -> list[int]:
 
 
 def validate(arch: ModelArch, req: FitRequest) -> None:
-    """Reject flag values that cannot work, with the fix in the message."""
+    """Reject flag values that cannot work, with the fix in the message.
+
+    Raises:
+        FitError: the architecture has no layers, heads or width to plan (the readers
+            refuse such files; this guards architectures built elsewhere).
+        UsageError: a flag value cannot work.
+    """
+    counts = {
+        "layers": arch.num_hidden_layers,
+        "hidden size": arch.hidden_size,
+        "attention heads": arch.num_attention_heads,
+        "head size": arch.head_dim,
+        "vocabulary": arch.vocab_size,
+        "context length": arch.max_position_embeddings,
+    }
+    zero = [f"{what} {n}" for what, n in counts.items() if n < 1]
+    if zero:
+        raise FitError(
+            f"{arch.name}: {', '.join(zero)}; a model needs at least one of each, so there is "
+            "nothing to plan; check the model's config.json or GGUF metadata"
+        )
     u = req.gpu_memory_utilization
     if not (0 < u <= 1) or math.isnan(u):
         raise UsageError(
@@ -322,10 +342,24 @@ def mtp_kv_layers(arch: ModelArch, speculative_tokens: int) -> list[KVLayer]:
     ]
 
 
-def plan(arch: ModelArch, req: FitRequest, suggest: bool = True) -> FitResult:
+#: Weight plans already worked out, by everything they depend on (see :func:`plan`).
+WeightsMemo = dict[tuple[object, ...], WeightPlan]
+
+
+def plan(
+    arch: ModelArch,
+    req: FitRequest,
+    suggest: bool = True,
+    weights_memo: WeightsMemo | None = None,
+) -> FitResult:
     """Plan ``arch`` on the GPU(s) described by ``req`` for vLLM.
 
+    ``weights_memo`` lets a caller that plans the same architecture many times (the
+    suggestions do, a dozen times) size its weights once per layout and format; the
+    caller must keep the architectures it passes alive while the memo is in use.
+
     Raises:
+        FitError: the architecture has nothing to plan.
         UsageError: a flag value cannot work.
     """
     validate(arch, req)
@@ -337,16 +371,24 @@ def plan(arch: ModelArch, req: FitRequest, suggest: bool = True) -> FitResult:
     kv_dtype = resolve_kv_dtype(req, model_dtype)
     runtime_quant = resolve_quant(arch, req)
     tp, pp = req.tensor_parallel_size, req.pipeline_parallel_size
-    weights: WeightPlan = plan_weights(
-        arch,
-        tp,
-        pp,
-        runtime_quant,
-        model_dtype,
-        req.gpu_compute_capability,
-        include_mtp=req.speculative_tokens > 0,
-        triton_kernels=version.at_least(0, 11),
-    )
+    include_mtp, triton = req.speculative_tokens > 0, version.at_least(0, 11)
+    memo = {} if weights_memo is None else weights_memo
+    # Architectures the suggestions derive with replace() share the weight and layer
+    # tuples: key on those (alive while the memo is) and on what the derivation changes.
+    key: tuple[object, ...] = (id(arch.weights), id(arch.kv_layers), arch.quant, arch.dtype)
+    key += (tp, pp, runtime_quant, model_dtype, req.gpu_compute_capability, include_mtp, triton)
+    weights = memo.get(key)
+    if weights is None:
+        weights = memo[key] = plan_weights(
+            arch,
+            tp,
+            pp,
+            runtime_quant,
+            model_dtype,
+            req.gpu_compute_capability,
+            include_mtp=include_mtp,
+            triton_kernels=triton,
+        )
     max_len = req.max_model_len or arch.max_position_embeddings
     kinds = {layer.kind for layer in arch.kv_layers}
     batching: Batching = default_batching(
@@ -486,7 +528,7 @@ def plan(arch: ModelArch, req: FitRequest, suggest: bool = True) -> FitResult:
     if suggest:
         from labctl.fit.suggest import suggestions  # suggest plans alternatives with plan()
 
-        result.suggestions = suggestions(arch, req, result)
+        result.suggestions = suggestions(arch, req, result, weights_memo=memo)
     return result
 
 

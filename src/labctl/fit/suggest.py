@@ -11,7 +11,7 @@ from dataclasses import replace
 
 from labctl.catalog.arch import ModelArch, QuantInfo
 from labctl.errors import UsageError
-from labctl.fit.plan import FitRequest, FitResult, Suggestion, plan
+from labctl.fit.plan import FitRequest, FitResult, Suggestion, WeightsMemo, plan
 
 #: Smaller weight formats to try, from the current one.
 _SMALLER: dict[str | None, tuple[str, ...]] = {
@@ -27,7 +27,11 @@ _COST = {"kv": 1.0, "util": 0.5, "seqs": 0.5, "context": 3.0, "fp8": 2.0, "gptq"
 
 
 def suggestions(
-    arch: ModelArch, req: FitRequest, res: FitResult, limit: int = 5
+    arch: ModelArch,
+    req: FitRequest,
+    res: FitResult,
+    limit: int = 5,
+    weights_memo: WeightsMemo | None = None,
 ) -> list[Suggestion]:
     """Changes that make the model fit, ranked by how little they give up, each planned for real.
 
@@ -98,11 +102,14 @@ def suggestions(
                 replace(req, gpu_memory_utilization=0.95),
             )
         )
+    # One weight plan per layout and format (every candidate architecture stays alive
+    # in ``candidates`` while the memo is used).
+    memo: WeightsMemo = {} if weights_memo is None else weights_memo
     planned: list[tuple[float, Suggestion]] = []
     if 0 < res.max_model_len_fit < wanted:
         n = res.max_model_len_fit
         n = n // 1024 * 1024 if n > 2048 else n
-        alt = plan(arch, replace(req, max_model_len=n), suggest=False)
+        alt = plan(arch, replace(req, max_model_len=n), suggest=False, weights_memo=memo)
         planned.append(
             (
                 _COST["context"],
@@ -111,7 +118,7 @@ def suggestions(
         )
     for cost, label, args, changed_arch, changed in candidates:
         try:
-            alt = plan(changed_arch, changed, suggest=False)
+            alt = plan(changed_arch, changed, suggest=False, weights_memo=memo)
         except UsageError:
             continue
         planned.append((cost, _suggestion(label, args, alt)))

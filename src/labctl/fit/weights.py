@@ -134,6 +134,8 @@ def spec_bytes(spec: WeightSpec, quant: QuantInfo | None, dtype_b: float) -> flo
             return spec.stored_bytes
         return spec.numel * dtype_b
     assert quant is not None
+    if not spec.numel:
+        return 0.0  # an empty tensor (a checkpoint may declare one): no bytes, no scales
     out = spec.shape[0]
     inp = spec.numel // (out * spec.count)
     return format_for(quant, method).nbytes(out, inp, spec.count)
@@ -178,36 +180,63 @@ def plan_weights(
     dtype_b = dtype_bytes(dtype_name)
     kv_heads = {layer.index: layer.num_kv_heads for layer in arch.kv_layers}
     ranges = pp_partition(arch.num_hidden_layers, pp)
+    rank_of = [r for r, (a, b) in enumerate(ranges) for _ in range(a, b)]
     per_rank = [0.0] * pp
-    by_role: dict[str, float] = {}
-    covered: set[str] = set()
+    by_role: dict[Role, float] = {}
+    covered: set[Role] = set()
     last = pp - 1
+    # Specs that differ only in their layer (and name, when no pattern looks at names)
+    # take the same bytes: work them out once. A 2,048-layer model has ~45,000 specs
+    # and the suggestions plan it a dozen times over.
+    names_matter = any(q is not None and (q.skip or q.overrides) for q in (runtime, quant))
+    memo: dict[tuple[object, ...], tuple[float, str | None]] = {}
+    attn_kv, mtp = Role.ATTN_KV, Role.MTP
     for spec in arch.weights:
-        if spec.role is Role.MTP and not include_mtp:
+        role = spec.role
+        if role is mtp and not include_mtp:
             continue
-        # Tensors read from a file are already in their stored format; only a runtime
-        # format requested on top converts them.
-        q = runtime if spec.stored_bytes is not None else quant
-        method = q.method_for(spec) if q is not None and not spec.quant_aux else None
-        if method == "mxfp4" and spec.role is Role.EXPERT:
-            backend = mxfp4_backend(compute_capability, triton_kernels)
-            nbytes = _mxfp4_expert_bytes(spec, arch, tp, backend)
-        else:
-            nbytes = spec_bytes(spec, q, dtype_b) * _tp_share(spec, arch, tp, kv_heads)
+        layer = spec.layer
+        key = (
+            role,
+            spec.shape,
+            spec.count,
+            spec.stored_bytes,
+            spec.quant_aux,
+            kv_heads.get(-1 if layer is None else layer, arch.num_kv_heads)
+            if role is attn_kv
+            else None,
+            spec.name if names_matter else None,
+        )
+        hit = memo.get(key)
+        if hit is None:
+            # Tensors read from a file are already in their stored format; only a runtime
+            # format requested on top converts them.
+            q = runtime if spec.stored_bytes is not None else quant
+            method = q.method_for(spec) if q is not None and not spec.quant_aux else None
+            if method == "mxfp4" and role is Role.EXPERT:
+                backend = mxfp4_backend(compute_capability, triton_kernels)
+                nbytes = _mxfp4_expert_bytes(spec, arch, tp, backend)
+            else:
+                nbytes = spec_bytes(spec, q, dtype_b) * _tp_share(spec, arch, tp, kv_heads)
+            hit = memo[key] = (nbytes, method)
+        nbytes, method = hit
         if method is not None:
-            covered.add(spec.role.value)
+            covered.add(role)
+        if layer is not None and role is not Role.VISION:
+            r = rank_of[layer] if 0 <= layer < len(rank_of) else last
+            per_rank[r] += nbytes
+            by_role[role] = by_role.get(role, 0) + nbytes
+            continue
         ranks: list[int]
-        if spec.layer is not None and spec.role is not Role.VISION:
-            ranks = [next((r for r, (a, b) in enumerate(ranges) if a <= spec.layer < b), last)]
-        elif spec.role is Role.LM_HEAD or spec.name in ("model.norm.weight", "output_norm.weight"):
+        if role is Role.LM_HEAD or spec.name in ("model.norm.weight", "output_norm.weight"):
             ranks = [last]
-        elif spec.role is Role.EMBED and arch.tie_word_embeddings and pp > 1:
+        elif role is Role.EMBED and arch.tie_word_embeddings and pp > 1:
             ranks = [0, last]  # the last rank needs its own copy to project logits
         else:
             ranks = [0]
         for r in ranks:
             per_rank[r] += nbytes
-        by_role[spec.role.value] = by_role.get(spec.role.value, 0) + nbytes * len(ranks)
+        by_role[role] = by_role.get(role, 0) + nbytes * len(ranks)
     buffers = []
     for a, b in ranges:
         has_attention = any(a <= layer.index < b for layer in arch.kv_layers) or not arch.kv_layers
@@ -219,7 +248,7 @@ def plan_weights(
     return WeightPlan(
         per_rank=tuple(int(x) for x in per_rank),
         buffers=tuple(buffers),
-        by_role={k: int(v) for k, v in by_role.items()},
+        by_role={k.value: int(v) for k, v in by_role.items()},
         format=quant.method if quant is not None else dtype_name,
-        quantized_roles=tuple(sorted(covered)),
+        quantized_roles=tuple(sorted(r.value for r in covered)),
     )

@@ -141,10 +141,15 @@ class Admission:
         self.limit, self.queue_size = max(1, limit), queue_size
         self._wake()
 
+    def hold(self) -> None:
+        """Hold new requests (until :meth:`resume`), their wait bounded by the swap timeout."""
+        if not self.held:
+            self.held = True
+            self._held_since = self.clock()
+
     async def drain(self, limit_s: float) -> bool:
         """Hold new requests and wait for those in flight; True if they all finished in time."""
-        self.held = True
-        self._held_since = self.clock()
+        self.hold()
         try:
             async with asyncio.timeout(limit_s):
                 await self._idle.wait()

@@ -8,13 +8,19 @@ them all. Streams are relayed event by event as they arrive, never buffered.
 so that token counts are always known, and the usage event is then removed
 from what the client sees. Errors use OpenAI's envelope; 429 and 503 carry
 ``Retry-After``. Neither keys nor prompts are ever logged.
+
+An engine that dies under load fails only the requests it was answering: a
+stream in flight ends with an error event, and a request that finds the engine
+gone (its connection refused, or closed before any answer) goes back to the
+queue, which is held through the restart as it is through a swap (twice at
+most, so that a request that kills its engine does not do so forever).
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 import json
 import re
@@ -25,6 +31,7 @@ import aiohttp
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from labctl import jsontext
 from labctl.config import GatewayConfig
 from labctl.gateway.admission import Admission, Rejected
 from labctl.sim.live import ITL_BUCKETS, REQUEST_BUCKETS, TTFT_BUCKETS
@@ -50,6 +57,15 @@ class Route:
         return (self.name, self.served, *self.aliases)
 
 
+def _is_error_envelope(data: bytes) -> bool:
+    """Whether an engine's error body is OpenAI's envelope (then it is relayed as it is)."""
+    try:
+        doc = json.loads(data)
+    except (ValueError, RecursionError):
+        return False
+    return isinstance(doc, dict) and isinstance(doc.get("error"), dict)
+
+
 def error(status: int, message: str, kind: str, code: str | None = None,
           param: str | None = None, retry_after: float | None = None) -> web.Response:  # fmt: skip
     """OpenAI's error envelope."""
@@ -61,6 +77,14 @@ def error(status: int, message: str, kind: str, code: str | None = None,
 class _Reply(Exception):
     def __init__(self, response: web.Response) -> None:
         self.response = response
+
+
+class _EngineGone(Exception):
+    """The engine refused the connection: the request never reached it, so it may go again."""
+
+
+async def _no_restart(name: str) -> bool:
+    return False
 
 
 class GatewayMetrics:
@@ -95,9 +119,13 @@ class Gateway:
         routes: Callable[[], list[Route]],
         registry: CollectorRegistry,
         clock: Callable[[], float] = time.monotonic,
+        engine_gone: Callable[[str], Awaitable[bool]] = _no_restart,
     ) -> None:
         self.config = config
         self.routes = routes
+        #: Told when a deployment's engine refuses connections; True when it has died and a
+        #: restart is under way (the deployment is then held, and the request waits for it).
+        self.engine_gone = engine_gone
         self.metrics = GatewayMetrics(registry)
         self.clock = clock
         self.admissions: dict[str, Admission] = {}
@@ -145,6 +173,12 @@ class Gateway:
         route = self._route_named(name)
         if route is not None:
             await self.admission(route).drain(self.config.drain_timeout)
+
+    def hold(self, name: str) -> None:
+        """Hold new requests for ``name`` now (its engine died; a restart follows)."""
+        route = self._route_named(name)
+        if route is not None:
+            self.admission(route).hold()
 
     async def resume(self, name: str, url: str | None) -> None:
         adm = self.admissions.get(name)
@@ -225,22 +259,32 @@ class Gateway:
             if not isinstance(priority, int) or isinstance(priority, bool):
                 raise _Reply(error(400, f"priority must be an integer (lower runs first), not {priority!r}",
                                    "invalid_request_error", None, "priority"))  # fmt: skip
-            try:
-                waited = await adm.acquire(priority)
-            except Rejected as exc:
-                kind = "rate_limit_error" if exc.status == 429 else "service_unavailable"
-                raise _Reply(
-                    error(exc.status, str(exc), kind, None, retry_after=exc.retry_after)
-                ) from None
-            self.metrics.queue_wait.labels(route.name).observe(waited)
-            if waited:  # it may have been swapped while the request waited
-                route = self._route_named(route.name) or route
-            try:
-                response = await self._forward(request, route, raw, doc, multipart, t0)
-            finally:
+            tries = 0
+            while True:
+                tries += 1
+                try:
+                    waited = await adm.acquire(priority)
+                except Rejected as exc:
+                    kind = "rate_limit_error" if exc.status == 429 else "service_unavailable"
+                    raise _Reply(
+                        error(exc.status, str(exc), kind, None, retry_after=exc.retry_after)
+                    ) from None
+                self.metrics.queue_wait.labels(route.name).observe(waited)
+                if waited:  # it may have been swapped while the request waited
+                    route = self._route_named(route.name) or route
+                try:
+                    response = await self._forward(request, route, raw, doc, multipart, t0)
+                except _EngineGone as gone:
+                    adm.release()
+                    if tries < 3 and await self.engine_gone(route.name):
+                        continue  # back in the queue, held until the restart is done
+                    raise _Reply(error(502, str(gone), "api_error", None)) from None
+                except BaseException:
+                    adm.release()
+                    raise
                 adm.release()
-            status = response.status
-            return response
+                status = response.status
+                return response
         except _Reply as reply:
             status = reply.response.status
             return reply.response
@@ -262,10 +306,10 @@ class Gateway:
                 )
             return None, m.group(1).decode(errors="replace")
         try:
-            doc = json.loads(raw)
-        except ValueError:
+            doc = jsontext.loads(raw)
+        except ValueError as exc:
             raise _Reply(
-                error(400, "the request body is not valid JSON", "invalid_request_error")
+                error(400, f"the request body is not valid JSON: {exc}", "invalid_request_error")
             ) from None
         if not isinstance(doc, dict) or not isinstance(doc.get("model"), str):
             raise _Reply(error(400, "the request needs a JSON object with a model", "invalid_request_error",
@@ -283,6 +327,7 @@ class Gateway:
         asked = True
         stream = False
         if doc is not None:
+            doc = dict(doc)  # a retry after a restart starts from the client's own body
             doc["model"] = current.served
             stream = bool(doc.get("stream"))
             if stream:
@@ -299,16 +344,32 @@ class Gateway:
             upstream = await self.http().post(
                 current.url + request.path, data=body, headers=headers
             )
+        except aiohttp.ClientConnectorError as exc:
+            raise _EngineGone(f"{route.name}'s engine refused the connection: {exc}") from None
+        except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
+            # it took the request and went away before answering: retried once if it died
+            raise _EngineGone(f"{route.name}'s engine closed the connection before answering: "
+                              f"{exc}") from None  # fmt: skip
         except (aiohttp.ClientError, OSError) as exc:
             raise _Reply(error(502, f"{route.name}'s engine did not answer: {exc}", "api_error",
                                None)) from None  # fmt: skip
         async with upstream:
             kind = upstream.headers.get("Content-Type", "application/json")
             if not (stream and upstream.status == 200 and kind.startswith("text/event-stream")):
-                data = await upstream.read()
+                try:
+                    data = await upstream.read()
+                except (aiohttp.ClientError, OSError) as exc:
+                    raise _Reply(error(502, f"{route.name}'s engine stopped while answering: "
+                                       f"{exc}", "api_error", None)) from None  # fmt: skip
                 self._count_usage(route.name, data)
                 if doc is not None and upstream.status == 200 and not stream:
                     self.metrics.ttft.labels(route.name).observe(self.clock() - t0)
+                if upstream.status >= 400 and not _is_error_envelope(data):
+                    raise _Reply(error(upstream.status, f"{route.name}'s engine answered HTTP "
+                                       f"{upstream.status} to {request.path}: "
+                                       f"{data[:200].decode(errors='replace').strip()!r}",
+                                       "api_error" if upstream.status >= 500 else
+                                       "invalid_request_error", None))  # fmt: skip
                 return web.Response(
                     body=data, status=upstream.status, content_type=kind.split(";")[0]
                 )
@@ -326,23 +387,36 @@ class Gateway:
         buf = b""
         last: float | None = None
         ttft, itl = self.metrics.ttft.labels(name), self.metrics.itl.labels(name)
-        async for chunk in upstream.content.iter_any():
+        chunks = upstream.content.iter_any().__aiter__()
+        while True:
+            try:
+                chunk = await chunks.__anext__()
+            except StopAsyncIteration:
+                break
+            except (aiohttp.ClientError, OSError) as exc:
+                # the engine went away mid-stream: say so in the stream, as OpenAI's API does
+                event = {"error": {"message": f"{name}'s engine stopped while streaming "
+                                   f"({type(exc).__name__}); retry the request",
+                                   "type": "api_error", "param": None, "code": 502}}  # fmt: skip
+                buf = b""
+                await resp.write(b"data: " + json.dumps(event).encode() + b"\n\n")
+                break
             now = self.clock()
             buf += chunk
             out = []
             while (end := buf.find(b"\n\n")) >= 0:
-                event, buf = buf[: end + 2], buf[end + 2 :]
-                if b'"usage":{' in event and _USAGE_EVENT.search(event):
-                    self._count_usage(name, event[5:].strip())
+                event_bytes, buf = buf[: end + 2], buf[end + 2 :]
+                if b'"usage":{' in event_bytes and _USAGE_EVENT.search(event_bytes):
+                    self._count_usage(name, event_bytes[5:].strip())
                     if not asked:
                         continue  # added by the gateway: not the client's to see
-                elif b'"choices":[{' in event or b'"choices": [{' in event:
+                elif b'"choices":[{' in event_bytes or b'"choices": [{' in event_bytes:
                     if last is None:
                         ttft.observe(now - t0)
                     else:
                         itl.observe(now - last)
                     last = now
-                out.append(event)
+                out.append(event_bytes)
             if out:
                 await resp.write(b"".join(out))
         if buf:

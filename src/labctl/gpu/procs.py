@@ -95,6 +95,28 @@ def all_pids() -> list[int]:
     return psutil.pids()
 
 
+def marked(entry: str) -> list[ProcStat]:
+    """Living processes whose environment holds ``entry`` (``NAME=value``), exactly.
+
+    The runtime gives every engine it starts such a mark; children inherit it, so a
+    worker whose parent died (or an engine spawned just before its daemon was killed,
+    not yet journaled) is still found. Only this user's processes can be read.
+    """
+    if not _HAVE_PROC:
+        return []
+    want = entry.encode()
+    out = []
+    for pid in all_pids():
+        try:
+            with open(f"{_PROC}/{pid}/environ", "rb") as fh:
+                env = fh.read()
+        except OSError:
+            continue
+        if want in env.split(b"\0") and (st := read_stat(pid)) is not None and st.alive:
+            out.append(st)
+    return out
+
+
 def tree(root: int) -> list[ProcStat]:
     """``root``'s living descendants and the other members of its session (not ``root``).
 

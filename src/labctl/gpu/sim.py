@@ -28,9 +28,11 @@ from typing import Any
 import uuid as uuidlib
 
 from labctl.catalog.gpus import GpuSpec, gpu
-from labctl.errors import GpuError, UsageError
+from labctl.config import sim_gpu_ids
+from labctl.errors import ConfigError, GpuError, UsageError
 from labctl.gpu.procs import read_stat
 from labctl.gpu.sample import DeviceSample, GpuProcess, GpuReading
+from labctl.home import private_dir, write_private
 from labctl.units import format_bytes
 
 #: The embedded default lab: one simulated RTX 3090.
@@ -40,26 +42,17 @@ DEFAULT_SIM_GPUS = ("rtx-3090",)
 def parse_sim_gpus(text: str) -> list[GpuSpec]:
     """``rtx-3090,h100-sxm`` or ``8xh100-sxm``: the catalog GPUs to simulate, in order.
 
+    The grammar is :func:`labctl.config.sim_gpu_ids`, which lab.toml's ``sim_gpus`` shares.
+
     Raises:
-        UsageError: an empty list, a bad count, or an id not in the catalog.
+        UsageError: an empty list, a bad count, or more than 64 GPUs in all.
+        CatalogError: an id not in the catalog.
     """
-    specs: list[GpuSpec] = []
-    for raw in text.split(","):
-        item = raw.strip()
-        if not item:
-            continue
-        count = 1
-        head, sep, tail = item.partition("x")
-        if sep and head.isdigit():
-            count, item = int(head), tail
-            if not 1 <= count <= 64:
-                raise UsageError(f"--sim-gpus: {raw.strip()!r} asks for {count} GPUs; use 1 to 64")
-        specs.extend([gpu(item)] * count)
-    if not specs:
-        raise UsageError(
-            "--sim-gpus is empty; name catalog GPUs, e.g. rtx-3090,h100-sxm or 8xh100-sxm"
-        )
-    return specs
+    try:
+        ids = sim_gpu_ids(text, "--sim-gpus")
+    except ConfigError as exc:
+        raise UsageError(exc.message) from None
+    return [gpu(i) for i in ids]
 
 
 @dataclass(frozen=True)
@@ -119,7 +112,7 @@ class SimMachine:
 
     def configure(self, specs: Sequence[GpuSpec]) -> list[SimDevice]:
         """Set which GPUs this machine simulates (kept across processes)."""
-        self.ledger.mkdir(parents=True, exist_ok=True)
+        private_dir(self.ledger)
         doc = {"gpus": [s.id for s in specs]}
         _write_atomic(self.dir / "devices.json", doc)
         return self.devices()
@@ -151,8 +144,8 @@ class SimMachine:
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
-        self.ledger.mkdir(parents=True, exist_ok=True)
-        with open(self.dir / ".lock", "a+") as fh:
+        private_dir(self.ledger)
+        with os.fdopen(os.open(self.dir / ".lock", os.O_RDWR | os.O_CREAT, 0o600), "a+") as fh:
             fcntl.flock(fh, fcntl.LOCK_EX)
             try:
                 yield
@@ -307,10 +300,8 @@ class SimMachine:
 
 
 def _write_atomic(path: Path, doc: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(doc))
-    os.replace(tmp, path)
+    private_dir(path.parent)
+    write_private(path, json.dumps(doc))
 
 
 class SimBackend:

@@ -29,10 +29,16 @@ from pathlib import Path
 import shutil
 import signal
 import time
+from typing import BinaryIO
 
 from labctl.errors import EngineError
 from labctl.gpu.procs import ProcStat, read_stat, tree
+from labctl.home import private_dir
 
+#: Every engine the lab starts carries ``ENGINE_MARK=<its LABCTL_HOME>`` in its environment
+#: (and so do the workers it forks), so that the lab finds its processes even when no journal
+#: row names them (spawned the instant before a daemon was killed, or orphaned).
+ENGINE_MARK = "LABCTL_ENGINE_OF"
 LOG_MAX_BYTES = 16 * 2**20
 LOG_KEEP = 3
 
@@ -51,8 +57,8 @@ class RotatingLog:
         self.path = path
         self.max_bytes = max_bytes
         self.keep = keep
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.fh = open(path, "ab")  # noqa: SIM115 - held for the engine's life
+        private_dir(path.parent)
+        self.fh = _open_private(path)
         self._offset = self.fh.tell()
 
     def _shift(self) -> None:
@@ -67,12 +73,14 @@ class RotatingLog:
         self._shift()
         if self.path.exists():
             os.replace(self.path, self.path.with_name(f"{self.path.name}.1"))
-        self.fh = open(self.path, "ab")  # noqa: SIM115
+        self.fh = _open_private(self.path)
         self._offset = 0
 
     def _copy_truncate(self) -> None:
         self._shift()
-        shutil.copyfile(self.path, self.path.with_name(f"{self.path.name}.1"))
+        older = self.path.with_name(f"{self.path.name}.1")
+        shutil.copyfile(self.path, older)
+        older.chmod(0o600)
         os.truncate(self.path, 0)
         self._offset = 0
 
@@ -105,6 +113,12 @@ class RotatingLog:
 
     def close(self) -> None:
         self.fh.close()  # idempotent
+
+
+def _open_private(path: Path) -> BinaryIO:
+    """Open a log for appending, readable by its owner only (engines log prompts and paths)."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    return os.fdopen(fd, "ab")
 
 
 @dataclass(frozen=True)
@@ -265,6 +279,12 @@ class EngineProcess:
             self.members.setdefault(st.pid, st.start)
         return now
 
+    def identity(self) -> dict[int, float]:
+        """Every remembered process still alive → its start time: what a journal step records
+        before it acts, so that a daemon killed mid-act leaves enough to finish the job."""
+        self.track()
+        return {pid: self.members[pid] for pid in self.alive_members()}
+
     def alive_members(self) -> list[int]:
         """Remembered processes that still exist as the same incarnation."""
         out = []
@@ -313,9 +333,11 @@ class EngineProcess:
         self.track()
         graceful = True
         if self.returncode is None:
-            _signal_group(pid, signal.SIGTERM)
+            self._signal(pid, signal.SIGTERM)
             graceful = await self.wait(grace) is not None
         self.track()  # workers may have been started while it was shutting down
+        if self.returncode is None:
+            self._signal(pid, signal.SIGKILL)
         _signal_group(pid, signal.SIGKILL)  # what is left of the group, if anything
         code = await self.wait(settle)
         orphans = tuple(p for p in self.alive_members() if p != pid)
@@ -346,6 +368,15 @@ class EngineProcess:
 
     def close(self) -> None:
         self.log.close()
+
+    def _signal(self, pid: int, sig: int) -> None:
+        """``sig`` to the engine's group and to the engine itself (an adopted process may be a
+        worker whose group leader is gone), the latter only while it is the same process."""
+        _signal_group(pid, sig)
+        st = read_stat(pid)
+        if st is not None and st.alive and st.start == self.members.get(pid):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, sig)
 
 
 def _start_of(pid: int) -> float:

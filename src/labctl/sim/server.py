@@ -453,7 +453,9 @@ async def serve(
 
         engine.on_busy = busy
     server = TwinServer(twin, engine, faults)
-    runner = web.AppRunner(server.app(), access_log=None, handle_signals=False)
+    runner = web.AppRunner(
+        server.app(), access_log=None, handle_signals=False, handler_cancellation=True
+    )  # a client that goes away: as vLLM, abort
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     try:

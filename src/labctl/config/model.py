@@ -1,0 +1,417 @@
+"""lab.toml's frozen dataclasses, and the validation of one table into one of them.
+
+:meth:`DeploymentSpec.from_dict` is pure, so the journal and the admin API share it with
+the file; the checks that look at this machine or across deployments are in
+:mod:`labctl.config.load`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from labctl.config.values import (
+    _ENV,
+    _HEALTH,
+    _NAME,
+    DEFAULT_LISTEN,
+    ENGINES,
+    MAX_GPUS,
+    MAX_KEYS,
+    WEEK,
+    _check_placeholders,
+    _key,
+    _model_id,
+    _seconds,
+    _secret,
+    _show,
+    _str_list,
+    _text,
+    _whole,
+    check_flag,
+)
+from labctl.errors import ConfigError
+
+#: vLLM (and twin) flags checked at load: whole numbers from 1 to the bound.
+_VLLM_COUNTS = {
+    "max_model_len": 2**31 - 1,
+    "max_num_batched_tokens": 2**31 - 1,
+    "max_num_seqs": 1_000_000,
+    "tensor_parallel_size": MAX_GPUS,
+    "pipeline_parallel_size": MAX_GPUS,
+}
+
+
+@dataclass(frozen=True)
+class DeploymentSpec:
+    """One deployment's settings: a revision, as stored in the journal (see :meth:`to_dict`)."""
+
+    name: str
+    engine: str
+    model: str | None = None
+    gpus: tuple[int, ...] = (0,)
+    port: int = 0
+    served_model_name: str | None = None
+    aliases: tuple[str, ...] = ()
+    args: Mapping[str, Any] = field(default_factory=dict)
+    command: tuple[str, ...] = ()
+    health_path: str = "/health"
+    env: Mapping[str, str] = field(default_factory=dict)
+    binary: str | None = None
+    #: Seconds to become ready; None: scaled to the model's weight bytes.
+    startup_timeout: float | None = None
+    #: Seconds without a log line during startup before the engine counts as stuck.
+    stall_timeout: float = 300.0
+    #: Seconds between SIGTERM and SIGKILL when stopping.
+    stop_grace: float = 30.0
+    #: Requests the gateway lets run at once (default: the engine's max_num_seqs, else 64).
+    max_concurrency: int | None = None
+    #: Requests that may wait for a slot before more are refused with 429.
+    queue_size: int = 256
+
+    @property
+    def served(self) -> str:
+        """The model id clients ask for."""
+        return (
+            self.served_model_name
+            or (self.model if self.engine in ("vllm", "sim") else None)
+            or self.name
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        doc = {f.name: getattr(self, f.name) for f in fields(self)}
+        doc["gpus"], doc["aliases"], doc["command"] = (
+            list(self.gpus),
+            list(self.aliases),
+            list(self.command),
+        )
+        doc["args"], doc["env"] = dict(self.args), dict(self.env)
+        return doc
+
+    @classmethod
+    def from_dict(
+        cls, name: str, doc: Mapping[str, Any], where: str | None = None
+    ) -> DeploymentSpec:
+        """Validate a deployment table (from lab.toml, the journal, or an admin API body).
+
+        Pure: nothing here looks at the disk or PATH (see :func:`check_host`), nor at the
+        other deployments (see :func:`check_lab`).
+
+        Raises:
+            ConfigError: naming the dotted key, the bad value and what is allowed.
+        """
+        if where is not None and not where.isprintable():  # a name from a URL, say
+            where = repr(where)[1:-1]
+        if not isinstance(name, str) or not _NAME.fullmatch(name):
+            raise ConfigError(
+                f"{where or 'deployments.' + _key(name)}: the name {_show(name)} must be 1 to 63 "
+                "letters, digits, '.', '_' or '-', starting with a letter or digit (it names log "
+                "files, systemd units and Kubernetes objects)"
+            )
+        at = where or f"deployments.{name}"
+        if not isinstance(doc, Mapping):
+            raise ConfigError(f"{at} = {_show(doc)}: give a table of settings")
+        known = {f.name for f in fields(cls)} - {"name"}
+        for key in doc:
+            if key not in known and key != "name":
+                raise ConfigError(
+                    f"{at}.{_key(key)} is not a setting; use one of {', '.join(sorted(known))}"
+                )
+        engine = doc.get("engine")
+        if engine not in ENGINES:
+            raise ConfigError(f"{at}.engine = {_show(engine)}: use one of {', '.join(ENGINES)}")
+        model = _text(doc, "model", at, "a Hugging Face id or a path", 4096)
+        command = tuple(_str_list(doc, "command", at, 1024))
+        if engine == "command":
+            if not command:
+                raise ConfigError(
+                    f'{at}.command is required for engine \'command\', e.g. ["my-server", "--port", "{{port}}"]'
+                )
+        elif not model:
+            raise ConfigError(f"{at}.model is required for engine {engine!r}")
+        for i, part in enumerate(command):
+            _check_placeholders(part, f"{at}.command[{i}]")
+        gpus = doc.get("gpus", [0])
+        if (
+            not isinstance(gpus, list)
+            or not 1 <= len(gpus) <= MAX_GPUS
+            or not all(_whole(g) and 0 <= g < MAX_GPUS for g in gpus)
+        ):
+            raise ConfigError(
+                f"{at}.gpus = {_show(gpus)}: give a list of GPU indices (0 to {MAX_GPUS - 1}), "
+                "e.g. [0] or [0, 1]"
+            )
+        if len(set(gpus)) != len(gpus):
+            twice = next(g for g in gpus if gpus.count(g) > 1)
+            raise ConfigError(
+                f"{at}.gpus = {gpus}: GPU {twice} is listed twice; list each GPU once"
+            )
+        port = doc.get("port", 0)
+        if not _whole(port) or not 0 <= port <= 65535:
+            raise ConfigError(f"{at}.port = {_show(port)}: use 1–65535, or 0 to pick a free port")
+        args = doc.get("args", {})
+        if not isinstance(args, Mapping) or len(args) > 256:
+            raise ConfigError(
+                f"{at}.args = {_show(args)}: give a table of at most 256 engine flags, e.g. "
+                "{ max_model_len = 8192 }"
+            )
+        _check_args(args, f"{at}.args", engine, gpus)
+        env = doc.get("env", {})
+        if not isinstance(env, Mapping) or len(env) > 256:
+            raise ConfigError(f"{at}.env: give a table of at most 256 strings")
+        for var, value in env.items():
+            if not isinstance(var, str) or not _ENV.fullmatch(var):
+                raise ConfigError(
+                    f"{at}.env.{_key(var)} is not an environment variable name; use letters, "
+                    "digits and '_', not starting with a digit"
+                )
+            if not isinstance(value, str) or "\0" in value or len(value) > 32768:
+                # Values are not shown: they are often credentials.
+                problem = (
+                    "the value contains a NUL byte; remove it"
+                    if isinstance(value, str) and "\0" in value
+                    else "give a string of at most 32768 characters"
+                )
+                raise ConfigError(f"{at}.env.{var}: {problem}")
+        health = doc.get("health_path", "/health")
+        if not isinstance(health, str) or not _HEALTH.fullmatch(health) or ".." in health:
+            raise ConfigError(
+                f"{at}.health_path = {_show(health)}: give a URL path such as /health (no spaces, "
+                "control characters or '..')"
+            )
+        timeout = doc.get("startup_timeout")
+        if timeout is not None:
+            timeout = _seconds(doc, "startup_timeout", at, 0.0)
+        limit = doc.get("max_concurrency")
+        if limit is not None and (not _whole(limit) or not 1 <= limit <= 100_000):
+            raise ConfigError(
+                f"{at}.max_concurrency = {_show(limit)}: give a whole number from 1 to 100000"
+            )
+        queue = doc.get("queue_size", 256)
+        if not _whole(queue) or not 0 <= queue <= 1_000_000:
+            raise ConfigError(
+                f"{at}.queue_size = {_show(queue)}: give a whole number from 0 to 1000000"
+            )
+        aliases = _str_list(doc, "aliases", at, 64)
+        if not all(_model_id(a) for a in aliases):
+            raise ConfigError(
+                f"{at}.aliases = {_show(aliases)}: give model ids without control characters, "
+                "at most 256 characters each"
+            )
+        served = _text(doc, "served_model_name", at, "a model id", 256)
+        return cls(
+            name=name, engine=engine, model=model, gpus=tuple(gpus), port=port,
+            served_model_name=served, aliases=tuple(aliases), args=dict(args), command=command,
+            health_path=health, env=dict(env),
+            binary=_text(doc, "binary", at, "an executable's name or path", 4096),
+            startup_timeout=timeout,
+            stall_timeout=_seconds(doc, "stall_timeout", at, 300.0),
+            stop_grace=_seconds(doc, "stop_grace", at, 30.0),
+            max_concurrency=limit, queue_size=queue,
+        )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    key: str
+    #: Requests per minute this key may make (None: no limit).
+    rate_per_minute: int | None = None
+    #: Models (deployment names, served ids or aliases) it may use (empty: all).
+    models: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    keys: tuple[ApiKey, ...] = ()
+    admin_token: str | None = None
+    max_body_bytes: int = 32 * 2**20
+    #: Seconds a request may wait for a slot before a 503.
+    queue_timeout: float = 30.0
+    #: Seconds a request may be held while its deployment is swapped.
+    swap_timeout: float = 300.0
+    #: Seconds the requests in flight get to finish before a swap stops their engine.
+    drain_timeout: float = 60.0
+    #: Seconds a client has to send a request's headers and body.
+    read_timeout: float = 60.0
+    #: Seconds an idle keep-alive connection is kept open.
+    idle_timeout: float = 75.0
+
+
+@dataclass(frozen=True)
+class DashboardConfig:
+    #: Seconds between the daemon's own evaluations of the panels and alert rules.
+    interval: float = 5.0
+    #: Seconds of history the daemon keeps for the page.
+    history: float = 3600.0
+    #: Multiplies every alert rule's ``for``: 0 fires on the first true evaluation.
+    alert_for_scale: float = 1.0
+
+
+@dataclass(frozen=True)
+class LabConfig:
+    listen: str = DEFAULT_LISTEN
+    gpu_backend: str = "auto"
+    #: Simulated GPUs, e.g. ``1xrtx-3090`` (with ``gpu_backend = "sim"``).
+    sim_gpus: str | None = None
+    deployments: tuple[DeploymentSpec, ...] = ()
+    source: str = "embedded default"
+    gateway: GatewayConfig = GatewayConfig()
+    dashboard: DashboardConfig = DashboardConfig()
+    #: Host names the HTTP ``Host`` header may carry besides the listen address and
+    #: loopback (lower case; ``*.lan`` matches any name under ``lan``).
+    allowed_hosts: tuple[str, ...] = ()
+    #: Whether admin API changes may bring in a ``command`` engine or change a ``binary``
+    #: or ``command`` (lab.toml itself always may).
+    api_commands: bool = False
+
+    def deployment(self, name: str) -> DeploymentSpec:
+        for d in self.deployments:
+            if d.name == name:
+                return d
+        names = ", ".join(d.name for d in self.deployments) or "none"
+        raise ConfigError(f"no deployment named {name!r}; the lab has: {names}")
+
+
+#: The embedded default: a simulated RTX 3090 and one twin of a model that fits it.
+DEFAULT_MODEL = "Qwen/Qwen3-0.6B"
+
+
+def default_config() -> LabConfig:
+    chat = DeploymentSpec(
+        name="chat", engine="sim", model=DEFAULT_MODEL, gpus=(0,),
+        args={"max_model_len": 8192, "load_gbps": 8.0, "enforce_eager": True},
+    )  # fmt: skip
+    return LabConfig(gpu_backend="sim", sim_gpus="1xrtx-3090", deployments=(chat,))
+
+
+def _dashboard(doc: Mapping[str, Any]) -> DashboardConfig:
+    known = {"interval", "history", "alert_for_scale"}
+    for key in doc:
+        if key not in known:
+            raise ConfigError(
+                f"dashboard.{_key(key)} is not a setting; use one of {', '.join(sorted(known))}"
+            )
+    interval = _seconds(doc, "interval", "dashboard", 5.0, low=0.25, high=3600.0)
+    history = _seconds(doc, "history", "dashboard", 3600.0, high=WEEK)
+    if history < interval:
+        raise ConfigError(
+            f"dashboard.history = {history:g} is shorter than dashboard.interval = {interval:g}; "
+            "keep at least one interval"
+        )
+    if history / interval > 100_000:
+        raise ConfigError(
+            f"dashboard.history = {history:g} at dashboard.interval = {interval:g} keeps "
+            f"{history / interval:.0f} points; keep at most 100000 (a longer interval or a "
+            "shorter history)"
+        )
+    scale = doc.get("alert_for_scale", 1.0)
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0 <= scale <= 100:
+        raise ConfigError(
+            f"dashboard.alert_for_scale = {_show(scale)}: give a number of at least 0 and at most "
+            "100 (1 keeps each rule's for:, 0 fires at once)"
+        )
+    return DashboardConfig(interval, history, float(scale))
+
+
+def _gateway(doc: Mapping[str, Any]) -> GatewayConfig:
+    known = {"keys", "admin_token", "max_body_bytes", "queue_timeout", "swap_timeout",
+             "drain_timeout", "read_timeout", "idle_timeout"}  # fmt: skip
+    for key in doc:
+        if key not in known:
+            raise ConfigError(
+                f"gateway.{_key(key)} is not a setting; use one of {', '.join(sorted(known))}"
+            )
+    raw = doc.get("keys", [])
+    if not isinstance(raw, list):
+        raise ConfigError("gateway.keys must be a list: [[gateway.keys]] tables or inline tables")
+    if len(raw) > MAX_KEYS:
+        raise ConfigError(f"gateway.keys: {len(raw)} keys; give at most {MAX_KEYS}")
+    keys: list[ApiKey] = []
+    seen: dict[str, int] = {}
+    for i, k in enumerate(raw):
+        at = f"gateway.keys[{i}]"
+        if not isinstance(k, dict) or not _secret(k.get("key"), 8):
+            raise ConfigError(
+                f"{at}.key: give a secret of at least 8 printable ASCII characters (no spaces)"
+            )
+        for name in k:
+            if name not in ("key", "rate_per_minute", "models"):
+                raise ConfigError(
+                    f"{at}.{_key(name)} is not a setting; use key, rate_per_minute, models"
+                )
+        if k["key"] in seen:  # named by position: a key is never shown
+            raise ConfigError(
+                f"{at}.key repeats gateway.keys[{seen[k['key']]}].key; give each client its own "
+                "key, or merge the two entries"
+            )
+        seen[k["key"]] = i
+        rate = k.get("rate_per_minute")
+        if rate is not None and (not _whole(rate) or not 1 <= rate <= 1_000_000):
+            raise ConfigError(
+                f"{at}.rate_per_minute = {_show(rate)}: give a whole number from 1 to 1000000"
+            )
+        models = _str_list(k, "models", at, 256)
+        if not all(_model_id(m) for m in models):
+            raise ConfigError(
+                f"{at}.models = {_show(models)}: give model ids without control characters"
+            )
+        keys.append(ApiKey(k["key"], rate, tuple(models)))
+    token = doc.get("admin_token")
+    if token is not None:
+        if not _secret(token, 16):
+            raise ConfigError(
+                "gateway.admin_token: give a secret of at least 16 printable ASCII characters "
+                "(no spaces), e.g. from `openssl rand -hex 16`"
+            )
+        if token in seen:
+            raise ConfigError(
+                f"gateway.admin_token repeats gateway.keys[{seen[token]}].key; the admin token "
+                "must differ from every API key"
+            )
+    size = doc.get("max_body_bytes", 32 * 2**20)
+    if not _whole(size) or not 1024 <= size <= 2**30:
+        raise ConfigError(
+            f"gateway.max_body_bytes = {_show(size)}: give a byte count from 1024 to "
+            f"{2**30} (1 GiB)"
+        )
+    return GatewayConfig(
+        tuple(keys), token, size,
+        _seconds(doc, "queue_timeout", "gateway", 30.0),
+        _seconds(doc, "swap_timeout", "gateway", 300.0),
+        _seconds(doc, "drain_timeout", "gateway", 60.0),
+        _seconds(doc, "read_timeout", "gateway", 60.0),
+        _seconds(doc, "idle_timeout", "gateway", 75.0),
+    )  # fmt: skip
+
+
+def _check_args(args: Mapping[Any, Any], at: str, engine: str, gpus: list[int]) -> None:
+    """Every flag's shape; for vLLM and the twin, the ranges of the flags labctl plans with."""
+    seen: dict[str, str] = {}
+    for name, value in args.items():
+        check_flag(name, value, at)
+        flag = name.replace("-", "_")
+        if flag in seen:
+            raise ConfigError(f"{at}.{name} repeats {at}.{seen[flag]}; give the flag once")
+        seen[flag] = name
+        if engine not in ("vllm", "sim") or value is None:
+            continue
+        if flag in _VLLM_COUNTS and (not _whole(value) or not 1 <= value <= _VLLM_COUNTS[flag]):
+            raise ConfigError(
+                f"{at}.{name} = {_show(value)}: give a whole number from 1 to {_VLLM_COUNTS[flag]}"
+            )
+        if flag == "gpu_memory_utilization" and (
+            isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1
+        ):
+            raise ConfigError(
+                f"{at}.{name} = {_show(value)}: give a fraction above 0 and at most 1, e.g. 0.9"
+            )
+    if engine in ("vllm", "sim") and "tensor_parallel_size" in seen:
+        tp = args[seen["tensor_parallel_size"]] or 1
+        pp = args.get(seen.get("pipeline_parallel_size", ""), 1) or 1
+        if tp * pp != len(gpus):
+            raise ConfigError(
+                f"{at}.{seen['tensor_parallel_size']} = {tp} with {at.rsplit('.', 1)[0]}.gpus = "
+                f"{gpus}: vLLM runs one worker per GPU (tensor_parallel_size × "
+                f"pipeline_parallel_size = {tp * pp}); list {tp * pp} GPUs, or change the sizes"
+            )
