@@ -110,6 +110,30 @@ class Daemon:
         return dict(wait_for(check, timeout, f"{name} to be {state}"))
 
 
+#: A twin that starts in well under a second.
+FAST_TWIN = "{ max_model_len = 4096, time_scale = 0.05, load_gbps = 0 }"
+
+
+def lab_toml(tmp_path: Path, chat_args: str = FAST_TWIN, extra: str = "", lab: str = "") -> Path:
+    """A lab.toml of one simulated RTX 3090 and one twin deployment, ``chat``."""
+    path = tmp_path / "lab.toml"
+    path.write_text(
+        f'[lab]\ngpu_backend = "sim"\nsim_gpus = "1xrtx-3090"\n{lab}\n'
+        '[deployments.chat]\nengine = "sim"\nmodel = "Qwen/Qwen3-0.6B"\nstop_grace = 5\n'
+        f"args = {chat_args}\n{extra}"
+    )
+    return path
+
+
+def alive(pid: int) -> bool:
+    """The process exists and has not exited (a zombie has)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[0] not in "ZX"
+
+
 def engine_pids(home: Path) -> list[int]:
     """Processes started against ``home`` (LABCTL_HOME in their environment), but this one."""
     me, out = os.getpid(), []

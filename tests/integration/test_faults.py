@@ -22,27 +22,7 @@ import urllib.request
 import pytest
 
 from tests.integration.conftest import Run
-from tests.integration.lab import Daemon, Lab, engine_pids, get, wait_for
-
-SLOW = "{ max_model_len = 4096, time_scale = 0.05, load_gbps = 0 }"
-
-
-def lab_toml(tmp_path: Path, args: str = SLOW, extra: str = "") -> Path:
-    path = tmp_path / "lab.toml"
-    path.write_text(
-        '[lab]\ngpu_backend = "sim"\nsim_gpus = "1xrtx-3090"\n\n'
-        '[deployments.chat]\nengine = "sim"\nmodel = "Qwen/Qwen3-0.6B"\nstop_grace = 5\n'
-        f"args = {args}\n{extra}"
-    )
-    return path
-
-
-def alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rpartition(")")[2].split()[0] not in "ZX"
+from tests.integration.lab import Daemon, Lab, alive, engine_pids, get, lab_toml, wait_for
 
 
 def history(d: Daemon, name: str = "chat") -> list[dict[str, object]]:
@@ -197,18 +177,24 @@ def test_a_bad_model_file_is_refused_without_freezing_the_lab(
     assert d.deployment("chat")["state"] == "ready"
 
 
-def test_a_journal_with_a_step_that_is_not_json_is_still_readable(
-    lab: Lab, labctl: Callable[..., Run], tmp_path: Path
-) -> None:
+def journal_edited(lab: Lab, tmp_path: Path, statement: str) -> Path:
+    """A lab that ran and stopped, its journal then edited by hand; returns its lab.toml."""
     config = lab_toml(tmp_path)
     d = lab.up("--config", str(config))
     d.wait_state("chat", "ready")
     d.proc.terminate()
     d.proc.wait(30)
     db = sqlite3.connect(lab.home / "journal.db")
-    db.execute("UPDATE steps SET detail = 'not json {' WHERE seq = 1")
+    db.execute(statement)
     db.commit()
     db.close()
+    return config
+
+
+def test_a_journal_with_a_step_that_is_not_json_is_still_readable(
+    lab: Lab, labctl: Callable[..., Run], tmp_path: Path
+) -> None:
+    config = journal_edited(lab, tmp_path, "UPDATE steps SET detail = 'not json {' WHERE seq = 1")
     d = lab.up("--config", str(config))
     d.wait_state("chat", "ready")
     run = labctl("history", "--url", d.url, home=lab.home)
@@ -218,15 +204,7 @@ def test_a_journal_with_a_step_that_is_not_json_is_still_readable(
 def test_a_journal_missing_a_table_is_refused_at_start(
     lab: Lab, labctl: Callable[..., Run], tmp_path: Path
 ) -> None:
-    config = lab_toml(tmp_path)
-    d = lab.up("--config", str(config))
-    d.wait_state("chat", "ready")
-    d.proc.terminate()
-    d.proc.wait(30)
-    db = sqlite3.connect(lab.home / "journal.db")
-    db.execute("DROP TABLE steps")
-    db.commit()
-    db.close()
+    config = journal_edited(lab, tmp_path, "DROP TABLE steps")
     run = labctl("up", "--config", str(config), home=lab.home)
     assert run.code == 9 and run.err.count("\n") == 1, run.err
     assert "journal" in run.err and "steps" in run.err and "move it aside" in run.err

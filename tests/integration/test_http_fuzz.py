@@ -210,6 +210,24 @@ def test_admin_api_answers_any_body_without_a_500(
     check(status, data, took, path)
 
 
+def test_the_bodies_that_once_answered_500_get_a_400(daemon: tuple[Daemon, Lab]) -> None:
+    d, _ = daemon
+    admin = {"Content-Type": "application/json", "Authorization": f"Bearer {d.token}"}
+    deep = b"[" * 100_000 + b"]" * 100_000
+    for path, body, headers in (
+        ("/v1/chat/completions", deep, {"Content-Type": "application/json"}),
+        ("/v1/completions", b'{"model": "chat", "prompt": "x", "max_tokens": NaN}',
+         {"Content-Type": "application/json"}),
+        ("/api/deployments/chat/deploy", deep, admin),
+        ("/api/deployments/chat/deploy", b'{"set": "x"}', admin),
+        ("/api/deployments/chat/deploy", b'{"set": {"gpus": "0"}, "dry_run": true}', admin),
+        ("/api/deployments/chat/deploy", b'{"dry_run": "yes"}', admin),
+    ):  # fmt: skip
+        status, data, took = request(d, "POST", path, body, headers)
+        assert status == 400, (path, body[:40], status, data[:200])
+        check(status, data, took, path)
+
+
 def test_v1_404_and_405_use_openais_envelope(daemon: tuple[Daemon, Lab]) -> None:
     d, _ = daemon
     for method, path, status in (("GET", "/v1/nope", 404), ("DELETE", "/v1/models", 405),

@@ -14,21 +14,19 @@ import pytest
 from labctl.config import load_config
 from labctl.gpu.sim import SimBackend, SimMachine
 from tests.integration.conftest import Run
-from tests.integration.lab import Daemon, Lab, engine_pids, free_port, get, wait_for
+from tests.integration.lab import (
+    Daemon,
+    Lab,
+    alive,
+    engine_pids,
+    free_port,
+    get,
+    lab_toml,
+    wait_for,
+)
 
 GiB = 2**30
 EXAMPLE = Path(__file__).parent.parent.parent / "examples" / "lab.toml"
-FAST = "{ max_model_len = 4096, time_scale = 0.05, load_gbps = 0 }"
-
-
-def lab_toml(tmp_path: Path, chat_args: str = FAST, extra: str = "") -> Path:
-    path = tmp_path / "lab.toml"
-    path.write_text(
-        '[lab]\ngpu_backend = "sim"\nsim_gpus = "1xrtx-3090"\n\n'
-        '[deployments.chat]\nengine = "sim"\nmodel = "Qwen/Qwen3-0.6B"\nstop_grace = 5\n'
-        f"args = {chat_args}\n{extra}"
-    )
-    return path
 
 
 def complete(d: Daemon, name: str = "chat") -> dict[str, object]:
@@ -38,14 +36,6 @@ def complete(d: Daemon, name: str = "chat") -> dict[str, object]:
                                  headers={"Content-Type": "application/json"})  # fmt: skip
     with urllib.request.urlopen(req, timeout=10) as r:
         return dict(json.loads(r.read()))
-
-
-def alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rpartition(")")[2].split()[0] not in "ZX"
 
 
 def test_the_embedded_default_is_ready_within_10_s_and_ctrl_c_leaves_nothing(

@@ -21,19 +21,7 @@ from typing import Any
 import pytest
 
 from tests.integration.conftest import Run
-from tests.integration.lab import Daemon, Lab, get, wait_for
-
-FAST = "{ max_model_len = 4096, time_scale = 0.05, load_gbps = 0 }"
-
-
-def lab_toml(tmp_path: Path, extra: str = "", lab: str = "") -> Path:
-    path = tmp_path / "lab.toml"
-    path.write_text(
-        f'[lab]\ngpu_backend = "sim"\nsim_gpus = "1xrtx-3090"\n{lab}\n'
-        '[deployments.chat]\nengine = "sim"\nmodel = "Qwen/Qwen3-0.6B"\nstop_grace = 5\n'
-        f"args = {FAST}\n{extra}"
-    )
-    return path
+from tests.integration.lab import Daemon, Lab, get, lab_toml, wait_for
 
 
 def raw(
@@ -183,7 +171,7 @@ def _log_text(d: Daemon) -> str:
 
 def test_secrets_never_reach_the_log_or_the_journal(lab: Lab, tmp_path: Path) -> None:
     secret = "hf_" + "Q" * 34
-    d = lab.up("--config", str(lab_toml(tmp_path, f'env = {{ HF_TOKEN = "{secret}" }}\n')))
+    d = lab.up("--config", str(lab_toml(tmp_path, extra=f'env = {{ HF_TOKEN = "{secret}" }}\n')))
     d.wait_state("chat", "ready")
     bearer = "sk-live-" + "Z" * 24
     for header in (f"Bearer {bearer}\rX-Injected: 1", f"Bearer {bearer}\nX: y", f"Bearer {bearer}"):
@@ -220,7 +208,7 @@ def test_secrets_never_reach_the_log_or_the_journal(lab: Lab, tmp_path: Path) ->
 
 def test_a_restarted_lab_still_has_the_secret_env_it_was_given(lab: Lab, tmp_path: Path) -> None:
     """The journal keeps a fingerprint; the value comes back from lab.toml on the next start."""
-    config = lab_toml(tmp_path, 'env = { API_KEY = "abcdefghijklmnop1234" }\n')
+    config = lab_toml(tmp_path, extra='env = { API_KEY = "abcdefghijklmnop1234" }\n')
     d = lab.up("--config", str(config))
     d.wait_state("chat", "ready")
     d.api("POST", "/api/deployments/chat/deploy", {"set": {"max_model_len": 2048}})

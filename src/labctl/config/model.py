@@ -21,6 +21,7 @@ from labctl.config.values import (
     MAX_KEYS,
     WEEK,
     _check_placeholders,
+    _count,
     _key,
     _model_id,
     _seconds,
@@ -183,16 +184,8 @@ class DeploymentSpec:
         timeout = doc.get("startup_timeout")
         if timeout is not None:
             timeout = _seconds(doc, "startup_timeout", at, 0.0)
-        limit = doc.get("max_concurrency")
-        if limit is not None and (not _whole(limit) or not 1 <= limit <= 100_000):
-            raise ConfigError(
-                f"{at}.max_concurrency = {_show(limit)}: give a whole number from 1 to 100000"
-            )
-        queue = doc.get("queue_size", 256)
-        if not _whole(queue) or not 0 <= queue <= 1_000_000:
-            raise ConfigError(
-                f"{at}.queue_size = {_show(queue)}: give a whole number from 0 to 1000000"
-            )
+        limit = _count(doc, "max_concurrency", at, 1, 100_000)
+        queue = _count(doc, "queue_size", at, 0, 1_000_000, 256) or 0
         aliases = _str_list(doc, "aliases", at, 64)
         if not all(_model_id(a) for a in aliases):
             raise ConfigError(
@@ -346,11 +339,7 @@ def _gateway(doc: Mapping[str, Any]) -> GatewayConfig:
                 "key, or merge the two entries"
             )
         seen[k["key"]] = i
-        rate = k.get("rate_per_minute")
-        if rate is not None and (not _whole(rate) or not 1 <= rate <= 1_000_000):
-            raise ConfigError(
-                f"{at}.rate_per_minute = {_show(rate)}: give a whole number from 1 to 1000000"
-            )
+        rate = _count(k, "rate_per_minute", at, 1, 1_000_000)
         models = _str_list(k, "models", at, 256)
         if not all(_model_id(m) for m in models):
             raise ConfigError(

@@ -192,6 +192,19 @@ def _whole(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _count(doc: Mapping[str, Any], key: str, at: str, low: int, high: int,
+           default: int | None = None) -> int | None:  # fmt: skip
+    """``doc[key]``, a whole number from ``low`` to ``high`` (``default`` when absent).
+
+    Raises:
+        ConfigError: naming the key, the value and the range.
+    """
+    value = doc.get(key, default)
+    if value is not None and (not _whole(value) or not low <= value <= high):
+        raise ConfigError(f"{at}.{key} = {_show(value)}: give a whole number from {low} to {high}")
+    return None if value is None else int(value)
+
+
 def _secret(value: object, least: int) -> bool:
     return isinstance(value, str) and least <= len(value) <= 1024 and bool(_SECRET.fullmatch(value))
 

@@ -50,17 +50,17 @@ from labctl.config import (
 from labctl.daemon.guard import Guard, Log, route_logs
 from labctl.dashboard.board import Board, samples
 from labctl.dashboard.page import page_html
-from labctl.deploy.controller import STATES, Controller, DeployCancelled, Engine
+from labctl.deploy.controller import STATES, Controller, DeployCancelled
 from labctl.deploy.journal import OUTCOMES, Journal
-from labctl.deploy.reconcile import reconcile
+from labctl.deploy.reconcile import leftovers, reconcile, stop_leftovers
 from labctl.deploy.requests import RequestRefused, requested_spec
+from labctl.deploy.supervisor import Supervisor
 from labctl.errors import ConfigError, DeployError, LabError
 from labctl.gateway.proxy import Gateway, Route
 from labctl.gpu import open_backend
 from labctl.gpu.host import HostSampler
 from labctl.gpu.sim import parse_sim_gpus
 from labctl.home import DaemonLock, ensure_token, prepare, write_private
-from labctl.runtime.process import Backoff
 from labctl.secrets import Redactor, looks_secret
 from labctl.telemetry.collector import TelemetryCollector
 from labctl.telemetry.sampler import Sampler
@@ -145,10 +145,9 @@ class Daemon:
             self.controller.revisions.remember(spec)
         self.sampler = Sampler(self.backend, HostSampler(), owners=self._owners, interval=1.0)
         self.telemetry = TelemetryCollector(self.sampler)
-        self.backoff: dict[str, Backoff] = {}
         self._tasks: list[asyncio.Task[Any]] = []
-        #: Deployments whose dead engine is being restarted (one restart at a time).
-        self.restarting: set[str] = set()
+        self.supervisor = Supervisor(self.controller, self.gateway, self.stopping,
+                                     on_restart=self._restarted)  # fmt: skip
         dash = config.dashboard
         self.board = Board(self._samples, dash.interval, dash.history, dash.alert_for_scale)
         #: Open dashboard pages: each gets every tick and a fresh timeline on each event.
@@ -233,63 +232,11 @@ class Daemon:
                             self.metrics.engine[target].labels(d.name).set(value)
                 await asyncio.sleep(2.0)
 
-    async def _watch_engines(self) -> None:
-        """Every 0.1 s: a serving engine that exited is restarted at once (its requests held)."""
-        while True:
-            for d in list(self.controller.deployments.values()):
-                e = d.engine
-                if e is not None and d.state == "ready" and e.process.returncode is not None:
-                    self._restart_soon(d.name, e)
-            await asyncio.sleep(0.1)
-
-    def _restart_soon(self, name: str, dead: Engine) -> None:
-        if name not in self.restarting:
-            self.restarting.add(name)
-            self.gateway.hold(name)  # new requests wait for the restart instead of failing
-            self._tasks.append(asyncio.create_task(self._restart(name, dead)))
-
     async def _engine_gone(self, name: str) -> bool:
-        """The gateway found ``name``'s engine refusing connections: True if it is dead and a
-        restart is under way (the request then waits for it in the held queue)."""
-        d = self.controller.deployments.get(name)
-        if d is None:
-            return False
-        e = d.engine
-        if e is not None and d.state == "ready":
-            for _ in range(20):  # its exit may not be reaped yet: give it up to a second
-                if (
-                    e.process.returncode is not None
-                    or e.process.pid not in e.process.alive_members()
-                ):
-                    self._restart_soon(name, e)
-                    break
-                await asyncio.sleep(0.05)
-        return name in self.restarting or d.state in ("draining", "stopping", "starting")
+        return await self.supervisor.engine_gone(name)
 
-    async def _restart(self, name: str, dead: Engine) -> None:
-        try:
-            d = self.controller.deployments[name]
-            if d.engine is not dead or d.state != "ready":
-                return
-            code = dead.process.returncode
-            self.metrics.restarts.labels(name, "exited").inc()
-            d.restarts += 1
-            delay = self.backoff.setdefault(name, Backoff()).next_delay(
-                time.monotonic() - dead.process.started_at
-            )
-            self.controller.set_state(
-                d, "failed", f"engine exited with code {code}; restart in {delay:g} s"
-            )
-            await asyncio.sleep(delay)
-            if d.engine is not dead or self.stopping.is_set():
-                return
-            with contextlib.suppress(LabError):
-                await self.controller.deploy(d.spec, kind="restart", revision=d.revision)
-        finally:
-            self.restarting.discard(name)
-            d = self.controller.deployments[name]
-            if d.deploying is None:  # a restart that did not happen holds nothing back
-                await self.gateway.resume(name, None)
+    def _restarted(self, name: str) -> None:
+        self.metrics.restarts.labels(name, "exited").inc()
 
     # -- dashboard --------------------------------------------------------------------
 
@@ -598,7 +545,7 @@ class Daemon:
                 self.log(line)
             on_listening(self.url)
             self._tasks.append(asyncio.create_task(self._poll_engines()))
-            self._tasks.append(asyncio.create_task(self._watch_engines()))
+            self._tasks.append(asyncio.create_task(self.supervisor.watch()))
             self._tasks.append(asyncio.create_task(self._board_loop()))
             starting = asyncio.create_task(self._start_configured())
             await self.stopping.wait()
@@ -611,6 +558,9 @@ class Daemon:
             for task in self._tasks:
                 task.cancel()
             await self.controller.stop_all()
+            # whatever of the lab's still runs (a start cut short, a worker left behind): stopped
+            for line in await stop_leftovers(leftovers(self.journal, self.home, set()), self.home):
+                self.log(f"{line}, left running at shutdown")
             await self.controller.close()
             await self.gateway.close()
             await runner.cleanup()

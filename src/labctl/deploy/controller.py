@@ -406,6 +406,8 @@ class Controller:
             return {"deployment": spec.name, "dry_run": True, "fits": True, "need": need.summary,
                     "bytes_per_gpu": need.bytes_per_gpu}  # fmt: skip
         task = asyncio.create_task(self._deploy(d, spec, kind, revision))
+        # its outcome is journaled; a caller that went away must not leave it unretrieved
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
         return await asyncio.shield(task)
 
     def cancel(self, name: str) -> None:
@@ -417,6 +419,8 @@ class Controller:
         d = self.deployments.get(name)
         if d is None or d.deploying is None or d.deploying.done():
             raise DeployError(f"no deploy of {name} is running; see `labctl history {name}`")
+        if d.cancel_requested:
+            return  # asked already: a second cancel must not cut the first one's cleanup short
         d.cancel_requested = True
         if d.interruptible is not None:
             d.interruptible.cancel()

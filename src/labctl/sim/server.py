@@ -425,9 +425,25 @@ async def serve(
     else:
         loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
+    starting = asyncio.create_task(
+        start_engine(twin, machine, gpu_index, time_scale, load_gbps, faults)
+    )
+    stopped = asyncio.create_task(stop.wait())
     try:
-        worker = await start_engine(twin, machine, gpu_index, time_scale, load_gbps, faults)
+        # as vLLM does, a SIGTERM during startup ends it there (not after the weights load)
+        await asyncio.wait({starting, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        if not starting.done():
+            starting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await starting
+            _log("Shutting down during startup.")
+            if machine is not None:
+                machine.release()
+            return
+        stopped.cancel()
+        worker = starting.result()
     except BaseException:
+        stopped.cancel()
         if machine is not None:
             machine.release()
         raise
