@@ -56,7 +56,7 @@ model_list:
     litellm_params:
       model: openai/{served}
       api_base: {url}/v1
-      api_key: none
+      api_key: {key}
 """
 
 
@@ -76,14 +76,22 @@ def tree_cpu(pid: int) -> float:
     return total
 
 
+def engine_key(pid: int) -> str:
+    """The key the lab gave its engine (in the engine's environment, readable by its user)."""
+    for entry in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
+        if entry.startswith(b"VLLM_API_KEY="):
+            return entry.split(b"=", 1)[1].decode()
+    raise SystemExit(f"the twin (pid {pid}) has no VLLM_API_KEY")
+
+
 def bench(
-    url: str, model: str, c: int, env: dict[str, str], out: Path
+    url: str, model: str, c: int, env: dict[str, str], out: Path, key: str = MASTER_KEY
 ) -> tuple[dict[str, Any], float]:
     n = 200 if c == 1 else max(1000, 4 * c)
     _, cpu = run_measured(
         [sys.executable, "-m", "labctl", "bench", "--base-url", url, "--model", model,
          "--num-prompts", str(n), "--max-concurrency", str(c), "--input-len", "32",
-         "--output-len", "64", "--api-key", MASTER_KEY, "--json-out", str(out)],
+         "--output-len", "64", "--api-key", key, "--json-out", str(out)],
         env,
     )  # fmt: skip
     return json.loads(out.read_text()), cpu
@@ -110,8 +118,9 @@ def main() -> None:
             assert isinstance(status, dict)
             dep = status["deployments"][0]
             twin_url, twin_pid = dep["url"], dep["pid"]
+            twin_key = engine_key(twin_pid)
             (work / "litellm.yaml").write_text(
-                LITELLM.format(url=twin_url, served=dep["served_model"])
+                LITELLM.format(url=twin_url, served=dep["served_model"], key=twin_key)
             )
             proxy = subprocess.Popen(
                 [litellm, "--config", str(work / "litellm.yaml"), "--port", str(lport),
@@ -128,7 +137,8 @@ def main() -> None:
             for c in LEVELS:
                 for name, url, model, pid in targets:
                     before = (tree_cpu(pid) if pid else 0.0, tree_cpu(twin_pid))
-                    doc, client_cpu = bench(url, model, c, env, work / f"{name}-{c}.json")
+                    key = twin_key if name == "direct" else MASTER_KEY
+                    doc, client_cpu = bench(url, model, c, env, work / f"{name}-{c}.json", key)
                     after = (tree_cpu(pid) if pid else 0.0, tree_cpu(twin_pid))
                     row = {
                         "target": name, "concurrency": c, "completed": doc["completed"],

@@ -13,6 +13,8 @@ import fcntl
 import os
 from pathlib import Path
 import secrets
+import stat
+import urllib.parse
 
 from labctl.errors import LabError
 
@@ -50,9 +52,14 @@ def prepare(home: Path) -> Path:
         ) from None
     if not home.is_dir():
         raise HomeError(f"LABCTL_HOME={home} is not a directory; point LABCTL_HOME at one")
-    with contextlib.suppress(OSError):  # not ours to change (a shared mount): still usable
-        if home.stat().st_uid == os.getuid():
-            home.chmod(0o700)
+    owner = home.stat().st_uid
+    if owner != os.getuid():  # its owner could plant a token, links or a journal there
+        raise HomeError(
+            f"LABCTL_HOME={home} belongs to uid {owner}, not to you (uid {os.getuid()}); point "
+            "LABCTL_HOME at a directory of your own"
+        )
+    with contextlib.suppress(OSError):
+        home.chmod(0o700)
     probe = home / f".probe-{os.getpid()}"
     try:
         fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -87,21 +94,65 @@ def write_private(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def read_token(home: Path) -> str | None:
-    """The admin token the lab generated in ``home``, if it did."""
+def read_token(home: Path, strict: bool = False) -> str | None:
+    """The lab's generated admin token in ``home``, if it made one.
+
+    A token file that is not the user's own, that others may read, or that is too short to
+    be one labctl made is not used: None, or with ``strict`` an error that says so.
+
+    Raises:
+        HomeError: with ``strict``, such a file.
+    """
+    path = home / TOKEN_FILE
     try:
-        return (home / TOKEN_FILE).read_text().strip() or None
-    except OSError:
+        st = path.stat()
+        token = path.read_text().strip()
+    except (OSError, UnicodeDecodeError):
         return None
+    why = (
+        f"belongs to uid {st.st_uid}" if st.st_uid != os.getuid()
+        else f"may be read by others (mode {stat.S_IMODE(st.st_mode):o})" if st.st_mode & 0o077
+        else "is too short to be one labctl made" if len(token) < 16
+        else None
+    )  # fmt: skip
+    if why is None:
+        return token
+    if strict:
+        raise HomeError(f"{path} {why}; delete it, and the lab makes a new token at its next start")
+    return None
 
 
 def ensure_token(home: Path) -> str:
-    """The lab's generated admin token: read from ``home``, or made (0600) at first start."""
-    token = read_token(home)
+    """The lab's generated admin token: read from ``home``, or made (0600) at first start.
+
+    Raises:
+        HomeError: the token file there is not one to trust (see :func:`read_token`).
+    """
+    token = read_token(home, strict=True)
     if token is None:
         token = secrets.token_urlsafe(TOKEN_BYTES)
         write_private(home / TOKEN_FILE, token + "\n")
     return token
+
+
+URL_FILE = "url"
+
+
+def same_lab(url: str, home: Path) -> bool:
+    """Whether ``url`` is where the lab of ``home`` last listened (so that its token, read from
+    ``home``, is sent to that lab and to no other server)."""
+    try:
+        known = (home / URL_FILE).read_text().strip()
+    except OSError:
+        return False
+    a, b = urllib.parse.urlsplit(url), urllib.parse.urlsplit(known)
+    loopback = {"localhost", "127.0.0.1", "::1"}
+    hosts = {a.hostname, b.hostname}
+    return a.port == b.port and (
+        len(hosts) == 1
+        or hosts <= loopback
+        or (b.hostname in ("0.0.0.0", "::") and a.hostname in loopback)
+    )
 
 
 LOCK_FILE = "daemon.lock"

@@ -11,7 +11,7 @@ tells two values apart without revealing either.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 import hashlib
 import re
 
@@ -53,6 +53,44 @@ def looks_secret(name: str, value: str) -> bool:
 def fingerprint(value: str) -> str:
     """A short, stable name for a secret: equal values, equal fingerprints; nothing more."""
     return "sha256:" + hashlib.sha256(value.encode()).hexdigest()[:16]
+
+
+class SecretArg:
+    """A command-line item that holds a secret: the value a secret-looking flag takes
+    (``--api-key VALUE``), or the whole ``--api-key=VALUE``; ``shown`` is how a log shows it."""
+
+    def __init__(self, value: str, shown: str = REDACTED) -> None:
+        self.value = value
+        self.shown = shown
+
+
+def secret_argv(argv: Iterable[str]) -> list[str | SecretArg]:
+    """``argv`` with each item that holds the value of a secret-looking flag marked (the
+    flag's name decides, as for environment variables); the items stay as many."""
+    out: list[str | SecretArg] = []
+    after_secret = False
+    for arg in argv:
+        if after_secret and not arg.startswith("-"):
+            out.append(SecretArg(arg))
+            after_secret = False
+            continue
+        after_secret = False
+        name, eq, _ = arg.partition("=")
+        if arg.startswith("-") and _SECRET_NAME.search(name.lstrip("-")):
+            if eq:
+                out.append(SecretArg(arg, f"{name}={REDACTED}"))
+                continue
+            after_secret = True
+        out.append(arg)
+    return out
+
+
+def redact_argv(argv: Iterable[str], redact: Callable[[str], str] | None = None) -> str:
+    """``argv`` as one line for a log, each secret (by flag name or by shape) redacted."""
+    redact = redact or Redactor()
+    return one_line(" ".join(
+        item.shown if isinstance(item, SecretArg) else redact(item) for item in secret_argv(argv)
+    ))  # fmt: skip
 
 
 def one_line(text: str) -> str:

@@ -19,6 +19,7 @@ import subprocess
 import sys
 import time
 from typing import Any
+import urllib.error
 import urllib.parse
 import urllib.request
 
@@ -45,6 +46,8 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 15.0, what: str = "c
             if value:
                 return value
         except OSError as exc:
+            if isinstance(exc, urllib.error.HTTPError):
+                exc.close()  # it holds the response's socket
             last_exc = exc
         time.sleep(0.1)
     pytest.fail(
@@ -88,8 +91,12 @@ class Daemon:
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"
         req = urllib.request.Request(self.url + path, data=data, method=method, headers=headers)
-        with urllib.request.urlopen(req, timeout=timeout) as r:
-            return json.loads(r.read())
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as r:
+                return json.loads(r.read())
+        except urllib.error.HTTPError as exc:
+            exc.close()  # raised on, but its socket closed now rather than at some gc
+            raise
 
     def login_url(self) -> str:
         """A fresh one-time link that logs a browser in to the dashboard."""

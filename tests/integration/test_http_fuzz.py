@@ -222,6 +222,11 @@ def test_the_bodies_that_once_answered_500_get_a_400(daemon: tuple[Daemon, Lab])
         ("/api/deployments/chat/deploy", b'{"set": "x"}', admin),
         ("/api/deployments/chat/deploy", b'{"set": {"gpus": "0"}, "dry_run": true}', admin),
         ("/api/deployments/chat/deploy", b'{"dry_run": "yes"}', admin),
+        # 3 million elements: refused before any is built (memory), not parsed into objects
+        ("/v1/completions", b"[" + b"0," * 3_000_000 + b"0]", {"Content-Type": "application/json"}),
+        # a form of a million model names: once a quadratic scan that held the loop for hours
+        ("/v1/audio/transcriptions", b'name="model"\r\n' * 80_000,
+         {"Content-Type": "multipart/form-data; boundary=x"}),
     ):  # fmt: skip
         status, data, took = request(d, "POST", path, body, headers)
         assert status == 400, (path, body[:40], status, data[:200])

@@ -7,6 +7,7 @@ import json
 import os
 from pathlib import Path
 import signal
+from typing import Any
 import urllib.request
 
 import pytest
@@ -32,7 +33,7 @@ EXAMPLE = Path(__file__).parent.parent.parent / "examples" / "lab.toml"
 def complete(d: Daemon, name: str = "chat") -> dict[str, object]:
     dep = d.deployment(name)
     body = json.dumps({"model": dep["served_model"], "prompt": "hi", "max_tokens": 2}).encode()
-    req = urllib.request.Request(dep["url"] + "/v1/completions", data=body,
+    req = urllib.request.Request(d.url + "/v1/completions", data=body,
                                  headers={"Content-Type": "application/json"})  # fmt: skip
     with urllib.request.urlopen(req, timeout=10) as r:
         return dict(json.loads(r.read()))
@@ -214,17 +215,34 @@ def test_a_daemon_killed_mid_deploy_reconciles_to_serving_and_journals_it(
     assert ready["revision"] == 3  # the configured revision, started afresh
 
 
-def test_a_daemon_killed_while_idle_adopts_its_healthy_engine(lab: Lab, tmp_path: Path) -> None:
+def killed_while_idle(lab: Lab, tmp_path: Path) -> tuple[Path, dict[str, Any]]:
+    """A lab whose daemon was SIGKILLed while its engine served; its lab.toml, the engine."""
     config = lab_toml(tmp_path)
     d = lab.up("--config", str(config))
     first = d.wait_state("chat", "ready")
     d.proc.kill()
     d.proc.wait(10)
+    return config, first
+
+
+def test_a_daemon_killed_while_idle_adopts_its_healthy_engine(lab: Lab, tmp_path: Path) -> None:
+    config, first = killed_while_idle(lab, tmp_path)
     again = lab.up("--config", str(config))
     adopted = again.wait_state("chat", "ready")
     assert (adopted["pid"], adopted["revision"]) == (first["pid"], 1)
     history = again.api("GET", "/api/history?deployment=chat")["deploys"]
     assert history[0]["kind"] == "reconcile" and history[0]["steps"][0]["name"] == "adopt"
+
+
+def test_an_adopted_engine_is_replaced_when_lab_toml_changed(lab: Lab, tmp_path: Path) -> None:
+    config, first = killed_while_idle(lab, tmp_path)
+    config.write_text(config.read_text().replace("max_model_len = 4096", "max_model_len = 2048"))
+    again = lab.up("--config", str(config))
+    wait_for(lambda: again.deployment("chat")["revision"] == 2, 30, "the new settings to deploy")
+    ready = again.wait_state("chat", "ready")
+    assert ready["pid"] != first["pid"]
+    cmdline = Path(f"/proc/{ready['pid']}/cmdline").read_bytes().split(b"\0")
+    assert b"2048" in cmdline
 
 
 def test_bad_input_is_a_clear_error_and_leaves_deployments_alone(

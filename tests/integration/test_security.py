@@ -17,6 +17,7 @@ import sqlite3
 import stat
 import time
 from typing import Any
+import urllib.error
 
 import pytest
 
@@ -188,17 +189,26 @@ def test_secrets_never_reach_the_log_or_the_journal(lab: Lab, tmp_path: Path) ->
             except OSError:
                 pass
     d.api("POST", "/api/deployments/chat/deploy", {"set": {"max_model_len": 2048}})
+    hidden = {"api_key": "SEKRIT-plain-pass", "api-key2": ["sk-SECRETlistVALUE1234567"],
+              "token": 12345678901234, "password": "hunter2hunter2"}  # fmt: skip
+    try:  # the twin refuses flags it does not know: the deploy rolls back, its start is logged
+        d.api("POST", "/api/deployments/chat/deploy",
+              {"set": {f"args.{k}": v for k, v in hidden.items()}})  # fmt: skip
+    except urllib.error.HTTPError as exc:
+        exc.close()
     d.proc.terminate()
     d.proc.wait(30)
     text = _log_text(d)
     assert bearer not in text and secret not in text
     assert "\rX-Injected" not in text
     logs = "".join(p.read_text(errors="replace") for p in (lab.home / "logs").glob("*"))
-    assert bearer not in logs
+    assert bearer not in logs and "--api-key [redacted]" in logs
     db = sqlite3.connect(lab.home / "journal.db")
     dump = "\n".join(db.iterdump())
     db.close()
     assert secret not in dump
+    for value in ("SEKRIT-plain-pass", "sk-SECRETlistVALUE1234567", "12345678901234", "hunter2"):
+        assert value not in logs and value not in dump and value not in text, value
     assert "HF_TOKEN" in dump  # the name and a fingerprint are kept
     for p in [lab.home / "journal.db", *lab.home.glob("journal.db-*"), *(lab.home / "logs").glob("*"),
               lab.home / "owners.json"]:  # fmt: skip
@@ -232,3 +242,102 @@ def test_the_state_directory_is_private(lab: Lab) -> None:
     get_status: Any = d.api("GET", "/api/status")
     assert get_status["deployments"]
     assert get(d.url + "/healthz") == "ok\n"
+
+
+def test_an_engine_port_answers_only_the_lab(lab: Lab) -> None:
+    """Each engine takes a key of its own that only the gateway sends: a page or a local
+    process that finds the engine's port gets 401, and so does a foreign Host there."""
+    d = lab.up()
+    dep = d.wait_state("chat", "ready", timeout=20)
+    body = json.dumps({"model": dep["served_model"], "prompt": "hi", "max_tokens": 2}).encode()
+    engine = Daemon(d.proc, dep["url"])
+    for headers in ({"Content-Type": "application/json"},
+                    {"Content-Type": "text/plain", "Origin": "http://evil.example"}):  # fmt: skip
+        status, _, _ = raw(engine, "POST", "/v1/completions", body, headers)
+        assert status == 401, status
+    status, _, reply = raw(d, "POST", "/v1/completions", body, {"Content-Type": "application/json"})
+    assert status == 200 and json.loads(reply)["choices"], reply
+    assert raw(engine, "GET", "/metrics")[0] == 200  # as vLLM: metrics stay open
+    # Prometheus scrapes an engine through the lab, which holds its key.
+    (target,) = json.loads(get(d.url + "/sd/engines"))
+    assert target["labels"]["__metrics_path__"] == "/engines/chat/metrics"
+    assert "vllm:num_requests_running" in get(d.url + "/engines/chat/metrics")
+
+
+def test_the_cli_sends_this_labs_token_to_this_lab_only(
+    lab: Lab, labctl: Callable[..., Run]
+) -> None:
+    import http.server
+    import threading
+
+    d = lab.up()
+    seen: list[str | None] = []
+
+    class Capture(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            seen.append(self.headers.get("Authorization"))
+            self.send_response(401)
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Capture)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        run = labctl("status", "--url", f"http://127.0.0.1:{server.server_port}", home=lab.home)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert run.code != 0 and seen == [None], seen
+    assert labctl("status", "--url", d.url, home=lab.home).code == 0
+
+
+def test_a_state_directory_that_is_not_yours_is_refused(
+    labctl: Callable[..., Run], tmp_path: Path
+) -> None:
+    import os
+
+    if os.getuid() != 0:
+        pytest.skip("needs root to give a directory to another user")
+    home = tmp_path / "shared"
+    home.mkdir()
+    os.chown(home, 65534, 65534)  # nobody's
+    run = labctl("up", "--listen", "127.0.0.1:0", home=home)
+    assert run.code == 3 and "belongs to uid 65534" in run.err and run.err.count("\n") == 1
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "admin-token").write_text("attacker-chosen-token-0001\n")
+    (mine / "admin-token").chmod(0o644)
+    run = labctl("up", "--listen", "127.0.0.1:0", home=mine)
+    assert run.code == 3 and "may be read by others" in run.err, run.err
+
+
+def test_a_second_lab_on_the_same_home_changes_nothing(
+    lab: Lab, labctl: Callable[..., Run], tmp_path: Path
+) -> None:
+    d = lab.up("--config", str(lab_toml(tmp_path)))
+    d.wait_state("chat", "ready")
+    devices = (lab.home / "sim-gpus" / "devices.json").read_text()
+    other = tmp_path / "other.toml"
+    other.write_text('[lab]\ngpu_backend = "sim"\nsim_gpus = "2xh100-sxm"\n')
+    run = labctl("up", "--config", str(other), "--listen", "127.0.0.1:0", home=lab.home)
+    assert run.code == 3 and "another `labctl up`" in run.err, run.err
+    assert (lab.home / "sim-gpus" / "devices.json").read_text() == devices
+
+
+def test_odd_authorization_bytes_and_framing(lab: Lab) -> None:
+    import socket
+
+    d = lab.up()
+    host, port = d.url.removeprefix("http://").rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=10) as s:
+        s.sendall(f"GET /api/status HTTP/1.1\r\nHost: {host}:{port}\r\n".encode()
+                  + b"Authorization: Bearer \xe9\xff\xfe\r\nConnection: close\r\n\r\n")  # fmt: skip
+        data = b""
+        while chunk := s.recv(4096):
+            data += chunk
+    assert data.startswith(b"HTTP/1.1 401") and b'"error"' in data, data[:300]
+    status, headers, _ = raw(d, "GET", "/")
+    assert status == 200 and headers["X-Frame-Options"] == "DENY"
+    assert "frame-ancestors 'none'" in headers["Content-Security-Policy"]

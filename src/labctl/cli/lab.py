@@ -20,7 +20,7 @@ import click
 from labctl.cli.output import console, emit_json
 from labctl.config import load_config, state_dir
 from labctl.errors import DeployError, LabError, UsageError
-from labctl.home import lock_holder, read_token
+from labctl.home import lock_holder, read_token, same_lab
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 
@@ -34,7 +34,9 @@ def call(url: str, method: str, path: str, body: Any = None, timeout: float | No
     """One request to the daemon's admin API; errors become one-line LabErrors."""
     data = None if body is None else json.dumps(body).encode()
     headers = {"Content-Type": "application/json"}
-    if token := os.environ.get("LABCTL_TOKEN") or read_token(state_dir()):
+    home = state_dir()
+    # the token this machine's lab made goes to that lab only, never to another --url
+    if token := os.environ.get("LABCTL_TOKEN") or (same_lab(url, home) and read_token(home)):
         headers["Authorization"] = f"Bearer {token}"
     req = urllib.request.Request(url.rstrip("/") + path, data=data, method=method, headers=headers)
     try:

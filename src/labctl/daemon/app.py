@@ -18,13 +18,15 @@ import asyncio
 from collections.abc import Callable, Iterator
 import contextlib
 import dataclasses
+import hashlib
+import hmac
 import json
 import os
 from pathlib import Path
 import signal
 import threading
 import time
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 from aiohttp import web
@@ -53,14 +55,14 @@ from labctl.dashboard.page import page_html
 from labctl.deploy.controller import STATES, Controller, DeployCancelled
 from labctl.deploy.journal import OUTCOMES, Journal
 from labctl.deploy.reconcile import leftovers, reconcile, stop_leftovers
-from labctl.deploy.requests import RequestRefused, requested_spec
+from labctl.deploy.requests import RequestRefused, check_restore, requested_spec
 from labctl.deploy.supervisor import Supervisor
 from labctl.errors import ConfigError, DeployError, LabError
 from labctl.gateway.proxy import Gateway, Route
 from labctl.gpu import open_backend
 from labctl.gpu.host import HostSampler
 from labctl.gpu.sim import parse_sim_gpus
-from labctl.home import DaemonLock, ensure_token, prepare, write_private
+from labctl.home import URL_FILE, DaemonLock, ensure_token, prepare, write_private
 from labctl.secrets import Redactor, looks_secret
 from labctl.telemetry.collector import TelemetryCollector
 from labctl.telemetry.sampler import Sampler
@@ -73,6 +75,7 @@ ENGINE_GAUGES = {
     "llamacpp:requests_processing": "labctl_engine_requests_running",
     "llamacpp:requests_deferred": "labctl_engine_requests_waiting",
 }
+T = TypeVar("T")
 DEPLOY_BUCKETS = (0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1200)
 
 RELEASE_BUCKETS = (0.01, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30)
@@ -109,6 +112,15 @@ class Daemon:
     def __init__(self, config: LabConfig, home: Path, listen: str | None = None) -> None:
         self.config = config
         self.home = prepare(home)
+        # first: a second `labctl up` on this home must change nothing in it before it stops
+        self.lock = DaemonLock(self.home)
+        try:
+            self._setup(config, listen)
+        except BaseException:
+            self.lock.release()
+            raise
+
+    def _setup(self, config: LabConfig, listen: str | None) -> None:
         key = "--listen" if listen else "lab.listen"
         self.host, self.port = parse_listen(listen or config.listen, key)
         gw = config.gateway
@@ -139,8 +151,9 @@ class Daemon:
         self.gateway = Gateway(gw, self._routes, self.metrics.registry,
                                engine_gone=self._engine_gone)  # fmt: skip
         self.controller = Controller(
-            self.journal, self.backend, self.home, hooks=self.gateway, on_event=self._event
-        )
+            self.journal, self.backend, self.home, hooks=self.gateway, on_event=self._event,
+            engine_key=self._engine_key,
+        )  # fmt: skip
         for spec in config.deployments:
             self.controller.revisions.remember(spec)
         self.sampler = Sampler(self.backend, HostSampler(), owners=self._owners, interval=1.0)
@@ -161,9 +174,15 @@ class Daemon:
         for d in self.controller.deployments.values():
             spec = d.spec
             limit = spec.max_concurrency or d.max_num_seqs or _default_limit(spec)
-            url = d.engine.url if d.engine is not None and d.state == "ready" else None
-            out.append(Route(d.name, spec.served, spec.aliases, url, limit, spec.queue_size))
+            e = d.engine if d.state == "ready" else None
+            out.append(Route(d.name, spec.served, spec.aliases, e.url if e else None, limit,
+                             spec.queue_size, e.key if e else None))  # fmt: skip
         return out
+
+    def _engine_key(self, name: str, revision: int) -> str:
+        """An engine's API key: derived from the admin token, so never stored anywhere."""
+        msg = f"labctl engine {name} r{revision}".encode()
+        return hmac.new(self.token.encode(), msg, hashlib.sha256).hexdigest()
 
     def _owners(self) -> dict[int, str]:
         return dict(self.controller.owned_pids())
@@ -217,7 +236,7 @@ class Daemon:
                         continue
                     e.process.track()  # remember workers while they are still its children
                     try:
-                        async with http.get(e.url + "/metrics") as r:
+                        async with http.get(e.url + "/metrics", headers=e.headers()) as r:
                             text = await r.text() if r.status == 200 else ""
                     except (aiohttp.ClientError, TimeoutError):
                         continue
@@ -291,8 +310,12 @@ class Daemon:
 
     async def dashboard_page(self, request: web.Request) -> web.Response:
         return web.Response(
-            text=page_html(), content_type="text/html", headers={"Cache-Control": "no-cache"}
-        )
+            text=page_html(), content_type="text/html", headers={
+                "Cache-Control": "no-cache", "X-Frame-Options": "DENY",
+                "Content-Security-Policy": "frame-ancestors 'none'",
+                "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer",
+            },
+        )  # fmt: skip
 
     async def dashboard_state(self, request: web.Request) -> web.Response:
         return web.json_response(self.dashboard_doc(), dumps=_compact)
@@ -362,6 +385,7 @@ class Daemon:
         r.add_post("/api/login-link", self.login_link)
         r.add_post("/api/shutdown", self.shutdown)
         r.add_get("/sd/engines", self.engine_targets)
+        r.add_get("/engines/{name}/metrics", self.engine_metrics)
         r.add_get("/", self.dashboard_page)
         r.add_get("/login", self.guard.login)
         r.add_post("/dashboard/login", self.guard.token_login)
@@ -377,18 +401,32 @@ class Daemon:
         return web.json_response({"url": self.login_url()})
 
     async def engine_targets(self, request: web.Request) -> web.Response:
-        """Prometheus HTTP service discovery: every serving engine's /metrics."""
+        """Prometheus HTTP service discovery: every serving engine's /metrics, through the
+        lab (``/engines/NAME/metrics``), which holds the engine's key; its port stays closed."""
         targets = []
         for d in self.controller.deployments.values():
             if d.engine is not None:
-                host = d.engine.url.removeprefix("http://")
-                labels = {
-                    "deployment": d.name,
-                    "engine": d.spec.engine,
-                    "revision": str(d.revision),
-                }
-                targets.append({"targets": [host], "labels": labels})
+                labels = {"deployment": d.name, "engine": d.spec.engine,
+                          "revision": str(d.revision),
+                          "__metrics_path__": f"/engines/{d.name}/metrics"}  # fmt: skip
+                targets.append({"targets": [request.host], "labels": labels})
         return web.json_response(targets)
+
+    async def engine_metrics(self, request: web.Request) -> web.Response:
+        """An engine's own /metrics (vLLM's ``vllm:*``, llama.cpp's ``llamacpp:*``), relayed."""
+        d = self.controller.deployments.get(request.match_info["name"])
+        e = d.engine if d is not None else None
+        if e is None:
+            raise _api_error(404, f"no engine serves {request.match_info['name']!r} now")
+        try:
+            async with self.controller.http().get(
+                e.url + "/metrics", headers=e.headers(), timeout=aiohttp.ClientTimeout(total=5)
+            ) as r:
+                body = await r.read()
+                kind = r.headers.get("Content-Type", CONTENT_TYPE_LATEST)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            return web.Response(status=502, text=f"the engine did not answer: {exc}\n")
+        return web.Response(body=body, status=r.status, headers={"Content-Type": kind})
 
     async def healthz(self, request: web.Request) -> web.Response:
         return web.Response(text="ok\n")
@@ -439,28 +477,28 @@ class Daemon:
         if not raw.strip():
             return {}
         try:
-            body = jsontext.loads(raw)
+            body = jsontext.loads(raw, max_items=100_000)  # an admin request holds a few
         except ValueError as exc:
             raise _api_error(400, f"the request body is not valid JSON: {exc}") from None
         if not isinstance(body, dict):
             raise _api_error(400, "the request body must be a JSON object")
         return body
 
-    def _deploy_spec(self, name: str, body: dict[str, Any]) -> DeploymentSpec:
+    async def _deploy_spec(self, name: str, body: dict[str, Any]) -> DeploymentSpec:
         d = self.controller.deployments.get(name)
         if d is None:
             names = ", ".join(self.controller.deployments) or "none"
             raise _api_error(404, f"no deployment named {name!r}; the lab has: {names}")
         others = [x.spec for x in self.controller.deployments.values() if x.name != name]
-        try:
-            return requested_spec(d.spec, body, self.config, others)
+        try:  # it reads files (the model, the binary): off the event loop
+            return await _off_loop(requested_spec, d.spec, body, self.config, others)
         except RequestRefused as exc:
             raise _api_error(exc.status, str(exc)) from None
 
     async def deploy(self, request: web.Request) -> web.Response:
         name = request.match_info["name"]
         body = await self._json_body(request)
-        spec = self._deploy_spec(name, body)
+        spec = await self._deploy_spec(name, body)
         self.redact.add(v for k, v in [*spec.env.items(), *spec.args.items()]
                         if isinstance(v, str) and looks_secret(k, v))  # fmt: skip
         try:
@@ -472,8 +510,16 @@ class Daemon:
 
     async def rollback(self, request: web.Request) -> web.Response:
         await self._json_body(request)
+        name = request.match_info["name"]
+        others = [x.spec for x in self.controller.deployments.values() if x.name != name]
+
+        async def allowed(current: DeploymentSpec, earlier: DeploymentSpec) -> None:
+            await _off_loop(check_restore, current, earlier, self.config, others)
+
         try:
-            record = await self.controller.rollback(request.match_info["name"])
+            record = await self.controller.rollback(name, allowed)
+        except RequestRefused as exc:
+            raise _api_error(exc.status, str(exc)) from None
         except DeployError as exc:
             raise _api_error(409, str(exc)) from None
         self._drain_observations()
@@ -503,11 +549,10 @@ class Daemon:
     # -- life -------------------------------------------------------------------------
 
     async def run(self, on_listening: Callable[[str], None] = lambda url: None) -> None:
-        lock = DaemonLock(self.home)
         try:
             await self._run(on_listening)
         finally:
-            lock.release()
+            self.lock.release()
 
     async def _run(self, on_listening: Callable[[str], None]) -> None:
         loop = asyncio.get_running_loop()
@@ -539,6 +584,7 @@ class Daemon:
         bound = runner.addresses[0][1] if runner.addresses else self.port
         host = f"[{self.host}]" if ":" in self.host else self.host
         self.url = f"http://{host}:{bound}"
+        write_private(self.home / URL_FILE, self.url + "\n")  # the CLI's token goes here only
         self.sampler.start()
         try:
             for line in await self.reconcile():
@@ -570,8 +616,8 @@ class Daemon:
     async def _start_configured(self) -> None:
         for spec in self.config.deployments:
             d = self.controller.deployments.get(spec.name)
-            if d is not None and d.engine is not None:
-                continue  # adopted
+            if d is not None and d.engine is not None and d.spec == spec:
+                continue  # adopted, and lab.toml still says what it runs
             try:
                 await self.controller.deploy(spec, kind="start")
             except DeployCancelled:
@@ -607,6 +653,15 @@ def _api_error(status: int, message: str) -> web.HTTPException:
            409: web.HTTPConflict}[status]  # fmt: skip
     return cls(text=json.dumps({"error": {"message": message, "code": status}}),
                content_type="application/json")  # fmt: skip
+
+
+async def _off_loop(func: Callable[..., T], *args: Any) -> T:
+    """``func(*args)`` in a worker thread, given 10 s (a model on a hung mount, say)."""
+    try:
+        return await asyncio.wait_for(asyncio.to_thread(func, *args), 10)
+    except TimeoutError:
+        raise RequestRefused(400, "checking the deployment's files took more than 10 s; is "
+                             "its model or binary on a mount that does not answer?") from None  # fmt: skip
 
 
 def _crash_point(armed: threading.Event) -> Callable[[str], None]:

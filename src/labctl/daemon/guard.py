@@ -161,10 +161,10 @@ class Guard:
     def authorized(self, request: web.Request) -> bool:
         header = request.headers.get("Authorization", "")
         given = header[7:].strip() if header.lower().startswith("bearer ") else ""
-        if given:
-            return hmac.compare_digest(given.encode(), self.token.encode())
+        if given:  # header bytes that are not UTF-8 arrive as surrogates: never a match
+            return hmac.compare_digest(_raw(given), self.token.encode())
         cookie = request.cookies.get(SESSION_COOKIE, "")
-        return bool(cookie) and hmac.compare_digest(cookie.encode(), self.session.encode())
+        return bool(cookie) and hmac.compare_digest(_raw(cookie), self.session.encode())
 
     # -- one-time login links ------------------------------------------------------------
 
@@ -198,9 +198,7 @@ class Guard:
             given = doc["token"] if isinstance(doc, dict) else None
         except (ValueError, KeyError, RecursionError):
             given = None
-        if not isinstance(given, str) or not hmac.compare_digest(
-            given.encode(), self.token.encode()
-        ):
+        if not isinstance(given, str) or not hmac.compare_digest(_raw(given), self.token.encode()):
             return api_error(request.path, 401, "the admin token is wrong (LABCTL_TOKEN, or "
                              "$LABCTL_HOME/admin-token on the lab's machine)")  # fmt: skip
         response = web.json_response({"ok": True})
@@ -256,6 +254,10 @@ class Guard:
         except Exception as exc:  # a bug: one line in the log, a 500 in the API's envelope
             self.log(f"{request.method} {path} failed: {type(exc).__name__}: {exc}")
             return api_error(path, 500, f"internal error ({type(exc).__name__}); see the lab's log")
+
+
+def _raw(text: str) -> bytes:
+    return text.encode("utf-8", "surrogateescape")
 
 
 def _hostname(host: str) -> str | None:

@@ -85,6 +85,11 @@ class Engine:
     recommended: tuple[str, ...] = ()
     #: Bytes per GPU the planner said it takes (its startup time budget scales with them).
     need_bytes: int = 0
+    #: The API key its /v1 takes (None: it takes none), sent by the gateway and the probes.
+    key: str | None = None
+
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.key}"} if self.key else {}
 
 
 @dataclass
@@ -131,6 +136,7 @@ class Controller:
         clock: Callable[[], float] = time.monotonic,
         on_event: Callable[[dict[str, Any]], None] = lambda event: None,
         release_timeout: float = RELEASE_TIMEOUT_S,
+        engine_key: Callable[[str, int], str] | None = None,
     ) -> None:
         self.journal = journal
         self.backend = backend
@@ -140,6 +146,9 @@ class Controller:
         self.clock = clock
         self.on_event = on_event
         self.release_timeout = release_timeout
+        #: Each engine's own API key, from (deployment, revision): derived, so that a daemon
+        #: that restarts knows the key of the engine it adopts without storing it.
+        self.engine_key = engine_key
         self.deployments: dict[str, Deployment] = {}
         self._locks: dict[frozenset[int], asyncio.Lock] = {}
         self._http: aiohttp.ClientSession | None = None
@@ -215,9 +224,13 @@ class Controller:
         """
         port = spec.port or _free_port(self.host)
         settings = spec.to_dict() | {"recommended_args": list(recommended)}
-        launch = adapter(spec.engine).launch(settings, self.host, port, spec.gpus)
+        kind = adapter(spec.engine)
+        launch = kind.launch(settings, self.host, port, spec.gpus)
         env = dict(os.environ) | launch.env | dict(spec.env) | {"LABCTL_HOME": str(self.home)}
         env |= {ENGINE_MARK: str(self.home), "LABCTL_DEPLOYMENT": spec.name}
+        key = self.key_for(spec, revision)
+        if key is not None and kind.key_env:
+            env[kind.key_env] = key
         phases: dict[str, float] = {}
         tail: list[str] = []
         mark = [self.clock()]
@@ -237,7 +250,7 @@ class Controller:
         on_spawn(process)
         mark[0] = process.started_at
         url = f"http://{self.host}:{port}"
-        engine = Engine(revision, spec, process, url, phases, tuple(recommended), need_bytes)
+        engine = Engine(revision, spec, process, url, phases, tuple(recommended), need_bytes, key)
         try:
             await self._wait_ready(engine, launch.health_path, launch.served_model, tail)
         except BaseException:
@@ -275,7 +288,7 @@ class Controller:
             if self.clock() > deadline:
                 raise failure(f"did not become ready in {budget:g} s")
             if await self.probe(engine.url + health) and (
-                served is None or served in await self._models(engine.url)
+                served is None or served in await self.models(engine)
             ):
                 return
             await asyncio.sleep(0.1)
@@ -287,11 +300,19 @@ class Controller:
         except (aiohttp.ClientError, TimeoutError):
             return False
 
-    async def _models(self, base: str) -> list[str]:
+    def key_for(self, spec: DeploymentSpec, revision: int) -> str | None:
+        """The API key of ``spec``'s engine at ``revision`` (None: its engine takes none)."""
+        if self.engine_key is None or adapter(spec.engine).key_env is None:
+            return None
+        return self.engine_key(spec.name, revision)
+
+    async def models(self, engine: Engine) -> list[str]:
+        """The model ids ``engine`` lists (empty when it does not answer, or refuses its key)."""
         try:
             async with self.http().get(
-                base + "/v1/models", timeout=aiohttp.ClientTimeout(total=5)
-            ) as r:
+                engine.url + "/v1/models", headers=engine.headers(),
+                timeout=aiohttp.ClientTimeout(total=5),
+            ) as r:  # fmt: skip
                 doc = await r.json(content_type=None)
             return [str(m.get("id")) for m in doc.get("data", []) if isinstance(m, dict)]
         except (aiohttp.ClientError, TimeoutError, ValueError, AttributeError):
@@ -305,7 +326,9 @@ class Controller:
         """
         body = {"model": engine.spec.served, "prompt": "Hello", "max_tokens": 1}
         try:
-            async with self.http().post(engine.url + "/v1/completions", json=body) as r:
+            async with self.http().post(
+                engine.url + "/v1/completions", json=body, headers=engine.headers()
+            ) as r:
                 text = await r.text()
                 status = r.status
         except (aiohttp.ClientError, TimeoutError) as exc:
@@ -611,8 +634,15 @@ class Controller:
 
         return note
 
-    async def rollback(self, name: str) -> dict[str, Any]:
+    async def rollback(
+        self,
+        name: str,
+        check: Callable[[DeploymentSpec, DeploymentSpec], Awaitable[None]] | None = None,
+    ) -> dict[str, Any]:
         """Deploy the revision before the one serving (a new deploy of an old revision).
+
+        ``check(current, earlier)`` may refuse it (raising), as it would refuse the same
+        change asked for directly.
 
         Raises:
             DeployError: unknown deployment, or no earlier revision.
@@ -625,9 +655,10 @@ class Controller:
         if not earlier:
             raise DeployError(f"{name} has no earlier committed revision to roll back to")
         target = int(earlier[0]["to_revision"])
-        return await self.deploy(
-            self.revisions.restore(name, target), kind="rollback", revision=target
-        )
+        spec = self.revisions.restore(name, target)
+        if check is not None:
+            await check(d.spec, spec)
+        return await self.deploy(spec, kind="rollback", revision=target)
 
     async def stop_all(self) -> None:
         """Stop every engine and wait for its memory (the daemon's shutdown)."""

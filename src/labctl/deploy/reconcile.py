@@ -70,23 +70,26 @@ async def reconcile(controller: Controller, home: Path, wanted: set[str]) -> lis
         spec = None
         with contextlib.suppress(LabError, KeyError):
             spec = controller.revisions.restore(cur.deployment, cur.revision)
+        found = None
+        if engine is not None and spec is not None and cur.url is not None:
+            found = Engine(cur.revision, spec, engine, cur.url,
+                           key=controller.key_for(spec, cur.revision))  # fmt: skip
         healthy = (
-            engine is not None and spec is not None and cur.url is not None
-            and cur.deployment in wanted and await controller.probe(cur.url + spec.health_path)
+            found is not None and cur.deployment in wanted
+            and await controller.probe(found.url + found.spec.health_path)
+            and (found.key is None or found.spec.served in await controller.models(found))
         )  # fmt: skip
-        if not healthy:
+        if not healthy or found is None:
             journal.clear_current(cur.deployment)
             continue  # its engine, if alive, is stopped with the other leftovers below
-        assert engine is not None and spec is not None and cur.url is not None
-        engine.track()
-        d = controller.add(spec)
-        d.engine = Engine(cur.revision, spec, engine, cur.url)
+        found.process.track()
+        d = controller.add(found.spec)
+        d.engine = found
         d.revision = cur.revision
         controller.set_state(d, "ready")
         serving[cur.deployment] = cur.revision
         rec = journal.begin(cur.deployment, "reconcile", cur.revision, cur.revision)
-        with journal.step(rec, "adopt", pid=cur.engine_pid, start=cur.engine_start,
-                               url=cur.url):  # fmt: skip
+        with journal.step(rec, "adopt", pid=cur.engine_pid, start=cur.engine_start, url=cur.url):
             pass
         journal.finish(rec, "committed")
         done.append(f"adopted {cur.deployment} revision {cur.revision} (pid {cur.engine_pid})")

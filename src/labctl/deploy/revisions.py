@@ -9,13 +9,14 @@ holds cannot be restored, and the error names the setting to put back.
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
 from labctl.config import DeploymentSpec
 from labctl.deploy.journal import Journal
 from labctl.errors import DeployError, LabError
-from labctl.secrets import fingerprint, looks_secret
+from labctl.secrets import SecretArg, fingerprint, looks_secret, secret_argv
 
 #: How a secret setting is journaled: the fingerprint stands in for the value.
 _SECRET_REF = re.compile(r"^<secret (sha256:[0-9a-f]{16})>$")
@@ -25,28 +26,37 @@ class Revisions:
     def __init__(self, journal: Journal) -> None:
         self.journal = journal
         #: Secret settings by fingerprint (from lab.toml and API calls; never journaled).
-        self.secrets: dict[str, str] = {}
+        self.secrets: dict[str, Any] = {}
 
     def add(self, spec: DeploymentSpec) -> int:
         """Journal ``spec`` as a new revision of its deployment; returns its number."""
-        self.remember(spec)
         return self.journal.add_revision(spec.name, self.journaled(spec))
 
     def remember(self, spec: DeploymentSpec) -> None:
         """Keep the values of ``spec``'s secret settings, so that a revision journaled with
         their fingerprints can be restored while this lab runs."""
-        for _, value in _secret_settings(spec):
-            self.secrets[fingerprint(value)] = value
+        self.journaled(spec)
 
     def journaled(self, spec: DeploymentSpec) -> dict[str, Any]:
-        """``spec`` as the journal stores it: each secret setting as its fingerprint."""
+        """``spec`` as the journal stores it: each secret as its fingerprint (the values kept
+        here): env and args values secret by their name (of any type) or by their shape (list
+        items too), and the items of a ``command`` that are."""
         doc = spec.to_dict()
         for table in ("env", "args"):
-            doc[table] = {
-                k: (f"<secret {fingerprint(v)}>" if isinstance(v, str) and looks_secret(k, v) else v)
-                for k, v in doc[table].items()
-            }  # fmt: skip
+            doc[table] = {k: self._hide(v, looks_secret(k, "")) for k, v in doc[table].items()}
+        doc["command"] = [self._hide(v, False) for v in secret_argv(doc["command"])]
         return doc
+
+    def _hide(self, value: Any, by_name: bool) -> Any:
+        if by_name or (isinstance(value, str) and looks_secret("", value)):
+            ref = fingerprint(json.dumps(value, sort_keys=True))
+            self.secrets[ref] = value
+            return f"<secret {ref}>"
+        if isinstance(value, list):
+            return [self._hide(v, False) for v in value]
+        if isinstance(value, SecretArg):
+            return self._hide(value.value, True)
+        return value
 
     def restore(self, name: str, revision: int) -> DeploymentSpec:
         """A journaled revision, its secret settings filled in from the values this lab holds.
@@ -55,26 +65,25 @@ class Revisions:
             DeployError: no such revision, or a secret it needs is not held any more.
         """
         doc = self.journal.revision(name, revision)
+
+        def back(value: Any, where: str) -> Any:
+            if isinstance(value, list):
+                return [back(v, where) for v in value]
+            m = _SECRET_REF.match(value) if isinstance(value, str) else None
+            if m is None:
+                return value
+            if m.group(1) not in self.secrets:
+                raise DeployError(
+                    f"{name} revision {revision} needs {where} ({m.group(1)}), which this lab "
+                    f"does not hold since it restarted; set it in lab.toml's deployments.{name} "
+                    "and restart the lab"
+                )
+            return self.secrets[m.group(1)]
+
         for table in ("env", "args"):
-            values = dict(doc.get(table) or {})
-            for key, value in values.items():
-                m = _SECRET_REF.match(value) if isinstance(value, str) else None
-                if m is None:
-                    continue
-                if m.group(1) not in self.secrets:
-                    raise DeployError(
-                        f"{name} revision {revision} needs {table}.{key} ({m.group(1)}), which "
-                        f"this lab does not hold since it restarted; set it in lab.toml's "
-                        f"deployments.{name}.{table} and restart the lab"
-                    )
-                values[key] = self.secrets[m.group(1)]
-            doc[table] = values
+            doc[table] = {k: back(v, f"{table}.{k}") for k, v in (doc.get(table) or {}).items()}
+        doc["command"] = back(doc.get("command") or [], "command")
         try:
             return DeploymentSpec.from_dict(name, doc, where=f"{name} revision {revision}")
         except LabError as exc:
             raise DeployError(str(exc)) from None
-
-
-def _secret_settings(spec: DeploymentSpec) -> list[tuple[str, str]]:
-    return [(k, v) for table in (spec.env, spec.args) for k, v in table.items()
-            if isinstance(v, str) and looks_secret(k, v)]  # fmt: skip

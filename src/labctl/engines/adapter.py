@@ -52,6 +52,10 @@ class Launch:
 
 class Adapter(Protocol):
     name: str
+    #: The environment variable through which the engine takes an API key for its /v1 (None:
+    #: it takes none). The lab gives each engine a key of its own that only the gateway and
+    #: the lab's probes send, so nothing reaches an engine's port around the gateway.
+    key_env: str | None
 
     def launch(
         self, settings: Mapping[str, Any], host: str, port: int, gpus: Sequence[int]
@@ -112,6 +116,7 @@ def _match(line: str, table: tuple[tuple[re.Pattern[str], str], ...]) -> str | N
 
 class VllmAdapter:
     name = "vllm"
+    key_env: str | None = "VLLM_API_KEY"
 
     def launch(
         self, settings: Mapping[str, Any], host: str, port: int, gpus: Sequence[int]
@@ -144,6 +149,7 @@ class SimAdapter(VllmAdapter):
 
 class LlamaCppAdapter:
     name = "llamacpp"
+    key_env: str | None = "LLAMA_API_KEY"
 
     def launch(
         self, settings: Mapping[str, Any], host: str, port: int, gpus: Sequence[int]
@@ -162,6 +168,7 @@ class CommandAdapter:
     """Any OpenAI-compatible server: ``command`` with ``{host}``, ``{port}``, ``{model}``, ``{name}``."""
 
     name = "command"
+    key_env: str | None = None
 
     def launch(
         self, settings: Mapping[str, Any], host: str, port: int, gpus: Sequence[int]

@@ -36,7 +36,9 @@ from labctl.config import GatewayConfig
 from labctl.gateway.admission import Admission, Rejected
 from labctl.sim.live import ITL_BUCKETS, REQUEST_BUCKETS, TTFT_BUCKETS
 
-_MULTIPART_MODEL = re.compile(rb'name="model"\r\n(?:[^\r\n]*\r\n)*\r\n([^\r\n]*)\r\n')
+#: Members and elements a request body may hold (a prompt of token ids, a long chat): about
+#: the most a 32 MiB body of real requests holds, and far fewer objects than memory allows.
+MAX_BODY_ITEMS = 2_000_000
 _USAGE_EVENT = re.compile(rb'"choices":\s*\[\]')
 
 
@@ -51,10 +53,27 @@ class Route:
     url: str | None
     limit: int
     queue_size: int
+    #: The API key its engine's /v1 takes (None: none); clients never see it.
+    key: str | None = None
 
     @property
     def names(self) -> tuple[str, ...]:
         return (self.name, self.served, *self.aliases)
+
+
+def form_model(raw: bytes) -> str | None:
+    """The ``model`` field of a multipart form (the audio endpoints'), found in linear time:
+    the first part named ``model``, its value after the blank line that ends its headers."""
+    at = raw.find(b'name="model"')
+    if at < 0:
+        return None
+    start = raw.find(b"\r\n\r\n", at)
+    if start < 0:
+        return None
+    end = raw.find(b"\r\n", start + 4)
+    if end < 0:
+        return None
+    return raw[start + 4 : min(end, start + 4 + 1024)].decode(errors="replace")
 
 
 def _is_error_envelope(data: bytes) -> bool:
@@ -297,16 +316,16 @@ class Gateway:
 
     def _parse(self, raw: bytes, multipart: bool) -> tuple[dict[str, Any] | None, str]:
         if multipart:
-            m = _MULTIPART_MODEL.search(raw)
-            if m is None:
+            model = form_model(raw)
+            if model is None:
                 raise _Reply(
                     error(
                         400, "the form has no model field", "invalid_request_error", None, "model"
                     )
                 )
-            return None, m.group(1).decode(errors="replace")
+            return None, model
         try:
-            doc = jsontext.loads(raw)
+            doc = jsontext.loads(raw, max_items=MAX_BODY_ITEMS)
         except ValueError as exc:
             raise _Reply(
                 error(400, f"the request body is not valid JSON: {exc}", "invalid_request_error")
@@ -340,6 +359,8 @@ class Gateway:
         else:
             body = raw
             headers = {"Content-Type": request.headers.get("Content-Type", "")}
+        if current.key:
+            headers["Authorization"] = f"Bearer {current.key}"
         try:
             upstream = await self.http().post(
                 current.url + request.path, data=body, headers=headers

@@ -34,6 +34,7 @@ from typing import BinaryIO
 from labctl.errors import EngineError
 from labctl.gpu.procs import ProcStat, read_stat, tree
 from labctl.home import private_dir
+from labctl.secrets import redact_argv
 
 #: Every engine the lab starts carries ``ENGINE_MARK=<its LABCTL_HOME>`` in its environment
 #: (and so do the workers it forks), so that the lab finds its processes even when no journal
@@ -231,7 +232,7 @@ class EngineProcess:
             raise EngineError("this engine process was already started")
         self.log.rotate()
         stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-        self.log.write(f"--- labctl: starting {' '.join(self.argv)} at {stamp}\n".encode())
+        self.log.write(f"--- labctl: starting {redact_argv(self.argv)} at {stamp}\n".encode())
         self.log.skip()
         try:
             self.proc = await asyncio.create_subprocess_exec(

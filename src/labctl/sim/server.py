@@ -16,6 +16,7 @@ import asyncio
 from collections.abc import Callable
 import contextlib
 from dataclasses import dataclass
+import hmac
 import json
 import os
 import signal
@@ -92,13 +93,27 @@ class TwinServer:
         self.created = int(time.time())
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=32 * 2**20)
+        app = web.Application(client_max_size=32 * 2**20, middlewares=[self._api_key])
         app.router.add_get("/health", self.health)
         app.router.add_get("/metrics", self.metrics)
         app.router.add_get("/v1/models", self.models)
         app.router.add_post("/v1/completions", self.completions)
         app.router.add_post("/v1/chat/completions", self.chat)
         return app
+
+    @web.middleware
+    async def _api_key(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        """As vLLM with ``VLLM_API_KEY`` (or ``--api-key``): ``/v1`` takes the key as a bearer
+        token; ``/health`` and ``/metrics`` stay open."""
+        key = os.environ.get("VLLM_API_KEY")
+        if key and request.path.startswith("/v1"):
+            given = request.headers.get("Authorization", "")
+            if not hmac.compare_digest(
+                given.encode("utf-8", "surrogateescape"), f"Bearer {key}".encode()
+            ):
+                return web.json_response({"error": "Unauthorized"}, status=401)
+        result: web.StreamResponse = await handler(request)
+        return result
 
     async def health(self, request: web.Request) -> web.Response:
         return web.Response(status=200)
