@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 import hashlib
+import hmac
 import re
 
 #: Environment variable and header names whose values are secrets whatever they look like.
@@ -91,6 +92,12 @@ def redact_argv(argv: Iterable[str], redact: Callable[[str], str] | None = None)
     return one_line(" ".join(
         item.shown if isinstance(item, SecretArg) else redact(item) for item in secret_argv(argv)
     ))  # fmt: skip
+
+
+def derive(secret: str, purpose: str) -> str:
+    """A secret of its own for ``purpose``, derived from ``secret`` (HMAC-SHA256): nothing to
+    store, the same after a restart, and no way back to ``secret`` from it."""
+    return hmac.new(secret.encode(), purpose.encode(), hashlib.sha256).hexdigest()
 
 
 def one_line(text: str) -> str:

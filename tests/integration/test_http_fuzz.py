@@ -9,7 +9,6 @@ timeouts.
 from __future__ import annotations
 
 from collections.abc import Iterator
-import http.client
 import json
 import math
 from pathlib import Path
@@ -22,7 +21,7 @@ from hypothesis import strategies as st
 import pytest
 
 from tests.hostile_models import config_dir, deep_json
-from tests.integration.lab import Daemon, Lab, get
+from tests.integration.lab import Daemon, Lab, get, raw
 
 LAB = """[lab]
 gpu_backend = "sim"
@@ -96,16 +95,10 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Daemon, L
 def request(
     d: Daemon, method: str, path: str, body: bytes | None, headers: dict[str, str]
 ) -> tuple[int, bytes, float]:
-    host, port = d.url.removeprefix("http://").rsplit(":", 1)
-    conn = http.client.HTTPConnection(host, int(port), timeout=30)
+    """:func:`raw`, timed."""
     t = time.monotonic()
-    try:
-        conn.request(method, path, body=body, headers=headers)
-        resp = conn.getresponse()
-        data = resp.read()
-        return resp.status, data, time.monotonic() - t
-    finally:
-        conn.close()
+    status, _, data = raw(d, method, path, body, headers)
+    return status, data, time.monotonic() - t
 
 
 def check(status: int, data: bytes, took: float, path: str) -> None:

@@ -9,7 +9,6 @@ through the API unless lab.toml allows them.
 from __future__ import annotations
 
 from collections.abc import Callable
-import http.client
 import json
 from pathlib import Path
 import re
@@ -22,28 +21,7 @@ import urllib.error
 import pytest
 
 from tests.integration.conftest import Run
-from tests.integration.lab import Daemon, Lab, get, lab_toml, wait_for
-
-
-def raw(
-    d: Daemon, method: str, path: str, body: bytes | None = None,
-    headers: dict[str, str] | None = None,
-) -> tuple[int, dict[str, str], bytes]:  # fmt: skip
-    """One request with exactly these headers (urllib adds its own; http.client does not)."""
-    host, port = d.url.removeprefix("http://").rsplit(":", 1)
-    conn = http.client.HTTPConnection(host, int(port), timeout=30)
-    try:
-        conn.putrequest(method, path, skip_host=True, skip_accept_encoding=True)
-        sent = {"Host": f"{host}:{port}", **(headers or {})}
-        for k, v in sent.items():
-            conn.putheader(k, v)
-        if body is not None:
-            conn.putheader("Content-Length", str(len(body)))
-        conn.endheaders(body)
-        resp = conn.getresponse()
-        return resp.status, dict(resp.getheaders()), resp.read()
-    finally:
-        conn.close()
+from tests.integration.lab import Daemon, Lab, get, lab_toml, raw, wait_for
 
 
 def token_of(home: Path) -> str:

@@ -14,265 +14,46 @@ The client watches itself: how long after arriving it read each piece of data
 (kernel receive timestamps) and how long each event-loop iteration was busy.
 When either exceeds :data:`CLIENT_LAG_LIMIT_S` at p99, the run is marked
 ``client_limited``: its latencies say more about the client than the server.
+
+The parts live in their own modules: the options in :mod:`labctl.bench.options`,
+live counters in :mod:`labctl.bench.progress`, one request's stream in
+:mod:`labctl.bench.stream` and the client's self-check in
+:mod:`labctl.bench.selfcheck`. This module runs them and re-exports the names
+callers import from it.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import Callable, Sequence
-import contextlib
-from dataclasses import dataclass, field
+from collections.abc import Callable
 import datetime as dt
 import json
 import math
-from pathlib import Path
 import random
-import selectors
 import time
 from typing import Any
 
-from labctl.bench.http import (
-    Client,
-    Connection,
-    Endpoint,
-    LagRecorder,
-    RequestFailed,
-    call_json,
+from labctl.bench.http import Client, Connection, Endpoint, LagRecorder, RequestFailed, call_json
+from labctl.bench.options import DETAIL_FIELDS, BenchConfig
+from labctl.bench.progress import Progress
+from labctl.bench.selfcheck import (
+    CLIENT_LAG_LIMIT_S,
+    TimedSelector,
+    _ms,
+    _p99_with_zeros,
+    new_loop,
+    raise_fd_limit,
 )
-from labctl.errors import UsageError
+from labctl.bench.stream import _clip, _message, _Result, _Stream, reason
 from labctl.sim.report import Outcome, percentile, summarize
 from labctl.sim.workload import Item, arrival_times, from_file, synthetic
 
-CLIENT_LAG_LIMIT_S = 0.001
-MALFORMED = "malformed SSE from the server"
-MID_STREAM = "server error mid-stream"
-#: Per-request arrays (``vllm bench serve --save-detailed``); kept only when asked for.
-DETAIL_FIELDS = ("input_lens", "output_lens", "ttfts", "itls", "latencies", "start_times",
-                 "queue_times", "generated_texts", "errors")  # fmt: skip
+#: Callers import these from here, including the ones now defined in the other parts.
+__all__ = ["DETAIL_FIELDS", "WORDS", "BenchConfig", "Progress", "Runner", "_Result", "_Stream",
+           "_p99_with_zeros", "new_loop", "reason", "run_sync"]  # fmt: skip
+
 WORDS = ["time", "year", "people", "way", "day", "man", "thing", "woman", "life", "child", "world", "school", "state", "family", "student", "group", "country", "problem", "hand", "part", "place", "case", "week", "company", "system", "program", "question", "work", "government", "number", "night", "point", "home", "water", "room", "mother", "area", "money", "story", "fact", "month", "lot", "right", "study", "book", "eye", "job", "word", "business", "issue", "side", "kind", "head", "house", "service", "friend", "father", "power", "hour", "game", "line", "end", "member", "law", "car", "city", "community", "name", "president", "team", "minute", "idea", "kid", "body", "information", "back", "parent", "face", "others", "level", "office", "door", "health", "person", "art", "war", "history", "party", "result", "change", "morning", "reason", "research", "girl", "guy", "moment", "air", "teacher", "force", "education"]  # fmt: skip
-
-
-@dataclass(frozen=True)
-class BenchConfig:
-    base_url: str
-    model: str
-    num_prompts: int = 1000
-    request_rate: float = math.inf
-    burstiness: float = 1.0
-    max_concurrency: int | None = None
-    input_len: int = 1024
-    output_len: int = 128
-    range_ratio: float = 0.0
-    dataset: Path | None = None
-    endpoint: str = "completions"  # or "chat"
-    goodput: dict[str, float] | None = None
-    warmup: int = 0
-    api_key: str | None = None
-    seed: int = 0
-    timeout: float = 600.0
-    percentiles: Sequence[float] = (99,)
-
-    def validate(self) -> None:
-        if self.num_prompts < 1:
-            raise UsageError(f"--num-prompts {self.num_prompts} must be at least 1")
-        if self.max_concurrency is not None and self.max_concurrency < 1:
-            raise UsageError(f"--max-concurrency {self.max_concurrency} must be at least 1")
-        if not self.request_rate > 0:
-            raise UsageError(f"--request-rate {self.request_rate} must be positive, or inf")
-        if self.endpoint not in ("chat", "completions"):
-            raise UsageError(f"--endpoint {self.endpoint!r}: use chat or completions")
-        if self.warmup < 0:
-            raise UsageError(f"--warmup {self.warmup} must be 0 or more")
-        if not self.timeout > 0:
-            raise UsageError(f"--timeout {self.timeout} must be positive (seconds)")
-        try:
-            Endpoint.parse(self.base_url)
-        except ValueError as exc:
-            raise UsageError(str(exc)) from exc
-
-
-class TimedSelector(selectors.DefaultSelector):
-    """The event loop's selector, noting how long each iteration that had I/O stayed busy."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.busy: list[float] = []
-        self._back: float | None = None
-
-    def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
-        now = time.perf_counter()
-        if self._back is not None:
-            self.busy.append(now - self._back)
-            self._back = None
-        ready = super().select(timeout)
-        if ready:
-            self._back = time.perf_counter()
-        return ready
-
-
-def new_loop() -> tuple[asyncio.AbstractEventLoop, TimedSelector]:
-    selector = TimedSelector()
-    return asyncio.SelectorEventLoop(selector), selector
-
-
-@dataclass
-class Progress:
-    """Live counters for a display; read from the same event loop."""
-
-    total: int = 0
-    sent: int = 0
-    completed: int = 0
-    failed: int = 0
-    finished_at: list[float] = field(default_factory=list)
-    ttfts: list[float] = field(default_factory=list)
-    phase: str = "starting"
-    started: float = 0.0
-
-    @property
-    def in_flight(self) -> int:
-        return self.sent - self.completed - self.failed
-
-    def rate(self, window: float = 5.0) -> float:
-        """Completions per second over the last ``window`` seconds (or since the start)."""
-        now = time.perf_counter()
-        window = min(window, now - self.started) if self.started else window
-        recent = [t for t in self.finished_at[-2000:] if t >= now - window]
-        return len(recent) / window if window > 0 else 0.0
-
-    def median_ttft_ms(self) -> float | None:
-        recent = self.ttfts[-500:]
-        return percentile(recent, 50) * 1000 if recent else None
-
-
-class _Stream:
-    """One streamed request: the sink its connection feeds."""
-
-    __slots__ = ("chunks", "done", "error", "first", "future", "itl", "lag", "last", "prev",
-                 "texts", "usage")  # fmt: skip
-
-    def __init__(self, lag: LagRecorder) -> None:
-        self.lag = lag
-        self.prev = 0.0  # the time of the read before the current one
-        self.future: asyncio.Future[tuple[int, bytes, str | None]] = (
-            asyncio.get_running_loop().create_future()
-        )
-        self.first: float | None = None
-        self.last = 0.0
-        self.itl: list[float] = []
-        self.texts: list[str] = []
-        self.usage: dict[str, Any] | None = None
-        self.error: str | None = None
-        self.done = False
-        self.chunks = 0
-
-    def on_event(self, data: bytes, t: float) -> None:
-        if data == b"[DONE]":
-            self.done = True
-            return
-        try:
-            doc = json.loads(data)
-        except ValueError:
-            doc = None
-        if not isinstance(doc, dict):
-            if self.error is None:
-                self.error = f"{MALFORMED}: {_clip(data)}"
-            return
-        if "error" in doc:
-            if self.error is None:
-                self.error = f"{MID_STREAM}: {_message(doc)}"
-            return
-        choices = doc.get("choices")
-        if choices:
-            if self.first is None:
-                self.first = self.prev = t
-            else:
-                if t == self.last:  # same read: the previous event came at most this much earlier
-                    self.lag.coalesced.append(min(self.lag.current, t - self.prev))
-                else:
-                    self.prev = self.last
-                self.itl.append(t - self.last)
-            self.last = t
-            self.chunks += 1
-            c = choices[0] if isinstance(choices[0], dict) else {}
-            piece = c.get("text")
-            if piece is None:
-                delta = c.get("delta")
-                piece = delta.get("content") if isinstance(delta, dict) else None
-            if isinstance(piece, str) and piece:
-                self.texts.append(piece)
-        usage = doc.get("usage")
-        if isinstance(usage, dict):
-            self.usage = usage
-
-    def on_done(self, status: int, body: bytes, error: str | None) -> None:
-        if not self.future.done():
-            self.future.set_result((status, body, error))
-
-
-def raise_fd_limit(connections: int, warnings: list[str]) -> None:
-    """Lift the soft open-files limit (often 1024) to what ``connections`` sockets need."""
-    try:
-        import resource
-    except ImportError:  # not on this platform
-        return
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    want = connections + 256
-    if soft == resource.RLIM_INFINITY or soft >= want:
-        return
-    target = want if hard == resource.RLIM_INFINITY else min(want, hard)
-    with contextlib.suppress(ValueError, OSError):
-        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-        soft = target
-    if soft < want:
-        warnings.append(
-            f"only {soft} open files are allowed (ulimit -n) for {connections} connections: "
-            "raise the limit or lower the concurrency"
-        )
-
-
-def _ms(seconds: float | None) -> float | None:
-    return None if seconds is None else seconds * 1000
-
-
-def _p99_with_zeros(bounds: list[float], total: int) -> float:
-    """p99 over ``total`` events of which those not in ``bounds`` are exact (0)."""
-    zeros = max(0, total - len(bounds))
-    return percentile([0.0] * zeros + bounds, 99) if total else 0.0
-
-
-def reason(error: str) -> str:
-    """The failure's kind, for counting: one malformed event's text is not a reason of its own."""
-    return MALFORMED if error.startswith(MALFORMED) else error
-
-
-def _clip(data: bytes, n: int = 60) -> str:
-    text = data.decode("utf-8", "replace")
-    return repr(text if len(text) <= n else text[:n] + "…")
-
-
-def _message(doc: Any) -> str:
-    if isinstance(doc, dict):
-        err = doc.get("error", doc)
-        if isinstance(err, dict):
-            msg = err.get("message") or err.get("detail")
-            if msg:
-                return str(msg)
-        elif isinstance(err, str):
-            return err
-        if "detail" in doc:
-            return str(doc["detail"])
-    return "no message"
-
-
-@dataclass
-class _Result:
-    outcome: Outcome
-    text: str
-    usage_tokens: bool
-    chunks: int
-    #: The prompt length asked for, to check against what the server counted.
-    requested: int
 
 
 class Runner:

@@ -21,19 +21,19 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Iterable
-import hashlib
 import hmac
 import ipaddress
-import json
 import logging
 import secrets
 import time
+from typing import Any
 import urllib.parse
 
 from aiohttp import web
 
+from labctl import jsontext
 from labctl.gateway.proxy import error
-from labctl.secrets import Redactor, one_line
+from labctl.secrets import Redactor, derive, one_line
 
 #: Paths that take the admin token (the dashboard page itself and /login do not).
 ADMIN_PREFIXES = ("/api/", "/dashboard/")
@@ -99,8 +99,12 @@ def api_error(path: str, status: int, message: str, headers: dict[str, str] | No
         reply = error(status, message, kind, _V1_CODES.get(status))
         reply.headers.update(headers or {})
         return reply
-    return web.json_response({"error": {"message": message, "code": status}}, status=status,
-                             headers=headers)  # fmt: skip
+    return web.json_response(error_body(status, message), status=status, headers=headers)
+
+
+def error_body(status: int, message: str) -> dict[str, Any]:
+    """The admin API's error envelope (the dashboard and the CLI read ``error.message``)."""
+    return {"error": {"message": message, "code": status}}
 
 
 class Guard:
@@ -121,8 +125,7 @@ class Guard:
         self.keys = set(keys)
         self.read_timeout = read_timeout
         self.log = log or Log(Redactor([token, *self.keys]))
-        self.session = hmac.new(token.encode(), b"labctl dashboard session", hashlib.sha256
-                                ).hexdigest()  # fmt: skip
+        self.session = derive(token, "labctl dashboard session")
         self._codes: dict[str, float] = {}
 
     # -- who may ask ------------------------------------------------------------------
@@ -194,9 +197,9 @@ class Guard:
     async def token_login(self, request: web.Request) -> web.StreamResponse:
         """``POST /dashboard/login`` with ``{"token": …}``: the page's form for the token."""
         try:
-            doc = json.loads(await request.read())
-            given = doc["token"] if isinstance(doc, dict) else None
-        except (ValueError, KeyError, RecursionError):
+            doc = jsontext.loads(await request.read(), max_items=100)
+            given = doc.get("token") if isinstance(doc, dict) else None
+        except ValueError:
             given = None
         if not isinstance(given, str) or not hmac.compare_digest(_raw(given), self.token.encode()):
             return api_error(request.path, 401, "the admin token is wrong (LABCTL_TOKEN, or "

@@ -28,30 +28,23 @@ Revisions are journaled without their secrets (see ``deploy/revisions.py``).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 import contextlib
-from dataclasses import dataclass, field
-import json
-import os
+from dataclasses import dataclass
 from pathlib import Path
-import socket
 import time
 from typing import Any, Protocol, TypeVar
 
-import aiohttp
-
 from labctl.config import DeploymentSpec
+from labctl.deploy.engines import RELEASE_TIMEOUT_S, Engine, Engines, identity
 from labctl.deploy.journal import Journal, Step
 from labctl.deploy.preflight import Need, Planner
 from labctl.deploy.revisions import Revisions
-from labctl.engines.adapter import adapter
 from labctl.errors import DeployError, EngineError, LabError
-from labctl.gpu.sample import GpuBackend, GpuReading
-from labctl.runtime.process import ENGINE_MARK, EngineProcess, startup_budget
-from labctl.units import GiB
+from labctl.gpu.sample import GpuBackend
+from labctl.runtime.process import EngineProcess
 
 STATES = ("stopped", "starting", "ready", "draining", "stopping", "failed")
-RELEASE_TIMEOUT_S = 30.0
 T = TypeVar("T")
 
 
@@ -69,27 +62,6 @@ class NoHooks:
 
     async def resume(self, name: str, url: str | None) -> None:
         return None
-
-
-@dataclass
-class Engine:
-    """A revision that is running."""
-
-    revision: int
-    spec: DeploymentSpec
-    process: EngineProcess
-    url: str
-    #: Startup phase → seconds it took.
-    phases: dict[str, float] = field(default_factory=dict)
-    #: Flags the planner added to the command line.
-    recommended: tuple[str, ...] = ()
-    #: Bytes per GPU the planner said it takes (its startup time budget scales with them).
-    need_bytes: int = 0
-    #: The API key its /v1 takes (None: it takes none), sent by the gateway and the probes.
-    key: str | None = None
-
-    def headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.key}"} if self.key else {}
 
 
 @dataclass
@@ -145,13 +117,8 @@ class Controller:
         self.hooks = hooks or NoHooks()
         self.clock = clock
         self.on_event = on_event
-        self.release_timeout = release_timeout
-        #: Each engine's own API key, from (deployment, revision): derived, so that a daemon
-        #: that restarts knows the key of the engine it adopts without storing it.
-        self.engine_key = engine_key
         self.deployments: dict[str, Deployment] = {}
         self._locks: dict[frozenset[int], asyncio.Lock] = {}
-        self._http: aiohttp.ClientSession | None = None
         #: Durations of the last deploys' parts, for the daemon's metrics.
         self.observations: list[tuple[str, dict[str, Any]]] = []
         #: Revisions as journaled, their secret settings held apart.
@@ -159,17 +126,14 @@ class Controller:
         #: Set when the daemon shuts down: a deploy then stops where it is, without rollback.
         self.closing = False
         self.planner = Planner(backend, self.owned_pids)
+        #: Starting, probing and stopping engine processes.
+        self.engines = Engines(journal, self.planner, home, host, clock, release_timeout,
+                               engine_key, self.observations)  # fmt: skip
 
     # -- helpers ---------------------------------------------------------------------
 
-    def http(self) -> aiohttp.ClientSession:
-        if self._http is None:
-            self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
-        return self._http
-
     async def close(self) -> None:
-        if self._http is not None:
-            await self._http.close()
+        await self.engines.close()
 
     def _lock(self, gpu: int) -> asyncio.Lock:
         return self._locks.setdefault(frozenset((gpu,)), asyncio.Lock())
@@ -190,9 +154,6 @@ class Controller:
         d.state, d.error = state, error
         self._emit("state", d.name, state=state, revision=d.revision, error=error)
 
-    def _read(self) -> GpuReading:
-        return self.backend.read()
-
     # -- preflight ---------------------------------------------------------------------
 
     async def preflight(self, spec: DeploymentSpec, old: Engine | None) -> Need:
@@ -204,202 +165,6 @@ class Controller:
             old.process.track()  # workers it forked (or left behind) give memory back too
         old_pids = set(old.process.members) if old else set()
         return self.planner.check_room(spec, old_pids, need)
-
-    # -- engines -----------------------------------------------------------------------
-
-    async def start_engine(
-        self,
-        spec: DeploymentSpec,
-        revision: int,
-        on_spawn: Callable[[EngineProcess], None] = lambda process: None,
-        recommended: Sequence[str] = (),
-        need_bytes: int = 0,
-    ) -> Engine:
-        """Start a revision and wait until it is ready (health, its model listed).
-
-        ``on_spawn`` hears of the process as soon as it exists, before it is ready.
-
-        Raises:
-            EngineError: it exited, stalled, timed out, or failed its probes (the log's tail).
-        """
-        port = spec.port or _free_port(self.host)
-        settings = spec.to_dict() | {"recommended_args": list(recommended)}
-        kind = adapter(spec.engine)
-        launch = kind.launch(settings, self.host, port, spec.gpus)
-        env = dict(os.environ) | launch.env | dict(spec.env) | {"LABCTL_HOME": str(self.home)}
-        env |= {ENGINE_MARK: str(self.home), "LABCTL_DEPLOYMENT": spec.name}
-        key = self.key_for(spec, revision)
-        if key is not None and kind.key_env:
-            env[kind.key_env] = key
-        phases: dict[str, float] = {}
-        tail: list[str] = []
-        mark = [self.clock()]
-        phase_of = adapter(spec.engine).phase
-
-        def on_line(line: str) -> None:
-            tail.append(line)
-            del tail[:-20]
-            if (name := phase_of(line)) is not None and name not in phases:
-                now = self.clock()
-                phases[name] = now - mark[0]
-                mark[0] = now
-
-        log = self.home / "logs" / f"{spec.name}-r{revision}.log"
-        process = EngineProcess(launch.argv, log, env=env, on_line=on_line, clock=self.clock)
-        await process.start()
-        on_spawn(process)
-        mark[0] = process.started_at
-        url = f"http://{self.host}:{port}"
-        engine = Engine(revision, spec, process, url, phases, tuple(recommended), need_bytes, key)
-        try:
-            await self._wait_ready(engine, launch.health_path, launch.served_model, tail)
-        except BaseException:
-            with contextlib.suppress(EngineError):
-                await process.stop(grace=spec.stop_grace)
-            # what comes next (a rollback) needs its memory back first
-            await self.await_release(spec.name, spec.gpus, set(process.members), self.clock())
-            raise
-        return engine
-
-    def _startup_timeout(self, engine: Engine) -> float:
-        spec = engine.spec
-        if spec.startup_timeout is not None:
-            return spec.startup_timeout
-        return startup_budget(engine.need_bytes * len(spec.gpus))
-
-    async def _wait_ready(
-        self, engine: Engine, health: str, served: str | None, tail: list[str]
-    ) -> None:
-        spec, process = engine.spec, engine.process
-        budget = self._startup_timeout(engine)
-        deadline = self.clock() + budget
-
-        def failure(what: str) -> EngineError:
-            last = " | ".join(tail[-3:]) or "no output"
-            return EngineError(
-                f"{spec.name} revision {engine.revision} {what}; last log lines: {last}"
-            )
-
-        while True:
-            if (code := process.returncode) is not None:
-                raise failure(f"exited with code {code} during startup")
-            if process.silent_for() > spec.stall_timeout:
-                raise failure(f"stalled: no log output for {spec.stall_timeout:g} s")
-            if self.clock() > deadline:
-                raise failure(f"did not become ready in {budget:g} s")
-            if await self.probe(engine.url + health) and (
-                served is None or served in await self.models(engine)
-            ):
-                return
-            await asyncio.sleep(0.1)
-
-    async def probe(self, url: str) -> bool:
-        try:
-            async with self.http().get(url, timeout=aiohttp.ClientTimeout(total=2)) as r:
-                return r.status == 200
-        except (aiohttp.ClientError, TimeoutError):
-            return False
-
-    def key_for(self, spec: DeploymentSpec, revision: int) -> str | None:
-        """The API key of ``spec``'s engine at ``revision`` (None: its engine takes none)."""
-        if self.engine_key is None or adapter(spec.engine).key_env is None:
-            return None
-        return self.engine_key(spec.name, revision)
-
-    async def models(self, engine: Engine) -> list[str]:
-        """The model ids ``engine`` lists (empty when it does not answer, or refuses its key)."""
-        try:
-            async with self.http().get(
-                engine.url + "/v1/models", headers=engine.headers(),
-                timeout=aiohttp.ClientTimeout(total=5),
-            ) as r:  # fmt: skip
-                doc = await r.json(content_type=None)
-            return [str(m.get("id")) for m in doc.get("data", []) if isinstance(m, dict)]
-        except (aiohttp.ClientError, TimeoutError, ValueError, AttributeError):
-            return []
-
-    async def smoke(self, engine: Engine) -> None:
-        """One real completion.
-
-        Raises:
-            EngineError: no 200 with a choice.
-        """
-        body = {"model": engine.spec.served, "prompt": "Hello", "max_tokens": 1}
-        try:
-            async with self.http().post(
-                engine.url + "/v1/completions", json=body, headers=engine.headers()
-            ) as r:
-                text = await r.text()
-                status = r.status
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise EngineError(f"smoke test: no answer from {engine.url}: {exc}") from exc
-        try:
-            ok = status == 200 and bool(json.loads(text).get("choices"))
-        except (ValueError, AttributeError):
-            ok = False
-        if not ok:
-            raise EngineError(
-                f"smoke test: HTTP {status} from {engine.url}/v1/completions: {text[:200]}"
-            )
-
-    async def stop_engine(self, engine: Engine, deploy_id: int | None = None) -> tuple[float, int]:
-        """Stop a revision and wait until the GPU has its memory back.
-
-        Returns (seconds from the engine's exit to the release being seen, bytes freed).
-
-        Raises:
-            DeployError: memory still held after the release timeout (who holds it).
-        """
-        gpus = engine.spec.gpus
-        pids = set(engine.process.members)
-        before = self.planner.held_by(self._read(), gpus, pids)
-        if deploy_id is not None:
-            with self.journal.step(deploy_id, "stop", **_identity(engine.process)) as step:
-                report = await engine.process.stop(grace=engine.spec.stop_grace)
-                step.detail |= {"graceful": report.graceful, "exit_code": report.exit_code,
-                                "orphans_killed": list(report.orphans_killed)}  # fmt: skip
-        else:
-            report = await engine.process.stop(grace=engine.spec.stop_grace)
-        pids |= set(engine.process.members)
-        exited = self.clock()
-        step_cm = (
-            self.journal.step(
-                deploy_id,
-                "verify_release",
-                gpus=list(gpus),
-                processes={str(p): engine.process.members.get(p, 0) for p in pids},
-            )
-            if deploy_id is not None
-            else contextlib.nullcontext()
-        )
-        with step_cm as step:
-            await self.await_release(engine.spec.name, gpus, pids, exited)
-            lag = self.clock() - exited
-            if step is not None:
-                step.freed_bytes = before
-                step.detail["release_seconds"] = lag
-        self.observations.append(("release", {"seconds": lag, "bytes": before}))
-        return lag, before
-
-    async def await_release(
-        self, name: str, gpus: Sequence[int], pids: set[int], since: float
-    ) -> None:
-        """Wait until no process of ``pids`` holds memory on ``gpus``.
-
-        Raises:
-            DeployError: still held ``release_timeout`` s after ``since``.
-        """
-        while True:
-            held = self.planner.held_by(self._read(), gpus, pids)
-            if held == 0:
-                return
-            if self.clock() - since > self.release_timeout:
-                self.observations.append(("release_failed", {"bytes": held}))
-                raise DeployError(
-                    f"{name}: {held / GiB:.2f} GiB still held by the stopped revision's "
-                    f"processes {sorted(pids)} after {self.release_timeout:g} s"
-                )
-            await asyncio.sleep(0.05)
 
     # -- deploys -----------------------------------------------------------------------
 
@@ -565,21 +330,21 @@ class Controller:
             d.engine = None  # from here on, the old revision is not serving
             self.journal.clear_current(d.name)
             # a stop is finished once begun, whatever is asked meanwhile (never half-stopped)
-            await asyncio.shield(self.stop_engine(old, deploy_id))
+            await asyncio.shield(self.engines.stop(old, deploy_id))
             self._checkpoint(d)
         self.set_state(d, "starting")
         with self.journal.step(deploy_id, "start", revision=revision) as step:
-            engine = await self._interruptible(d, self.start_engine(
+            engine = await self._interruptible(d, self.engines.start(
                 spec, revision, self._spawned(step), need.recommended, need.bytes_per_gpu))  # fmt: skip
             step.detail |= {"url": engine.url, "phases": engine.phases}
         self.observations.append(("startup", dict(engine.phases)))
         try:
-            with self.journal.step(deploy_id, "smoke_test", **_identity(engine.process)):
-                await self._interruptible(d, self.smoke(engine))
+            with self.journal.step(deploy_id, "smoke_test", **identity(engine.process)):
+                await self._interruptible(d, self.engines.smoke(engine))
         except (EngineError, DeployCancelled, asyncio.CancelledError):
-            await asyncio.shield(self.stop_engine(engine, deploy_id))
+            await asyncio.shield(self.engines.stop(engine, deploy_id))
             raise
-        with self.journal.step(deploy_id, "switch", **_identity(engine.process)):
+        with self.journal.step(deploy_id, "switch", **identity(engine.process)):
             d.engine, d.revision, d.spec = engine, revision, spec
             self.journal.set_current(d.name, revision, engine.process.pid,
                                      engine.process.start_time, engine.url)  # fmt: skip
@@ -608,11 +373,11 @@ class Controller:
             return False
         try:
             with self.journal.step(deploy_id, "rollback", revision=old.revision) as step:
-                engine = await self.start_engine(
+                engine = await self.engines.start(
                     old.spec, old.revision, self._spawned(step), old.recommended, old.need_bytes
                 )
                 step.detail |= {"url": engine.url, "phases": engine.phases}
-                await self.smoke(engine)
+                await self.engines.smoke(engine)
         except Exception as exc:
             self.set_state(d, "failed", f"rollback failed too: {exc}")
             await self.hooks.resume(d.name, None)
@@ -666,19 +431,7 @@ class Controller:
             if d.engine is not None:
                 self.set_state(d, "stopping")
                 with contextlib.suppress(LabError, OSError):
-                    await self.stop_engine(d.engine)
+                    await self.engines.stop(d.engine)
                 d.engine = None
                 self.journal.clear_current(d.name)
                 self.set_state(d, "stopped")
-
-
-def _identity(process: EngineProcess) -> dict[str, Any]:
-    """What a step journals about an engine before acting on it: enough to finish the job."""
-    return {"pid": process.pid, "start": process.start_time, "pgid": process.pid,
-            "processes": {str(p): t for p, t in process.identity().items()}}  # fmt: skip
-
-
-def _free_port(host: str) -> int:
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])

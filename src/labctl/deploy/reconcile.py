@@ -14,7 +14,8 @@ from __future__ import annotations
 import contextlib
 from pathlib import Path
 
-from labctl.deploy.controller import Controller, Engine
+from labctl.deploy.controller import Controller
+from labctl.deploy.engines import Engine
 from labctl.deploy.journal import Journal
 from labctl.errors import LabError
 from labctl.gpu.procs import marked, read_stat
@@ -73,11 +74,11 @@ async def reconcile(controller: Controller, home: Path, wanted: set[str]) -> lis
         found = None
         if engine is not None and spec is not None and cur.url is not None:
             found = Engine(cur.revision, spec, engine, cur.url,
-                           key=controller.key_for(spec, cur.revision))  # fmt: skip
+                           key=controller.engines.key_for(spec, cur.revision))  # fmt: skip
         healthy = (
             found is not None and cur.deployment in wanted
-            and await controller.probe(found.url + found.spec.health_path)
-            and (found.key is None or found.spec.served in await controller.models(found))
+            and await controller.engines.probe(found.url + found.spec.health_path)
+            and (found.key is None or found.spec.served in await controller.engines.models(found))
         )  # fmt: skip
         if not healthy or found is None:
             journal.clear_current(cur.deployment)

@@ -13,9 +13,10 @@ performance (``SAFE_ARGS``) change only where lab.toml sets ``lab.api_commands =
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+from collections.abc import Callable, Sequence
 import dataclasses
-from typing import Any
+from typing import Any, TypeVar
 
 from labctl.config import DeploymentSpec, LabConfig, check_host, check_lab
 from labctl.errors import ConfigError, DeployError
@@ -46,6 +47,7 @@ SAFE_ARGS = {
         "seed", "rope_scaling", "rope_freq_base", "rope_freq_scale", "no_kv_offload",
     }),
 }  # fmt: skip
+T = TypeVar("T")
 #: What a deploy request's body may hold.
 DEPLOY_BODY = frozenset({"model", "set", "dry_run"})
 
@@ -56,6 +58,20 @@ class RequestRefused(DeployError):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status = status
+
+
+async def in_thread(func: Callable[..., T], *args: Any) -> T:
+    """``func(*args)`` (these checks read files) in a worker thread, given 10 s: a model or a
+    binary on a mount that does not answer must not hold up the event loop.
+
+    Raises:
+        RequestRefused: 400 when the 10 s ran out.
+    """
+    try:
+        return await asyncio.wait_for(asyncio.to_thread(func, *args), 10)
+    except TimeoutError:
+        raise RequestRefused(400, "checking the deployment's files took more than 10 s; is "
+                             "its model or binary on a mount that does not answer?") from None  # fmt: skip
 
 
 def requested_spec(

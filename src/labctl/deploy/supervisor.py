@@ -16,7 +16,8 @@ import contextlib
 import time
 from typing import Any, Protocol
 
-from labctl.deploy.controller import Controller, Engine
+from labctl.deploy.controller import Controller
+from labctl.deploy.engines import Engine
 from labctl.errors import LabError
 from labctl.runtime.process import Backoff
 

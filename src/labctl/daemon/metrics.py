@@ -1,0 +1,104 @@
+"""The daemon's own series: deployment states, deploy and startup durations, memory release,
+restarts, and each engine's gauges under labctl names (scraped from the engine every 2 s).
+
+Engines speak their own metric names (vLLM's ``vllm:*``, llama.cpp's ``llamacpp:*``); the
+dashboard and the alert rules read one set, so the few gauges they need are normalised here.
+The controller leaves what it timed in ``observations``; they become histogram samples on
+the next scrape, tick or API answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import aiohttp
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.parser import text_string_to_metric_families
+
+from labctl.deploy.controller import STATES, Controller
+from labctl.deploy.journal import OUTCOMES
+
+#: Engine metric → labctl name, for the gauges the dashboard and alerts read.
+ENGINE_GAUGES = {
+    "vllm:num_requests_running": "labctl_engine_requests_running",
+    "vllm:num_requests_waiting": "labctl_engine_requests_waiting",
+    "vllm:kv_cache_usage_perc": "labctl_engine_kv_cache_usage_ratio",
+    "llamacpp:requests_processing": "labctl_engine_requests_running",
+    "llamacpp:requests_deferred": "labctl_engine_requests_waiting",
+}
+DEPLOY_BUCKETS = (0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1200)
+RELEASE_BUCKETS = (0.01, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30)
+
+
+class DaemonMetrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry(auto_describe=True)
+        self.state = Gauge("labctl_deployment_state", "1 for the state each deployment is in.",
+                           ["deployment", "state"], registry=r)  # fmt: skip
+        self.deploy = Histogram("labctl_deploy_duration_seconds", "Time a deploy took, by outcome.",
+                                ["outcome"], buckets=DEPLOY_BUCKETS, registry=r)  # fmt: skip
+        self.startup = Histogram("labctl_engine_startup_seconds", "Engine startup time, by phase.",
+                                 ["phase"], buckets=DEPLOY_BUCKETS, registry=r)  # fmt: skip
+        self.release = Histogram("labctl_memory_release_seconds",
+                                 "Time from an engine's exit to its GPU memory being free.",
+                                 buckets=RELEASE_BUCKETS, registry=r)  # fmt: skip
+        self.release_failures = Counter("labctl_memory_release_failures_total",
+                                        "Stopped engines whose GPU memory was still held after "
+                                        "the release timeout.", registry=r)  # fmt: skip
+        self.restarts = Counter("labctl_engine_restarts_total",
+                                "Engine restarts outside a deploy, by reason.",
+                                ["deployment", "reason"], registry=r)  # fmt: skip
+        for outcome in OUTCOMES:
+            self.deploy.labels(outcome)  # each outcome from 0, so increase() sees the first
+        self.engine = {
+            name: Gauge(name, f"Normalised from the engine's own {name.split('_', 2)[-1]}.",
+                        ["deployment"], registry=r)
+            for name in sorted(set(ENGINE_GAUGES.values()))
+        }  # fmt: skip
+
+    def on_state(self, event: dict[str, Any]) -> None:
+        """A deployment changed state: its state gauge, and its restart counter from 0."""
+        self.restarts.labels(event["deployment"], "exited")  # a 0 from the start
+        for state in STATES:
+            self.state.labels(event["deployment"], state).set(1 if state == event["state"] else 0)
+
+    def drain(self, observations: list[tuple[str, dict[str, Any]]]) -> None:
+        """What the controller timed since the last call, into the histograms."""
+        for kind, data in observations:
+            if kind == "deploy":
+                self.deploy.labels(data["outcome"]).observe(data["seconds"])
+            elif kind == "release":
+                self.release.observe(data["seconds"])
+            elif kind == "release_failed":
+                self.release_failures.inc()
+            elif kind == "startup":
+                for phase, seconds in data.items():
+                    self.startup.labels(phase).observe(seconds)
+        observations.clear()
+
+    async def scrape_engines(self, controller: Controller) -> None:
+        """Every 2 s: each running engine's gauges under labctl names."""
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as http:
+            while True:
+                self.drain(controller.observations)
+                for d in list(controller.deployments.values()):
+                    e = d.engine
+                    if e is None or e.process.returncode is not None:
+                        continue
+                    e.process.track()  # remember workers while they are still its children
+                    try:
+                        async with http.get(e.url + "/metrics", headers=e.headers()) as r:
+                            text = await r.text() if r.status == 200 else ""
+                    except (aiohttp.ClientError, TimeoutError):
+                        continue
+                    try:
+                        families = list(text_string_to_metric_families(text))
+                    except ValueError:
+                        continue  # not Prometheus text (a command engine's own page)
+                    for family in families:
+                        target = ENGINE_GAUGES.get(family.name)
+                        if target and family.samples:
+                            value = sum(s.value for s in family.samples)
+                            self.engine[target].labels(d.name).set(value)
+                await asyncio.sleep(2.0)

@@ -1,0 +1,299 @@
+"""Engine processes as a deploy sees them: started until ready, probed, smoke-tested, stopped
+until the GPU has their memory back.
+
+A start spawns the engine with its environment (the lab's mark, its own API key), tails
+its log for startup phases, and waits for health and its model listed, failing early if
+it exits or stops logging; a start that fails stops what it spawned and waits for its
+memory, so a rollback can follow. A stop (journaled with the processes it acts on, before
+it acts) ends the whole tree and then waits until no process of it holds GPU memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+import contextlib
+from dataclasses import dataclass, field
+import json
+import os
+from pathlib import Path
+import socket
+from typing import Any
+
+import aiohttp
+
+from labctl.config import DeploymentSpec
+from labctl.deploy.journal import Journal
+from labctl.deploy.preflight import Planner
+from labctl.engines.adapter import adapter
+from labctl.errors import DeployError, EngineError
+from labctl.gpu.sample import GpuReading
+from labctl.runtime.process import ENGINE_MARK, EngineProcess, startup_budget
+from labctl.units import GiB
+
+RELEASE_TIMEOUT_S = 30.0
+
+
+@dataclass
+class Engine:
+    """A revision that is running."""
+
+    revision: int
+    spec: DeploymentSpec
+    process: EngineProcess
+    url: str
+    #: Startup phase → seconds it took.
+    phases: dict[str, float] = field(default_factory=dict)
+    #: Flags the planner added to the command line.
+    recommended: tuple[str, ...] = ()
+    #: Bytes per GPU the planner said it takes (its startup time budget scales with them).
+    need_bytes: int = 0
+    #: The API key its /v1 takes (None: it takes none), sent by the gateway and the probes.
+    key: str | None = None
+
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.key}"} if self.key else {}
+
+
+class Engines:
+    def __init__(
+        self,
+        journal: Journal,
+        planner: Planner,
+        home: Path,
+        host: str,
+        clock: Callable[[], float],
+        release_timeout: float = RELEASE_TIMEOUT_S,
+        engine_key: Callable[[str, int], str] | None = None,
+        observations: list[tuple[str, dict[str, Any]]] | None = None,
+    ) -> None:
+        self.journal = journal
+        self.planner = planner
+        self.home = home
+        self.host = host
+        self.clock = clock
+        self.release_timeout = release_timeout
+        #: Each engine's own API key, from (deployment, revision): derived, so that a daemon
+        #: that restarts knows the key of the engine it adopts without storing it.
+        self.engine_key = engine_key
+        #: Release times (and failures) for the daemon's metrics.
+        self.observations = observations if observations is not None else []
+        self._http: aiohttp.ClientSession | None = None
+
+    def http(self) -> aiohttp.ClientSession:
+        if self._http is None:
+            self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
+        return self._http
+
+    async def close(self) -> None:
+        if self._http is not None:
+            await self._http.close()
+
+    def _read(self) -> GpuReading:
+        return self.planner.backend.read()
+
+    async def start(
+        self,
+        spec: DeploymentSpec,
+        revision: int,
+        on_spawn: Callable[[EngineProcess], None] = lambda process: None,
+        recommended: Sequence[str] = (),
+        need_bytes: int = 0,
+    ) -> Engine:
+        """Start a revision and wait until it is ready (health, its model listed).
+
+        ``on_spawn`` hears of the process as soon as it exists, before it is ready.
+
+        Raises:
+            EngineError: it exited, stalled, timed out, or failed its probes (the log's tail).
+        """
+        port = spec.port or free_port(self.host)
+        settings = spec.to_dict() | {"recommended_args": list(recommended)}
+        kind = adapter(spec.engine)
+        launch = kind.launch(settings, self.host, port, spec.gpus)
+        env = dict(os.environ) | launch.env | dict(spec.env) | {"LABCTL_HOME": str(self.home)}
+        env |= {ENGINE_MARK: str(self.home), "LABCTL_DEPLOYMENT": spec.name}
+        key = self.key_for(spec, revision)
+        if key is not None and kind.key_env:
+            env[kind.key_env] = key
+        phases: dict[str, float] = {}
+        tail: list[str] = []
+        mark = [self.clock()]
+        phase_of = adapter(spec.engine).phase
+
+        def on_line(line: str) -> None:
+            tail.append(line)
+            del tail[:-20]
+            if (name := phase_of(line)) is not None and name not in phases:
+                now = self.clock()
+                phases[name] = now - mark[0]
+                mark[0] = now
+
+        log = self.home / "logs" / f"{spec.name}-r{revision}.log"
+        process = EngineProcess(launch.argv, log, env=env, on_line=on_line, clock=self.clock)
+        await process.start()
+        on_spawn(process)
+        mark[0] = process.started_at
+        url = f"http://{self.host}:{port}"
+        engine = Engine(revision, spec, process, url, phases, tuple(recommended), need_bytes, key)
+        try:
+            await self._wait_ready(engine, launch.health_path, launch.served_model, tail)
+        except BaseException:
+            with contextlib.suppress(EngineError):
+                await process.stop(grace=spec.stop_grace)
+            # what comes next (a rollback) needs its memory back first
+            await self.await_release(spec.name, spec.gpus, set(process.members), self.clock())
+            raise
+        return engine
+
+    def _startup_timeout(self, engine: Engine) -> float:
+        spec = engine.spec
+        if spec.startup_timeout is not None:
+            return spec.startup_timeout
+        return startup_budget(engine.need_bytes * len(spec.gpus))
+
+    async def _wait_ready(
+        self, engine: Engine, health: str, served: str | None, tail: list[str]
+    ) -> None:
+        spec, process = engine.spec, engine.process
+        budget = self._startup_timeout(engine)
+        deadline = self.clock() + budget
+
+        def failure(what: str) -> EngineError:
+            last = " | ".join(tail[-3:]) or "no output"
+            return EngineError(
+                f"{spec.name} revision {engine.revision} {what}; last log lines: {last}"
+            )
+
+        while True:
+            if (code := process.returncode) is not None:
+                raise failure(f"exited with code {code} during startup")
+            if process.silent_for() > spec.stall_timeout:
+                raise failure(f"stalled: no log output for {spec.stall_timeout:g} s")
+            if self.clock() > deadline:
+                raise failure(f"did not become ready in {budget:g} s")
+            if await self.probe(engine.url + health) and (
+                served is None or served in await self.models(engine)
+            ):
+                return
+            await asyncio.sleep(0.1)
+
+    async def probe(self, url: str) -> bool:
+        try:
+            async with self.http().get(url, timeout=aiohttp.ClientTimeout(total=2)) as r:
+                return r.status == 200
+        except (aiohttp.ClientError, TimeoutError):
+            return False
+
+    def key_for(self, spec: DeploymentSpec, revision: int) -> str | None:
+        """The API key of ``spec``'s engine at ``revision`` (None: its engine takes none)."""
+        if self.engine_key is None or adapter(spec.engine).key_env is None:
+            return None
+        return self.engine_key(spec.name, revision)
+
+    async def models(self, engine: Engine) -> list[str]:
+        """The model ids ``engine`` lists (empty when it does not answer, or refuses its key)."""
+        try:
+            async with self.http().get(
+                engine.url + "/v1/models", headers=engine.headers(),
+                timeout=aiohttp.ClientTimeout(total=5),
+            ) as r:  # fmt: skip
+                doc = await r.json(content_type=None)
+            return [str(m.get("id")) for m in doc.get("data", []) if isinstance(m, dict)]
+        except (aiohttp.ClientError, TimeoutError, ValueError, AttributeError):
+            return []
+
+    async def smoke(self, engine: Engine) -> None:
+        """One real completion.
+
+        Raises:
+            EngineError: no 200 with a choice.
+        """
+        body = {"model": engine.spec.served, "prompt": "Hello", "max_tokens": 1}
+        try:
+            async with self.http().post(
+                engine.url + "/v1/completions", json=body, headers=engine.headers()
+            ) as r:
+                text = await r.text()
+                status = r.status
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise EngineError(f"smoke test: no answer from {engine.url}: {exc}") from exc
+        try:
+            ok = status == 200 and bool(json.loads(text).get("choices"))
+        except (ValueError, AttributeError):
+            ok = False
+        if not ok:
+            raise EngineError(
+                f"smoke test: HTTP {status} from {engine.url}/v1/completions: {text[:200]}"
+            )
+
+    async def stop(self, engine: Engine, deploy_id: int | None = None) -> tuple[float, int]:
+        """Stop a revision and wait until the GPU has its memory back.
+
+        Returns (seconds from the engine's exit to the release being seen, bytes freed).
+
+        Raises:
+            DeployError: memory still held after the release timeout (who holds it).
+        """
+        gpus = engine.spec.gpus
+        pids = set(engine.process.members)
+        before = self.planner.held_by(self._read(), gpus, pids)
+        if deploy_id is not None:
+            with self.journal.step(deploy_id, "stop", **identity(engine.process)) as step:
+                report = await engine.process.stop(grace=engine.spec.stop_grace)
+                step.detail |= {"graceful": report.graceful, "exit_code": report.exit_code,
+                                "orphans_killed": list(report.orphans_killed)}  # fmt: skip
+        else:
+            report = await engine.process.stop(grace=engine.spec.stop_grace)
+        pids |= set(engine.process.members)
+        exited = self.clock()
+        step_cm = (
+            self.journal.step(
+                deploy_id,
+                "verify_release",
+                gpus=list(gpus),
+                processes={str(p): engine.process.members.get(p, 0) for p in pids},
+            )
+            if deploy_id is not None
+            else contextlib.nullcontext()
+        )
+        with step_cm as step:
+            await self.await_release(engine.spec.name, gpus, pids, exited)
+            lag = self.clock() - exited
+            if step is not None:
+                step.freed_bytes = before
+                step.detail["release_seconds"] = lag
+        self.observations.append(("release", {"seconds": lag, "bytes": before}))
+        return lag, before
+
+    async def await_release(
+        self, name: str, gpus: Sequence[int], pids: set[int], since: float
+    ) -> None:
+        """Wait until no process of ``pids`` holds memory on ``gpus``.
+
+        Raises:
+            DeployError: still held ``release_timeout`` s after ``since``.
+        """
+        while True:
+            held = self.planner.held_by(self._read(), gpus, pids)
+            if held == 0:
+                return
+            if self.clock() - since > self.release_timeout:
+                self.observations.append(("release_failed", {"bytes": held}))
+                raise DeployError(
+                    f"{name}: {held / GiB:.2f} GiB still held by the stopped revision's "
+                    f"processes {sorted(pids)} after {self.release_timeout:g} s"
+                )
+            await asyncio.sleep(0.05)
+
+
+def identity(process: EngineProcess) -> dict[str, Any]:
+    """What a step journals about an engine before acting on it: enough to finish the job."""
+    return {"pid": process.pid, "start": process.start_time, "pgid": process.pid,
+            "processes": {str(p): t for p, t in process.identity().items()}}  # fmt: skip
+
+
+def free_port(host: str) -> int:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
