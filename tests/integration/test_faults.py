@@ -124,7 +124,11 @@ def test_a_daemon_killed_while_stopping_a_sigterm_deaf_engine_leaves_no_orphan(
     client.wait(30)
     assert alive(old["pid"])  # the engine ignored SIGTERM and outlived the daemon
     again = lab.up("--config", str(path))
-    ready = again.wait_state("chat", "ready", timeout=60)
+    try:
+        ready = again.wait_state("chat", "ready", timeout=60)
+    except BaseException:
+        print("DBG", again.deployment("chat"), again.api("GET", "/api/history"))
+        raise
     assert not alive(old["pid"]), "the next daemon stops the engine its predecessor was stopping"
     assert ready["pid"] != old["pid"]
     assert unfinished(lab.home) == []

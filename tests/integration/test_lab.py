@@ -336,14 +336,21 @@ def test_events_stream_and_labctl_down_stops_everything(
     assert hello["type"] == "hello" and hello["deployments"][0]["state"] == "ready"
     labctl("deploy", "chat", "--set", "max_model_len=2048", "--url", d.url, home=lab.home,
            check=True)  # fmt: skip
-    seen = []
-    while len(seen) < 6:
+    seen: list[dict[str, Any]] = []
+    while not (seen and seen[-1]["type"] == "deploy" and seen[-1]["phase"] == "committed"):
         line = events.readline().decode().strip()
         if line.startswith("data: "):
             seen.append(json.loads(line[6:]))
-    assert [e.get("state") for e in seen if e["type"] == "state"][:4] == [
-        "draining", "stopping", "starting", "ready"
+    assert [e.get("state") for e in seen if e["type"] == "state"] == [
+        "draining", "stopping", "stopped", "starting", "ready"
     ]  # fmt: skip
+    # one ticket follows the deploy from its queueing to its end; each step begins and ends
+    tickets = {e.get("ticket") for e in seen if e["type"] in ("deploy", "step", "startup")}
+    assert len(tickets) == 1 and None not in tickets
+    steps = [(e["step"], e["status"]) for e in seen if e["type"] == "step"]
+    assert steps[:2] == [("preflight", "begin"), ("preflight", "ok")]
+    assert ("switch", "ok") in steps
+    assert any(e["type"] == "startup" and e["line"] for e in seen)
     events.close()
     assert "stopping the lab" in labctl("down", "--url", d.url, home=lab.home, check=True).out
     assert d.proc.wait(30) == 0

@@ -141,7 +141,8 @@ def test_restart_backoff_doubles_and_resets_after_a_stable_run() -> None:
     b = Backoff(first=1, cap=8, stable=300)
     assert [b.next_delay(5) for _ in range(5)] == [1, 2, 4, 8, 8]
     assert b.next_delay(400) == 1
-    assert startup_budget(16 * 10**9) == pytest.approx(120 + 64)
+    assert startup_budget(16 * 10**9) == pytest.approx(4 * 60 + 2 * 64)
+    assert startup_budget(16 * 10**9, 2, 1e9) == pytest.approx(2 * 60 + 2 * 16)
 
 
 def test_stopping_twice_is_safe(tmp_path: Path) -> None:

@@ -29,7 +29,7 @@ from hypothesis import strategies as st
 import pytest
 
 from labctl.config import DeploymentSpec, LabConfig, load_config
-from labctl.engines.adapter import adapter, flags
+from labctl.engines import adapter, flags
 from labctl.errors import ConfigError
 
 SECTIONS = ("lab", "gateway", "dashboard", "deployments")
@@ -41,7 +41,7 @@ KEYS = {
     "dashboard": ["interval", "history", "alert_for_scale"],
     "deployment": ["engine", "model", "gpus", "port", "served_model_name", "aliases", "args",
                    "command", "health_path", "env", "binary", "startup_timeout",
-                   "stall_timeout", "stop_grace", "max_concurrency", "queue_size"],
+                   "stall_timeout", "stop_grace", "max_concurrency", "queue_size", "serves"],
     "args": ["max_model_len", "max_num_seqs", "tensor_parallel_size", "pipeline_parallel_size",
              "max_num_batched_tokens", "gpu_memory_utilization", "max-model-len", "time_scale",
              "load_gbps", "enforce_eager", "ctx_size"],

@@ -23,7 +23,7 @@ from labctl.config import (
     load_config,
     parse_listen,
 )
-from labctl.engines.adapter import adapter, flags
+from labctl.engines import adapter, flags
 from labctl.errors import ConfigError, UsageError
 from labctl.gpu.sim import parse_sim_gpus
 
@@ -70,7 +70,7 @@ def test_the_embedded_default_is_one_twin_on_a_simulated_3090() -> None:
         ('[lab]\ngpu_backend = "rocm"\n', "lab.gpu_backend = 'rocm': use one of auto, nvml, sim"),
         (
             '[lab]\ncolour = "blue"\n',
-            "lab.colour is not a setting; use one of allowed_hosts, api_commands, gpu_backend, listen, sim_gpus",
+            "lab.colour is not a setting; use one of allowed_hosts, api_commands, disk_read_mbps, gpu_backend, listen, sim_gpus",
         ),
         ("[routes]\n", "[routes] is not a section"),
         (
@@ -160,7 +160,7 @@ def test_adapters_build_each_engines_command_line() -> None:
                           "--metrics", "--alias", "small", "--ctx-size", "512"]  # fmt: skip
     cmd = adapter("command").launch({"name": "asr", "command": ["srv", "--port", "{port}"],
                                      "health_path": "/ok"}, "127.0.0.1", 9003, [1])  # fmt: skip
-    assert (cmd.argv, cmd.health_path, cmd.served_model) == (["srv", "--port", "9003"], "/ok", None)
+    assert (cmd.argv, cmd.health.path, cmd.served_model) == (["srv", "--port", "9003"], "/ok", None)
     with pytest.raises(ConfigError, match="unknown placeholder"):
         adapter("command").launch({"name": "asr", "command": ["srv", "{gpu}"]}, "h", 1, [0])
     with pytest.raises(ConfigError, match="engine 'tgi' is unknown"):

@@ -7,7 +7,8 @@ perf-counter clock, is the read's timestamp, so the client's own delay in
 getting to the socket stays out of the latencies, and is measured apart as
 its read lag. Reads are only read and stamped in the sockets' callbacks; the
 server-sent events in them are parsed once every socket ready in that loop
-iteration has been read (:class:`Inbox`).
+iteration has been read (:class:`Inbox`), split by :mod:`labctl.sse` (the
+gateway's splitter too: any of the three line endings, events cut anywhere).
 
 ``https://`` URLs go through asyncio's TLS streams with the same parser,
 timestamped when read.
@@ -26,6 +27,9 @@ import sys
 import time
 from typing import Any, Protocol
 import urllib.parse
+
+from labctl import sse
+from labctl.sse import Splitter
 
 SO_TIMESTAMPNS = 35  # Linux; socket does not export it
 _CMSG = socket.CMSG_SPACE(16) if hasattr(socket, "CMSG_SPACE") else 0
@@ -84,7 +88,7 @@ class _Parser:
     """HTTP/1.1 response → status, then SSE events or a body; keeps the connection's framing."""
 
     __slots__ = ("body", "buf", "chunk_left", "chunked", "done", "keep_alive", "length", "sink",
-                 "skip", "sse", "sse_buf", "status")  # fmt: skip
+                 "skip", "splitter", "sse", "status")  # fmt: skip
 
     def __init__(self, sink: Sink) -> None:
         self.sink = sink
@@ -95,7 +99,7 @@ class _Parser:
         self.chunk_left = 0  # 0: a size line comes next
         self.skip = 0
         self.sse = False
-        self.sse_buf = b""
+        self.splitter = Splitter()
         self.body = bytearray()
         self.done = False
         self.keep_alive = True
@@ -183,24 +187,14 @@ class _Parser:
         if not self.sse:
             self.body += data
             return
-        buf = self.sse_buf + data if self.sse_buf else data
-        if b"\r" in buf:
-            buf = buf.replace(b"\r\n", b"\n")
-        start = 0
-        while (end := buf.find(b"\n\n", start)) >= 0:
-            block = buf[start:end]
-            start = end + 2
-            if block.startswith(b"data:") and b"\n" not in block:
-                self.sink.on_event(block[5:].lstrip(b" "), t)
-            else:
-                lines = [
-                    ln[5:].lstrip(b" ") for ln in block.split(b"\n") if ln.startswith(b"data:")
-                ]
-                if lines:
-                    self.sink.on_event(b"\n".join(lines), t)
-                elif block.strip() and not block.startswith((b":", b"event:", b"id:", b"retry:")):
-                    self.sink.on_event(block, t)  # not SSE at all: let the request judge it
-        self.sse_buf = buf[start:]
+        for event in self.splitter.feed(data):  # any line endings (labctl.sse)
+            payload = sse.data(event)
+            if payload is not None:
+                self.sink.on_event(payload, t)
+                continue
+            block = event.strip(b"\r\n")
+            if block.strip() and not block.startswith((b":", b"event:", b"id:", b"retry:")):
+                self.sink.on_event(block, t)  # not SSE at all: let the request judge it
 
     def _finish(self, error: str | None) -> None:
         if not self.done:

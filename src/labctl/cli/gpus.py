@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import click
@@ -10,7 +11,7 @@ from rich.table import Table
 from labctl.catalog.gpus import GPUS, GpuSpec
 from labctl.cli.output import console, emit_json, warn
 from labctl.config import state_dir
-from labctl.errors import ConfigError
+from labctl.errors import ConfigError, GpuError, UsageError
 from labctl.gpu import BACKENDS, open_backend
 from labctl.gpu.sample import CLOCK_EVENT_REASONS, DeviceSample
 from labctl.telemetry.attribution import UNACCOUNTED, GpuOwners, attribute, read_owners
@@ -93,12 +94,22 @@ def _device_doc(d: DeviceSample, owned: GpuOwners | None) -> dict[str, Any]:
     show_default=True,
     help="real GPUs through NVML, the simulated GPUs of $LABCTL_HOME, or NVML when it sees a GPU",
 )
+@click.option(
+    "--sim-gpus",
+    metavar="GPUS",
+    help="replace the simulated GPUs of $LABCTL_HOME first, e.g. 1xh100-sxm or "
+    "rtx-3090,rtx-3090 (catalog ids; refused while a process holds their memory)",
+)
 @click.option("--catalog", "show_catalog", is_flag=True, help="also show the GPU catalog")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON document")
-def gpus(gpu_backend: str, show_catalog: bool, as_json: bool) -> None:
-    """GPUs on this machine, real or simulated, with the memory each process holds and its owner."""
+def gpus(gpu_backend: str, sim_gpus: str | None, show_catalog: bool, as_json: bool) -> None:
+    """GPUs on this machine, real or simulated, with the memory each process holds and its owner.
+
+    The totals are what the device reports (NVML's, as nvidia-smi shows them); CUDA, and so
+    vLLM, sees the driver's reservation less (`--json`: cuda_total_bytes).
+    """
     home = state_dir()
-    backend = open_backend(gpu_backend, home)
+    backend = open_backend(gpu_backend, home, _sim_machine(home, sim_gpus))
     try:
         reading = backend.read()
     finally:
@@ -146,7 +157,7 @@ def gpus(gpu_backend: str, show_catalog: bool, as_json: bool) -> None:
             str(d.index),
             d.name + (" (unified memory)" if d.memory_source == "host" else ""),
             _bytes(d.memory_used_bytes),
-            _bytes(d.cuda_total_bytes),
+            _bytes(d.memory_total_bytes),
             "—" if d.gpu_util_percent is None else f"{d.gpu_util_percent:.0f}%",
             power,
             ("—" if d.temperature_c is None else f"{d.temperature_c:.0f}°C")
@@ -158,9 +169,38 @@ def gpus(gpu_backend: str, show_catalog: bool, as_json: bool) -> None:
         _print_catalog()
 
 
+def _sim_machine(home: Path, text: str | None) -> list[GpuSpec] | None:
+    """``--sim-gpus``: the GPUs to simulate, unless a live process holds memory on the
+    machine it would replace (the driver does not swap a card under a process either).
+
+    Raises:
+        UsageError: a bad list, or a process holds simulated memory.
+    """
+    if text is None:
+        return None
+    from labctl.gpu.sim import SimMachine, describe, parse_sim_gpus
+
+    specs = parse_sim_gpus(text)
+    machine = SimMachine(home)
+    held = machine.holdings()
+    try:
+        found = machine.configured()
+    except GpuError:  # a damaged device list: this replaces it
+        found = None
+    if held and found != [s.id for s in specs]:
+        h = held[0]
+        raise UsageError(
+            f"--sim-gpus {text}: pid {h.pid} ({h.name or 'a process'}) holds memory on the "
+            f"simulated {describe(found or [])} in {machine.dir}; stop it first (`labctl gpus` "
+            "lists the holders), or use another LABCTL_HOME"
+        )
+    return specs
+
+
 def _print_catalog() -> None:
     t = Table(title="GPU catalog (dense tensor TFLOPS; * derived)")
-    for col in ("id", "name", "memory (CUDA)", "bandwidth", "BF16", "FP8", "FP4", "CC", "power"):
+    for col in ("id", "name", "memory (NVML / CUDA)", "bandwidth", "BF16", "FP8", "FP4", "CC",
+                "power"):  # fmt: skip
         t.add_column(col, justify="left" if col in ("id", "name") else "right")
     for g in GPUS:
 
@@ -170,7 +210,8 @@ def _print_catalog() -> None:
         t.add_row(
             g.id,
             g.name,
-            f"{g.cuda_total_bytes / GiB:.2f} GiB{star('cuda_total_bytes')}",
+            ("—" if g.nvml_total_bytes is None else f"{g.nvml_total_bytes / GiB:.2f}")
+            + f" / {g.cuda_total_bytes / GiB:.2f} GiB{star('cuda_total_bytes')}",
             f"{g.bandwidth_gbs:g} GB/s",
             _fmt(g.bf16_tflops) + star("bf16_tflops"),
             _fmt(g.fp8_tflops) + star("fp8_tflops"),

@@ -10,6 +10,7 @@ import asyncio
 import json
 import os
 from pathlib import Path
+import sys
 import time
 from typing import Any
 import urllib.error
@@ -17,6 +18,7 @@ import urllib.request
 
 import click
 
+from labctl.cli import follow
 from labctl.cli.output import console, emit_json
 from labctl.config import load_config, state_dir
 from labctl.errors import DeployError, LabError, UsageError
@@ -30,14 +32,19 @@ url_option = click.option(
 )  # fmt: skip
 
 
+def auth_headers(url: str) -> dict[str, str]:
+    """The admin token for ``url``: LABCTL_TOKEN, else the token this machine's lab made, which
+    goes to that lab only, never to another --url."""
+    home = state_dir()
+    if token := os.environ.get("LABCTL_TOKEN") or (same_lab(url, home) and read_token(home)):
+        return {"Authorization": f"Bearer {token}"}
+    return {}
+
+
 def call(url: str, method: str, path: str, body: Any = None, timeout: float | None = 600) -> Any:
     """One request to the daemon's admin API; errors become one-line LabErrors."""
     data = None if body is None else json.dumps(body).encode()
-    headers = {"Content-Type": "application/json"}
-    home = state_dir()
-    # the token this machine's lab made goes to that lab only, never to another --url
-    if token := os.environ.get("LABCTL_TOKEN") or (same_lab(url, home) and read_token(home)):
-        headers["Authorization"] = f"Bearer {token}"
+    headers = {"Content-Type": "application/json", **auth_headers(url)}
     req = urllib.request.Request(url.rstrip("/") + path, data=data, method=method, headers=headers)
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
@@ -72,7 +79,7 @@ class NoLab(LabError):
 @click.option("--listen", help="HOST:PORT for the daemon (default: lab.listen, 127.0.0.1:8080)")
 def up(config_path: Path | None, listen: str | None) -> None:
     """Run the lab: its deployments, telemetry and admin API, until Ctrl-C."""
-    from labctl.daemon.app import Daemon
+    from labctl.daemon.app import Daemon, event_loop
 
     config = load_config(config_path)
     daemon = Daemon(config, state_dir(), listen)
@@ -86,7 +93,8 @@ def up(config_path: Path | None, listen: str | None) -> None:
         click.echo(f"  status     labctl status{'' if url == DEFAULT_URL else f' --url {url}'}")
         click.echo("  Ctrl-C stops every engine and waits for their memory; twice kills them.")
 
-    asyncio.run(daemon.run(listening))
+    with asyncio.Runner(loop_factory=event_loop) as runner:  # uvloop where installed
+        runner.run(daemon.run(listening))
     click.echo("labctl: lab stopped")
 
 
@@ -171,7 +179,9 @@ def status(url: str, as_json: bool) -> None:
     out.print(f"alerts: {len(firing)} firing, {pending} pending" if alerts else "alerts: none")
     for a in alerts:
         out.print(f"  {a['state'].upper():<8}{a['name']} ({a['severity']}): {a['summary']}")
-        out.print(f"          {a['runbook']}")
+        fires = a.get("fires_at") if a["state"] == "pending" else None
+        at = "" if fires is None else time.strftime("%H:%M:%S", time.localtime(fires))
+        out.print(f"          {a['runbook']}" + (f" (fires at {at} if it holds)" if at else ""))
 
 
 def _gib(value: float | None) -> str:
@@ -216,12 +226,21 @@ def _value(text: str) -> Any:
 @click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
               help="a setting or engine flag, e.g. max_model_len=8192 or args.enforce_eager=true")  # fmt: skip
 @click.option("--dry-run", is_flag=True, help="only check that it would fit (preflight)")
+@click.option("--detach", is_flag=True, help="start it and return its ticket at once")
+@click.option("--cancel", "cancelling", is_flag=True,
+              help="cancel NAME's deploy in progress instead (as `labctl cancel NAME`)")  # fmt: skip
 @url_option
 @click.option("--json", "as_json", is_flag=True, help="print one JSON document")
-def deploy(name: str, model: str | None, settings: tuple[str, ...], dry_run: bool, url: str,
-           as_json: bool) -> None:  # fmt: skip
+def deploy(name: str, model: str | None, settings: tuple[str, ...], dry_run: bool, detach: bool,
+           cancelling: bool, url: str, as_json: bool) -> None:  # fmt: skip
     """Replace NAME's running revision: preflight, drain, stop, verify release, start, smoke
-    test, switch, or roll back."""
+    test, switch, or roll back. It is followed live until it ends; Ctrl-C stops following and
+    leaves it running."""
+    if cancelling:
+        if model or settings or dry_run or detach:
+            raise UsageError("--cancel takes only NAME (and --url, --json)")
+        _cancel(name, url, as_json)
+        return
     values = {}
     for item in settings:
         key, sep, value = item.partition("=")
@@ -229,19 +248,58 @@ def deploy(name: str, model: str | None, settings: tuple[str, ...], dry_run: boo
             raise UsageError(f"--set {item!r}: use KEY=VALUE, e.g. max_model_len=8192")
         values[key] = _value(value)
     body = {"model": model, "set": values, "dry_run": dry_run}
+    if dry_run:
+        record = call(url, "POST", f"/api/deployments/{name}/deploy", body, timeout=60)
+        if as_json:
+            emit_json(record)
+        else:
+            click.echo(f"{name}: fits ({record['need']})")
+        return
+    _follow(url, name, "deploy", body, as_json, detach)
+
+
+def _follow(url: str, name: str, action: str, body: dict[str, Any], as_json: bool,
+            detach: bool) -> None:  # fmt: skip
+    """Start ``action`` (deploy, rollback) and follow it to its end (or only start it)."""
+    if detach:
+        doc = call(url, "POST", f"/api/deployments/{name}/{action}", {**body, "wait": False},
+                   timeout=60)  # fmt: skip
+        if as_json:
+            emit_json(doc)
+        else:
+            click.echo(f"{name}: {action} started (ticket {doc['ticket']}); follow it with "
+                       f"`labctl history {name}`, cancel it with `labctl deploy --cancel {name}`")  # fmt: skip
+        return
     try:
-        record = call(url, "POST", f"/api/deployments/{name}/deploy", body, timeout=None)
-    except KeyboardInterrupt:
-        raise LabError(
-            f"stopped waiting; the deploy of {name} goes on in the lab (`labctl history {name}` "
-            f"follows it; `labctl cancel {name}` stops it and rolls back)"
-        ) from None
-    if as_json:
+        done = follow.watch(url, name, action, body, call, auth_headers(url),
+                            follow.stream_for(as_json))  # fmt: skip
+    except follow.Detached as gone:
+        if gone.ticket is None:
+            click.echo(f"interrupted before the lab answered; `labctl history {name}` shows "
+                       f"whether the {action} began", err=True)  # fmt: skip
+        else:
+            click.echo(f"detached: the deploy goes on in the lab; follow it with `labctl "
+                       f"history {name}`, cancel it with `labctl deploy --cancel {name}` (or "
+                       f"`labctl cancel {name}`)", err=True)  # fmt: skip
+        sys.exit(130)  # Ctrl-C's status; the deploy is not cancelled
+    record = done.get("record")
+    error = done.get("error")
+    if error is None and (record is None or record.get("outcome") != "committed"):
+        error = f"{name}: the {action} ended {(record or {}).get('outcome') or 'unfinished'}"
+    if as_json and record is not None:
         emit_json(record)
-    elif dry_run:
-        click.echo(f"{name}: fits ({record['need']})")
-    else:
+    elif record is not None and error is None:
         _print_deploy(record)
+    if error is not None:
+        raise DeployError(str(error))
+
+
+def _cancel(name: str, url: str, as_json: bool) -> None:
+    doc = call(url, "POST", f"/api/deployments/{name}/cancel", {}, timeout=10)
+    if as_json:
+        emit_json(doc)
+    else:
+        click.echo(f"{name}: deploy cancelled; it rolls back to the revision that served before")
 
 
 @click.command()
@@ -250,11 +308,7 @@ def deploy(name: str, model: str | None, settings: tuple[str, ...], dry_run: boo
 @click.option("--json", "as_json", is_flag=True, help="print one JSON document")
 def cancel(name: str, url: str, as_json: bool) -> None:
     """Cancel NAME's deploy in progress: it stops where it safely can and rolls back."""
-    doc = call(url, "POST", f"/api/deployments/{name}/cancel", {}, timeout=10)
-    if as_json:
-        emit_json(doc)
-    else:
-        click.echo(f"{name}: deploy cancelled; it rolls back to the revision that served before")
+    _cancel(name, url, as_json)
 
 
 @click.command()
@@ -271,15 +325,12 @@ def dashboard(url: str, as_json: bool) -> None:
 
 @click.command()
 @click.argument("name")
+@click.option("--detach", is_flag=True, help="start it and return its ticket at once")
 @url_option
 @click.option("--json", "as_json", is_flag=True, help="print one JSON document")
-def rollback(name: str, url: str, as_json: bool) -> None:
-    """Deploy the revision NAME served before this one."""
-    record = call(url, "POST", f"/api/deployments/{name}/rollback", {}, timeout=None)
-    if as_json:
-        emit_json(record)
-    else:
-        _print_deploy(record)
+def rollback(name: str, detach: bool, url: str, as_json: bool) -> None:
+    """Deploy the revision NAME served before this one, followed live as `labctl deploy`."""
+    _follow(url, name, "rollback", {}, as_json, detach)
 
 
 @click.command()

@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 import math
 import os
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from labctl.config import state_dir
 from labctl.errors import UsageError
 from labctl.units import parse_duration, parse_size
+
+if TYPE_CHECKING:
+    from labctl.gpu.sim import SimMachine
+
+#: The twin's GPU where neither --gpu nor a simulated machine says (the embedded default's).
+DEFAULT_GPU = "rtx-3090"
 
 
 @click.group()
@@ -20,7 +27,10 @@ def sim() -> None:
 
 
 @sim.command()
-@click.option("--gpu", "index", type=int, default=0, show_default=True, help="simulated GPU index")
+@click.option(
+    "--gpu", "index", type=int, default=0, show_default=True, metavar="INDEX",
+    help="the simulated GPU, by its index in `labctl gpus`",
+)  # fmt: skip
 @click.option("--memory", required=True, help="how much to hold, e.g. 8GiB or 512MiB")
 @click.option("--worker", is_flag=True, help="hold the memory in a worker child, as engines do")
 @click.option(
@@ -69,15 +79,45 @@ def hold(index: int, memory: str, worker: bool, orphan_worker: bool, duration: s
         sys.exit(130)
 
 
-def engine_options(f: Any) -> Any:
+def machine_gpu(machine: SimMachine, asked: str | None, index: int) -> str | None:
+    """The catalog GPU a twin on simulated GPU ``index`` runs as: that GPU's. A home with no
+    simulated machine yet gets one of ``asked`` (``index`` + 1 of them, so that ``index``
+    exists), as the first engine on a fresh box finds the card that is there.
+
+    Raises:
+        UsageError: ``asked`` is not the GPU the machine has at ``index``.
+        CatalogError: ``asked`` is no catalog GPU.
+    """
+    from labctl.catalog.gpus import gpu
+    from labctl.gpu.sim import describe
+
+    found = machine.configured()
+    if found is None:
+        spec = gpu(asked or DEFAULT_GPU)
+        machine.configure([spec] * (index + 1))
+        return spec.id
+    devices = machine.devices()
+    if index >= len(devices):
+        return asked  # the twin fails as CUDA does: invalid device ordinal
+    have = devices[index].spec.id
+    if asked is None or gpu(asked).id == have:
+        return have
+    raise UsageError(
+        f"--gpu {asked}: found {describe(found)} in {machine.dir}, and GPU {index} is {have}; pass "
+        f"--gpu {have}, use a fresh LABCTL_HOME, or replace the simulated GPUs with "
+        f"'labctl gpus --sim-gpus {gpu(asked).id}' while no process holds them"
+    )
+
+
+def engine_options(gpu_help: str) -> Callable[[Any], Any]:
     """The vLLM flags the twin honours, shared by ``sim run`` and ``sim serve``."""
+    return lambda f: _engine_options(f, gpu_help)
+
+
+def _engine_options(f: Any, gpu_help: str) -> Any:
     options = [
         click.option("--model", required=True, help="catalog id, HF model directory or .gguf"),
-        click.option(
-            "--gpu",
-            "gpu_id",
-            help="catalog GPU (default: the simulated GPU it runs on, or rtx-3090)",
-        ),
+        click.option("--gpu", "gpu_id", metavar="GPU", help=gpu_help),
         click.option("--tensor-parallel-size", "-tp", type=int, default=1, show_default=True),
         click.option("--pipeline-parallel-size", "-pp", type=int, default=1, show_default=True),
         click.option("--max-model-len", type=int, help="default: the model's, capped to fit"),
@@ -95,7 +135,7 @@ def engine_options(f: Any) -> Any:
     return f
 
 
-def twin_config(kw: dict[str, Any], default_gpu: str = "rtx-3090") -> Any:
+def twin_config(kw: dict[str, Any], default_gpu: str = DEFAULT_GPU) -> Any:
     from labctl.sim.engine import TwinConfig
 
     return TwinConfig(
@@ -116,7 +156,7 @@ def twin_config(kw: dict[str, Any], default_gpu: str = "rtx-3090") -> Any:
 
 
 @sim.command()
-@engine_options
+@engine_options(f"catalog GPU id to simulate, e.g. h100-sxm (default: {DEFAULT_GPU})")
 @click.option("--num-prompts", type=int, default=1000, show_default=True)
 @click.option(
     "--request-rate", type=float, default=math.inf, help="requests/s (default: all at once)"
@@ -173,9 +213,9 @@ def run(**kw: Any) -> None:
         )
         return
     out = console()
+    tp = twin.fit.tensor_parallel_size
     out.print(
-        f"{twin.model_name} on {twin.gpu.id}"
-        f"{' × ' + str(twin.fit.tensor_parallel_size) if twin.fit.tensor_parallel_size > 1 else ''}"
+        f"{twin.model_name} on {twin.gpu.id}{f' × {tp}' if tp > 1 else ''}"
         f" (simulated): {summary['completed']} completed, {summary['failed']} failed "
         f"in {summary['duration']:.1f} s simulated"
     )
@@ -198,7 +238,10 @@ def run(**kw: Any) -> None:
 
 
 @sim.command()
-@engine_options
+@engine_options(
+    "catalog GPU id, e.g. h100-sxm: the simulated GPU it runs on must be one (a fresh "
+    f"$LABCTL_HOME gets it; default: the GPU there, or {DEFAULT_GPU})"
+)
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=int, default=8000, show_default=True, help="0 picks a free port")
 @click.option(
@@ -225,7 +268,8 @@ def run(**kw: Any) -> None:
 def serve(**kw: Any) -> None:
     """The twin as a live vLLM-compatible server (OpenAI API, /health, /metrics).
 
-    Prints vLLM's startup log lines on stderr and the URL on stdout once it listens.
+    Prints vLLM's startup log lines on stderr and the URL on stdout once it listens. It
+    takes its memory on the simulated GPU that CUDA_VISIBLE_DEVICES names (0 by default).
     """
     from labctl.gpu.sim import SimMachine
     from labctl.sim.engine import build_twin
@@ -256,12 +300,9 @@ def serve(**kw: Any) -> None:
     if not visible.isdigit():
         raise UsageError(f"CUDA_VISIBLE_DEVICES={visible!r}: name a simulated GPU index, e.g. 0")
     index = int(visible)
-    default_gpu = "rtx-3090"
     if home is not None:
-        devices = SimMachine(home).devices()
-        if index < len(devices):
-            default_gpu = devices[index].spec.id
-    twin = build_twin(twin_config(kw, default_gpu))
+        kw["gpu_id"] = machine_gpu(SimMachine(home), kw["gpu_id"], index)
+    twin = build_twin(twin_config(kw))
 
     def listening(url: str) -> None:
         click.echo(url)

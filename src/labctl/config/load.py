@@ -35,6 +35,7 @@ from labctl.config.values import (
     MAX_FILE_BYTES,
     _ip,
     _key,
+    _kind,
     _show,
     is_loopback,
     parse_listen,
@@ -80,7 +81,8 @@ def check_gpu_indices(config: LabConfig, count: int) -> None:
         for g in d.gpus:
             if g >= count:
                 there = (
-                    f"the lab's {count} GPU{'' if count == 1 else 's'}; use indices 0 to {count - 1}"
+                    f"the lab's {count} GPU{'' if count == 1 else 's'}; use indices 0 to "
+                    f"{count - 1}"
                     if count
                     else "the lab's GPUs: it has none"
                 )
@@ -197,19 +199,24 @@ def load_config(path: Path | None, check_host: bool = True) -> LabConfig:
                 "[deployments.NAME]"
             )
         if key != "deployments" and not isinstance(value, dict):
-            raise ConfigError(f"[{key}] must be a table, e.g. [{key}] on a line of its own")
+            # [gateway] holds secrets: what is there is named, not shown.
+            shown = (
+                f" is {_kind(value)} (not shown);" if key == "gateway" else f" = {_show(value)}:"
+            )
+            raise ConfigError(
+                f"{key}{shown} [{key}] must be a table, e.g. [{key}] on a line of its own"
+            )
     deployments = doc.get("deployments", {})
     if not isinstance(deployments, dict):
-        raise ConfigError("deployments must be tables: [deployments.NAME]")
+        raise ConfigError(
+            f"deployments = {_show(deployments)}: give one table per deployment, "
+            "[deployments.NAME] on a line of its own"
+        )
     if len(deployments) > MAX_DEPLOYMENTS:
         raise ConfigError(
             f"deployments: {len(deployments)} deployments; a lab has at most {MAX_DEPLOYMENTS}"
         )
-    specs = []
-    for name, table in deployments.items():
-        if not isinstance(table, dict):
-            raise ConfigError(f"deployments.{_key(name)} must be a table: [deployments.NAME]")
-        specs.append(DeploymentSpec.from_dict(name, table))
+    specs = [DeploymentSpec.from_dict(name, table) for name, table in deployments.items()]
     config = _lab(doc.get("lab", {}), tuple(specs), str(path), _gateway(doc.get("gateway", {})),
                   _dashboard(doc.get("dashboard", {})))  # fmt: skip
     check_lab(config)
@@ -261,7 +268,8 @@ def _lab(
     gateway: GatewayConfig,
     dashboard: DashboardConfig,
 ) -> LabConfig:
-    known = {"listen", "gpu_backend", "sim_gpus", "allowed_hosts", "api_commands"}
+    known = {"listen", "gpu_backend", "sim_gpus", "allowed_hosts", "api_commands",
+             "disk_read_mbps"}  # fmt: skip
     for key in doc:
         if key not in known:
             raise ConfigError(
@@ -309,10 +317,18 @@ def _lab(
     api_commands = doc.get("api_commands", False)
     if not isinstance(api_commands, bool):
         raise ConfigError(f"lab.api_commands = {_show(api_commands)}: give true or false")
+    rate = doc.get("disk_read_mbps")
+    if rate is not None and (
+        isinstance(rate, bool) or not isinstance(rate, int | float) or not 1 <= rate <= 1e6
+    ):
+        raise ConfigError(
+            f"lab.disk_read_mbps = {_show(rate)}: give the disk's read rate in MB/s, "
+            "1 to 1000000 (e.g. 2000 for an NVMe drive, 150 for a hard disk)"
+        )
     return LabConfig(
         listen=listen, gpu_backend=backend, sim_gpus=sim_gpus, deployments=specs, source=source,
         gateway=gateway, dashboard=dashboard, allowed_hosts=tuple(allowed),
-        api_commands=api_commands,
+        api_commands=api_commands, disk_read_mbps=float(rate) if rate is not None else None,
     )  # fmt: skip
 
 

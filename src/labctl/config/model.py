@@ -17,12 +17,14 @@ from labctl.config.values import (
     _NAME,
     DEFAULT_LISTEN,
     ENGINES,
+    FAMILIES,
     MAX_GPUS,
     MAX_KEYS,
     WEEK,
     _check_placeholders,
     _count,
     _key,
+    _kind,
     _model_id,
     _seconds,
     _secret,
@@ -70,6 +72,9 @@ class DeploymentSpec:
     max_concurrency: int | None = None
     #: Requests that may wait for a slot before more are refused with 429.
     queue_size: int = 256
+    #: The API families a ``command`` engine serves (names from :data:`FAMILIES`); empty:
+    #: the engine's default. The journal form writes empty as None, as lab.toml leaves it out.
+    serves: tuple[str, ...] = ()
 
     @property
     def served(self) -> str:
@@ -88,12 +93,11 @@ class DeploymentSpec:
             list(self.command),
         )
         doc["args"], doc["env"] = dict(self.args), dict(self.env)
+        doc["serves"] = list(self.serves) or None
         return doc
 
     @classmethod
-    def from_dict(
-        cls, name: str, doc: Mapping[str, Any], where: str | None = None
-    ) -> DeploymentSpec:
+    def from_dict(cls, name: str, doc: object, where: str | None = None) -> DeploymentSpec:
         """Validate a deployment table (from lab.toml, the journal, or an admin API body).
 
         Pure: nothing here looks at the disk or PATH (see :func:`check_host`), nor at the
@@ -112,13 +116,19 @@ class DeploymentSpec:
             )
         at = where or f"deployments.{name}"
         if not isinstance(doc, Mapping):
-            raise ConfigError(f"{at} = {_show(doc)}: give a table of settings")
+            hint = "" if where else f", e.g. [deployments.{_key(name)}] on a line of its own"
+            raise ConfigError(f"{at} = {_show(doc)}: give a table of settings{hint}")
         known = {f.name for f in fields(cls)} - {"name"}
         for key in doc:
             if key not in known and key != "name":
                 raise ConfigError(
                     f"{at}.{_key(key)} is not a setting; use one of {', '.join(sorted(known))}"
                 )
+        if doc.get("name", name) != name:  # the journal's form carries the name
+            raise ConfigError(
+                f"{at}.name = {_show(doc['name'])}: a deployment is named by its table; drop "
+                "name, or rename the table"
+            )
         engine = doc.get("engine")
         if engine not in ENGINES:
             raise ConfigError(f"{at}.engine = {_show(engine)}: use one of {', '.join(ENGINES)}")
@@ -127,7 +137,8 @@ class DeploymentSpec:
         if engine == "command":
             if not command:
                 raise ConfigError(
-                    f'{at}.command is required for engine \'command\', e.g. ["my-server", "--port", "{{port}}"]'
+                    f"{at}.command is required for engine 'command', e.g. "
+                    '["my-server", "--port", "{port}"]'
                 )
         elif not model:
             raise ConfigError(f"{at}.model is required for engine {engine!r}")
@@ -160,7 +171,12 @@ class DeploymentSpec:
         _check_args(args, f"{at}.args", engine, gpus)
         env = doc.get("env", {})
         if not isinstance(env, Mapping) or len(env) > 256:
-            raise ConfigError(f"{at}.env: give a table of at most 256 strings")
+            # Not shown: environment values are often credentials.
+            what = f"{len(env)} variables" if isinstance(env, Mapping) else _kind(env)
+            raise ConfigError(
+                f"{at}.env is {what} (not shown); give a table of at most 256 strings, e.g. "
+                '{ HF_HOME = "/data/hf" }'
+            )
         for var, value in env.items():
             if not isinstance(var, str) or not _ENV.fullmatch(var):
                 raise ConfigError(
@@ -172,8 +188,10 @@ class DeploymentSpec:
                 problem = (
                     "the value contains a NUL byte; remove it"
                     if isinstance(value, str) and "\0" in value
-                    else "give a string of at most 32768 characters"
-                )
+                    else "the value is longer than 32768 characters; shorten it"
+                    if isinstance(value, str)
+                    else f"the value is {_kind(value)} (not shown); give a string, e.g. \"1\""
+                )  # fmt: skip
                 raise ConfigError(f"{at}.env.{var}: {problem}")
         health = doc.get("health_path", "/health")
         if not isinstance(health, str) or not _HEALTH.fullmatch(health) or ".." in health:
@@ -201,7 +219,7 @@ class DeploymentSpec:
             startup_timeout=timeout,
             stall_timeout=_seconds(doc, "stall_timeout", at, 300.0),
             stop_grace=_seconds(doc, "stop_grace", at, 30.0),
-            max_concurrency=limit, queue_size=queue,
+            max_concurrency=limit, queue_size=queue, serves=_serves(doc, at, engine),
         )  # fmt: skip
 
 
@@ -257,6 +275,9 @@ class LabConfig:
     #: Whether admin API changes may bring in a ``command`` engine or change a ``binary``
     #: or ``command`` (lab.toml itself always may).
     api_commands: bool = False
+    #: The model disk's read rate in MB/s, for engines' startup timeouts until a start has
+    #: measured one (None: 250 MB/s).
+    disk_read_mbps: float | None = None
 
     def deployment(self, name: str) -> DeploymentSpec:
         for d in self.deployments:
@@ -316,15 +337,23 @@ def _gateway(doc: Mapping[str, Any]) -> GatewayConfig:
                 f"gateway.{_key(key)} is not a setting; use one of {', '.join(sorted(known))}"
             )
     raw = doc.get("keys", [])
-    if not isinstance(raw, list):
-        raise ConfigError("gateway.keys must be a list: [[gateway.keys]] tables or inline tables")
+    if not isinstance(raw, list):  # not shown: it may hold a key
+        raise ConfigError(
+            f"gateway.keys is {_kind(raw)} (not shown); give a list: [[gateway.keys]] tables or "
+            'inline tables such as [{ key = "…" }]'
+        )
     if len(raw) > MAX_KEYS:
         raise ConfigError(f"gateway.keys: {len(raw)} keys; give at most {MAX_KEYS}")
     keys: list[ApiKey] = []
     seen: dict[str, int] = {}
     for i, k in enumerate(raw):
         at = f"gateway.keys[{i}]"
-        if not isinstance(k, dict) or not _secret(k.get("key"), 8):
+        if not isinstance(k, dict):
+            raise ConfigError(
+                f"{at} is {_kind(k)} (not shown); give a table such as "
+                '{ key = "…", rate_per_minute = 600 }'
+            )
+        if not _secret(k.get("key"), 8):
             raise ConfigError(
                 f"{at}.key: give a secret of at least 8 printable ASCII characters (no spaces)"
             )
@@ -372,6 +401,32 @@ def _gateway(doc: Mapping[str, Any]) -> GatewayConfig:
         _seconds(doc, "read_timeout", "gateway", 60.0),
         _seconds(doc, "idle_timeout", "gateway", 75.0),
     )  # fmt: skip
+
+
+def _serves(doc: Mapping[str, Any], at: str, engine: str) -> tuple[str, ...]:
+    """``serves``: for a ``command`` engine, the API families it serves, each once."""
+    value = doc.get("serves")
+    if value is None:
+        return ()
+    shown = f"{at}.serves = {_show(value)}"
+    if engine != "command":
+        raise ConfigError(
+            f"{shown}: only engine 'command' takes serves (labctl knows what {engine!r} "
+            "serves); drop it"
+        )
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+        raise ConfigError(
+            f"{shown}: give a non-empty list of API families from {', '.join(FAMILIES)}, e.g. "
+            '["chat", "completions"]; leave it out for the engine\'s default'
+        )
+    for i, family in enumerate(value):
+        if family not in FAMILIES:
+            raise ConfigError(
+                f"{shown}: {_show(family)} is not an API family; use {', '.join(FAMILIES)}"
+            )
+        if family in value[:i]:
+            raise ConfigError(f"{shown}: {family!r} is listed twice; list each family once")
+    return tuple(value)
 
 
 def _check_args(args: Mapping[Any, Any], at: str, engine: str, gpus: list[int]) -> None:

@@ -20,6 +20,9 @@ from typing import Any
 from labctl.errors import ConfigError
 
 ENGINES = ("vllm", "llamacpp", "sim", "command")
+#: The API families a ``command`` engine may say it serves (``serves``); the engines layer
+#: routes each by its registry.
+FAMILIES = ("chat", "completions", "embeddings", "transcriptions", "translations", "actions")
 GPU_BACKENDS = ("auto", "nvml", "sim")
 DEFAULT_LISTEN = "127.0.0.1:8080"
 #: What one lab may hold; beyond these a file is a mistake (or an attack), not a lab.
@@ -269,6 +272,15 @@ def _show(value: object, longest: int = 80) -> str:
     except (ValueError, RecursionError):  # an integer past str()'s limit, or nesting
         text = f"<a {type(value).__name__}>"
     return text if len(text) <= longest else text[: longest - 1] + "…"
+
+
+def _kind(value: object) -> str:
+    """What a value is, for messages that must not show it (a secret may be inside)."""
+    if isinstance(value, bool):
+        return "a boolean"
+    kinds = ((str, "a string"), (int, "an integer"), (float, "a number"), (list, "a list"),
+             (Mapping, "a table"))  # fmt: skip
+    return next((k for t, k in kinds if isinstance(value, t)), f"a {type(value).__name__}")
 
 
 def _key(name: object) -> str:

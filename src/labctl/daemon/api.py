@@ -9,7 +9,7 @@ sees it, and the controller runs it to its end whatever the client does.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 import json
 import os
@@ -26,7 +26,7 @@ from labctl.dashboard.feed import Feed
 from labctl.deploy.controller import Controller
 from labctl.deploy.requests import RequestRefused, check_restore, in_thread, requested_spec
 from labctl.errors import DeployError
-from labctl.gpu.sample import GpuBackend
+from labctl.gpu.sample import GpuReading
 
 #: Members and elements an admin request may hold: a few dozen are real.
 MAX_ADMIN_ITEMS = 100_000
@@ -36,7 +36,8 @@ MAX_ADMIN_ITEMS = 100_000
 class AdminApi:
     controller: Controller
     config: LabConfig
-    backend: GpuBackend
+    #: A fresh GPU reading, from the sampler (the backend's one reader).
+    read_gpus: Callable[[], Awaitable[GpuReading]]
     #: The admin API's event stream (``/api/events``).
     events: Feed
     stopping: asyncio.Event
@@ -59,6 +60,7 @@ class AdminApi:
         r.add_post("/api/deployments/{name}/rollback", self.rollback)
         r.add_post("/api/deployments/{name}/cancel", self.cancel)
         r.add_get("/api/history", self.history)
+        r.add_get("/api/deploys/{ticket}", self.deploy_ticket)
         r.add_get("/api/events", self.stream_events)
         r.add_post("/api/login-link", self.login_link)
         r.add_post("/api/shutdown", self.shutdown)
@@ -81,7 +83,7 @@ class AdminApi:
         return web.json_response(self.status_doc())
 
     async def ps(self, request: web.Request) -> web.Response:
-        reading = await asyncio.to_thread(self.backend.read)
+        reading = await self.read_gpus()
         memory: dict[int, int] = {}
         for dev in reading.devices:
             for p in dev.processes:
@@ -114,8 +116,11 @@ class AdminApi:
     # -- deploys ------------------------------------------------------------------------
 
     async def deploy(self, request: web.Request) -> web.Response:
+        """A deploy: with ``"wait": false``, 202 and its ticket once the request is checked
+        (its events and ``/api/deploys/{ticket}`` follow it); else its record when it ends."""
         name = request.match_info["name"]
         body = await _json_body(request)
+        wait = _wait(body)
         d = self.controller.deployments.get(name)
         if d is None:
             names = ", ".join(self.controller.deployments) or "none"
@@ -125,6 +130,8 @@ class AdminApi:
         except RequestRefused as exc:
             raise api_error(exc.status, str(exc)) from None
         self.learn(spec)
+        if not wait and not body.get("dry_run"):
+            return self._accepted(self.controller.submit(spec), name)
         try:
             record = await self.controller.deploy(spec, dry_run=bool(body.get("dry_run")))
         except DeployError as exc:
@@ -133,20 +140,38 @@ class AdminApi:
         return web.json_response(record)
 
     async def rollback(self, request: web.Request) -> web.Response:
-        await _json_body(request)
+        wait = _wait(await _json_body(request))
         name = request.match_info["name"]
 
         async def allowed(current: DeploymentSpec, earlier: DeploymentSpec) -> None:
             await in_thread(check_restore, current, earlier, self.config, self._others(name))
 
         try:
-            record = await self.controller.rollback(name, allowed)
+            record = await self.controller.rollback(name, allowed, wait=wait)
         except RequestRefused as exc:
             raise api_error(exc.status, str(exc)) from None
         except DeployError as exc:
             raise api_error(409, str(exc)) from None
+        if not wait:
+            return self._accepted(record["ticket"], name)
         self.drain()
         return web.json_response(record)
+
+    def _accepted(self, ticket: str, name: str) -> web.Response:
+        """202 for a deploy that goes on: the daemon's metrics take its timings when it ends."""
+        entry = self.controller.tickets.get(ticket)
+        if entry is not None:
+            entry["task"].add_done_callback(lambda task: self.drain())
+        return web.json_response({"deployment": name, "ticket": ticket}, status=202)
+
+    async def deploy_ticket(self, request: web.Request) -> web.Response:
+        """A deploy by its ticket: queued, running or done, with its journal record once begun."""
+        ticket = request.match_info["ticket"]
+        doc = self.controller.ticket(ticket)
+        if doc is None:
+            raise api_error(404, f"no deploy with ticket {ticket[:40]!r}; the lab keeps the last "
+                            "200 since it started (see `labctl history`)")  # fmt: skip
+        return web.json_response(doc)
 
     async def cancel(self, request: web.Request) -> web.Response:
         name = request.match_info["name"]
@@ -201,6 +226,14 @@ async def _json_body(request: web.Request) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise api_error(400, "the request body must be a JSON object")
     return body
+
+
+def _wait(body: dict[str, Any]) -> bool:
+    """A deploy request's ``wait`` (default true), taken out of ``body``."""
+    wait = body.pop("wait", True)
+    if not isinstance(wait, bool):
+        raise api_error(400, "wait must be true or false")
+    return wait
 
 
 def api_error(status: int, message: str) -> web.HTTPException:

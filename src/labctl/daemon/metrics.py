@@ -2,7 +2,8 @@
 restarts, and each engine's gauges under labctl names (scraped from the engine every 2 s).
 
 Engines speak their own metric names (vLLM's ``vllm:*``, llama.cpp's ``llamacpp:*``); the
-dashboard and the alert rules read one set, so the few gauges they need are normalised here.
+dashboard and the alert rules read one set, so the few gauges they need are normalised here,
+by each engine adapter's map (``engines/``).
 The controller leaves what it timed in ``observations``; they become histogram samples on
 the next scrape, tick or API answer.
 """
@@ -16,17 +17,11 @@ import aiohttp
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.parser import text_string_to_metric_families
 
-from labctl.deploy.controller import STATES, Controller
+from labctl.deploy.controller import Controller
+from labctl.deploy.deployment import STATES
 from labctl.deploy.journal import OUTCOMES
+from labctl.engines import adapter, adapters
 
-#: Engine metric → labctl name, for the gauges the dashboard and alerts read.
-ENGINE_GAUGES = {
-    "vllm:num_requests_running": "labctl_engine_requests_running",
-    "vllm:num_requests_waiting": "labctl_engine_requests_waiting",
-    "vllm:kv_cache_usage_perc": "labctl_engine_kv_cache_usage_ratio",
-    "llamacpp:requests_processing": "labctl_engine_requests_running",
-    "llamacpp:requests_deferred": "labctl_engine_requests_waiting",
-}
 DEPLOY_BUCKETS = (0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1200)
 RELEASE_BUCKETS = (0.01, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30)
 
@@ -54,8 +49,12 @@ class DaemonMetrics:
         self.engine = {
             name: Gauge(name, f"Normalised from the engine's own {name.split('_', 2)[-1]}.",
                         ["deployment"], registry=r)
-            for name in sorted(set(ENGINE_GAUGES.values()))
+            for name in sorted({v for a in adapters().values() for v in a.metrics.values()})
         }  # fmt: skip
+
+    def restarts_of(self, name: str) -> None:
+        """A deployment's engine exited and is being restarted."""
+        self.restarts.labels(name, "exited").inc()
 
     def on_state(self, event: dict[str, Any]) -> None:
         """A deployment changed state: its state gauge, and its restart counter from 0."""
@@ -96,8 +95,9 @@ class DaemonMetrics:
                         families = list(text_string_to_metric_families(text))
                     except ValueError:
                         continue  # not Prometheus text (a command engine's own page)
+                    names = adapter(d.spec.engine).metrics
                     for family in families:
-                        target = ENGINE_GAUGES.get(family.name)
+                        target = names.get(family.name)
                         if target and family.samples:
                             value = sum(s.value for s in family.samples)
                             self.engine[target].labels(d.name).set(value)

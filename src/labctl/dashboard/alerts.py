@@ -300,12 +300,17 @@ class Firing:
     value: float
     since: float
     state: str = "pending"
+    #: Seconds the condition must hold before the alert fires (the rule's scaled ``for``).
+    hold: float = 0.0
 
     def doc(self) -> dict[str, Any]:
+        """The alert as the page, the status and the event stream show it: ``since`` is when
+        the condition became true (Prometheus's activeAt), ``fires_at`` when a pending alert
+        fires if it still holds (for a firing one, when it did)."""
         labels = {**self.labels, "severity": self.alert.severity}
         return {
             "name": self.alert.name, "state": self.state, "severity": self.alert.severity,
-            "labels": self.labels, "since": self.since,
+            "labels": self.labels, "since": self.since, "fires_at": self.since + self.hold,
             "value": self.value if math.isfinite(self.value) else None,
             "summary": _render(self.alert.summary, labels),
             "runbook": _render(self.alert.runbook, labels),
@@ -339,7 +344,7 @@ class RuleEngine:
                 seen.add(key)
                 f = self.active.get(key)
                 if f is None:
-                    f = self.active[key] = Firing(a, dict(key[1]), value, t)
+                    f = self.active[key] = Firing(a, dict(key[1]), value, t, hold=self.hold[a.name])
                 f.value = value
                 if t - f.since >= self.hold[a.name]:
                     f.state = "firing"

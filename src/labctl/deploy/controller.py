@@ -22,6 +22,14 @@ the process (pid, start time, process group, the tree's members) before it
 acts, so that a daemon killed at any point leaves enough for the next one to
 finish the job. The planner runs off the event loop, bounded in time.
 
+Each engine process has an owner (``deploy/owner.py``) with a typed state machine; the
+controller asks owners to start, drain and stop, and never sets a state itself. Whenever a
+deployment's state changes, the controller publishes its :class:`~labctl.engines.Route`
+to the gateway (where it serves, what it serves, its limits, whether its requests are
+held), so the gateway never calls back. A deploy is submitted and gets a ticket at once;
+its events (``deploy``, ``step``, ``startup``, ``state``) carry the ticket, so a client can
+follow it, go away, and come back.
+
 Revisions are journaled without their secrets (see ``deploy/revisions.py``).
 """
 
@@ -30,71 +38,27 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 import contextlib
-from dataclasses import dataclass
+import json
 from pathlib import Path
 import time
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
+import uuid
+import weakref
 
 from labctl.config import DeploymentSpec
+from labctl.deploy.deployment import DeployCancelled, Deployment, Hooks, NoHooks
 from labctl.deploy.engines import RELEASE_TIMEOUT_S, Engine, Engines, identity
 from labctl.deploy.journal import Journal, Step
+from labctl.deploy.owner import EngineOwner, State
 from labctl.deploy.preflight import Need, Planner
 from labctl.deploy.revisions import Revisions
-from labctl.errors import DeployError, EngineError, LabError
-from labctl.gpu.sample import GpuBackend
+from labctl.engines import Route, adapter
+from labctl.errors import DeployError, LabError
+from labctl.gpu.sample import GpuBackend, GpuReading
+from labctl.home import write_private
 from labctl.runtime.process import EngineProcess
 
-STATES = ("stopped", "starting", "ready", "draining", "stopping", "failed")
 T = TypeVar("T")
-
-
-class Hooks(Protocol):
-    """What the gateway does around a swap: hold new requests, let in-flight ones finish."""
-
-    async def drain(self, name: str) -> None: ...
-
-    async def resume(self, name: str, url: str | None) -> None: ...
-
-
-class NoHooks:
-    async def drain(self, name: str) -> None:
-        return None
-
-    async def resume(self, name: str, url: str | None) -> None:
-        return None
-
-
-@dataclass
-class Deployment:
-    name: str
-    spec: DeploymentSpec
-    state: str = "stopped"
-    revision: int | None = None
-    engine: Engine | None = None
-    error: str | None = None
-    restarts: int = 0
-    #: Sequences its engine runs at once, as planned (the gateway's default limit).
-    max_num_seqs: int | None = None
-    #: The deploy in progress, if any, and whether a cancel was asked for.
-    deploying: asyncio.Task[dict[str, Any]] | None = None
-    cancel_requested: bool = False
-    #: The part of the deploy a cancel may interrupt right now (drain, start, smoke test).
-    interruptible: asyncio.Task[Any] | None = None
-
-    def status(self) -> dict[str, Any]:
-        e = self.engine
-        return {
-            "name": self.name, "state": self.state, "model": self.spec.model,
-            "served_model": self.spec.served, "engine": self.spec.engine,
-            "revision": self.revision, "gpus": list(self.spec.gpus),
-            "url": e.url if e else None, "pid": e.process.pid if e else None,
-            "error": self.error, "restarts": self.restarts,
-            "startup_phases": dict(e.phases) if e else {},
-        }  # fmt: skip
-
-
-class DeployCancelled(DeployError):
-    """A deploy stopped on request (``labctl cancel``) or by the daemon's shutdown."""
 
 
 class Controller:
@@ -109,6 +73,8 @@ class Controller:
         on_event: Callable[[dict[str, Any]], None] = lambda event: None,
         release_timeout: float = RELEASE_TIMEOUT_S,
         engine_key: Callable[[str, int], str] | None = None,
+        read_gpus: Callable[[], Awaitable[GpuReading]] | None = None,
+        read_rate: float | None = None,
     ) -> None:
         self.journal = journal
         self.backend = backend
@@ -125,52 +91,123 @@ class Controller:
         self.revisions = Revisions(journal)
         #: Set when the daemon shuts down: a deploy then stops where it is, without rollback.
         self.closing = False
-        self.planner = Planner(backend, self.owned_pids)
+        #: Told when a serving engine exits unasked (the supervisor restarts it).
+        self.on_exit: Callable[[Deployment, EngineOwner], None] = lambda d, owner: None
+        self.planner = Planner(backend, self.owned_pids, read_gpus)
         #: Starting, probing and stopping engine processes.
         self.engines = Engines(journal, self.planner, home, host, clock, release_timeout,
-                               engine_key, self.observations)  # fmt: skip
+                               engine_key, self.observations, self._progress,
+                               read_rate)  # fmt: skip
+        #: Deploys by ticket: (deployment, deploy id once begun, its record once done).
+        self.tickets: dict[str, dict[str, Any]] = {}
+        self._steps: dict[int, tuple[str, str]] = {}
+        #: Every engine process started (a forced shutdown kills those still starting too).
+        self._processes: weakref.WeakSet[EngineProcess] = weakref.WeakSet()
+        journal.watchers.append(self._on_step)
 
     # -- helpers ---------------------------------------------------------------------
 
     async def close(self) -> None:
+        for d in self.deployments.values():
+            if d.owner is not None:
+                await d.owner.close()
         await self.engines.close()
 
     def _lock(self, gpu: int) -> asyncio.Lock:
         return self._locks.setdefault(frozenset((gpu,)), asyncio.Lock())
 
     def owned_pids(self) -> dict[int, str]:
-        """Every process of every running engine → its deployment."""
+        """Every process of every engine the lab runs (starting and stopping too) → its
+        deployment."""
         out: dict[int, str] = {}
         for d in self.deployments.values():
-            if d.engine is not None:
-                for pid in d.engine.process.members:
+            if d.owner is not None and d.owner.engine is not None:
+                for pid in d.owner.engine.process.members:
                     out[pid] = d.name
         return out
+
+    def write_owners(self) -> None:
+        """``owners.json``: which process is whose, for `labctl gpus` and `labctl exporter`."""
+        doc = {"pids": {str(pid): name for pid, name in self.owned_pids().items()}}
+        write_private(self.home / "owners.json", json.dumps(doc))
+
+    def route(self, d: Deployment) -> Route:
+        """``d`` as the gateway routes it now."""
+        spec, kind = d.spec, adapter(d.spec.engine)
+        settings = spec.to_dict()
+        limit = spec.max_concurrency or kind.default_concurrency(settings, d.max_num_seqs)
+        e = d.engine if d.state == State.READY else None
+        return Route(d.name, spec.served, spec.aliases, e.url if e else None, limit,
+                     spec.queue_size, e.key if e else None, kind.serves(settings),
+                     d.swapping or d.restart_pending)  # fmt: skip
+
+    def publish(self, d: Deployment) -> None:
+        """Tell the gateway where ``d`` serves now (and release what it held for it)."""
+        self.hooks.publish(self.route(d))
 
     def _emit(self, event: str, name: str, **data: Any) -> None:
         self.on_event({"type": event, "deployment": name, "time": time.time(), **data})
 
-    def set_state(self, d: Deployment, state: str, error: str | None = None) -> None:
-        d.state, d.error = state, error
-        self._emit("state", d.name, state=state, revision=d.revision, error=error)
+    def _owner(self, d: Deployment, revision: int) -> EngineOwner:
+        def on_state(owner: EngineOwner, state: State, error: str | None) -> None:
+            if owner is d.owner:
+                self._emit("state", d.name, state=str(state), revision=owner.revision,
+                           error=error, ticket=d.ticket)  # fmt: skip
+                self.publish(d)
+
+        def on_exit(owner: EngineOwner) -> None:
+            if owner is d.owner:
+                self.on_exit(d, owner)
+
+        return EngineOwner(d.name, revision, on_state, on_exit)
+
+    def _current(self, d: Deployment, owner: EngineOwner | None) -> None:
+        """``owner`` is now the one whose state ``d`` shows."""
+        shown = d.state
+        d.owner = owner
+        if d.state != shown:
+            self._emit("state", d.name, state=d.state, error=d.error, ticket=d.ticket,
+                           revision=owner.revision if owner else None)  # fmt: skip
+        self.publish(d)
+
+    def adopt(self, spec: DeploymentSpec, engine: Engine) -> Deployment:
+        """Serve ``spec`` with an engine an earlier daemon left running (``reconcile``)."""
+        d = self.add(spec)
+        d.spec, d.revision = spec, engine.revision
+        owner = self._owner(d, engine.revision)
+        d.owner = owner
+        owner.adopt(engine)
+        return d
+
+    def _on_step(self, step: Step, status: str, error: str | None) -> None:
+        name, ticket = self._steps.get(step.deploy_id, (None, None))
+        if name is not None:
+            self._emit("step", name, ticket=ticket, deploy_id=step.deploy_id, step=step.name,
+                       status=status, error=error)  # fmt: skip
+
+    def _progress(self, name: str, doc: dict[str, Any]) -> None:
+        d = self.deployments.get(name)
+        self._emit("startup", name, ticket=d.ticket if d else None, **doc)
 
     # -- preflight ---------------------------------------------------------------------
 
     async def preflight(self, spec: DeploymentSpec, old: Engine | None) -> Need:
-        return self.check_room(spec, old, await self.planner.plan_need(spec))
+        return await self.check_room(spec, old, await self.planner.plan_need(spec))
 
-    def check_room(self, spec: DeploymentSpec, old: Engine | None, need: Need) -> Need:
+    async def check_room(self, spec: DeploymentSpec, old: Engine | None, need: Need) -> Need:
         """Whether the GPUs have room for ``need`` once the old revision is gone."""
         if old is not None:
             old.process.track()  # workers it forked (or left behind) give memory back too
         old_pids = set(old.process.members) if old else set()
-        return self.planner.check_room(spec, old_pids, need)
+        return await self.planner.check_room(spec, old_pids, need)
 
     # -- deploys -----------------------------------------------------------------------
 
     def add(self, spec: DeploymentSpec) -> Deployment:
-        d = self.deployments.get(spec.name) or Deployment(spec.name, spec)
-        self.deployments[spec.name] = d
+        d = self.deployments.get(spec.name)
+        if d is None:
+            d = self.deployments[spec.name] = Deployment(spec.name, spec)
+            self.publish(d)
         return d
 
     async def deploy(
@@ -190,13 +227,48 @@ class Controller:
         d = self.add(spec)
         self.revisions.remember(spec)
         if dry_run:
-            need = self.check_room(spec, d.engine, await self.planner.plan_need(spec))
+            need = await self.check_room(spec, d.engine, await self.planner.plan_need(spec))
             return {"deployment": spec.name, "dry_run": True, "fits": True, "need": need.summary,
                     "bytes_per_gpu": need.bytes_per_gpu}  # fmt: skip
-        task = asyncio.create_task(self._deploy(d, spec, kind, revision))
-        # its outcome is journaled; a caller that went away must not leave it unretrieved
-        task.add_done_callback(lambda t: t.cancelled() or t.exception())
-        return await asyncio.shield(task)
+        ticket = self.submit(spec, kind, revision)
+        return await asyncio.shield(self.tickets[ticket]["task"])
+
+    def submit(
+        self, spec: DeploymentSpec, kind: str = "deploy", revision: int | None = None
+    ) -> str:
+        """Start a deploy and return its ticket at once; its events carry the ticket, and
+        :attr:`tickets` holds its record when it ends."""
+        d = self.add(spec)
+        self.revisions.remember(spec)
+        ticket = uuid.uuid4().hex[:12]
+        task = asyncio.create_task(self._deploy(d, spec, kind, revision, ticket))
+        entry: dict[str, Any] = {"ticket": ticket, "deployment": spec.name, "kind": kind,
+                                 "state": "queued", "task": task}  # fmt: skip
+        self.tickets[ticket] = entry
+        while len(self.tickets) > 200:  # the oldest finished ones go
+            old = next((t for t, e in self.tickets.items() if e["task"].done()), None)
+            if old is None:
+                break
+            del self.tickets[old]
+
+        def done(t: asyncio.Task[dict[str, Any]]) -> None:
+            entry["state"] = "done"
+            if not t.cancelled() and t.exception() is not None:  # journaled; retrieved here
+                entry["error"] = str(t.exception())
+
+        task.add_done_callback(done)
+        self._emit("deploy", spec.name, phase="queued", kind=kind, ticket=ticket)
+        return ticket
+
+    def ticket(self, ticket: str) -> dict[str, Any] | None:
+        """A deploy by ticket: its state (queued, running, done) and record once begun."""
+        entry = self.tickets.get(ticket)
+        if entry is None:
+            return None
+        out = {k: v for k, v in entry.items() if k != "task"}
+        if "deploy_id" in entry:
+            out["record"] = self.journal.record(entry["deploy_id"])
+        return out
 
     def cancel(self, name: str) -> None:
         """Ask the deploy of ``name`` in progress to stop and roll back.
@@ -216,7 +288,7 @@ class Controller:
     async def close_deploys(self) -> None:
         """Shutdown: every deploy in progress stops where it safely can, without a rollback."""
         self.closing = True
-        running = [d.deploying for d in self.deployments.values() if d.deploying is not None]
+        running = [e["task"] for e in self.tickets.values() if not e["task"].done()]
         for d in self.deployments.values():
             if d.deploying is not None:
                 with contextlib.suppress(DeployError):
@@ -251,7 +323,7 @@ class Controller:
         return "the lab is shutting down" if self.closing else "cancelled by request"
 
     async def _deploy(
-        self, d: Deployment, spec: DeploymentSpec, kind: str, revision: int | None
+        self, d: Deployment, spec: DeploymentSpec, kind: str, revision: int | None, ticket: str
     ) -> dict[str, Any]:
         gpus = sorted(set(spec.gpus) | set(d.spec.gpus))
         async with contextlib.AsyncExitStack() as locks:
@@ -259,33 +331,51 @@ class Controller:
                 await locks.enter_async_context(self._lock(g))
             if self.closing:
                 raise DeployCancelled(f"{spec.name}: the lab is shutting down")
-            d.deploying, d.cancel_requested = asyncio.current_task(), False
+            d.deploying, d.cancel_requested, d.ticket = asyncio.current_task(), False, ticket
+            self.tickets[ticket]["state"] = "running"
             try:
-                return await self._deploy_locked(d, spec, kind, revision)
+                return await self._deploy_locked(d, spec, kind, revision, ticket)
             finally:
-                d.deploying, d.cancel_requested = None, False
+                d.deploying, d.cancel_requested, d.ticket = None, False, None
+                if d.swapping:
+                    d.swapping = False
+                    self.publish(d)
 
     async def _deploy_locked(
-        self, d: Deployment, spec: DeploymentSpec, kind: str, revision: int | None
+        self, d: Deployment, spec: DeploymentSpec, kind: str, revision: int | None, ticket: str
     ) -> dict[str, Any]:
-        old = d.engine  # read under the locks: a deploy before this one may have changed it
+        old = d.owner  # read under the locks: a deploy before this one may have changed it
         if revision is None:
             revision = self.revisions.add(spec)
         deploy_id = self.journal.begin(spec.name, kind, d.revision, revision)
+        self._steps[deploy_id] = (spec.name, ticket)
+        self.tickets[ticket]["deploy_id"] = deploy_id
         begun = self.clock()
-        self._emit("deploy", spec.name, phase="begin", kind=kind, revision=revision)
+        self._emit("deploy", spec.name, phase="begin", kind=kind, revision=revision,
+                   ticket=ticket, deploy_id=deploy_id)  # fmt: skip
         try:
-            with self.journal.step(deploy_id, "preflight") as step:
-                need = await self._interruptible(d, self.preflight(spec, old))
-                step.detail["need"] = need.summary
-            d.max_num_seqs = need.max_num_seqs
-        except DeployError as exc:
-            self.journal.finish(deploy_id, "refused", str(exc))
-            self._emit("deploy", spec.name, phase="refused", error=str(exc))
-            self.observations.append(
-                ("deploy", {"outcome": "refused", "seconds": self.clock() - begun})
-            )
-            raise
+            try:
+                with self.journal.step(deploy_id, "preflight") as step:
+                    serving = old.engine if old is not None else None
+                    need = await self._interruptible(d, self.preflight(spec, serving))
+                    step.detail["need"] = need.summary
+                d.max_num_seqs = need.max_num_seqs
+            except DeployError as exc:
+                self.journal.finish(deploy_id, "refused", str(exc))
+                self._emit("deploy", spec.name, phase="refused", error=str(exc), ticket=ticket,
+                           deploy_id=deploy_id)  # fmt: skip
+                self.observations.append(
+                    ("deploy", {"outcome": "refused", "seconds": self.clock() - begun})
+                )
+                raise
+            return await self._run_deploy(d, old, spec, kind, revision, deploy_id, need, begun)
+        finally:
+            self._steps.pop(deploy_id, None)
+
+    async def _run_deploy(
+        self, d: Deployment, old: EngineOwner | None, spec: DeploymentSpec, kind: str,
+        revision: int, deploy_id: int, need: Need, begun: float,
+    ) -> dict[str, Any]:  # fmt: skip
         outcome, error = "committed", None
         try:
             await self._replace(d, old, spec, revision, deploy_id, need)
@@ -295,12 +385,13 @@ class Controller:
                 error = "the daemon stopped during the deploy"
             if self.closing or isinstance(exc, asyncio.CancelledError):
                 outcome = "interrupted"
-                await self._leave(d, old)
+                self._leave(d, old)
             else:
                 outcome = "rolled_back" if await self._roll_back(d, old, deploy_id) else "failed"
         self.journal.finish(deploy_id, outcome, error)
         self.observations.append(("deploy", {"outcome": outcome, "seconds": self.clock() - begun}))
-        self._emit("deploy", spec.name, phase=outcome, revision=d.revision, error=error)
+        self._emit("deploy", spec.name, phase=outcome, revision=d.revision, error=error,
+                   ticket=d.ticket, deploy_id=deploy_id)  # fmt: skip
         record = self.journal.history(spec.name, limit=1)[0]
         if error is not None:
             cls = (
@@ -316,83 +407,100 @@ class Controller:
     async def _replace(
         self,
         d: Deployment,
-        old: Engine | None,
+        old: EngineOwner | None,
         spec: DeploymentSpec,
         revision: int,
         deploy_id: int,
         need: Need,
     ) -> None:
-        if old is not None:
-            with self.journal.step(deploy_id, "drain"):
-                self.set_state(d, "draining")
-                await self._interruptible(d, self.hooks.drain(d.name))
-            self.set_state(d, "stopping")
-            d.engine = None  # from here on, the old revision is not serving
-            self.journal.clear_current(d.name)
+        if old is not None and old.engine is not None:
+            d.swapping = True
+            if old.state == State.READY:
+                with self.journal.step(deploy_id, "drain"):
+                    await self._interruptible(d, old.drain(lambda: self.hooks.drain(d.name)))
+            self.journal.clear_current(d.name)  # from here on, the old revision is not serving
             # a stop is finished once begun, whatever is asked meanwhile (never half-stopped)
-            await asyncio.shield(self.engines.stop(old, deploy_id))
+            await old.stop(lambda e: self.engines.stop(e, deploy_id))
             self._checkpoint(d)
-        self.set_state(d, "starting")
-        with self.journal.step(deploy_id, "start", revision=revision) as step:
-            engine = await self._interruptible(d, self.engines.start(
-                spec, revision, self._spawned(step), need.recommended, need.bytes_per_gpu))  # fmt: skip
-            step.detail |= {"url": engine.url, "phases": engine.phases}
+        new = self._owner(d, revision)
+        self._current(d, new)  # the old revision is gone: the deployment shows the new one
+        engine = await self._interruptible(d, new.start(
+            lambda: self._bring_up(spec, revision, need, deploy_id, "start")))  # fmt: skip
         self.observations.append(("startup", dict(engine.phases)))
-        try:
-            with self.journal.step(deploy_id, "smoke_test", **identity(engine.process)):
-                await self._interruptible(d, self.engines.smoke(engine))
-        except (EngineError, DeployCancelled, asyncio.CancelledError):
-            await asyncio.shield(self.engines.stop(engine, deploy_id))
-            raise
         with self.journal.step(deploy_id, "switch", **identity(engine.process)):
-            d.engine, d.revision, d.spec = engine, revision, spec
+            d.revision, d.spec = revision, spec
             self.journal.set_current(d.name, revision, engine.process.pid,
                                      engine.process.start_time, engine.url)  # fmt: skip
-            self.set_state(d, "ready")
-            await self.hooks.resume(d.name, engine.url)
+            if old is not None and old is not new:
+                await old.close()
+            d.swapping = False
+            self._current(d, new)
 
-    async def _leave(self, d: Deployment, old: Engine | None) -> None:
+    async def _bring_up(
+        self, spec: DeploymentSpec, revision: int, need: Need, deploy_id: int, step_name: str
+    ) -> Engine:
+        """Start a revision (journaled as ``step_name``), smoke-test it (as a step of its own
+        in a deploy; within the step in a rollback), and stop it again if the test fails."""
+        with self.journal.step(deploy_id, step_name, revision=revision) as step:
+            engine = await self.engines.start(spec, revision, self._spawned(step),
+                                              need.recommended, need.bytes_per_gpu,
+                                              need.weight_bytes)  # fmt: skip
+            step.detail |= {"url": engine.url, "phases": engine.phases}
+            if step_name == "rollback":
+                await self._smoke_or_stop(engine, deploy_id)
+                return engine
+        with self.journal.step(deploy_id, "smoke_test", **identity(engine.process)):
+            await self._smoke_or_stop(engine, deploy_id)
+        return engine
+
+    async def _smoke_or_stop(self, engine: Engine, deploy_id: int) -> None:
+        try:
+            await self.engines.smoke(engine)
+        except BaseException:
+            await asyncio.shield(self.engines.stop(engine, deploy_id))
+            raise
+
+    def _leave(self, d: Deployment, old: EngineOwner | None) -> None:
         """A deploy stopped by the shutdown: nothing new serves; what still runs is stopped by
         the shutdown that follows (the old revision, if it was never stopped)."""
-        if d.engine is not None and d.engine is old:
-            self.set_state(d, "ready")
-            await self.hooks.resume(d.name, old.url)
-            return
-        self.set_state(d, "stopped", "the lab shut down during a deploy")
-        await self.hooks.resume(d.name, None)
+        if old is not None and old.engine is not None:
+            old.undrain()
+            d.swapping = False
+            self._current(d, old)
 
-    async def _roll_back(self, d: Deployment, old: Engine | None, deploy_id: int) -> bool:
+    async def _roll_back(self, d: Deployment, old: EngineOwner | None, deploy_id: int) -> bool:
         """Bring the old revision back after a failed deploy; True if it serves again."""
-        if d.engine is not None and d.engine is old:
-            self.set_state(d, "ready")  # never stopped: it kept serving
-            await self.hooks.resume(d.name, old.url)
+        d.swapping = d.swapping and old is not None
+        if old is not None and old.engine is not None:
+            old.undrain()  # never stopped: it kept serving
+            d.swapping = False
+            self._current(d, old)
             return True
-        if old is None:
-            self.set_state(d, "failed", "the deploy failed and there is no earlier revision")
-            await self.hooks.resume(d.name, None)
+        last = old.last_engine if old is not None else None
+        if old is None or last is None:
             return False
+        back = self._owner(d, old.revision)
+        spec = last.spec
+        need = Need(last.need_bytes, "", last.recommended, None, last.weight_bytes)
         try:
-            with self.journal.step(deploy_id, "rollback", revision=old.revision) as step:
-                engine = await self.engines.start(
-                    old.spec, old.revision, self._spawned(step), old.recommended, old.need_bytes
-                )
-                step.detail |= {"url": engine.url, "phases": engine.phases}
-                await self.engines.smoke(engine)
-        except Exception as exc:
-            self.set_state(d, "failed", f"rollback failed too: {exc}")
-            await self.hooks.resume(d.name, None)
+            engine = await back.start(
+                lambda: self._bring_up(spec, back.revision, need, deploy_id, "rollback")
+            )
+        except Exception:
+            d.swapping = False
+            self._current(d, back)  # failed too
             return False
-        d.engine, d.revision, d.spec = engine, old.revision, old.spec
-        self.journal.set_current(d.name, old.revision, engine.process.pid,
+        self.journal.set_current(d.name, back.revision, engine.process.pid,
                                  engine.process.start_time, engine.url)  # fmt: skip
-        self.set_state(d, "ready")
-        await self.hooks.resume(d.name, engine.url)
+        d.swapping = False
+        self._current(d, back)
         return True
 
     def _spawned(self, step: Step) -> Callable[[EngineProcess], None]:
         """Journal a new engine's pid at once, so a daemon killed now can find it later."""
 
         def note(process: EngineProcess) -> None:
+            self._processes.add(process)
             step.detail |= {"pid": process.pid, "start": process.start_time,
                             "pgid": process.pid}  # fmt: skip
             self.journal.note(step)
@@ -403,11 +511,12 @@ class Controller:
         self,
         name: str,
         check: Callable[[DeploymentSpec, DeploymentSpec], Awaitable[None]] | None = None,
+        wait: bool = True,
     ) -> dict[str, Any]:
         """Deploy the revision before the one serving (a new deploy of an old revision).
 
         ``check(current, earlier)`` may refuse it (raising), as it would refuse the same
-        change asked for directly.
+        change asked for directly. Without ``wait``, returns its ticket at once.
 
         Raises:
             DeployError: unknown deployment, or no earlier revision.
@@ -423,15 +532,34 @@ class Controller:
         spec = self.revisions.restore(name, target)
         if check is not None:
             await check(d.spec, spec)
+        if not wait:
+            return {"deployment": name, "ticket": self.submit(spec, "rollback", target)}
         return await self.deploy(spec, kind="rollback", revision=target)
 
-    async def stop_all(self) -> None:
-        """Stop every engine and wait for its memory (the daemon's shutdown)."""
+    async def stop_all(self, bound: float) -> list[str]:
+        """Stop every engine at once and wait for their memory, within ``bound`` seconds
+        (the daemon's shutdown); returns the deployments whose stop did not finish in time."""
+
+        async def stop(d: Deployment) -> None:
+            owner = d.owner
+            if owner is None or owner.engine is None:
+                return
+            with contextlib.suppress(LabError, OSError):
+                await owner.stop(self.engines.stop)
+            self.journal.clear_current(d.name)
+
+        tasks = {asyncio.create_task(stop(d)): d.name for d in self.deployments.values()}
+        if not tasks:
+            return []
+        _, pending = await asyncio.wait(tasks, timeout=bound)
+        return [tasks[t] for t in pending]
+
+    def kill_all(self) -> None:
+        """SIGKILL every process of every engine now, starting ones too (a second Ctrl-C)."""
+        processes = set(self._processes)
         for d in self.deployments.values():
-            if d.engine is not None:
-                self.set_state(d, "stopping")
-                with contextlib.suppress(LabError, OSError):
-                    await self.engines.stop(d.engine)
-                d.engine = None
-                self.journal.clear_current(d.name)
-                self.set_state(d, "stopped")
+            if d.owner is not None and d.owner.engine is not None:
+                processes.add(d.owner.engine.process)
+        for process in processes:
+            if process.pid is not None:
+                process.kill()

@@ -25,9 +25,8 @@ import aiohttp
 from labctl.config import DeploymentSpec
 from labctl.deploy.journal import Journal
 from labctl.deploy.preflight import Planner
-from labctl.engines.adapter import adapter
+from labctl.engines import Health, adapter
 from labctl.errors import DeployError, EngineError
-from labctl.gpu.sample import GpuReading
 from labctl.runtime.process import ENGINE_MARK, EngineProcess, startup_budget
 from labctl.units import GiB
 
@@ -50,6 +49,8 @@ class Engine:
     need_bytes: int = 0
     #: The API key its /v1 takes (None: it takes none), sent by the gateway and the probes.
     key: str | None = None
+    #: Bytes of weights it reads at startup (0: not known).
+    weight_bytes: int = 0
 
     def headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.key}"} if self.key else {}
@@ -66,6 +67,8 @@ class Engines:
         release_timeout: float = RELEASE_TIMEOUT_S,
         engine_key: Callable[[str, int], str] | None = None,
         observations: list[tuple[str, dict[str, Any]]] | None = None,
+        progress: Callable[[str, dict[str, Any]], None] = lambda name, doc: None,
+        read_rate: float | None = None,
     ) -> None:
         self.journal = journal
         self.planner = planner
@@ -78,6 +81,11 @@ class Engines:
         self.engine_key = engine_key
         #: Release times (and failures) for the daemon's metrics.
         self.observations = observations if observations is not None else []
+        #: Told how a start goes (its phase, last log line, weights loaded), a few times a second.
+        self.progress = progress
+        #: Bytes per second weights are read at: as lab.disk_read_mbps says, then as the last
+        #: start measured (its weights over its load_weights phase).
+        self.read_rate = read_rate
         self._http: aiohttp.ClientSession | None = None
 
     def http(self) -> aiohttp.ClientSession:
@@ -89,9 +97,6 @@ class Engines:
         if self._http is not None:
             await self._http.close()
 
-    def _read(self) -> GpuReading:
-        return self.planner.backend.read()
-
     async def start(
         self,
         spec: DeploymentSpec,
@@ -99,6 +104,7 @@ class Engines:
         on_spawn: Callable[[EngineProcess], None] = lambda process: None,
         recommended: Sequence[str] = (),
         need_bytes: int = 0,
+        weight_bytes: int = 0,
     ) -> Engine:
         """Start a revision and wait until it is ready (health, its model listed).
 
@@ -119,15 +125,28 @@ class Engines:
         phases: dict[str, float] = {}
         tail: list[str] = []
         mark = [self.clock()]
-        phase_of = adapter(spec.engine).phase
+        told = [0.0]
+        loaded: list[float | None] = [None]
 
         def on_line(line: str) -> None:
             tail.append(line)
             del tail[:-20]
-            if (name := phase_of(line)) is not None and name not in phases:
-                now = self.clock()
+            now = self.clock()
+            new_phase = (name := kind.phase(line)) is not None and name not in phases
+            if new_phase and name is not None:
                 phases[name] = now - mark[0]
                 mark[0] = now
+            if (fraction := kind.progress(line)) is not None:
+                loaded[0] = fraction
+            if told[0] >= 0 and (new_phase or now - told[0] >= 0.25):
+                told[0] = now
+                self.progress(spec.name, {
+                    "revision": revision, "phase": next(reversed(phases), None),
+                    "line": line[:200], "elapsed": now - process.started_at,
+                    "loaded_fraction": loaded[0], "weight_bytes": weight_bytes or None,
+                    "loaded_bytes": int(loaded[0] * weight_bytes)
+                    if loaded[0] is not None and weight_bytes else None,
+                })  # fmt: skip
 
         log = self.home / "logs" / f"{spec.name}-r{revision}.log"
         process = EngineProcess(launch.argv, log, env=env, on_line=on_line, clock=self.clock)
@@ -135,9 +154,13 @@ class Engines:
         on_spawn(process)
         mark[0] = process.started_at
         url = f"http://{self.host}:{port}"
-        engine = Engine(revision, spec, process, url, phases, tuple(recommended), need_bytes, key)
+        engine = Engine(revision, spec, process, url, phases, tuple(recommended), need_bytes, key,
+                        weight_bytes)  # fmt: skip
         try:
-            await self._wait_ready(engine, launch.health_path, launch.served_model, tail)
+            await self._wait_ready(engine, launch.health, launch.served_model, tail)
+            told[0] = -1.0  # ready: its log lines are no longer startup progress
+            if weight_bytes and phases.get("load_weights"):
+                self.read_rate = weight_bytes / phases["load_weights"]
         except BaseException:
             with contextlib.suppress(EngineError):
                 await process.stop(grace=spec.stop_grace)
@@ -147,13 +170,17 @@ class Engines:
         return engine
 
     def _startup_timeout(self, engine: Engine) -> float:
+        """The deployment's ``startup_timeout``, else a fixed allowance per startup phase of
+        its engine plus twice the time its weights take to read at the rate the last start
+        measured (lab.disk_read_mbps, or 250 MB/s, before any)."""
         spec = engine.spec
         if spec.startup_timeout is not None:
             return spec.startup_timeout
-        return startup_budget(engine.need_bytes * len(spec.gpus))
+        weights = engine.weight_bytes or engine.need_bytes * len(spec.gpus)
+        return startup_budget(weights, len(adapter(spec.engine).phases), self.read_rate)
 
     async def _wait_ready(
-        self, engine: Engine, health: str, served: str | None, tail: list[str]
+        self, engine: Engine, health: Health, served: str | None, tail: list[str]
     ) -> None:
         spec, process = engine.spec, engine.process
         budget = self._startup_timeout(engine)
@@ -172,16 +199,19 @@ class Engines:
                 raise failure(f"stalled: no log output for {spec.stall_timeout:g} s")
             if self.clock() > deadline:
                 raise failure(f"did not become ready in {budget:g} s")
-            if await self.probe(engine.url + health) and (
+            if await self.probe(engine.url, health) and (
                 served is None or served in await self.models(engine)
             ):
                 return
             await asyncio.sleep(0.1)
 
-    async def probe(self, url: str) -> bool:
+    async def probe(self, url: str, health: Health) -> bool:
+        """Whether the engine at ``url`` answers its health check as ready."""
         try:
-            async with self.http().get(url, timeout=aiohttp.ClientTimeout(total=2)) as r:
-                return r.status == 200
+            async with self.http().get(
+                url + health.path, timeout=aiohttp.ClientTimeout(total=2)
+            ) as r:
+                return health.ok(r.status, await r.content.read(65536))
         except (aiohttp.ClientError, TimeoutError):
             return False
 
@@ -204,15 +234,19 @@ class Engines:
             return []
 
     async def smoke(self, engine: Engine) -> None:
-        """One real completion.
+        """One real request, as the engine's adapter says (a completion, or a chat turn).
 
         Raises:
             EngineError: no 200 with a choice.
         """
-        body = {"model": engine.spec.served, "prompt": "Hello", "max_tokens": 1}
+        spec = engine.spec
+        probe = adapter(spec.engine).smoke(spec.to_dict(), spec.served)
+        if probe is None:
+            return
+        path, body = probe
         try:
             async with self.http().post(
-                engine.url + "/v1/completions", json=body, headers=engine.headers()
+                engine.url + path, json=body, headers=engine.headers()
             ) as r:
                 text = await r.text()
                 status = r.status
@@ -223,9 +257,7 @@ class Engines:
         except (ValueError, AttributeError):
             ok = False
         if not ok:
-            raise EngineError(
-                f"smoke test: HTTP {status} from {engine.url}/v1/completions: {text[:200]}"
-            )
+            raise EngineError(f"smoke test: HTTP {status} from {engine.url}{path}: {text[:200]}")
 
     async def stop(self, engine: Engine, deploy_id: int | None = None) -> tuple[float, int]:
         """Stop a revision and wait until the GPU has its memory back.
@@ -237,7 +269,7 @@ class Engines:
         """
         gpus = engine.spec.gpus
         pids = set(engine.process.members)
-        before = self.planner.held_by(self._read(), gpus, pids)
+        before = self.planner.held_by(await self.planner.read(), gpus, pids)
         if deploy_id is not None:
             with self.journal.step(deploy_id, "stop", **identity(engine.process)) as step:
                 report = await engine.process.stop(grace=engine.spec.stop_grace)
@@ -275,7 +307,7 @@ class Engines:
             DeployError: still held ``release_timeout`` s after ``since``.
         """
         while True:
-            held = self.planner.held_by(self._read(), gpus, pids)
+            held = self.planner.held_by(await self.planner.read(), gpus, pids)
             if held == 0:
                 return
             if self.clock() - since > self.release_timeout:

@@ -116,6 +116,8 @@ class Journal:
         self.clock = clock
         #: Told each step's name once its start is on disk (fault injection hooks in here).
         self.on_step = on_step
+        #: Told of each step as it begins and ends: (step, "begin" | "ok" | "failed", error).
+        self.watchers: list[Callable[[Step, str, str | None], None]] = []
         try:
             private_dir(path.parent)
             # Its rows hold every deploy's settings: the owner's alone (SQLite gives the -wal
@@ -249,6 +251,7 @@ class Journal:
         )
         step = Step(deploy_id, seq, name, dict(detail))
         self.on_step(name)
+        self._tell(step, "begin", None)
         outcome, error = "ok", None
         try:
             yield step
@@ -262,6 +265,11 @@ class Journal:
                 (self.clock(), outcome, error, step.freed_bytes, json.dumps(step.detail),
                  deploy_id, seq),
             )  # fmt: skip
+            self._tell(step, outcome, error)
+
+    def _tell(self, step: Step, status: str, error: str | None) -> None:
+        for watch in self.watchers:
+            watch(step, status, error)
 
     def note(self, step: Step) -> None:
         """Write a running step's detail now (e.g. an engine's pid the moment it is spawned)."""
@@ -293,6 +301,11 @@ class Journal:
                 (deployment, limit),
             )
         return [self._deploy(r) for r in rows.fetchall()]
+
+    def record(self, deploy_id: int) -> dict[str, Any] | None:
+        """One deploy, with its steps (None: no such deploy)."""
+        row = self.db.execute("SELECT * FROM deploys WHERE id = ?", (deploy_id,)).fetchone()
+        return None if row is None else self._deploy(row)
 
     def _deploy(self, row: sqlite3.Row) -> dict[str, Any]:
         doc = dict(row)

@@ -1,7 +1,8 @@
 """Preflight: what a revision needs on its GPUs, and whether they have the room.
 
-The planner (``labctl fit``) sizes vLLM and twin revisions from their model's files;
-a GGUF model's size stands in for llama.cpp; a command engine is not sized. The
+Each engine's adapter says what a revision needs (``engines/``: the planner, ``labctl
+fit``, for vLLM and the twin; a GGUF model's size for llama.cpp; nothing for a command
+engine); this module checks it against the GPUs as they are now. The
 planner runs in a worker thread, at most two at once and bounded in time, so a model
 file that would keep it busy never holds up the event loop (the gateway, probes,
 ``/healthz``). When the room is not there, the refusal names who holds it.
@@ -10,25 +11,18 @@ file that would keep it busy never holds up the event loop (the gateway, probes,
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
-from labctl.catalog.gpus import gpu as catalog_gpu
-from labctl.catalog.models import resolve
 from labctl.config import DeploymentSpec
-from labctl.errors import CatalogError, DeployError, LabError, ModelFormatError
-from labctl.fit.plan import FitRequest, plan
+from labctl.engines import adapter
+from labctl.errors import DeployError, LabError
 from labctl.gpu.procs import cmdline, read_stat
 from labctl.gpu.sample import GpuBackend, GpuReading
 from labctl.units import GiB
 
 #: Seconds the planner may take for one preflight before the deploy is refused.
 PLAN_TIMEOUT_S = 20.0
-#: vLLM flags the planner reads from a deployment's ``args``.
-FIT_FLAGS = ("tensor_parallel_size", "pipeline_parallel_size", "max_model_len", "max_num_seqs",
-             "max_num_batched_tokens", "gpu_memory_utilization", "kv_cache_dtype",
-             "quantization", "enforce_eager", "enable_prefix_caching")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -41,75 +35,45 @@ class Need:
     recommended: tuple[str, ...] = ()
     #: Sequences the engine runs at once (vLLM's max_num_seqs), where known.
     max_num_seqs: int | None = None
+    #: Bytes of weights the engine reads at startup (its startup budget scales with them).
+    weight_bytes: int = 0
 
 
 class Planner:
     """Sizes revisions against the GPUs as ``backend`` reads them now."""
 
-    def __init__(self, backend: GpuBackend, owned: Callable[[], dict[int, str]]) -> None:
+    def __init__(
+        self,
+        backend: GpuBackend,
+        owned: Callable[[], dict[int, str]],
+        read: Callable[[], Awaitable[GpuReading]] | None = None,
+    ) -> None:
         self.backend = backend
         #: The processes the lab runs (pid → deployment): the rest are named when in the way.
         self.owned = owned
+        #: A fresh reading of the GPUs, off the event loop: the daemon's sampler, which is the
+        #: backend's one reader (without one, a worker thread reads the backend).
+        self.read = read or (lambda: asyncio.to_thread(backend.read))
         self._planning = asyncio.Semaphore(2)
 
-    def _read(self) -> GpuReading:
-        return self.backend.read()
-
-    def need(self, spec: DeploymentSpec) -> Need:
+    def need(self, spec: DeploymentSpec, reading: GpuReading) -> Need:
         """Bytes the revision takes on each GPU, from the planner where it can say.
 
         Raises:
             DeployError: the planner says it does not fit (its reasons and numbers), or a
                 GPU it names does not exist.
         """
-        devices = {d.index: d for d in self._read().devices}
+        devices = {d.index: d for d in reading.devices}
         for g in spec.gpus:
             if g not in devices:
                 have = ", ".join(str(i) for i in sorted(devices)) or "none"
                 raise DeployError(f"{spec.name}: GPU {g} does not exist (this machine has: {have})")
-        if spec.engine in ("vllm", "sim"):
-            dev = devices[spec.gpus[0]]
-            try:
-                arch = resolve(str(spec.model))
-                gpu_spec = catalog_gpu(dev.catalog_id) if dev.catalog_id else None
-            except ModelFormatError as exc:  # the files are there and hostile or broken
-                raise DeployError(f"{spec.name}: {exc}") from exc
-            except CatalogError as exc:
-                if spec.engine == "sim":
-                    raise DeployError(f"{spec.name}: {exc}") from exc
-                return Need(0, f"no plan ({exc}); the engine's own check decides")
-            args = {k.replace("-", "_"): v for k, v in spec.args.items()}
-            fields = {k: args[k] for k in FIT_FLAGS if k in args}
-            fields.setdefault("tensor_parallel_size", len(spec.gpus))
-            if gpu_spec is None and dev.memory_total_bytes:
-                fields["gpu_total_bytes"] = dev.memory_total_bytes
-            try:
-                res = plan(arch, FitRequest.on_gpu(gpu_spec, **fields), suggest=False)
-            except (LabError, TypeError, ValueError) as exc:
-                raise DeployError(
-                    f"{spec.name}: the planner cannot check these settings: {exc}"
-                ) from exc
-            if not res.fits:
-                raise DeployError(
-                    f"{spec.name}: {spec.model} does not fit on GPU {spec.gpus[0]} "
-                    f"({dev.name}): " + "; ".join(res.reasons)
-                )
-            return Need(
-                res.budget_bytes,
-                f"{res.budget_bytes / GiB:.2f} GiB per GPU (weights {res.weights_bytes / GiB:.2f} GiB, "
-                f"KV cache {res.kv_cache_bytes / GiB:.2f} GiB for {res.kv_cache_tokens:,} tokens)",
-                tuple(res.recommended_args),
-                res.max_num_seqs,
-            )
-        if spec.engine == "llamacpp" and spec.model:
-            path = Path(spec.model).expanduser()
-            if not path.is_file():
-                raise DeployError(
-                    f"{spec.name}: model {spec.model!r}: no such GGUF file; give the path of a .gguf model"
-                )
-            size = path.stat().st_size
-            return Need(size, f"{size / GiB:.2f} GiB of GGUF weights (KV cache not counted)")
-        return Need(0, "no estimate for a command engine")
+        try:
+            est = adapter(spec.engine).estimate(spec.to_dict(), devices[spec.gpus[0]])
+        except LabError as exc:
+            raise DeployError(str(exc)) from exc
+        return Need(est.bytes_per_gpu, est.summary, est.recommended, est.max_num_seqs,
+                    est.weight_bytes)  # fmt: skip
 
     async def plan_need(self, spec: DeploymentSpec) -> Need:
         """:meth:`need` in a worker thread, bounded in time: a model file that would keep the
@@ -120,7 +84,10 @@ class Planner:
         """
         async with self._planning:  # at most two plans at once, whatever the API is sent
             try:
-                return await asyncio.wait_for(asyncio.to_thread(self.need, spec), PLAN_TIMEOUT_S)
+                reading = await self.read()
+                return await asyncio.wait_for(
+                    asyncio.to_thread(self.need, spec, reading), PLAN_TIMEOUT_S
+                )
             except TimeoutError:
                 raise DeployError(
                     f"{spec.name}: the planner took more than {PLAN_TIMEOUT_S:g} s on "
@@ -159,13 +126,13 @@ class Planner:
                     )
         return "; ".join(parts)
 
-    def check_room(self, spec: DeploymentSpec, old_pids: set[int], need: Need) -> Need:
+    async def check_room(self, spec: DeploymentSpec, old_pids: set[int], need: Need) -> Need:
         """``need`` if every GPU of ``spec`` has that room once ``old_pids`` are gone.
 
         Raises:
             DeployError: a GPU lacks the room (its free memory, what comes back, who holds it).
         """
-        reading = self._read()
+        reading = await self.read()
         for dev in reading.devices:
             if dev.index not in spec.gpus or dev.memory_free_bytes is None:
                 continue

@@ -17,6 +17,7 @@ from pathlib import Path
 from labctl.deploy.controller import Controller
 from labctl.deploy.engines import Engine
 from labctl.deploy.journal import Journal
+from labctl.engines import adapter
 from labctl.errors import LabError
 from labctl.gpu.procs import marked, read_stat
 from labctl.runtime.process import ENGINE_MARK, EngineProcess
@@ -77,17 +78,15 @@ async def reconcile(controller: Controller, home: Path, wanted: set[str]) -> lis
                            key=controller.engines.key_for(spec, cur.revision))  # fmt: skip
         healthy = (
             found is not None and cur.deployment in wanted
-            and await controller.engines.probe(found.url + found.spec.health_path)
+            and await controller.engines.probe(
+                found.url, adapter(found.spec.engine).health_of(found.spec.to_dict()))
             and (found.key is None or found.spec.served in await controller.engines.models(found))
         )  # fmt: skip
         if not healthy or found is None:
             journal.clear_current(cur.deployment)
             continue  # its engine, if alive, is stopped with the other leftovers below
         found.process.track()
-        d = controller.add(found.spec)
-        d.engine = found
-        d.revision = cur.revision
-        controller.set_state(d, "ready")
+        controller.adopt(found.spec, found)
         serving[cur.deployment] = cur.revision
         rec = journal.begin(cur.deployment, "reconcile", cur.revision, cur.revision)
         with journal.step(rec, "adopt", pid=cur.engine_pid, start=cur.engine_start, url=cur.url):

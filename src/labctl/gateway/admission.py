@@ -72,6 +72,14 @@ class Admission:
     def _retry_after(self) -> float:
         return 1.0 if not self.held else max(1.0, self.swap_timeout / 10)
 
+    def try_enter(self) -> bool:
+        """Take a slot now if one is free and no one waits: the common case, with no
+        coroutine and no future (else :meth:`acquire` queues)."""
+        if not self.held and self.in_flight < self.limit and not self._queue:
+            self._enter()
+            return True
+        return False
+
     async def acquire(self, priority: int = 0) -> float:
         """Wait for a slot; returns the seconds waited.
 

@@ -1,19 +1,24 @@
-"""The OpenAI-compatible endpoint: route by ``model``, admit, and relay chunk by chunk.
+"""The OpenAI-compatible endpoint: route by ``model`` and API family, admit, and relay.
 
-``/v1/chat/completions``, ``/v1/completions``, ``/v1/embeddings`` and
-``/v1/audio/transcriptions`` (multipart, passed through) go to the deployment
-whose name, served model id or alias the request names; ``/v1/models`` lists
-them all. Streams are relayed event by event as they arrive, never buffered.
-``stream_options.include_usage`` is added upstream when the client did not ask,
-so that token counts are always known, and the usage event is then removed
-from what the client sees. Errors use OpenAI's envelope; 429 and 503 carry
-``Retry-After``. Neither keys nor prompts are ever logged.
+Every path of every API family the engines serve (``labctl.engines.families()``) goes to
+the deployment whose name, served model id or alias the request names (in its body, or
+in the path for a family whose path has ``{model}``), and which serves that family;
+``/v1/models`` lists them all. The deploy controller pushes each deployment's route as it
+changes (:meth:`Gateway.publish`, :meth:`Gateway.withdraw`, :meth:`Gateway.drain`,
+:meth:`Gateway.hold`).
 
-An engine that dies under load fails only the requests it was answering: a
-stream in flight ends with an error event, and a request that finds the engine
-gone (its connection refused, or closed before any answer) goes back to the
-queue, which is held through the restart as it is through a swap (twice at
-most, so that a request that kills its engine does not do so forever).
+Streams are relayed event by event as they arrive, never buffered
+(:mod:`labctl.gateway.relay`, over the gateway's own engine client,
+:mod:`labctl.gateway.upstream`). ``stream_options.include_usage`` is added upstream when
+the client did not ask, so that token counts are always known, and the usage event is
+then removed from what the client sees (:mod:`labctl.gateway.body`). Errors use OpenAI's
+envelope; 429 and 503 carry ``Retry-After``. Neither keys nor prompts are ever logged.
+
+An engine that dies under load fails only the requests it was answering: a stream in
+flight ends with an error event, and a request that finds the engine gone (its
+connection refused, or closed before any answer) goes back to the queue, which is held
+through the restart as it is through a swap (twice at most, so that a request that kills
+its engine does not do so forever).
 """
 
 from __future__ import annotations
@@ -21,127 +26,48 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-import json
-import re
 import time
 from typing import Any
 
-import aiohttp
 from aiohttp import web
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry
 
 from labctl import jsontext
 from labctl.config import GatewayConfig
+from labctl.engines import Family, Route, families
 from labctl.gateway.admission import Admission, Rejected
-from labctl.sim.live import ITL_BUCKETS, REQUEST_BUCKETS, TTFT_BUCKETS
+from labctl.gateway.body import for_engine, form_model
+from labctl.gateway.envelope import Reply, error, is_error_envelope
+from labctl.gateway.metrics import Bound, GatewayMetrics
+from labctl.gateway.relay import EventRelay, usage_counts
+from labctl.gateway.upstream import Connection, EngineFailed, EngineGone, Pool
+
+__all__ = ["MAX_BODY_ITEMS", "Gateway", "GatewayMetrics", "error", "form_model"]
 
 #: Members and elements a request body may hold (a prompt of token ids, a long chat): about
 #: the most a 32 MiB body of real requests holds, and far fewer objects than memory allows.
 MAX_BODY_ITEMS = 2_000_000
-_USAGE_EVENT = re.compile(rb'"choices":\s*\[\]')
-
-
-@dataclass(frozen=True)
-class Route:
-    """A deployment as the gateway sees it."""
-
-    name: str
-    served: str
-    aliases: tuple[str, ...]
-    #: Where its current revision serves (None while it has none).
-    url: str | None
-    limit: int
-    queue_size: int
-    #: The API key its engine's /v1 takes (None: none); clients never see it.
-    key: str | None = None
-
-    @property
-    def names(self) -> tuple[str, ...]:
-        return (self.name, self.served, *self.aliases)
-
-
-def form_model(raw: bytes) -> str | None:
-    """The ``model`` field of a multipart form (the audio endpoints'), found in linear time:
-    the first part named ``model``, its value after the blank line that ends its headers."""
-    at = raw.find(b'name="model"')
-    if at < 0:
-        return None
-    start = raw.find(b"\r\n\r\n", at)
-    if start < 0:
-        return None
-    end = raw.find(b"\r\n", start + 4)
-    if end < 0:
-        return None
-    return raw[start + 4 : min(end, start + 4 + 1024)].decode(errors="replace")
-
-
-def _is_error_envelope(data: bytes) -> bool:
-    """Whether an engine's error body is OpenAI's envelope (then it is relayed as it is)."""
-    try:
-        doc = json.loads(data)
-    except (ValueError, RecursionError):
-        return False
-    return isinstance(doc, dict) and isinstance(doc.get("error"), dict)
-
-
-def error(status: int, message: str, kind: str, code: str | None = None,
-          param: str | None = None, retry_after: float | None = None) -> web.Response:  # fmt: skip
-    """OpenAI's error envelope."""
-    body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
-    headers = {"Retry-After": str(max(1, round(retry_after)))} if retry_after is not None else {}
-    return web.json_response(body, status=status, headers=headers)
-
-
-class _Reply(Exception):
-    def __init__(self, response: web.Response) -> None:
-        self.response = response
-
-
-class _EngineGone(Exception):
-    """The engine refused the connection: the request never reached it, so it may go again."""
+_SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+_JSON = "Content-Type: application/json\r\n"
 
 
 async def _no_restart(name: str) -> bool:
     return False
 
 
-class GatewayMetrics:
-    def __init__(self, registry: CollectorRegistry) -> None:
-        r = registry
-        self.requests = Counter("labctl_gateway_requests", "Requests answered, by model and status.",
-                                ["model", "code"], registry=r)  # fmt: skip
-        self.queue_depth = Gauge("labctl_gateway_queue_depth", "Requests waiting for a slot.",
-                                 ["model"], registry=r)  # fmt: skip
-        self.in_flight = Gauge("labctl_gateway_in_flight", "Requests running upstream.",
-                               ["model"], registry=r)  # fmt: skip
-        self.queue_wait = Histogram("labctl_gateway_queue_wait_seconds",
-                                    "Time requests waited for a slot (held through swaps included).",
-                                    ["model"], buckets=TTFT_BUCKETS, registry=r)  # fmt: skip
-        self.ttft = Histogram("labctl_gateway_time_to_first_token_seconds",
-                              "From the gateway receiving a request to its first token.",
-                              ["model"], buckets=TTFT_BUCKETS, registry=r)  # fmt: skip
-        self.itl = Histogram("labctl_gateway_inter_token_latency_seconds",
-                             "Between streamed events of a response.",
-                             ["model"], buckets=ITL_BUCKETS, registry=r)  # fmt: skip
-        self.duration = Histogram("labctl_gateway_request_duration_seconds",
-                                  "From the gateway receiving a request to its last byte.",
-                                  ["model"], buckets=REQUEST_BUCKETS, registry=r)  # fmt: skip
-        self.tokens = Counter("labctl_gateway_tokens", "Tokens, by kind (prompt, completion).",
-                              ["model", "kind"], registry=r)  # fmt: skip
-
-
 class Gateway:
     def __init__(
         self,
         config: GatewayConfig,
-        routes: Callable[[], list[Route]],
         registry: CollectorRegistry,
         clock: Callable[[], float] = time.monotonic,
         engine_gone: Callable[[str], Awaitable[bool]] = _no_restart,
     ) -> None:
         self.config = config
-        self.routes = routes
+        #: Each deployment's route as the deploy controller last published it.
+        self.routes: dict[str, Route] = {}
+        #: Every name a route answers to → the routes answering to it (one, in a valid lab).
+        self._by_name: dict[str, tuple[Route, ...]] = {}
         #: Told when a deployment's engine refuses connections; True when it has died and a
         #: restart is under way (the deployment is then held, and the request waits for it).
         self.engine_gone = engine_gone
@@ -150,59 +76,73 @@ class Gateway:
         self.admissions: dict[str, Admission] = {}
         self._keys = {k.key: k for k in config.keys}
         self._recent: dict[str, deque[float]] = {}
-        self._http: aiohttp.ClientSession | None = None
+        self.pool = Pool()
 
     def add_routes(self, router: web.UrlDispatcher) -> None:
+        """``/v1/models``, and every path of every API family the engines serve."""
         router.add_get("/v1/models", self.models)
-        for path in ("/v1/chat/completions", "/v1/completions", "/v1/embeddings",
-                     "/v1/audio/transcriptions"):  # fmt: skip
-            router.add_post(path, self.relay)
+        for family in families():
+            for path in family.paths:
+                router.add_post(path, self._handler(family))
+
+    def _handler(self, family: Family) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+        async def handle(request: web.Request) -> web.StreamResponse:
+            return await self.relay(request, family)
+
+        return handle
 
     async def close(self) -> None:
-        if self._http is not None:
-            await self._http.close()
-
-    def http(self) -> aiohttp.ClientSession:
-        if self._http is None:
-            self._http = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=0),
-                timeout=aiohttp.ClientTimeout(total=None, sock_connect=10),
-                auto_decompress=False,
-            )
-        return self._http
+        self.pool.close()
 
     # -- swaps (the deploy controller's hooks) -----------------------------------------
 
     def admission(self, route: Route) -> Admission:
         adm = self.admissions.get(route.name)
-        if adm is not None and (adm.limit, adm.queue_size) != (route.limit, route.queue_size):
-            adm.resize(route.limit, route.queue_size)  # a redeploy changed them
         if adm is None:
             adm = Admission(route.name, route.limit, route.queue_size,
                             self.config.queue_timeout, self.config.swap_timeout, self.clock)  # fmt: skip
             self.admissions[route.name] = adm
             self.metrics.queue_depth.labels(route.name).set_function(lambda: adm.depth)
             self.metrics.in_flight.labels(route.name).set_function(lambda: adm.in_flight)
+        elif adm.limit != route.limit or adm.queue_size != route.queue_size:
+            adm.resize(route.limit, route.queue_size)  # a redeploy changed them
         return adm
 
-    def _route_named(self, name: str) -> Route | None:
-        return next((r for r in self.routes() if r.name == name), None)
+    def publish(self, route: Route) -> None:
+        """A deployment's route as it is now (the controller's, at each change of state): a
+        held route holds its new requests; otherwise those held go to where it serves now
+        (nowhere: they get a 503)."""
+        self.routes[route.name] = route
+        self._index()
+        if route.held:
+            self.admission(route).hold()
+        elif route.name in self.admissions:
+            self.admission(route).resume()
+
+    def withdraw(self, name: str) -> None:
+        """``name`` is gone from the lab: its held requests are answered, its route dropped."""
+        route = self.routes.pop(name, None)
+        self._index()
+        if route is not None and name in self.admissions:
+            self.admissions[name].resume()
+
+    def _index(self) -> None:
+        by_name: dict[str, tuple[Route, ...]] = {}
+        for route in self.routes.values():
+            for name in dict.fromkeys(route.names):
+                by_name[name] = (*by_name.get(name, ()), route)
+        self._by_name = by_name
 
     async def drain(self, name: str) -> None:
-        route = self._route_named(name)
+        route = self.routes.get(name)
         if route is not None:
             await self.admission(route).drain(self.config.drain_timeout)
 
     def hold(self, name: str) -> None:
         """Hold new requests for ``name`` now (its engine died; a restart follows)."""
-        route = self._route_named(name)
+        route = self.routes.get(name)
         if route is not None:
             self.admission(route).hold()
-
-    async def resume(self, name: str, url: str | None) -> None:
-        adm = self.admissions.get(name)
-        if adm is not None:
-            adm.resume()
 
     # -- requests ----------------------------------------------------------------------
 
@@ -214,35 +154,41 @@ class Gateway:
         token = header[7:].strip() if header.lower().startswith("bearer ") else ""
         key = self._keys.get(token)
         if key is None:
-            raise _Reply(error(401, "Incorrect API key provided." if token else
-                               "You didn't provide an API key (Authorization: Bearer KEY).",
-                               "invalid_request_error", "invalid_api_key"))  # fmt: skip
+            raise Reply(error(401, "Incorrect API key provided." if token else
+                              "You didn't provide an API key (Authorization: Bearer KEY).",
+                              "invalid_request_error", "invalid_api_key"))  # fmt: skip
         if key.rate_per_minute is not None:
             now = self.clock()
             recent = self._recent.setdefault(token, deque())
             while recent and recent[0] <= now - 60:
                 recent.popleft()
             if len(recent) >= key.rate_per_minute:
-                raise _Reply(error(429, f"Rate limit reached: {key.rate_per_minute} requests per "
-                                   "minute for this key.", "rate_limit_error", "rate_limit_exceeded",
-                                   retry_after=60 - (now - recent[0])))  # fmt: skip
+                raise Reply(error(429, f"Rate limit reached: {key.rate_per_minute} requests per "
+                                  "minute for this key.", "rate_limit_error", "rate_limit_exceeded",
+                                  retry_after=60 - (now - recent[0])))  # fmt: skip
             recent.append(now)
         return token
 
-    def _find(self, model: str) -> Route:
-        for route in self.routes():
-            if model in route.names:
+    def _find(self, model: str, family: Family) -> Route:
+        found = self._by_name.get(model, ())
+        for route in found:
+            if family.name in route.families:
                 return route
-        raise _Reply(error(404, f"The model `{model}` does not exist.", "invalid_request_error",
-                           "model_not_found", "model"))  # fmt: skip
+        if found:
+            serves = ", ".join(sorted(found[0].families)) or "nothing"
+            raise Reply(error(400, f"The model `{model}` does not serve {family.name} "
+                              f"({family.paths[0]}); it serves: {serves}.",
+                              "invalid_request_error", "model_not_supported", "model"))  # fmt: skip
+        raise Reply(error(404, f"The model `{model}` does not exist.", "invalid_request_error",
+                          "model_not_found", "model"))  # fmt: skip
 
     async def models(self, request: web.Request) -> web.Response:
         try:
             self._authorize(request)
-        except _Reply as reply:
+        except Reply as reply:
             return reply.response
         data, seen = [], set()
-        for route in self.routes():
+        for route in self.routes.values():
             for name in route.names:
                 if name not in seen:
                     seen.add(name)
@@ -251,205 +197,211 @@ class Gateway:
                                  "labctl_deployment": route.name})  # fmt: skip
         return web.json_response({"object": "list", "data": data})
 
-    async def relay(self, request: web.Request) -> web.StreamResponse:
+    async def relay(self, request: web.Request, family: Family) -> web.StreamResponse:
         t0 = self.clock()
-        model_label = "unknown"
+        bound: Bound | None = None
+        label = "unknown"
         status = 500
         try:
             token = self._authorize(request)
             try:
                 raw = await request.read()
             except web.HTTPRequestEntityTooLarge:
-                raise _Reply(error(413, f"The request body is larger than {self.config.max_body_bytes} "
-                                   "bytes (gateway.max_body_bytes).", "invalid_request_error",
-                                   "request_too_large")) from None  # fmt: skip
-            multipart = request.content_type.startswith("multipart/")
-            doc, model = self._parse(raw, multipart)
-            route = self._find(model)
-            model_label = route.name
-            key = self._keys.get(token or "")
-            if key is not None and key.models and not set(route.names) & set(key.models):
-                raise _Reply(error(403, f"This API key may not use the model `{model}`.",
-                                   "permission_error", "model_not_allowed", "model"))  # fmt: skip
-            adm = self.admission(route)
+                raise Reply(error(413, f"The request body is larger than {self.config.max_body_bytes} "
+                                  "bytes (gateway.max_body_bytes).", "invalid_request_error",
+                                  "request_too_large")) from None  # fmt: skip
+            if "model" in request.match_info:
+                doc, model = None, request.match_info["model"]
+            else:
+                doc, model = self._parse(raw, request.content_type.startswith("multipart/"))
+            route = self._find(model, family)
+            label = route.name
+            bound = self.metrics.bound(label)
+            if token is not None:
+                key = self._keys[token]
+                if key.models and not set(route.names) & set(key.models):
+                    raise Reply(error(403, f"This API key may not use the model `{model}`.",
+                                      "permission_error", "model_not_allowed", "model"))  # fmt: skip
             priority = (
-                doc.pop("priority", 0) if doc is not None else 0
+                doc.get("priority", 0) if doc is not None else 0
             )  # the gateway's, not the engine's
             if not isinstance(priority, int) or isinstance(priority, bool):
-                raise _Reply(error(400, f"priority must be an integer (lower runs first), not {priority!r}",
-                                   "invalid_request_error", None, "priority"))  # fmt: skip
+                raise Reply(error(400, f"priority must be an integer (lower runs first), not {priority!r}",
+                                  "invalid_request_error", None, "priority"))  # fmt: skip
+            adm = self.admission(route)
             tries = 0
             while True:
                 tries += 1
+                waited = 0.0
+                if not adm.try_enter():
+                    try:
+                        waited = await adm.acquire(priority)
+                    except Rejected as exc:
+                        kind = "rate_limit_error" if exc.status == 429 else "service_unavailable"
+                        raise Reply(
+                            error(exc.status, str(exc), kind, None, retry_after=exc.retry_after)
+                        ) from None
+                    route = self.routes.get(route.name) or route  # swapped while it waited?
+                bound.queue_wait.observe(waited)
                 try:
-                    waited = await adm.acquire(priority)
-                except Rejected as exc:
-                    kind = "rate_limit_error" if exc.status == 429 else "service_unavailable"
-                    raise _Reply(
-                        error(exc.status, str(exc), kind, None, retry_after=exc.retry_after)
-                    ) from None
-                self.metrics.queue_wait.labels(route.name).observe(waited)
-                if waited:  # it may have been swapped while the request waited
-                    route = self._route_named(route.name) or route
-                try:
-                    response = await self._forward(request, route, raw, doc, multipart, t0)
+                    response = await self._forward(request, route, raw, doc, t0, bound)
                 except _EngineGone as gone:
                     adm.release()
                     if tries < 3 and await self.engine_gone(route.name):
                         continue  # back in the queue, held until the restart is done
-                    raise _Reply(error(502, str(gone), "api_error", None)) from None
+                    raise Reply(error(502, str(gone), "api_error", None)) from None
                 except BaseException:
                     adm.release()
                     raise
                 adm.release()
                 status = response.status
                 return response
-        except _Reply as reply:
+        except _ClientGone as gone:
+            status = 499  # the client went away mid-stream; upstream was dropped with it
+            return gone.response
+        except Reply as reply:
             status = reply.response.status
             return reply.response
         except asyncio.CancelledError:
             status = 499  # the client went away; upstream was cancelled with it
             raise
         finally:
-            self.metrics.requests.labels(model_label, str(status)).inc()
-            self.metrics.duration.labels(model_label).observe(self.clock() - t0)
+            if status == 200 and bound is not None:
+                bound.ok.inc()
+            else:
+                self.metrics.requests.labels(label, str(status)).inc()
+            duration = bound.duration if bound is not None else self.metrics.duration.labels(label)
+            duration.observe(self.clock() - t0)
 
     def _parse(self, raw: bytes, multipart: bool) -> tuple[dict[str, Any] | None, str]:
         if multipart:
             model = form_model(raw)
             if model is None:
-                raise _Reply(
-                    error(
-                        400, "the form has no model field", "invalid_request_error", None, "model"
-                    )
-                )
+                raise Reply(error(400, "the form has no model field", "invalid_request_error",
+                                  None, "model"))  # fmt: skip
             return None, model
         try:
             doc = jsontext.loads(raw, max_items=MAX_BODY_ITEMS)
         except ValueError as exc:
-            raise _Reply(
+            raise Reply(
                 error(400, f"the request body is not valid JSON: {exc}", "invalid_request_error")
             ) from None
         if not isinstance(doc, dict) or not isinstance(doc.get("model"), str):
-            raise _Reply(error(400, "the request needs a JSON object with a model", "invalid_request_error",
-                               None, "model"))  # fmt: skip
+            raise Reply(error(400, "the request needs a JSON object with a model", "invalid_request_error",
+                              None, "model"))  # fmt: skip
         return doc, doc["model"]
 
     async def _forward(
         self, request: web.Request, route: Route, raw: bytes, doc: dict[str, Any] | None,
-        multipart: bool, t0: float,
+        t0: float, bound: Bound,
     ) -> web.StreamResponse:  # fmt: skip
-        current = route
-        if current.url is None:
-            raise _Reply(error(503, f"{route.name} is not serving right now", "service_unavailable",
-                               None, retry_after=5))  # fmt: skip
-        asked = True
-        stream = False
+        if route.url is None:
+            raise Reply(error(503, f"{route.name} is not serving right now", "service_unavailable",
+                              None, retry_after=5))  # fmt: skip
         if doc is not None:
-            doc = dict(doc)  # a retry after a restart starts from the client's own body
-            doc["model"] = current.served
-            stream = bool(doc.get("stream"))
-            if stream:
-                given = doc.get("stream_options")
-                opts: dict[str, Any] = given if isinstance(given, dict) else {}
-                asked = bool(opts.get("include_usage"))
-                doc["stream_options"] = {**opts, "include_usage": True}
-            body = json.dumps(doc).encode()
-            headers = {"Content-Type": "application/json"}
+            body, stream, asked = for_engine(raw, doc, route.served)
+            headers = _JSON
         else:
-            body = raw
-            headers = {"Content-Type": request.headers.get("Content-Type", "")}
-        if current.key:
-            headers["Authorization"] = f"Bearer {current.key}"
+            body, stream, asked = raw, False, True
+            kind = request.headers.get("Content-Type", "")
+            if "\r" in kind or "\n" in kind:
+                raise Reply(error(400, "the Content-Type header is not valid",
+                                  "invalid_request_error"))  # fmt: skip
+            headers = f"Content-Type: {kind}\r\n"
+        if route.key:
+            headers += f"Authorization: Bearer {route.key}\r\n"
         try:
-            upstream = await self.http().post(
-                current.url + request.path, data=body, headers=headers
-            )
-        except aiohttp.ClientConnectorError as exc:
-            raise _EngineGone(f"{route.name}'s engine refused the connection: {exc}") from None
-        except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
-            # it took the request and went away before answering: retried once if it died
-            raise _EngineGone(f"{route.name}'s engine closed the connection before answering: "
-                              f"{exc}") from None  # fmt: skip
-        except (aiohttp.ClientError, OSError) as exc:
-            raise _Reply(error(502, f"{route.name}'s engine did not answer: {exc}", "api_error",
-                               None)) from None  # fmt: skip
-        async with upstream:
-            kind = upstream.headers.get("Content-Type", "application/json")
-            if not (stream and upstream.status == 200 and kind.startswith("text/event-stream")):
-                try:
-                    data = await upstream.read()
-                except (aiohttp.ClientError, OSError) as exc:
-                    raise _Reply(error(502, f"{route.name}'s engine stopped while answering: "
-                                       f"{exc}", "api_error", None)) from None  # fmt: skip
-                self._count_usage(route.name, data)
-                if doc is not None and upstream.status == 200 and not stream:
-                    self.metrics.ttft.labels(route.name).observe(self.clock() - t0)
-                if upstream.status >= 400 and not _is_error_envelope(data):
-                    raise _Reply(error(upstream.status, f"{route.name}'s engine answered HTTP "
-                                       f"{upstream.status} to {request.path}: "
-                                       f"{data[:200].decode(errors='replace').strip()!r}",
-                                       "api_error" if upstream.status >= 500 else
-                                       "invalid_request_error", None))  # fmt: skip
-                return web.Response(
-                    body=data, status=upstream.status, content_type=kind.split(";")[0]
-                )
-            resp = web.StreamResponse(status=200, headers={"Content-Type": "text/event-stream",
-                                                           "Cache-Control": "no-cache"})  # fmt: skip
-            await resp.prepare(request)
-            await self._relay_events(upstream, resp, route.name, asked, t0)
-            await resp.write_eof()
-            return resp
-
-    async def _relay_events(
-        self, upstream: aiohttp.ClientResponse, resp: web.StreamResponse, name: str, asked: bool,
-        t0: float,
-    ) -> None:  # fmt: skip
-        buf = b""
-        last: float | None = None
-        ttft, itl = self.metrics.ttft.labels(name), self.metrics.itl.labels(name)
-        chunks = upstream.content.iter_any().__aiter__()
-        while True:
+            conn, head = await self.pool.request(route.url, request.path, headers, body)
+        except EngineGone as exc:
+            raise _EngineGone(f"{route.name}: {exc}; the request did not reach it") from None
+        except EngineFailed as exc:
+            raise Reply(error(502, f"{route.name}: {exc}", "api_error",
+                              None)) from None  # fmt: skip
+        try:
+            if stream and head.status == 200 and head.content_type.startswith("text/event-stream"):
+                return await self._stream(request, conn, route.name, asked, t0, bound)
             try:
-                chunk = await chunks.__anext__()
-            except StopAsyncIteration:
-                break
-            except (aiohttp.ClientError, OSError) as exc:
-                # the engine went away mid-stream: say so in the stream, as OpenAI's API does
-                event = {"error": {"message": f"{name}'s engine stopped while streaming "
-                                   f"({type(exc).__name__}); retry the request",
-                                   "type": "api_error", "param": None, "code": 502}}  # fmt: skip
-                buf = b""
-                await resp.write(b"data: " + json.dumps(event).encode() + b"\n\n")
-                break
-            now = self.clock()
-            buf += chunk
-            out = []
-            while (end := buf.find(b"\n\n")) >= 0:
-                event_bytes, buf = buf[: end + 2], buf[end + 2 :]
-                if b'"usage":{' in event_bytes and _USAGE_EVENT.search(event_bytes):
-                    self._count_usage(name, event_bytes[5:].strip())
-                    if not asked:
-                        continue  # added by the gateway: not the client's to see
-                elif b'"choices":[{' in event_bytes or b'"choices": [{' in event_bytes:
-                    if last is None:
-                        ttft.observe(now - t0)
-                    else:
-                        itl.observe(now - last)
-                    last = now
-                out.append(event_bytes)
-            if out:
-                await resp.write(b"".join(out))
-        if buf:
-            await resp.write(buf)
+                data = await conn.done
+            except EngineFailed as exc:
+                raise Reply(error(502, f"{route.name}: {exc} before its answer ended",
+                                  "api_error", None)) from None  # fmt: skip
+            if b'"usage"' in data:
+                bound.count_tokens(usage_counts(data))
+            if doc is not None and head.status == 200 and not stream:
+                bound.ttft.observe(self.clock() - t0)
+            if head.status >= 400 and not is_error_envelope(data):
+                raise Reply(error(head.status, f"{route.name}'s engine answered HTTP "
+                                  f"{head.status} to {request.path}: "
+                                  f"{data[:200].decode(errors='replace').strip()!r}",
+                                  "api_error" if head.status >= 500 else
+                                  "invalid_request_error", None))  # fmt: skip
+            return web.Response(
+                body=data, status=head.status, content_type=head.content_type.split(";")[0]
+            )
+        finally:
+            self.pool.release(conn)  # kept where its response ended cleanly, else dropped
 
-    def _count_usage(self, name: str, data: bytes) -> None:
+    async def _stream(
+        self, request: web.Request, conn: Connection, name: str, asked: bool, t0: float,
+        bound: Bound,
+    ) -> web.StreamResponse:  # fmt: skip
+        """Relay a stream; the relay writes in the engine connection's read callback, while
+        this task sends the headers (with the events read so far) and the last chunk (with
+        the events of the read that ended the stream), and waits for the client when it
+        falls behind."""
+        resp = _EventStream(status=200, headers=_SSE_HEADERS)
+        chunked = request.version >= (1, 1)
+        if chunked:
+            resp.enable_chunked_encoding()
+        writer = await resp.prepare(request)
+        transport = request.transport
+        if writer is None or transport is None or transport.is_closing():
+            raise _ClientGone(resp)
+
+        def on_usage(event: bytes) -> None:
+            bound.count_tokens(usage_counts(event))
+
+        relay = EventRelay(transport, chunked, name, asked, t0, self.clock, bound.ttft,
+                           bound.itl, on_usage, conn.pause)  # fmt: skip
+        conn.attach(relay)  # what came with the engine's headers is held for this write:
         try:
-            usage = json.loads(data).get("usage")
-        except (ValueError, AttributeError):
-            return
-        if isinstance(usage, dict):
-            for kind in ("prompt", "completion"):
-                n = usage.get(f"{kind}_tokens")
-                if isinstance(n, int) and n > 0:
-                    self.metrics.tokens.labels(name, kind).inc(n)
+            if relay.done is None:
+                first = relay.take()
+                if first:
+                    await resp.write(first)  # the headers and the first events in one write
+                else:
+                    writer.send_headers()  # the client sees its 200 now, not at the first token
+            while relay.done is None and not relay.gone:
+                await relay.wake
+                if relay.paused and relay.done is None and not relay.gone:
+                    await writer.drain()  # the client fell behind: read on once it catches up
+                    relay.paused = False
+                    conn.resume()
+                relay.rearm()
+            if relay.gone:
+                raise _ClientGone(resp)
+            await resp.write_eof(relay.take())  # the last events and the last chunk in one write
+        except ConnectionError:
+            raise _ClientGone(resp) from None
+        return resp
+
+
+class _EventStream(web.StreamResponse):
+    """A relayed event stream: its headers go out with its first events, in one write."""
+
+    #: aiohttp (3.12 and later) writes a stream's headers at ``prepare()``, as a packet of
+    #: their own; held back, they go with the first write (as aiohttp does for a
+    #: ``Response``), and ``_stream`` sends them alone where no event came with the
+    #: engine's headers. Older aiohttp, which has no such attribute, writes them at once.
+    _send_headers_immediately = False
+
+
+class _ClientGone(Exception):
+    """The client went away mid-stream (the server then ends its request as it can)."""
+
+    def __init__(self, response: web.StreamResponse) -> None:
+        self.response = response
+
+
+class _EngineGone(Exception):
+    """The engine refused the connection: the request never reached it, so it may go again."""

@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator, Sequence
 import contextlib
 from dataclasses import dataclass
 import fcntl
+from itertools import groupby
 import json
 import os
 from pathlib import Path
@@ -53,6 +54,11 @@ def parse_sim_gpus(text: str) -> list[GpuSpec]:
     except ConfigError as exc:
         raise UsageError(exc.message) from None
     return [gpu(i) for i in ids]
+
+
+def describe(ids: Sequence[str]) -> str:
+    """A machine in a few words: ``2× rtx-3090 + 1× h100-sxm`` (runs of one GPU counted)."""
+    return " + ".join(f"{len(list(run))}× {gpu_id}" for gpu_id, run in groupby(ids)) or "no GPU"
 
 
 @dataclass(frozen=True)
@@ -117,18 +123,35 @@ class SimMachine:
         _write_atomic(self.dir / "devices.json", doc)
         return self.devices()
 
-    def devices(self) -> list[SimDevice]:
-        """The simulated GPUs; the embedded default (one RTX 3090) until configured."""
+    def configured(self) -> list[str] | None:
+        """The catalog ids of the simulated GPUs, in order; None while none were set (then
+        :meth:`devices` makes the embedded default), so a first user may choose them.
+
+        Raises:
+            GpuError: the device list is not one this module wrote.
+        """
         path = self.dir / "devices.json"
         try:
             ids = json.loads(path.read_text())["gpus"]
         except FileNotFoundError:
-            return self.configure([gpu(i) for i in DEFAULT_SIM_GPUS])
+            return None
         except (ValueError, KeyError, TypeError) as exc:
             raise GpuError(
                 f"{path} is not a simulated-GPU list ({exc}); delete it or run "
-                "'labctl exporter --gpu-backend sim --sim-gpus …' to rewrite it"
+                "'labctl gpus --sim-gpus …' to rewrite it"
             ) from exc
+        if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+            raise GpuError(
+                f"{path} is not a simulated-GPU list (gpus = {str(ids)[:80]}); delete it or run "
+                "'labctl gpus --sim-gpus …' to rewrite it"
+            )
+        return ids
+
+    def devices(self) -> list[SimDevice]:
+        """The simulated GPUs; the embedded default (one RTX 3090) until configured."""
+        ids = self.configured()
+        if ids is None:
+            return self.configure([gpu(i) for i in DEFAULT_SIM_GPUS])
         seed = str(self.dir.resolve())
         return [
             SimDevice(

@@ -134,14 +134,17 @@ class StopReport:
     orphans_killed: tuple[int, ...]
 
 
-def startup_budget(weights_bytes: int, disk_gbps: float = 0.25, base_s: float = 120.0) -> float:
-    """Seconds an engine may take to become ready: a base plus reading its weights slowly.
+#: Seconds every startup phase may take besides reading weights (profiling, CUDA graphs,
+#: the API server), and the disk read rate assumed before any start has measured one.
+PHASE_ALLOWANCE_S, DEFAULT_READ_RATE = 60.0, 250e6
 
-    vLLM on a warm cache needs tens of seconds plus about weights ÷ disk speed; a
-    cold network disk can be four times slower than a local NVMe (the default
-    assumes 250 MB/s).
-    """
-    return base_s + weights_bytes / (disk_gbps * 1e9)
+
+def startup_budget(weight_bytes: int, phases: int = 4, read_rate: float | None = None) -> float:
+    """Seconds an engine may take to become ready: a fixed allowance per startup phase, plus
+    twice the time its weights take to read at ``read_rate`` bytes/s (a cold network disk
+    can be several times slower than a warm page cache)."""
+    rate = read_rate if read_rate and read_rate > 0 else DEFAULT_READ_RATE
+    return PHASE_ALLOWANCE_S * max(phases, 1) + 2 * weight_bytes / rate
 
 
 class EngineProcess:
@@ -317,6 +320,13 @@ class EngineProcess:
         self._pump.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._pump
+
+    def kill(self) -> None:
+        """SIGKILL the whole tree now, without waiting (a forced shutdown)."""
+        for pid in self.alive_members():
+            self._signal(pid, signal.SIGKILL)
+        if self.pid is not None:
+            _signal_group(self.pid, signal.SIGKILL)
 
     async def stop(self, grace: float = 10.0, settle: float = 5.0) -> StopReport:
         """Stop the whole tree (see the module doc); safe to call when it already exited.

@@ -1,7 +1,8 @@
 """``labctl sim serve``: the twin as a vLLM-compatible OpenAI server.
 
-It starts the way vLLM does — load weights (at a configurable disk speed),
-profile memory, size the KV cache, capture graphs — printing vLLM's log lines,
+It starts the way vLLM does — load weights (at a configurable disk speed, shard by
+shard, with vLLM's progress lines), profile memory, size the KV cache, capture
+graphs — printing vLLM's log lines,
 and takes its memory on the simulated GPU as its own process (or through a
 worker that can be left orphaned). It then serves ``/v1/models``,
 ``/v1/completions``, ``/v1/chat/completions`` (streaming or not), ``/health``
@@ -18,6 +19,7 @@ import contextlib
 from dataclasses import dataclass
 import hmac
 import json
+import math
 import os
 import signal
 import sys
@@ -32,6 +34,10 @@ from labctl.sim.engine import Twin
 from labctl.sim.live import LiveEngine, Stream
 from labctl.units import GiB
 
+#: The twin's checkpoint comes in shards of at most 5 GB (the Hugging Face hub's default), and
+#: in at least eight, so that even a small model's slow load shows its progress as it goes.
+SHARD_BYTES = 5 * 10**9
+MIN_SHARDS = 8
 FILLER = ["the", "lab", "runs", "on", "the", "card", "it", "owns", "and", "every", "token", "here", "is", "counted", "once", "so", "the", "numbers", "stay", "honest", "while", "the", "queue", "drains", "and", "the", "cache", "fills"]  # fmt: skip
 
 
@@ -74,6 +80,23 @@ class Faults:
 def _log(message: str, level: str = "INFO") -> None:
     stamp = time.strftime("%m-%d %H:%M:%S")
     print(f"{level} {stamp} [labctl twin pid={os.getpid()}] {message}", file=sys.stderr, flush=True)
+
+
+def _shard_line(done: int, shards: int, elapsed: float, total: float) -> None:
+    """vLLM's progress line for its weights, as tqdm writes it: what the lab reads to show how
+    much is loaded (``VllmAdapter.progress``)."""
+    if done == 0:
+        timing = "00:00<?, ?it/s"
+    else:
+        per = elapsed / done
+        timing = f"{_clock(elapsed)}<{_clock(total - elapsed)}, {per:5.2f}s/it"
+    print(f"Loading safetensors checkpoint shards: {100 * done // shards:3d}% Completed | "
+          f"{done}/{shards} [{timing}]", file=sys.stderr, flush=True)  # fmt: skip
+
+
+def _clock(seconds: float) -> str:
+    minutes, secs = divmod(round(max(seconds, 0.0)), 60)
+    return f"{minutes:02d}:{secs:02d}"
 
 
 def _error(status: int, message: str, param: str | None = None) -> web.Response:
@@ -379,7 +402,11 @@ async def start_engine(
                 "Decrease GPU memory utilization or reduce GPU memory used by other processes."
             )
     load_s = fit.weights_bytes / (load_gbps * 1e9) if load_gbps > 0 else 0.0
-    await phase(load_s)
+    shards = max(math.ceil(fit.weights_bytes / SHARD_BYTES), MIN_SHARDS)
+    _shard_line(0, shards, 0.0, load_s * time_scale)
+    for done in range(1, shards + 1):
+        await phase(load_s / shards)
+        _shard_line(done, shards, load_s * time_scale * done / shards, load_s * time_scale)
     _log(f"Loading weights took {load_s * time_scale:.2f} seconds")
     if machine is not None:
         try:

@@ -1,21 +1,23 @@
 """The sampler: one thread reads the GPUs and the host once per interval.
 
 GPU reads block (NVML calls, the simulated ledger on disk), so they never run
-on a scrape or request: scrapes read :attr:`Sampler.latest`, which is replaced
-whole after each tick. A failed GPU read keeps the last good reading (with its
+on a scrape or request: scrapes, the page and the deploy controller read
+:attr:`Sampler.latest`, which is replaced whole after each tick, or ask for a
+fresher one (:meth:`Sampler.fresh`); the sampler is the backend's one reader. A failed GPU read keeps the last good reading (with its
 age) and marks the GPUs down; the collector stops serving readings that have
 gone stale.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 import logging
 import threading
 import time
 
-from labctl.errors import LabError
+from labctl.errors import GpuError, LabError
 from labctl.gpu.host import HostSample, HostSampler
 from labctl.gpu.sample import GpuBackend, GpuReading
 from labctl.telemetry.attribution import GpuOwners, attribute
@@ -84,6 +86,22 @@ class Sampler:
         """Take one snapshot now and publish it."""
         with self._lock:
             return self._sample()
+
+    async def fresh(self, max_age: float = 0.05) -> GpuReading:
+        """A GPU reading at most ``max_age`` s old: the latest snapshot, or a new one taken in
+        a worker thread (a release wait asks at 20 Hz; the backend still has one reader at a
+        time, the sampler).
+
+        Raises:
+            GpuError: the GPUs cannot be read now.
+        """
+        snap = self.latest
+        at = snap.reading_monotonic if snap is not None else None
+        if snap is None or not snap.gpu_ok or at is None or self.clock() - at > max_age:
+            snap = await asyncio.to_thread(self.sample_once)
+        if snap.reading is None or not snap.gpu_ok:
+            raise GpuError(f"the GPUs cannot be read: {snap.gpu_error}")
+        return snap.reading
 
     def _sample(self) -> Snapshot:
         start = self.clock()

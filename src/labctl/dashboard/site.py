@@ -1,0 +1,76 @@
+"""The dashboard as the daemon serves it: the page, its state document and its event
+stream, and ``/api/status``'s document, composed from the board and what the lab reports.
+
+The dashboard knows nothing of the deploy controller or the sampler (services do not import
+each other): the daemon hands it callables that say what the deployments, the deploy
+timeline and the GPUs are now.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+import os
+from typing import Any
+
+from aiohttp import web
+
+from labctl.dashboard.board import Board
+from labctl.dashboard.feed import Feed, compact
+from labctl.dashboard.page import page_html
+
+#: What the page is served with: never framed, never sniffed, never cached stale.
+PAGE_HEADERS = {
+    "Cache-Control": "no-cache", "X-Frame-Options": "DENY",
+    "Content-Security-Policy": "frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer",
+}  # fmt: skip
+
+
+@dataclass
+class Site:
+    board: Board
+    #: The open pages (each gets every tick and event).
+    pages: Feed
+    deployments: Callable[[], list[dict[str, Any]]]
+    timeline: Callable[[], list[dict[str, Any]]]
+    gpus: Callable[[], list[dict[str, Any]]]
+    #: The lab's URL, config source and GPU backend, as the daemon knows them.
+    lab: Callable[[], dict[str, Any]]
+
+    def add_routes(self, r: web.UrlDispatcher) -> None:
+        r.add_get("/", self.page)
+        r.add_get("/dashboard/state", self.state)
+        r.add_get("/dashboard/events", self.events)
+
+    def on_event(self, event: dict[str, Any]) -> None:
+        """A lab event, to every open page (with what it changed)."""
+        if self.pages:
+            self.pages.publish({"type": "event", "event": event, "deployments": self.deployments(),
+                                "timeline": self.timeline()})  # fmt: skip
+
+    def doc(self) -> dict[str, Any]:
+        lab = self.lab()
+        return {
+            **self.board.snapshot(), "url": lab["url"], "gpu_backend": lab["gpu_backend"],
+            "gpus": self.gpus(), "deployments": self.deployments(),
+            "timeline": self.timeline(), "auth": True,
+        }  # fmt: skip
+
+    def status(self) -> dict[str, Any]:
+        """``/api/status`` and ``labctl status``: GPUs, deployments, serving, alerts."""
+        return {
+            **self.lab(), "pid": os.getpid(), "deployments": self.deployments(),
+            "gpus": [{**g, **self.board.gpu_now(g["index"])} for g in self.gpus()],
+            "serving": self.board.serving_now(), "alerts": self.board.alert_docs(),
+            "alert_errors": dict(self.board.errors),
+        }  # fmt: skip
+
+    async def page(self, request: web.Request) -> web.Response:
+        return web.Response(text=page_html(), content_type="text/html", headers=PAGE_HEADERS)
+
+    async def state(self, request: web.Request) -> web.Response:
+        return web.json_response(self.doc(), dumps=compact)
+
+    async def events(self, request: web.Request) -> web.StreamResponse:
+        return await self.pages.serve(request)

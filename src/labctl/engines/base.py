@@ -1,0 +1,221 @@
+"""What every engine adapter declares, and the shared pieces they are built from.
+
+An adapter is pure: it turns a deployment's settings into argv and environment, and says
+what the engine is — the API families it serves, how to tell it is healthy, its startup
+phases (read off its log lines), its metric names mapped to the lab's, its default
+concurrency and its memory estimate for preflight. Running the process is the runtime's
+job; probing, starting and stopping it are the deploy controller's; routing requests to
+it is the gateway's, by the :class:`Route` the controller publishes.
+
+Phases are named by the step that ends at the log line, so that
+``labctl_engine_startup_seconds{phase}`` is the time from the previous phase
+(or the spawn) to that line:
+
+- ``load_weights``: vLLM "Model loading took …"; llama.cpp "llama_server: model loaded";
+- ``profile``: vLLM "GPU KV cache size: …" (memory profiling and KV allocation);
+- ``cuda_graphs``: vLLM "Graph capturing finished …";
+- ``api_server``: vLLM "Application startup complete."; llama.cpp "listening on http://…".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+import re
+from typing import Any, Literal
+
+from labctl.config import check_flag
+from labctl.gpu.sample import DeviceSample
+
+PHASES = ("load_weights", "profile", "cuda_graphs", "api_server")
+
+
+@dataclass(frozen=True)
+class Family:
+    """A family of API endpoints that engines serve and the gateway routes.
+
+    ``paths`` are the gateway's (aiohttp route patterns); a path with ``{model}`` names the
+    deployment in the path, the others carry ``model`` in the body, as JSON or as a
+    multipart form field.
+    """
+
+    name: str
+    paths: tuple[str, ...]
+    body: Literal["json", "multipart"] = "json"
+    #: Whether a response may stream (server-sent events, relayed event by event).
+    streams: bool = False
+
+
+@dataclass(frozen=True)
+class Health:
+    """How an engine says it is ready: the path, the status, and (for engines that answer
+    errors with 200) what the body must hold."""
+
+    path: str = "/health"
+    status: int = 200
+    body_ok: Callable[[bytes], bool] | None = None
+
+    def ok(self, status: int, body: bytes) -> bool:
+        return status == self.status and (self.body_ok is None or self.body_ok(body))
+
+
+@dataclass(frozen=True)
+class Launch:
+    """How to run one engine process and see that it serves."""
+
+    argv: list[str]
+    env: dict[str, str]
+    health: Health
+    #: The model id ``/v1/models`` must list before the engine counts as ready (None: any).
+    served_model: str | None
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """What a revision takes on each of its GPUs, as its adapter can say before it starts."""
+
+    bytes_per_gpu: int
+    summary: str
+    #: Flags that make the plan explicit, added where the deployment sets none.
+    recommended: tuple[str, ...] = ()
+    #: Sequences the engine runs at once, where known (the gateway's default limit).
+    max_num_seqs: int | None = None
+    #: Bytes of weights it reads at startup (its startup budget scales with them).
+    weight_bytes: int = 0
+
+
+@dataclass(frozen=True)
+class Route:
+    """A deployment as the gateway routes it, published by the deploy controller whenever it
+    switches, drains or fails (``url`` None: nothing serves it now)."""
+
+    name: str
+    served: str
+    aliases: tuple[str, ...]
+    url: str | None
+    limit: int
+    queue_size: int
+    #: The API key its engine's /v1 takes (None: none); clients never see it.
+    key: str | None = None
+    #: The API families it serves (names of :class:`Family`).
+    families: frozenset[str] = frozenset()
+    #: The gateway holds its new requests (a swap or a restart is in progress): they wait,
+    #: bounded by the swap timeout, for the next route that is not held.
+    held: bool = False
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return (self.name, self.served, *self.aliases)
+
+
+class Adapter:
+    """One engine kind. Subclasses set the class attributes and override what differs."""
+
+    name: str = ""
+    #: The environment variable through which the engine takes an API key for its /v1 (None:
+    #: it takes none). The lab gives each engine a key of its own that only the gateway and
+    #: the lab's probes send, so nothing reaches an engine's port around the gateway.
+    key_env: str | None = None
+    #: The API families it serves unless the deployment says (``serves``).
+    families: tuple[str, ...] = ("chat", "completions")
+    #: Its startup phases, in order, and the log lines that end them.
+    phase_lines: tuple[tuple[re.Pattern[str], str], ...] = ()
+    #: Its own metric names → the lab's normalised gauges (summed over the engine's labels).
+    metrics: Mapping[str, str] = {}
+    health = Health()
+
+    def launch(
+        self, settings: Mapping[str, Any], host: str, port: int, gpus: Sequence[int]
+    ) -> Launch:
+        raise NotImplementedError
+
+    @property
+    def phases(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(p for _, p in self.phase_lines))
+
+    def phase(self, line: str) -> str | None:
+        """The startup phase a log line ends, if any."""
+        for pattern, phase in self.phase_lines:
+            if pattern.search(line):
+                return phase
+        return None
+
+    def progress(self, line: str) -> float | None:
+        """The fraction of its weights loaded, where a log line says (None: it does not)."""
+        return None
+
+    def health_of(self, settings: Mapping[str, Any]) -> Health:
+        """How to tell that a revision with these settings is ready."""
+        return self.health
+
+    def serves(self, settings: Mapping[str, Any]) -> frozenset[str]:
+        return frozenset(settings.get("serves") or self.families)
+
+    def smoke(self, settings: Mapping[str, Any], served: str) -> tuple[str, dict[str, Any]] | None:
+        """One real request that shows a new revision answers before it is switched in: its
+        path and JSON body, which must answer 200 with a non-empty ``choices`` (None: the
+        health check is all there is, e.g. for an engine that serves only audio)."""
+        serves = self.serves(settings)
+        if "completions" in serves:
+            return "/v1/completions", {"model": served, "prompt": "Hello", "max_tokens": 1}
+        if "chat" in serves:
+            return "/v1/chat/completions", {
+                "model": served, "max_tokens": 1,
+                "messages": [{"role": "user", "content": "Hello"}],
+            }  # fmt: skip
+        return None
+
+    def default_concurrency(self, settings: Mapping[str, Any], planned: int | None) -> int:
+        """Requests the gateway lets run at once where the deployment sets no limit."""
+        return planned or 64
+
+    def estimate(self, settings: Mapping[str, Any], device: DeviceSample) -> Estimate:
+        """Bytes per GPU it needs on ``device`` (0: no estimate; the engine's own check decides).
+
+        Raises:
+            LabError: it does not fit, or its model cannot be read (the reason and the numbers).
+        """
+        return Estimate(0, f"no estimate for a {self.name} engine")
+
+
+def flags(args: Mapping[str, Any], key: str = "args") -> list[str]:
+    """``{"max_model_len": 8192, "enforce_eager": true}`` → ``--max-model-len 8192 --enforce-eager``.
+
+    Raises:
+        ConfigError: a name that is not a flag's, or a value that is not a string, finite
+            number, boolean or list of strings and numbers (:func:`labctl.config.check_flag`).
+    """
+    out: list[str] = []
+    for name, value in args.items():
+        check_flag(name, value, key)
+        flag = "--" + name.replace("_", "-")
+        if value is True:
+            out.append(flag)
+        elif value is False or value is None:
+            continue
+        elif isinstance(value, list):
+            out += [flag, *(str(v) for v in value)]
+        else:
+            out += [flag, str(value)]
+    return out
+
+
+def missing(recommended: Sequence[str], own: Sequence[str]) -> list[str]:
+    """The planner's ``--flag value`` pairs for flags the deployment does not set itself."""
+    out: list[str] = []
+    i = 0
+    while i < len(recommended):
+        flag = recommended[i]
+        value = (
+            []
+            if i + 1 >= len(recommended) or recommended[i + 1].startswith("--")
+            else [recommended[i + 1]]
+        )
+        if flag not in own:
+            out += [flag, *value]
+        i += 1 + len(value)
+    return out
+
+
+def gpu_env(gpus: Sequence[int]) -> dict[str, str]:
+    return {"CUDA_VISIBLE_DEVICES": ",".join(str(g) for g in gpus)}

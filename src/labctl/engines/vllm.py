@@ -1,0 +1,100 @@
+"""vLLM (``vllm serve``): its flags, log phases, metric names, and the planner's estimate."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+import re
+from types import MappingProxyType
+from typing import Any
+
+from labctl.catalog.gpus import gpu as catalog_gpu
+from labctl.catalog.models import resolve
+from labctl.engines.base import Adapter, Estimate, Launch, flags, gpu_env, missing
+from labctl.errors import CatalogError, EngineError, LabError, ModelFormatError
+from labctl.fit.plan import FitRequest, plan
+from labctl.gpu.sample import DeviceSample
+from labctl.units import GiB
+
+#: vLLM flags the planner reads from a deployment's ``args``.
+FIT_FLAGS = ("tensor_parallel_size", "pipeline_parallel_size", "max_model_len", "max_num_seqs",
+             "max_num_batched_tokens", "gpu_memory_utilization", "kv_cache_dtype",
+             "quantization", "enforce_eager", "enable_prefix_caching")  # fmt: skip
+#: "Loading safetensors checkpoint shards:  50% Completed | 2/4 [00:03<00:03, …]"
+_SHARDS = re.compile(r"checkpoint shards:\s+(\d{1,3})% Completed")
+
+
+class VllmAdapter(Adapter):
+    name = "vllm"
+    key_env = "VLLM_API_KEY"
+    families = ("chat", "completions", "embeddings")
+    phase_lines = (
+        (re.compile(r"Model loading took "), "load_weights"),
+        (re.compile(r"GPU KV cache size: "), "profile"),
+        (re.compile(r"Graph capturing finished"), "cuda_graphs"),
+        (re.compile(r"Application startup complete"), "api_server"),
+    )
+    metrics = MappingProxyType(
+        {
+            "vllm:num_requests_running": "labctl_engine_requests_running",
+            "vllm:num_requests_waiting": "labctl_engine_requests_waiting",
+            "vllm:kv_cache_usage_perc": "labctl_engine_kv_cache_usage_ratio",
+        }
+    )
+
+    def launch(
+        self, settings: Mapping[str, Any], host: str, port: int, gpus: Sequence[int]
+    ) -> Launch:
+        served = settings.get("served_model_name") or settings["model"]
+        own = flags(settings.get("args", {}))
+        argv = [settings.get("binary") or "vllm", "serve", settings["model"], "--host", host,
+                "--port", str(port), "--served-model-name", served, *own,
+                *missing(settings.get("recommended_args", []), own)]  # fmt: skip
+        return Launch(argv, gpu_env(gpus), self.health, served)
+
+    def progress(self, line: str) -> float | None:
+        m = _SHARDS.search(line)
+        return min(int(m.group(1)), 100) / 100 if m else None
+
+    def estimate(self, settings: Mapping[str, Any], device: DeviceSample) -> Estimate:
+        return planned(settings, device, required=False)
+
+
+def planned(settings: Mapping[str, Any], device: DeviceSample, required: bool) -> Estimate:
+    """The planner's (``labctl fit``) budget per GPU for a vLLM-style revision.
+
+    Raises:
+        EngineError: it does not fit (the planner's reasons), its model files are hostile or
+            broken, or (``required``) the planner cannot size it.
+    """
+    name, model = settings["name"], str(settings["model"])
+    try:
+        arch = resolve(model)
+        gpu_spec = catalog_gpu(device.catalog_id) if device.catalog_id else None
+    except ModelFormatError as exc:  # the files are there and hostile or broken
+        raise EngineError(f"{name}: {exc}") from exc
+    except CatalogError as exc:
+        if required:
+            raise EngineError(f"{name}: {exc}") from exc
+        return Estimate(0, f"no plan ({exc}); the engine's own check decides")
+    args = {k.replace("-", "_"): v for k, v in settings.get("args", {}).items()}
+    fields = {k: args[k] for k in FIT_FLAGS if k in args}
+    fields.setdefault("tensor_parallel_size", len(settings.get("gpus") or (0,)))
+    if gpu_spec is None and device.memory_total_bytes:
+        fields["gpu_total_bytes"] = device.memory_total_bytes
+    try:
+        res = plan(arch, FitRequest.on_gpu(gpu_spec, **fields), suggest=False)
+    except (LabError, TypeError, ValueError) as exc:
+        raise EngineError(f"{name}: the planner cannot check these settings: {exc}") from exc
+    if not res.fits:
+        raise EngineError(
+            f"{name}: {model} does not fit on GPU {device.index} ({device.name}): "
+            + "; ".join(res.reasons)
+        )
+    return Estimate(
+        res.budget_bytes,
+        f"{res.budget_bytes / GiB:.2f} GiB per GPU (weights {res.weights_bytes / GiB:.2f} GiB, "
+        f"KV cache {res.kv_cache_bytes / GiB:.2f} GiB for {res.kv_cache_tokens:,} tokens)",
+        tuple(res.recommended_args),
+        res.max_num_seqs,
+        res.weights_bytes,
+    )

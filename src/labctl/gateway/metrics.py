@@ -1,0 +1,145 @@
+"""The gateway's series, and each deployment's children of them bound once.
+
+The relay observes a latency per streamed token, on the event loop. prometheus_client's
+histogram takes a lock and scans its buckets in Python per observation, and ``labels()``
+looks a child up under a lock each call: on a path that costs a few microseconds per
+chunk in all, that was a large share. So the latency histograms here are
+:class:`LoopHistogram` (observed only from the event loop's thread: no lock, one
+``bisect``), exposed exactly as prometheus_client's are (``_bucket``, ``_count``,
+``_sum``; no ``_created``), and :meth:`GatewayMetrics.bound` keeps each deployment's
+children after its first request.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections.abc import Callable, Iterable, Sequence
+import math
+from typing import Any, cast
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, utils
+from prometheus_client.core import HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from labctl.sim.live import ITL_BUCKETS, REQUEST_BUCKETS, TTFT_BUCKETS
+
+#: How prometheus_client writes a bucket's ``le`` (so the series match its own exactly).
+_le: Callable[[float], str] = cast(Callable[[float], str], utils.floatToGoString)
+
+
+class HistogramChild:
+    """One label set of a :class:`LoopHistogram`."""
+
+    __slots__ = ("bounds", "counts", "sum")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)  # the last: above every bound (+Inf)
+        self.sum = 0.0
+
+    def observe(self, value: float, count: int = 1) -> None:
+        """``count`` observations of ``value``."""
+        if value <= 0.0:  # events read together: no gap between them
+            self.counts[0] += count
+            return
+        self.counts[bisect_left(self.bounds, value)] += count  # le: the first bound ≥ value
+        self.sum += value * count
+
+
+class LoopHistogram(Collector):
+    """A histogram with labels, for observations made on the event loop's thread only.
+
+    Scrapes may come from any thread: what they read is at worst one observation behind
+    in some bucket, as with prometheus_client's own.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        labelnames: Sequence[str],
+        buckets: Sequence[float],
+        registry: CollectorRegistry,
+    ) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.labelnames = tuple(labelnames)
+        self.bounds = tuple(float(b) for b in buckets if not math.isinf(b))
+        self._le = [_le(b) for b in self.bounds] + ["+Inf"]
+        self._children: dict[tuple[str, ...], HistogramChild] = {}
+        registry.register(self)
+
+    def labels(self, *values: str) -> HistogramChild:
+        child = self._children.get(values)
+        if child is None:
+            if len(values) != len(self.labelnames):
+                raise ValueError(f"{self.name} takes labels {self.labelnames}, not {values}")
+            child = self._children[values] = HistogramChild(self.bounds)
+        return child
+
+    def describe(self) -> Iterable[Metric]:
+        return [HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)]
+
+    def collect(self) -> Iterable[Metric]:
+        family = HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        for values, child in list(self._children.items()):
+            total, buckets = 0, []
+            for le, n in zip(self._le, list(child.counts), strict=True):
+                total += n
+                buckets.append((le, float(total)))
+            family.add_metric(list(values), buckets, child.sum)
+        return [family]
+
+
+class Bound:
+    """One deployment's children of the gateway's series."""
+
+    __slots__ = ("duration", "itl", "ok", "queue_wait", "tokens", "ttft")
+
+    def __init__(self, metrics: GatewayMetrics, name: str) -> None:
+        self.queue_wait = metrics.queue_wait.labels(name)
+        self.ttft = metrics.ttft.labels(name)
+        self.itl = metrics.itl.labels(name)
+        self.duration = metrics.duration.labels(name)
+        self.ok: Any = metrics.requests.labels(name, "200")
+        self.tokens: dict[str, Any] = {
+            kind: metrics.tokens.labels(name, kind) for kind in ("prompt", "completion")
+        }
+
+    def count_tokens(self, counts: dict[str, int]) -> None:
+        """Token counts from a usage object (``prompt``, ``completion``)."""
+        for kind, n in counts.items():
+            self.tokens[kind].inc(n)
+
+
+class GatewayMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        r = registry
+        self.requests = Counter("labctl_gateway_requests", "Requests answered, by model and status.",
+                                ["model", "code"], registry=r)  # fmt: skip
+        self.queue_depth = Gauge("labctl_gateway_queue_depth", "Requests waiting for a slot.",
+                                 ["model"], registry=r)  # fmt: skip
+        self.in_flight = Gauge("labctl_gateway_in_flight", "Requests running upstream.",
+                               ["model"], registry=r)  # fmt: skip
+        self.queue_wait = LoopHistogram("labctl_gateway_queue_wait_seconds",
+                                        "Time requests waited for a slot (held through swaps included).",
+                                        ["model"], TTFT_BUCKETS, r)  # fmt: skip
+        self.ttft = LoopHistogram("labctl_gateway_time_to_first_token_seconds",
+                                  "From the gateway receiving a request to its first token.",
+                                  ["model"], TTFT_BUCKETS, r)  # fmt: skip
+        self.itl = LoopHistogram("labctl_gateway_inter_token_latency_seconds",
+                                 "Between streamed events of a response.",
+                                 ["model"], ITL_BUCKETS, r)  # fmt: skip
+        self.duration = LoopHistogram("labctl_gateway_request_duration_seconds",
+                                      "From the gateway receiving a request to its last byte.",
+                                      ["model"], REQUEST_BUCKETS, r)  # fmt: skip
+        self.tokens = Counter("labctl_gateway_tokens", "Tokens, by kind (prompt, completion).",
+                              ["model", "kind"], registry=r)  # fmt: skip
+        self._bound: dict[str, Bound] = {}
+
+    def bound(self, name: str) -> Bound:
+        """``name``'s children, looked up once."""
+        b = self._bound.get(name)
+        if b is None:
+            b = self._bound[name] = Bound(self, name)
+        return b
