@@ -314,9 +314,9 @@ def test_a_start_that_stops_logging_is_stalled_and_rolled_back(
 ) -> None:
     d = lab.up("--config", str(lab_toml(tmp_path)))
     d.wait_state("chat", "ready")
-    run = labctl("deploy", "chat", "--set", "hang_startup=true", "--set", "stall_timeout=1",
+    run = labctl("deploy", "chat", "--set", "hang_startup=true", "--set", "stall_timeout=3",
                  "--url", d.url, home=lab.home)  # fmt: skip
-    assert run.code == 9 and "stalled: no log output for 1 s" in run.err
+    assert run.code == 9 and "stalled: no log output for 3 s" in run.err
     assert "loading is stuck" in run.err  # the log's last lines come with the error
     assert d.wait_state("chat", "ready")["revision"] == 1
 

@@ -196,7 +196,8 @@ class Daemon:
         )  # fmt: skip
         await runner.setup()
         try:
-            await web.TCPSite(runner, self.host, self.port).start()
+            # a backlog for a burst of hundreds of clients: none waits out a SYN retry
+            await web.TCPSite(runner, self.host, self.port, backlog=1024).start()
         except OSError as exc:
             await runner.cleanup()
             raise ConfigError(
