@@ -21,7 +21,7 @@ class FakeProcess:
         self.returncode = code
         self.exited.set()
 
-    async def wait(self) -> int | None:
+    async def wait(self, limit: float | None = None, poll: float = 0.01) -> int | None:
         await self.exited.wait()
         return self.returncode
 

@@ -223,7 +223,7 @@ class EngineOwner:
             return
 
         async def watch() -> None:
-            await engine.process.wait()
+            await engine.process.wait(poll=0.1)  # seen within 0.1 s, as the gateway needs
             if self.engine is engine and self.state in (State.READY, State.DRAINING):
                 self._set(State.FAILED, f"engine exited with code {engine.process.returncode}")
                 self.on_exit(self)

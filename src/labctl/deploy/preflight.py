@@ -12,10 +12,9 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
 
 from labctl.config import DeploymentSpec
-from labctl.engines import adapter
+from labctl.engines import Estimate, adapter
 from labctl.errors import DeployError, LabError
 from labctl.gpu.procs import cmdline, read_stat
 from labctl.gpu.sample import GpuBackend, GpuReading
@@ -25,18 +24,8 @@ from labctl.units import GiB
 PLAN_TIMEOUT_S = 20.0
 
 
-@dataclass(frozen=True)
-class Need:
-    """What preflight found: bytes the revision needs on each of its GPUs, and why."""
-
-    bytes_per_gpu: int
-    summary: str
-    #: The planner's flags that make the plan explicit (vLLM), added where the user set none.
-    recommended: tuple[str, ...] = ()
-    #: Sequences the engine runs at once (vLLM's max_num_seqs), where known.
-    max_num_seqs: int | None = None
-    #: Bytes of weights the engine reads at startup (its startup budget scales with them).
-    weight_bytes: int = 0
+#: What preflight found: the adapter's estimate of what the revision needs per GPU, and why.
+Need = Estimate
 
 
 class Planner:
@@ -69,11 +58,9 @@ class Planner:
                 have = ", ".join(str(i) for i in sorted(devices)) or "none"
                 raise DeployError(f"{spec.name}: GPU {g} does not exist (this machine has: {have})")
         try:
-            est = adapter(spec.engine).estimate(spec.to_dict(), devices[spec.gpus[0]])
+            return adapter(spec.engine).estimate(spec.to_dict(), devices[spec.gpus[0]])
         except LabError as exc:
             raise DeployError(str(exc)) from exc
-        return Need(est.bytes_per_gpu, est.summary, est.recommended, est.max_num_seqs,
-                    est.weight_bytes)  # fmt: skip
 
     async def plan_need(self, spec: DeploymentSpec) -> Need:
         """:meth:`need` in a worker thread, bounded in time: a model file that would keep the

@@ -298,7 +298,7 @@ class EngineProcess:
                 out.append(pid)
         return out
 
-    async def wait(self, limit: float | None = None) -> int | None:
+    async def wait(self, limit: float | None = None, poll: float = 0.01) -> int | None:
         """The engine process's exit code once it exits; ``None`` if ``limit`` s pass first.
 
         Polls the return code: asyncio's ``Process.wait()`` also waits for the output
@@ -309,7 +309,7 @@ class EngineProcess:
         while (code := self.returncode) is None:
             if deadline is not None and self.clock() >= deadline:
                 return None
-            await asyncio.sleep(0.01)
+            await asyncio.sleep(poll)
         return code
 
     async def _stop_tailing(self) -> None:

@@ -515,7 +515,7 @@ async def serve(
         server.app(), access_log=None, handle_signals=False, handler_cancellation=True
     )  # a client that goes away: as vLLM, abort
     await runner.setup()
-    site = web.TCPSite(runner, host, port)
+    site = web.TCPSite(runner, host, port, backlog=1024)  # a burst of connections, as vLLM takes
     try:
         await site.start()
     except OSError as exc:
