@@ -219,8 +219,11 @@ class Guard:
         changes = request.method not in SAFE_METHODS
         if changes and request.can_read_body:
             try:
-                async with asyncio.timeout(self.read_timeout):
-                    await request.read()  # cached: handlers read it again for free
+                if request.content.is_eof():  # it came with the headers: nothing to wait for
+                    await request.read()
+                else:
+                    async with asyncio.timeout(self.read_timeout):
+                        await request.read()  # cached: handlers read it again for free
             except TimeoutError:
                 return api_error(path, 408, f"the request body did not arrive within "
                                  f"{self.read_timeout:g} s (gateway.read_timeout)",
