@@ -10,7 +10,7 @@ import pytest
 
 from labctl.config import DeploymentSpec, LabConfig
 from labctl.deploy.requests import RequestRefused, check_restore, requested_spec
-from labctl.gateway.proxy import form_model
+from labctl.gateway.body import form_model
 
 VLLM = DeploymentSpec.from_dict("chat", {"engine": "vllm", "model": "Qwen/Qwen3-0.6B"})
 SIM = DeploymentSpec.from_dict("chat", {"engine": "sim", "model": "Qwen/Qwen3-0.6B"})

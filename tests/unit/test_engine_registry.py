@@ -147,3 +147,10 @@ def test_the_smoke_test_asks_what_the_engine_serves() -> None:
     assert chat is not None and chat[0] == "/v1/chat/completions"
     assert chat[1]["messages"][0]["content"] == "Hello"
     assert command.smoke({"serves": ["transcriptions"]}, "m") is None  # health is all there is
+
+
+def test_lab_toml_knows_every_built_in_family() -> None:
+    from labctl.config import FAMILIES
+    from labctl.engines import families
+
+    assert set(FAMILIES) == {f.name for f in families()}

@@ -141,6 +141,11 @@ class Watch:
     #: Plain lines, one per change (what a pipe gets).
     log: list[str] = field(default_factory=list)
 
+    @property
+    def running(self) -> Step | None:
+        """The step under way, if one is."""
+        return self.steps[-1] if self.steps and self.steps[-1].outcome is None else None
+
     def _note(self, text: str) -> None:
         self.log.append(f"{time.monotonic() - self.began:6.1f} s  {text}")
 
@@ -184,7 +189,7 @@ class Watch:
         self._note(self._step_line(step))
 
     def _startup_event(self, e: dict[str, Any]) -> None:
-        running = self.steps[-1] if self.steps and self.steps[-1].outcome is None else None
+        running = self.running
         if running is None or running.name not in STARTS:
             return  # the old engine's last lines, as it stops
         before = self.startup.get("loaded_fraction") or 0.0
@@ -261,7 +266,7 @@ class Watch:
                 if s.error:
                     row.append(f"  {_clip(s.error, 100)}", style="red")
             rows.append(row)
-        running = self.steps[-1] if self.steps and self.steps[-1].outcome is None else None
+        running = self.running
         if running is not None and self.startup:
             rows.extend(self._engine_rows())
         return Group(*rows)
@@ -383,10 +388,10 @@ def _follow(
         if now - last_poll >= every:
             last_poll = now
             doc = poll()
-            if events is None:
+            done = doc.get("state") == "done"
+            if events is None or done:
                 w.absorb(doc)
-            if doc.get("state") == "done":
-                w.absorb(doc)
+            if done:
                 shown.update()
                 return doc
         shown.update()

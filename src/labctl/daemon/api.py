@@ -47,8 +47,6 @@ class AdminApi:
     login_url: Callable[[], str]
     #: Told of a spec whose secrets the log must not show.
     learn: Callable[[DeploymentSpec], None]
-    #: Folds the controller's timings into the daemon's histograms.
-    drain: Callable[[], None]
 
     def add_routes(self, r: web.UrlDispatcher) -> None:
         r.add_get("/healthz", self.healthz)
@@ -130,13 +128,13 @@ class AdminApi:
         except RequestRefused as exc:
             raise api_error(exc.status, str(exc)) from None
         self.learn(spec)
-        if not wait and not body.get("dry_run"):
+        dry_run = bool(body.get("dry_run"))
+        if not wait and not dry_run:
             return self._accepted(self.controller.submit(spec), name)
         try:
-            record = await self.controller.deploy(spec, dry_run=bool(body.get("dry_run")))
+            record = await self.controller.deploy(spec, dry_run=dry_run)
         except DeployError as exc:
             raise api_error(409, str(exc)) from None
-        self.drain()
         return web.json_response(record)
 
     async def rollback(self, request: web.Request) -> web.Response:
@@ -154,14 +152,10 @@ class AdminApi:
             raise api_error(409, str(exc)) from None
         if not wait:
             return self._accepted(record["ticket"], name)
-        self.drain()
         return web.json_response(record)
 
     def _accepted(self, ticket: str, name: str) -> web.Response:
-        """202 for a deploy that goes on: the daemon's metrics take its timings when it ends."""
-        entry = self.controller.tickets.get(ticket)
-        if entry is not None:
-            entry["task"].add_done_callback(lambda task: self.drain())
+        """202 for a deploy that goes on (its events and its ticket say how it goes)."""
         return web.json_response({"deployment": name, "ticket": ticket}, status=202)
 
     async def deploy_ticket(self, request: web.Request) -> web.Response:

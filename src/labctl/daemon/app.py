@@ -106,8 +106,8 @@ class Daemon:
                          lambda: {"url": self.url, "config": config.source,
                                   "gpu_backend": self.backend.name})  # fmt: skip
         self.api = AdminApi(self.controller, config, self.sampler.fresh, self.events,
-                            self.stopping, self.site.status, self.login_url, self._learn,
-                            self._drain)  # fmt: skip
+                            self.stopping, self.site.status, self.login_url,
+                            self._learn)  # fmt: skip
 
     # -- what the services tell each other ------------------------------------------------
 
@@ -132,6 +132,8 @@ class Daemon:
         if event["type"] == "state":
             self.metrics.on_state(event)
             self.controller.write_owners()
+        elif event["type"] == "deploy" and event["phase"] not in ("queued", "begin"):
+            self._drain()  # its timings into the histograms as it ends
 
     async def _engine_gone(self, name: str) -> bool:
         return await self.supervisor.engine_gone(name)

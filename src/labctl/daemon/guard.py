@@ -32,7 +32,7 @@ import urllib.parse
 from aiohttp import web
 
 from labctl import jsontext
-from labctl.gateway.proxy import error
+from labctl.gateway.envelope import error
 from labctl.secrets import Redactor, derive, one_line
 
 #: Paths that take the admin token (the dashboard page itself and /login do not).

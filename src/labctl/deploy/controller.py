@@ -77,7 +77,6 @@ class Controller:
         read_rate: float | None = None,
     ) -> None:
         self.journal = journal
-        self.backend = backend
         self.home = home
         self.host = host
         self.hooks = hooks or NoHooks()
@@ -148,12 +147,16 @@ class Controller:
     def _emit(self, event: str, name: str, **data: Any) -> None:
         self.on_event({"type": event, "deployment": name, "time": time.time(), **data})
 
+    def _shown(self, d: Deployment) -> None:
+        """``d``'s state changed: an event, and its route to the gateway."""
+        self._emit("state", d.name, state=d.state, error=d.error, ticket=d.ticket,
+                   revision=d.owner.revision if d.owner else None)  # fmt: skip
+        self.publish(d)
+
     def _owner(self, d: Deployment, revision: int) -> EngineOwner:
         def on_state(owner: EngineOwner, state: State, error: str | None) -> None:
             if owner is d.owner:
-                self._emit("state", d.name, state=str(state), revision=owner.revision,
-                           error=error, ticket=d.ticket)  # fmt: skip
-                self.publish(d)
+                self._shown(d)
 
         def on_exit(owner: EngineOwner) -> None:
             if owner is d.owner:
@@ -161,14 +164,17 @@ class Controller:
 
         return EngineOwner(d.name, revision, on_state, on_exit)
 
-    def _current(self, d: Deployment, owner: EngineOwner | None) -> None:
-        """``owner`` is now the one whose state ``d`` shows."""
+    def _current(self, d: Deployment, owner: EngineOwner, settled: bool = True) -> None:
+        """``owner`` is now the one whose state ``d`` shows; ``settled``: the swap is over, and
+        the gateway lets go of the requests it held."""
         shown = d.state
         d.owner = owner
+        if settled:
+            d.swapping = False
         if d.state != shown:
-            self._emit("state", d.name, state=d.state, error=d.error, ticket=d.ticket,
-                           revision=owner.revision if owner else None)  # fmt: skip
-        self.publish(d)
+            self._shown(d)
+        else:
+            self.publish(d)
 
     def adopt(self, spec: DeploymentSpec, engine: Engine) -> Deployment:
         """Serve ``spec`` with an engine an earlier daemon left running (``reconcile``)."""
@@ -224,9 +230,9 @@ class Controller:
         Raises:
             DeployError: refused at preflight, or failed and rolled back (or could not).
         """
-        d = self.add(spec)
-        self.revisions.remember(spec)
         if dry_run:
+            d = self.add(spec)
+            self.revisions.remember(spec)
             need = await self.check_room(spec, d.engine, await self.planner.plan_need(spec))
             return {"deployment": spec.name, "dry_run": True, "fits": True, "need": need.summary,
                     "bytes_per_gpu": need.bytes_per_gpu}  # fmt: skip
@@ -362,11 +368,11 @@ class Controller:
                 d.max_num_seqs = need.max_num_seqs
             except DeployError as exc:
                 self.journal.finish(deploy_id, "refused", str(exc))
-                self._emit("deploy", spec.name, phase="refused", error=str(exc), ticket=ticket,
-                           deploy_id=deploy_id)  # fmt: skip
                 self.observations.append(
                     ("deploy", {"outcome": "refused", "seconds": self.clock() - begun})
                 )
+                self._emit("deploy", spec.name, phase="refused", error=str(exc), ticket=ticket,
+                           deploy_id=deploy_id)  # fmt: skip
                 raise
             return await self._run_deploy(d, old, spec, kind, revision, deploy_id, need, begun)
         finally:
@@ -392,7 +398,8 @@ class Controller:
         self.observations.append(("deploy", {"outcome": outcome, "seconds": self.clock() - begun}))
         self._emit("deploy", spec.name, phase=outcome, revision=d.revision, error=error,
                    ticket=d.ticket, deploy_id=deploy_id)  # fmt: skip
-        record = self.journal.history(spec.name, limit=1)[0]
+        record = self.journal.record(deploy_id)
+        assert record is not None  # begun and finished above
         if error is not None:
             cls = (
                 DeployCancelled if outcome == "interrupted" or "cancelled" in error else DeployError
@@ -423,7 +430,7 @@ class Controller:
             await old.stop(lambda e: self.engines.stop(e, deploy_id))
             self._checkpoint(d)
         new = self._owner(d, revision)
-        self._current(d, new)  # the old revision is gone: the deployment shows the new one
+        self._current(d, new, settled=False)  # the old revision is gone: d shows the new one
         engine = await self._interruptible(d, new.start(
             lambda: self._bring_up(spec, revision, need, deploy_id, "start")))  # fmt: skip
         self.observations.append(("startup", dict(engine.phases)))
@@ -433,7 +440,6 @@ class Controller:
                                      engine.process.start_time, engine.url)  # fmt: skip
             if old is not None and old is not new:
                 await old.close()
-            d.swapping = False
             self._current(d, new)
 
     async def _bring_up(
@@ -465,15 +471,12 @@ class Controller:
         the shutdown that follows (the old revision, if it was never stopped)."""
         if old is not None and old.engine is not None:
             old.undrain()
-            d.swapping = False
             self._current(d, old)
 
     async def _roll_back(self, d: Deployment, old: EngineOwner | None, deploy_id: int) -> bool:
         """Bring the old revision back after a failed deploy; True if it serves again."""
-        d.swapping = d.swapping and old is not None
         if old is not None and old.engine is not None:
             old.undrain()  # never stopped: it kept serving
-            d.swapping = False
             self._current(d, old)
             return True
         last = old.last_engine if old is not None else None
@@ -487,12 +490,10 @@ class Controller:
                 lambda: self._bring_up(spec, back.revision, need, deploy_id, "rollback")
             )
         except Exception:
-            d.swapping = False
             self._current(d, back)  # failed too
             return False
         self.journal.set_current(d.name, back.revision, engine.process.pid,
                                  engine.process.start_time, engine.url)  # fmt: skip
-        d.swapping = False
         self._current(d, back)
         return True
 

@@ -27,16 +27,11 @@ class Hooks(Protocol):
 
     async def drain(self, name: str) -> None: ...
 
-    def hold(self, name: str) -> None: ...
-
     def publish(self, route: Route) -> None: ...
 
 
 class NoHooks:
     async def drain(self, name: str) -> None:
-        return None
-
-    def hold(self, name: str) -> None:
         return None
 
     def publish(self, route: Route) -> None:

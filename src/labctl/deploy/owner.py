@@ -52,7 +52,6 @@ class BadTransition(RuntimeError):
 
 @dataclass
 class _Command:
-    name: str
     work: Callable[[], Coroutine[Any, Any, Any]]
     future: asyncio.Future[Any]
     task: asyncio.Task[Any] | None = field(default=None)
@@ -101,10 +100,10 @@ class EngineOwner:
 
     # -- commands ----------------------------------------------------------------------
 
-    async def _ask(self, name: str, work: Callable[[], Coroutine[Any, Any, Any]]) -> Any:
+    async def _ask(self, work: Callable[[], Coroutine[Any, Any, Any]]) -> Any:
         """Queue ``work`` and wait for it; a caller that gives up cancels it and waits for
         its cleanup."""
-        cmd = _Command(name, work, asyncio.get_running_loop().create_future())
+        cmd = _Command(work, asyncio.get_running_loop().create_future())
         await self._queue.put(cmd)
         try:
             return await asyncio.shield(cmd.future)
@@ -158,7 +157,7 @@ class EngineOwner:
             self._watch_exit()
             return engine
 
-        result: Engine = await self._ask("start", work)
+        result: Engine = await self._ask(work)
         return result
 
     def adopt(self, engine: Engine) -> None:
@@ -175,7 +174,7 @@ class EngineOwner:
             self._set(State.DRAINING)
             await wait()
 
-        await self._ask("drain", work)
+        await self._ask(work)
 
     def undrain(self) -> None:
         """A drain called off (a deploy refused or cancelled before the stop): serve again."""
@@ -204,7 +203,7 @@ class EngineOwner:
             self._set(State.STOPPED)
             return result
 
-        return await asyncio.shield(self._ask("stop", work))
+        return await asyncio.shield(self._ask(work))
 
     async def close(self) -> None:
         """End the owner's task (its engine stopped, killed, or left to whoever adopts it); a

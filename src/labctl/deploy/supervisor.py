@@ -37,14 +37,11 @@ class Supervisor:
         #: Told of each restart (the daemon counts them).
         self.on_restart = on_restart
         self.backoff: dict[str, Backoff] = {}
-        #: Deployments whose dead engine is being restarted (one restart at a time).
-        self.restarting: set[str] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
         controller.on_exit = self._exited
 
     def _exited(self, d: Deployment, owner: EngineOwner) -> None:
-        if d.name not in self.restarting and not self.stopping.is_set():
-            self.restarting.add(d.name)
+        if not d.restart_pending and not self.stopping.is_set():  # one restart at a time
             d.restart_pending = True  # new requests wait for the restart instead of failing
             self.controller.publish(d)
             task = asyncio.create_task(self._restart(d, owner))
@@ -66,12 +63,12 @@ class Supervisor:
         e = d.engine
         if e is not None and d.state == State.READY:
             for i in range(40):  # its owner may not have seen the exit yet: up to 2 s
-                if name in self.restarting or d.state != State.READY:
+                if d.restart_pending or d.state != State.READY:
                     break
                 if i >= 20 and e.process.pid in e.process.alive_members():
                     break  # alive after a second: it refuses connections, it is not dead
                 await asyncio.sleep(0.05)
-        return name in self.restarting or d.state in ("draining", "stopping", "starting")
+        return d.restart_pending or d.state in ("draining", "stopping", "starting")
 
     async def _restart(self, d: Deployment, dead: EngineOwner) -> None:
         try:
@@ -89,7 +86,6 @@ class Supervisor:
             with contextlib.suppress(LabError):
                 await self.controller.deploy(d.spec, kind="restart", revision=d.revision)
         finally:
-            self.restarting.discard(d.name)
             d.restart_pending = False
             if d.deploying is None:  # a restart that did not happen holds nothing back
                 self.controller.publish(d)

@@ -1,22 +1,28 @@
 """Errors in OpenAI's envelope, as the gateway answers them.
 
 ``{"error": {"message", "type", "param", "code"}}``; 429 and 503 carry ``Retry-After``.
-The daemon's admin API answers its errors through :func:`error` too.
+The guard answers the ``/v1`` requests it refuses through :func:`error` too.
 """
 
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from aiohttp import web
 
 
+def body(message: str, kind: str, code: str | int | None = None,
+         param: str | None = None) -> dict[str, Any]:  # fmt: skip
+    """OpenAI's error envelope, as a document."""
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
+
 def error(status: int, message: str, kind: str, code: str | None = None,
           param: str | None = None, retry_after: float | None = None) -> web.Response:  # fmt: skip
-    """OpenAI's error envelope."""
-    body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
+    """OpenAI's error envelope, as an answer."""
     headers = {"Retry-After": str(max(1, round(retry_after)))} if retry_after is not None else {}
-    return web.json_response(body, status=status, headers=headers)
+    return web.json_response(body(message, kind, code, param), status=status, headers=headers)
 
 
 class Reply(Exception):

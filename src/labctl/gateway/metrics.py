@@ -21,6 +21,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, utils
 from prometheus_client.core import HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from labctl.gateway.relay import usage_counts
 from labctl.sim.live import ITL_BUCKETS, REQUEST_BUCKETS, TTFT_BUCKETS
 
 #: How prometheus_client writes a bucket's ``le`` (so the series match its own exactly).
@@ -106,9 +107,9 @@ class Bound:
             kind: metrics.tokens.labels(name, kind) for kind in ("prompt", "completion")
         }
 
-    def count_tokens(self, counts: dict[str, int]) -> None:
-        """Token counts from a usage object (``prompt``, ``completion``)."""
-        for kind, n in counts.items():
+    def count_usage(self, data: bytes) -> None:
+        """Token counts from a usage event or a whole answer (``prompt``, ``completion``)."""
+        for kind, n in usage_counts(data).items():
             self.tokens[kind].inc(n)
 
 
@@ -121,18 +122,23 @@ class GatewayMetrics:
                                  ["model"], registry=r)  # fmt: skip
         self.in_flight = Gauge("labctl_gateway_in_flight", "Requests running upstream.",
                                ["model"], registry=r)  # fmt: skip
-        self.queue_wait = LoopHistogram("labctl_gateway_queue_wait_seconds",
-                                        "Time requests waited for a slot (held through swaps included).",
-                                        ["model"], TTFT_BUCKETS, r)  # fmt: skip
-        self.ttft = LoopHistogram("labctl_gateway_time_to_first_token_seconds",
-                                  "From the gateway receiving a request to its first token.",
-                                  ["model"], TTFT_BUCKETS, r)  # fmt: skip
-        self.itl = LoopHistogram("labctl_gateway_inter_token_latency_seconds",
-                                 "Between streamed events of a response.",
-                                 ["model"], ITL_BUCKETS, r)  # fmt: skip
-        self.duration = LoopHistogram("labctl_gateway_request_duration_seconds",
-                                      "From the gateway receiving a request to its last byte.",
-                                      ["model"], REQUEST_BUCKETS, r)  # fmt: skip
+
+        def hist(name: str, doc: str, buckets: tuple[float, ...]) -> LoopHistogram:
+            return LoopHistogram(f"labctl_gateway_{name}", doc, ["model"], buckets, r)
+
+        self.queue_wait = hist("queue_wait_seconds",
+                               "Time requests waited for a slot (held through swaps included).",
+                               TTFT_BUCKETS)  # fmt: skip
+        self.ttft = hist(
+            "time_to_first_token_seconds",
+            "From the gateway receiving a request to its first token.",
+            TTFT_BUCKETS,
+        )
+        self.itl = hist("inter_token_latency_seconds", "Between streamed events of a response.",
+                        ITL_BUCKETS)  # fmt: skip
+        self.duration = hist("request_duration_seconds",
+                             "From the gateway receiving a request to its last byte.",
+                             REQUEST_BUCKETS)  # fmt: skip
         self.tokens = Counter("labctl_gateway_tokens", "Tokens, by kind (prompt, completion).",
                               ["model", "kind"], registry=r)  # fmt: skip
         self._bound: dict[str, Bound] = {}

@@ -4,8 +4,8 @@ Every path of every API family the engines serve (``labctl.engines.families()``)
 the deployment whose name, served model id or alias the request names (in its body, or
 in the path for a family whose path has ``{model}``), and which serves that family;
 ``/v1/models`` lists them all. The deploy controller pushes each deployment's route as it
-changes (:meth:`Gateway.publish`, :meth:`Gateway.withdraw`, :meth:`Gateway.drain`,
-:meth:`Gateway.hold`).
+changes (:meth:`Gateway.publish`), and has it drained through a swap
+(:meth:`Gateway.drain`).
 
 Streams are relayed event by event as they arrive, never buffered
 (:mod:`labctl.gateway.relay`, over the gateway's own engine client,
@@ -39,10 +39,10 @@ from labctl.gateway.admission import Admission, Rejected
 from labctl.gateway.body import for_engine, form_model
 from labctl.gateway.envelope import Reply, error, is_error_envelope
 from labctl.gateway.metrics import Bound, GatewayMetrics
-from labctl.gateway.relay import EventRelay, usage_counts
+from labctl.gateway.relay import EventRelay
 from labctl.gateway.upstream import Connection, EngineFailed, EngineGone, Pool
 
-__all__ = ["MAX_BODY_ITEMS", "Gateway", "GatewayMetrics", "error", "form_model"]
+__all__ = ["MAX_BODY_ITEMS", "Gateway"]
 
 #: Members and elements a request body may hold (a prompt of token ids, a long chat): about
 #: the most a 32 MiB body of real requests holds, and far fewer objects than memory allows.
@@ -119,13 +119,6 @@ class Gateway:
         elif route.name in self.admissions:
             self.admission(route).resume()
 
-    def withdraw(self, name: str) -> None:
-        """``name`` is gone from the lab: its held requests are answered, its route dropped."""
-        route = self.routes.pop(name, None)
-        self._index()
-        if route is not None and name in self.admissions:
-            self.admissions[name].resume()
-
     def _index(self) -> None:
         by_name: dict[str, tuple[Route, ...]] = {}
         for route in self.routes.values():
@@ -137,12 +130,6 @@ class Gateway:
         route = self.routes.get(name)
         if route is not None:
             await self.admission(route).drain(self.config.drain_timeout)
-
-    def hold(self, name: str) -> None:
-        """Hold new requests for ``name`` now (its engine died; a restart follows)."""
-        route = self.routes.get(name)
-        if route is not None:
-            self.admission(route).hold()
 
     # -- requests ----------------------------------------------------------------------
 
@@ -159,7 +146,9 @@ class Gateway:
                               "invalid_request_error", "invalid_api_key"))  # fmt: skip
         if key.rate_per_minute is not None:
             now = self.clock()
-            recent = self._recent.setdefault(token, deque())
+            recent = self._recent.get(token)
+            if recent is None:
+                recent = self._recent[token] = deque()
             while recent and recent[0] <= now - 60:
                 recent.popleft()
             if len(recent) >= key.rate_per_minute:
@@ -245,11 +234,12 @@ class Gateway:
                 bound.queue_wait.observe(waited)
                 try:
                     response = await self._forward(request, route, raw, doc, t0, bound)
-                except _EngineGone as gone:
+                except EngineGone as gone:  # the request never reached it: it may go again
                     adm.release()
                     if tries < 3 and await self.engine_gone(route.name):
                         continue  # back in the queue, held until the restart is done
-                    raise Reply(error(502, str(gone), "api_error", None)) from None
+                    raise Reply(error(502, f"{route.name}: {gone}; the request did not reach it",
+                                      "api_error", None)) from None  # fmt: skip
                 except BaseException:
                     adm.release()
                     raise
@@ -312,8 +302,6 @@ class Gateway:
             headers += f"Authorization: Bearer {route.key}\r\n"
         try:
             conn, head = await self.pool.request(route.url, request.path, headers, body)
-        except EngineGone as exc:
-            raise _EngineGone(f"{route.name}: {exc}; the request did not reach it") from None
         except EngineFailed as exc:
             raise Reply(error(502, f"{route.name}: {exc}", "api_error",
                               None)) from None  # fmt: skip
@@ -325,8 +313,7 @@ class Gateway:
             except EngineFailed as exc:
                 raise Reply(error(502, f"{route.name}: {exc} before its answer ended",
                                   "api_error", None)) from None  # fmt: skip
-            if b'"usage"' in data:
-                bound.count_tokens(usage_counts(data))
+            bound.count_usage(data)
             if doc is not None and head.status == 200 and not stream:
                 bound.ttft.observe(self.clock() - t0)
             if head.status >= 400 and not is_error_envelope(data):
@@ -358,11 +345,8 @@ class Gateway:
         if writer is None or transport is None or transport.is_closing():
             raise _ClientGone(resp)
 
-        def on_usage(event: bytes) -> None:
-            bound.count_tokens(usage_counts(event))
-
         relay = EventRelay(transport, chunked, name, asked, t0, self.clock, bound.ttft,
-                           bound.itl, on_usage, conn.pause)  # fmt: skip
+                           bound.itl, bound.count_usage, conn.pause)  # fmt: skip
         conn.attach(relay)  # what came with the engine's headers is held for this write:
         try:
             if relay.done is None:
@@ -401,7 +385,3 @@ class _ClientGone(Exception):
 
     def __init__(self, response: web.StreamResponse) -> None:
         self.response = response
-
-
-class _EngineGone(Exception):
-    """The engine refused the connection: the request never reached it, so it may go again."""

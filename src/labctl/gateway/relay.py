@@ -35,6 +35,7 @@ import json
 import re
 from typing import Protocol
 
+from labctl.gateway.envelope import body
 from labctl.sse import Splitter
 
 #: A token event: ``"choices"`` with an object in its list (what the two fast scans miss).
@@ -101,21 +102,20 @@ def usage_counts(event: bytes) -> dict[str, int]:
     thousands of numbers before it. A count's key cannot occur inside a string (its quotes
     would be escaped there).
     """
-    m = _USAGE.search(event)
+    m = _USAGE.search(event) if b'"usage"' in event else None
     if m is None:
         return {}
     out: dict[str, int] = {}
     for name, digits in _COUNTS.findall(event, m.end()):
-        kind = name.decode()
-        if kind not in out and int(digits) > 0:
-            out[kind] = int(digits)
+        kind, n = name.decode(), int(digits)
+        if kind not in out and n > 0:
+            out[kind] = n
     return out
 
 
 def error_event(message: str) -> bytes:
     """An error as the last event of a stream, in OpenAI's envelope."""
-    doc = {"error": {"message": message, "type": "api_error", "param": None, "code": 502}}
-    return b"data: " + json.dumps(doc).encode() + b"\n\n"
+    return b"data: " + json.dumps(body(message, "api_error", 502)).encode() + b"\n\n"
 
 
 class EventRelay:

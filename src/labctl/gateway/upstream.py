@@ -306,7 +306,7 @@ class Connection(asyncio.Protocol):
     def _fail(self, error: str) -> None:
         self.keep_alive = False
         if not self._answered and not self.head.done():
-            self.head.set_exception(EngineGone(error) if not self.used > 1 else _Stale(error))
+            self.head.set_exception(_Stale(error) if self.used > 1 else EngineGone(error))
         self._finish(error)
 
     # -- use ----------------------------------------------------------------------------
@@ -314,7 +314,7 @@ class Connection(asyncio.Protocol):
     def send(self, data: bytes, body: bytes) -> None:
         assert self.transport is not None
         self.used += 1
-        if body and len(body) >= _JOIN_LIMIT:
+        if len(body) >= _JOIN_LIMIT:
             self.transport.write(data)
             self.transport.write(body)
         else:
