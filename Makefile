@@ -11,7 +11,7 @@ SEED_MODELS := google/gemma-4-31B-it google/gemma-4-26B-A4B-it \
 DEFAULT_GPU := rtx-3090
 
 
-.PHONY: up plan test lint typecheck unit integration gpu bench-fit bench-exporter bench-twin bench-capacity bench-deploy bench-gateway bench-dashboard llama-server system-deps clean
+.PHONY: up plan test lint typecheck unit integration gpu bench-fit bench-exporter bench-twin bench-capacity bench-deploy bench-gateway bench-dashboard llama-server whisper-server system-deps clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -53,11 +53,17 @@ unit: $(STAMP)
 
 integration: $(STAMP) system-deps
 	@bin=$$(PYTHON=$(BIN)/python scripts/build-llama-server.sh) && \
-		LABCTL_LLAMA_SERVER=$$bin $(BIN)/pytest tests/integration
+		wbin=$$(PYTHON=$(BIN)/python scripts/build-whisper-server.sh) && \
+		LABCTL_LLAMA_SERVER=$$bin LABCTL_WHISPER_SERVER=$$wbin $(BIN)/pytest tests/integration
 
 # The GPU tier needs an NVIDIA GPU; it is not part of `make test`.
 gpu: $(STAMP)
 	$(BIN)/pytest -m gpu tests/gpu
+
+# A real whisper.cpp whisper-server for the speech tests, built once per machine and cached
+# outside the repository (about 2 minutes on 2 cores the first time).
+whisper-server: $(STAMP)
+	@PYTHON=$(BIN)/python scripts/build-whisper-server.sh
 
 # A real llama.cpp llama-server for the integration tests, built once per machine and cached
 # outside the repository (about 8 minutes on 2 cores the first time).
@@ -66,7 +72,9 @@ llama-server: $(STAMP)
 
 test: lint typecheck $(STAMP) system-deps
 	@bin=$$(PYTHON=$(BIN)/python scripts/build-llama-server.sh) && \
-		LABCTL_LLAMA_SERVER=$$bin $(BIN)/pytest tests/unit tests/integration -m "not gpu"
+		wbin=$$(PYTHON=$(BIN)/python scripts/build-whisper-server.sh) && \
+		LABCTL_LLAMA_SERVER=$$bin LABCTL_WHISPER_SERVER=$$wbin \
+		$(BIN)/pytest tests/unit tests/integration -m "not gpu"
 
 bench-fit: $(STAMP)
 	$(BIN)/python benchmarks/fit_accuracy.py

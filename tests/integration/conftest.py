@@ -54,3 +54,16 @@ def lab(tmp_path: Path) -> Iterator[Lab]:
         yield started
     finally:
         started.stop()
+
+
+@pytest.fixture(scope="session")
+def whisper_server() -> Path:
+    """whisper.cpp's whisper-server, built once per machine (``make whisper-server``); the
+    sdist's ``for-tests-ggml-tiny.bin`` lies beside it."""
+    path = os.environ.get("LABCTL_WHISPER_SERVER")
+    cached = Path.home() / ".cache" / "labctl" / "whisper-server-1.5.1-portable" / "whisper-server"
+    binary = Path(path) if path else cached
+    if not binary.is_file():
+        pytest.fail(f"whisper-server is not at {binary}: run `make whisper-server` (make test "
+                    "does), or set LABCTL_WHISPER_SERVER")  # fmt: skip
+    return binary
