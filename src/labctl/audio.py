@@ -42,6 +42,35 @@ class Audio:
     format: str  # libsndfile's name: WAV, FLAC, OGG, MP3, …
 
 
+class _View:
+    """A read-only file over a buffer, read by libsndfile without copying the buffer
+    (``io.BytesIO`` would copy all of it first)."""
+
+    def __init__(self, data: bytes | memoryview) -> None:
+        self.data = memoryview(data).cast("B")
+        self.at = 0
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self.at, io.SEEK_END: len(self.data)}[whence]
+        self.at = min(max(0, base + offset), len(self.data))
+        return self.at
+
+    def tell(self) -> int:
+        return self.at
+
+    def readinto(self, buf: memoryview) -> int:
+        n = min(len(buf), len(self.data) - self.at)
+        memoryview(buf).cast("B")[:n] = self.data[self.at : self.at + n]
+        self.at += n
+        return n
+
+    def read(self, count: int = -1) -> bytes:
+        end = len(self.data) if count < 0 else min(len(self.data), self.at + count)
+        out = bytes(self.data[self.at : end])
+        self.at = end
+        return out
+
+
 def probe(data: bytes | memoryview) -> Audio:
     """What an audio file holds, from its header.
 
@@ -51,7 +80,7 @@ def probe(data: bytes | memoryview) -> Audio:
     if len(data) == 0:
         raise AudioError("the audio file is empty")
     try:
-        info = soundfile.info(io.BytesIO(data))
+        info = soundfile.info(_View(data))
     except (RuntimeError, soundfile.LibsndfileError, TypeError) as exc:
         raise AudioError(f"not an audio file libsndfile can read ({_reason(exc)})") from None
     if info.samplerate <= 0 or info.frames < 0:
@@ -68,10 +97,10 @@ def decode(data: bytes | memoryview, rate: int = SAMPLE_RATE) -> np.ndarray:
     if len(data) == 0:
         raise AudioError("the audio file is empty")
     try:
-        samples, native = soundfile.read(io.BytesIO(data), dtype="float32", always_2d=True)
+        samples, native = soundfile.read(_View(data), dtype="float32", always_2d=True)
     except (RuntimeError, soundfile.LibsndfileError, TypeError) as exc:
         raise AudioError(f"not an audio file libsndfile can read ({_reason(exc)})") from None
-    mono = samples.mean(axis=1, dtype=np.float32)
+    mono: np.ndarray = samples.mean(axis=1, dtype=np.float32)
     if native != rate and len(mono):
         n = max(1, round(len(mono) * rate / native))
         mono = np.interp(np.linspace(0, len(mono) - 1, n), np.arange(len(mono)), mono).astype(

@@ -111,12 +111,13 @@ args = { max_model_len = 4096, time_scale = 0.5, load_gbps = 0, gpu_memory_utili
 PROVOKED = {"LabGpuUnaccountedMemory", "LabRequestsQueueing", "LabDeployFailed"}
 
 
-def _grafana_queries(doc: dict[str, object]) -> list[str]:
-    """The dashboard's PromQL with its variables as "All" and Grafana's rate interval."""
+def _grafana_queries(doc: dict[str, object], only: list[str] | None = None) -> list[str]:
+    """The dashboard's PromQL (or ``only`` these) with its variables as "All" and Grafana's
+    rate interval."""
     from labctl.dashboard.grafana import expressions
 
     out = []
-    for expr in expressions(doc):
+    for expr in expressions(doc) if only is None else only:
         expr = expr.replace("$__rate_interval", "1m")
         expr = re.sub(r'=~"\$(instance|gpu|deployment)"', '=~".*"', expr)
         m = re.fullmatch(r"label_values\((.+), (\w+)\)", expr)
@@ -174,12 +175,102 @@ def test_prometheus_and_the_dashboard_fire_the_alerts_a_lab_provokes_and_every_g
     status = labctl("status", "--url", d.url, check=True).out
     assert "LabRequestsQueueing" in status and "firing" in status
 
-    # Every PromQL expression of the exported Grafana dashboard returns data from this lab.
+    # Every PromQL expression of the exported Grafana dashboard returns data from this lab,
+    # but the speech row's: this lab serves no speech (the next test has them).
     gout = tmp_path / "grafana"
     labctl("export", "grafana", "--out", str(gout), check=True)
     doc = json.loads((gout / "dashboards" / "labctl-lab.json").read_text())
-    empty = [expr for expr in _grafana_queries(doc) if not query(expr)]
+    speech = set(_grafana_queries(doc, _speech_row(doc)))
+    empty = [expr for expr in _grafana_queries(doc) if expr not in speech and not query(expr)]
     assert not empty, f"Grafana queries with no data: {empty}"
+    assert not [expr for expr in speech if query(expr)], "speech panels with data in a chat lab"
+
+
+def _speech_row(doc: dict[str, object]) -> list[str]:
+    """The PromQL of the Grafana dashboard's speech row."""
+    panels = doc["panels"]
+    assert isinstance(panels, list)
+    out, row = [], ""
+    for panel in panels:
+        if panel["type"] == "row":
+            row = panel["title"]
+        elif row == "Speech":
+            out += [t["expr"] for t in panel["targets"]]
+    assert out, "the Grafana dashboard has no speech row"
+    return out
+
+
+def test_prometheus_fires_speech_falling_behind_and_every_speech_grafana_query_has_data(
+    lab: Lab, labctl: Callable[..., Run], tmp_path: Path
+) -> None:
+    """The speech row and LabSpeechFallingBehind in a real Prometheus, on the gateway's own
+    speech series: a speech deployment answers clips far below its RTFx floor while requests
+    queue, and a chat deployment queues beside it."""
+    import threading
+
+    from prometheus_client import CollectorRegistry, start_http_server
+
+    from labctl.gateway.metrics import GatewayMetrics
+
+    registry = CollectorRegistry()
+    metrics = GatewayMetrics(registry)
+    metrics.rtfx_floor.labels("asr").set(1000)  # out of reach: it falls behind
+    metrics.queue_depth.labels("asr").set(3)
+    metrics.in_flight.labels("asr").set(2)
+    metrics.queue_depth.labels("chat").set(20)
+    speech = metrics.audio("asr")
+    stop = threading.Event()
+
+    def answer() -> None:  # twice a second, a clip in each audio length bucket but unknown
+        lengths = (3.0, 8.0, 20.0, 45.0, 90.0)
+        while not stop.wait(0.5):
+            for seconds in lengths:
+                speech.observe(seconds, 0.1 + seconds / 20)
+
+    port = free_port()
+    server, _ = start_http_server(port, "127.0.0.1", registry)
+    answering = threading.Thread(target=answer, daemon=True)
+    answering.start()
+    try:
+        out = tmp_path / "prom"
+        labctl("export", "prometheus", "--out", str(out), "--alert-for-scale", "0", check=True)
+        config = out / "speech.yml"
+        config.write_text(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
+            f"rule_files:\n  - {out / 'labctl-rules.yml'}\n"
+            "scrape_configs:\n  - job_name: labctl\n    static_configs:\n"
+            f"      - targets: ['127.0.0.1:{port}']\n"
+        )
+        query, api = lab.prometheus_with(config, tmp_path)
+
+        def firing() -> list[dict[str, str]]:
+            alerts = json.loads(get(api + "alerts"))["data"]["alerts"]
+            return [a["labels"] for a in alerts if a["state"] == "firing"]
+
+        def behind() -> list[dict[str, str]]:
+            return [a for a in firing() if a["alertname"] == "LabSpeechFallingBehind"]
+
+        labels = wait_for(behind, 60, "Prometheus to fire LabSpeechFallingBehind")
+        assert [(a["model"], a["instance"]) for a in labels] == [("asr", f"127.0.0.1:{port}")]
+        gout = tmp_path / "grafana"
+        labctl("export", "grafana", "--out", str(gout), check=True)
+        doc = json.loads((gout / "dashboards" / "labctl-lab.json").read_text())
+        exprs = _grafana_queries(doc, _speech_row(doc))
+        # rate() over a minute needs two scrapes of each counter; then every query has data.
+        wait_for(lambda: all(query(e) for e in exprs), 30, "every speech query to have data")
+        for expr in exprs:  # and only for the speech deployment, never the chat one
+            assert {r["metric"].get("model") for r in query(expr)} == {"asr"}, expr
+        lengths = query(
+            "histogram_quantile(0.95, sum by (le, model, audio_length) "
+            "(rate(labctl_gateway_audio_request_duration_seconds_bucket[1m])))"
+        )
+        answered = {r["metric"]["audio_length"] for r in lengths if r["value"][1] != "NaN"}
+        assert answered == {"<=5s", "<=10s", "<=30s", "<=60s", ">60s"}
+    finally:
+        stop.set()
+        answering.join(5)
+        server.shutdown()
+        server.server_close()
 
 
 def _holders(lab: Lab, twin_pid: int) -> list[int]:

@@ -281,7 +281,13 @@ def test_bad_input_is_a_clear_error_and_leaves_deployments_alone(
 
 def test_the_example_lab_toml_documents_a_valid_lab() -> None:
     config = load_config(EXAMPLE, check_host=False)  # it names a vllm binary and /models
-    assert {d.engine for d in config.deployments} == {"vllm", "llamacpp", "sim", "command"}
+    assert {d.engine for d in config.deployments} == {
+        "vllm",
+        "llamacpp",
+        "whispercpp",
+        "sim",
+        "command",
+    }
     text = EXAMPLE.read_text()
     from dataclasses import fields
 

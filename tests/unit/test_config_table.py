@@ -53,6 +53,11 @@ BAD: list[tuple[str, str, str]] = [
      "['a\\x07b']"),
     (f'[gateway]\nkeys = [{KEY}, modles = ["chat"] }}]\n', "gateway.keys[0].modles", "modles"),
     ("[gateway]\nretries = 3\n", "gateway.retries", "retries"),
+    ("[gateway]\nmax_audio_bytes = 10\n", "gateway.max_audio_bytes", "= 10"),
+    ("[gateway]\nmax_body_bytes = 2048\nmax_audio_bytes = 4096\n", "gateway.max_audio_bytes",
+     "= 4096"),
+    (SIM + "rtfx_floor = -1\n", "deployments.chat.rtfx_floor", "= -1"),
+    (SIM + 'rtfx_floor = "fast"\n', "deployments.chat.rtfx_floor", "'fast'"),
     # dashboard.*
     ("[dashboard]\ninterval = 0.1\n", "dashboard.interval", "= 0.1"),
     ("[dashboard]\ninterval = 60\nhistory = 30\n", "dashboard.history", "= 30"),

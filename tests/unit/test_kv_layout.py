@@ -161,9 +161,15 @@ def test_older_engines_size_sliding_layers_as_full() -> None:
     assert v0.kv_groups == 1 and v1.kv_groups == 2
 
 
-def test_whisper_cross_attention_is_sized_by_the_batch_token_budget() -> None:
+def test_whisper_cross_attention_holds_one_chunk_but_vllm_reserves_the_batch_budget() -> None:
     r = plan(resolve("openai/whisper-large-v3"), request("rtx-3090", kv_cache_memory_bytes=4 * GiB))
     assert r.kv_groups == 2 and r.max_model_len == 448
     per_block = 32 * 20 * 64 * 2 * 2 * 16
     blocks = 4 * GiB // per_block
-    assert r.max_concurrency == pytest.approx(blocks / (28 + 2048 // 16), abs=0.01)
+    # A request holds 448 self positions and 1,500 encoder positions: 28 + 94 blocks.
+    assert r.max_concurrency == pytest.approx(blocks / (28 + 94), abs=0.01)
+    # vLLM's startup line reserves cross blocks for max_num_batched_tokens encoder tokens.
+    assert r.encoder_decoder is not None
+    assert r.encoder_decoder.vllm_logged_concurrency == pytest.approx(
+        blocks / (28 + 2048 // 16), abs=0.01
+    )

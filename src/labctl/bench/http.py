@@ -87,8 +87,8 @@ class Sink(Protocol):
 class _Parser:
     """HTTP/1.1 response → status, then SSE events or a body; keeps the connection's framing."""
 
-    __slots__ = ("body", "buf", "chunk_left", "chunked", "done", "keep_alive", "length", "sink",
-                 "skip", "splitter", "sse", "status")  # fmt: skip
+    __slots__ = ("body", "buf", "chunk_left", "chunked", "done", "ended", "keep_alive", "length",
+                 "sink", "skip", "splitter", "sse", "status")  # fmt: skip
 
     def __init__(self, sink: Sink) -> None:
         self.sink = sink
@@ -103,10 +103,14 @@ class _Parser:
         self.body = bytearray()
         self.done = False
         self.keep_alive = True
+        #: When the last data of the response was read (perf-counter time): the end of an
+        #: answer that is not an event stream.
+        self.ended = 0.0
 
     def feed(self, data: bytes, t: float) -> None:
         if self.done:
             return
+        self.ended = t
         buf = self.buf + data if self.buf else data
         if not self.status:
             buf = buf.lstrip(b"\r\n")  # the end of the previous response's last chunk
@@ -313,10 +317,15 @@ class Connection:
     async def send(self, head: bytes, body: bytes, sink: Sink) -> None:
         self.parser = _Parser(sink)
         if self.sock is not None:
-            await asyncio.get_running_loop().sock_sendall(self.sock, head + body)
+            loop = asyncio.get_running_loop()
+            if len(body) <= _READ:
+                await loop.sock_sendall(self.sock, head + body)
+            else:  # a large body (an audio file) is sent as it is, not copied per request
+                await loop.sock_sendall(self.sock, head)
+                await loop.sock_sendall(self.sock, body)
         else:
             assert self.writer is not None
-            self.writer.write(head + body)
+            self.writer.writelines((head, body))
             await self.writer.drain()
             if self._tls_task is None:
                 self._tls_task = asyncio.create_task(self._tls_reader())
@@ -428,14 +437,23 @@ class Client:
         self.host_header = host if endpoint.port == default else f"{host}:{endpoint.port}"
         self.auth = f"Authorization: Bearer {api_key}\r\n" if api_key else ""
 
-    def head(self, method: str, path: str, length: int) -> bytes:
+    def head(
+        self, method: str, path: str, length: int, content_type: str = "application/json"
+    ) -> bytes:
         return (
             f"{method} {self.endpoint.prefix}{path} HTTP/1.1\r\nHost: {self.host_header}\r\n"
-            f"{self.auth}Content-Type: application/json\r\nAccept: text/event-stream, "
+            f"{self.auth}Content-Type: {content_type}\r\nAccept: text/event-stream, "
             f"application/json\r\nContent-Length: {length}\r\nUser-Agent: labctl-bench\r\n\r\n"
         ).encode("latin-1")
 
-    async def request(self, method: str, path: str, body: bytes, sink: Sink) -> Connection:
+    async def request(
+        self,
+        method: str,
+        path: str,
+        body: bytes,
+        sink: Sink,
+        content_type: str = "application/json",
+    ) -> Connection:
         """Send a request; the sink then sees the response. Returns its connection.
 
         Raises:
@@ -454,7 +472,7 @@ class Client:
                 raise RequestFailed(f"cannot connect to {self.endpoint}: {_reason(exc)}") from exc
         self.open.add(conn)
         try:
-            await conn.send(self.head(method, path, len(body)), body, sink)
+            await conn.send(self.head(method, path, len(body), content_type), body, sink)
         except OSError as exc:
             self.discard(conn)
             raise RequestFailed(f"connection error: {_reason(exc)}") from exc

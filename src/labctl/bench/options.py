@@ -2,7 +2,8 @@
 
 The options are validated here, in one place, so a bad flag is a usage error
 before a connection opens. :data:`DETAIL_FIELDS` names the per-request arrays
-that only ``--save-detailed`` keeps in the result.
+that only ``--save-detailed`` keeps in the result. :data:`BACKENDS` are vLLM's
+``--backend`` names this bench speaks: text completions, chat, and speech.
 """
 
 from __future__ import annotations
@@ -12,12 +13,16 @@ from dataclasses import dataclass
 import math
 from pathlib import Path
 
+from labctl.bench import audio
 from labctl.bench.http import Endpoint
 from labctl.errors import UsageError
 
 #: Per-request arrays (``vllm bench serve --save-detailed``); kept only when asked for.
 DETAIL_FIELDS = ("input_lens", "output_lens", "ttfts", "itls", "latencies", "start_times",
                  "queue_times", "generated_texts", "errors")  # fmt: skip
+#: vLLM's ``vllm bench serve --backend`` names, each with the endpoint it posts to.
+BACKENDS = {"openai": "/v1/completions", "openai-chat": "/v1/chat/completions",
+            "openai-audio": audio.DEFAULT_ROUTE}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -39,6 +44,22 @@ class BenchConfig:
     seed: int = 0
     timeout: float = 600.0
     percentiles: Sequence[float] = (99,)
+    #: vLLM's ``--backend``; None: ``openai-chat`` for the chat endpoint, else ``openai``.
+    backend: str | None = None
+    #: The speech backend's clips: a folder of audio files, or lengths of generated clips.
+    audio_dir: Path | None = None
+    audio_seconds: tuple[float, ...] = ()
+
+    @property
+    def kind(self) -> str:
+        """The backend in effect (a key of :data:`BACKENDS`)."""
+        if self.backend is not None:
+            return self.backend
+        return "openai-chat" if self.endpoint == "chat" else "openai"
+
+    @property
+    def audio(self) -> bool:
+        return self.kind == "openai-audio"
 
     def validate(self) -> None:
         if self.num_prompts < 1:
@@ -53,7 +74,31 @@ class BenchConfig:
             raise UsageError(f"--warmup {self.warmup} must be 0 or more")
         if not self.timeout > 0:
             raise UsageError(f"--timeout {self.timeout} must be positive (seconds)")
+        if self.kind not in BACKENDS:
+            raise UsageError(f"--backend {self.backend!r}: use one of {', '.join(BACKENDS)}")
+        if self.backend == "openai-chat" and self.endpoint != "chat":
+            raise UsageError("--backend openai-chat posts to the chat endpoint: drop --endpoint")
+        if self.backend == "openai" and self.endpoint != "completions":
+            raise UsageError("--backend openai posts to the completions endpoint: drop --endpoint")
+        if self.audio:
+            self._validate_audio()
+            return
+        if self.audio_dir is not None or self.audio_seconds:
+            flag = "--audio-dir" if self.audio_dir is not None else "--audio-seconds"
+            raise UsageError(f"{flag} is for speech: add --backend openai-audio")
         try:
             Endpoint.parse(self.base_url)
         except ValueError as exc:
             raise UsageError(str(exc)) from exc
+
+    def _validate_audio(self) -> None:
+        audio.route(self.base_url)
+        if (self.audio_dir is None) == (not self.audio_seconds):
+            raise UsageError(
+                "--backend openai-audio needs its clips: give --audio-dir DIR (audio files) "
+                "or --audio-seconds S (generated clips, e.g. 4.7, 2,5,12 or 1-30), not both"
+            )
+        if self.dataset is not None:
+            raise UsageError("--dataset holds text prompts: for speech give --audio-dir instead")
+        if any(not (s > 0) for s in self.audio_seconds):
+            raise UsageError("--audio-seconds: each length must be above 0")

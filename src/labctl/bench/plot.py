@@ -1,7 +1,8 @@
 """PNG plots of benchmark results (matplotlib, no display needed).
 
 A sweep plots latency percentiles and throughput against the swept rate or
-concurrency; a single run plots its TTFT and ITL distributions and its output
+concurrency (for speech also RTFx, and the median E2E latency of each audio-length
+bucket); a single run plots its TTFT and ITL distributions and its output
 throughput and concurrency over time, rebuilt from per-request timings.
 """
 
@@ -40,7 +41,8 @@ def _x(doc: dict[str, Any], parameter: str) -> float:
 
 
 def plot_sweep(runs: Sequence[dict[str, Any]], parameter: str, path: Path) -> None:
-    """Median and p99 of each latency, and throughput, against ``rate`` or ``concurrency``."""
+    """Median and p99 of each latency, and throughput, against ``rate`` or ``concurrency``;
+    for speech runs (``audio_seconds`` in them) RTFx and E2EL by audio length as well."""
     label = "request rate (req/s)" if parameter == "rate" else "max concurrency"
     xs = [_x(d, parameter) for d in runs]
     finite = [x for x in xs if math.isfinite(x)]
@@ -50,7 +52,8 @@ def plot_sweep(runs: Sequence[dict[str, Any]], parameter: str, path: Path) -> No
         xs = [x if math.isfinite(x) else right for x in xs]
         ticks[right] = "inf"
     model = runs[0].get("model_id", "") if runs else ""
-    fig, axes = _figure(2, 3, f"labctl bench sweep · {model}")
+    speech = any("audio_seconds" in d for d in runs)
+    fig, axes = _figure(2, 4 if speech else 3, f"labctl bench sweep · {model}")
     for ax, (key, name) in zip(axes.flat, LATENCIES, strict=False):
         for stat, style in (("median", "o-"), ("p99", "s--")):
             ys = [d.get(f"{stat}_{key}_ms", math.nan) for d in runs]
@@ -77,6 +80,8 @@ def plot_sweep(runs: Sequence[dict[str, Any]], parameter: str, path: Path) -> No
     req.set_ylabel("requests/s")
     req.grid(alpha=0.3)
     req.legend()
+    if speech:
+        _speech_panels(axes.flat[6], axes.flat[7], xs, runs, label)
     spread = len(xs) > 2 and min(xs) > 0 and max(xs) / min(xs) >= 8
     for ax in axes.flat:
         if spread:
@@ -84,6 +89,30 @@ def plot_sweep(runs: Sequence[dict[str, Any]], parameter: str, path: Path) -> No
         ax.set_xticks(list(ticks), list(ticks.values()))
         ax.minorticks_off()
     _save(fig, path)
+
+
+def _speech_panels(rtfx: Any, buckets: Any, xs: list[float], runs: Sequence[dict[str, Any]],
+                   label: str) -> None:  # fmt: skip
+    """RTFx, and the median E2E latency of each audio-length bucket, against the swept value."""
+    rtfx.plot(xs, [d.get("rtfx", 0.0) for d in runs], "o-", color="#228833", label="RTFx")
+    rtfx.set_xlabel(label)
+    rtfx.set_ylabel("audio s per s (RTFx)")
+    rtfx.grid(alpha=0.3)
+    rtfx.legend()
+    names: list[str] = []
+    for d in runs:
+        names += [b for b in d.get("e2el_by_audio_bucket", {}) if b not in names]
+    for name in names:
+        ys = []
+        for d in runs:
+            row = d.get("e2el_by_audio_bucket", {}).get(name)
+            ys.append(row["median_e2el_ms"] if row and row["completed"] else math.nan)
+        buckets.plot(xs, ys, "o-", label=f"audio {name}")
+    buckets.set_xlabel(label)
+    buckets.set_ylabel("median E2EL (ms)")
+    buckets.grid(alpha=0.3)
+    if names:
+        buckets.legend()
 
 
 def timeline(doc: dict[str, Any], step: float = 1.0) -> tuple[list[float], list[int], list[int]]:

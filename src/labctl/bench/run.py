@@ -18,15 +18,16 @@ When either exceeds :data:`CLIENT_LAG_LIMIT_S` at p99, the run is marked
 The parts live in their own modules: the options in :mod:`labctl.bench.options`,
 live counters in :mod:`labctl.bench.progress`, one request's stream in
 :mod:`labctl.bench.stream` and the client's self-check in
-:mod:`labctl.bench.selfcheck`. This module runs them and re-exports the names
-callers import from it.
+:mod:`labctl.bench.selfcheck`; speech (``--backend openai-audio``) is a
+:class:`Runner` of its own in :mod:`labctl.bench.speech`. This module runs them
+and re-exports the names callers import from it.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 import datetime as dt
 import json
 import math
@@ -34,8 +35,9 @@ import random
 import time
 from typing import Any
 
+from labctl.bench.audio import Clip, estimate_tokens
 from labctl.bench.http import Client, Connection, Endpoint, LagRecorder, RequestFailed, call_json
-from labctl.bench.options import DETAIL_FIELDS, BenchConfig
+from labctl.bench.options import BACKENDS, DETAIL_FIELDS, BenchConfig
 from labctl.bench.progress import Progress
 from labctl.bench.selfcheck import (
     CLIENT_LAG_LIMIT_S,
@@ -51,7 +53,7 @@ from labctl.sim.workload import Item, arrival_times, from_file, synthetic
 
 #: Callers import these from here, including the ones now defined in the other parts.
 __all__ = ["DETAIL_FIELDS", "WORDS", "BenchConfig", "Progress", "Runner", "_Result", "_Stream",
-           "_p99_with_zeros", "new_loop", "reason", "run_sync"]  # fmt: skip
+           "_p99_with_zeros", "make_runner", "new_loop", "reason", "run_sync"]  # fmt: skip
 
 WORDS = ["time", "year", "people", "way", "day", "man", "thing", "woman", "life", "child", "world", "school", "state", "family", "student", "group", "country", "problem", "hand", "part", "place", "case", "week", "company", "system", "program", "question", "work", "government", "number", "night", "point", "home", "water", "room", "mother", "area", "money", "story", "fact", "month", "lot", "right", "study", "book", "eye", "job", "word", "business", "issue", "side", "kind", "head", "house", "service", "friend", "father", "power", "hour", "game", "line", "end", "member", "law", "car", "city", "community", "name", "president", "team", "minute", "idea", "kid", "body", "information", "back", "parent", "face", "others", "level", "office", "door", "health", "person", "art", "war", "history", "party", "result", "change", "morning", "reason", "research", "girl", "guy", "moment", "air", "teacher", "force", "education"]  # fmt: skip
 
@@ -66,18 +68,23 @@ class Runner:
         config.validate()
         self.tick = tick
         self.config = config
-        self.endpoint = Endpoint.parse(config.base_url)
+        self.endpoint, self.path = self.route()
         self.lag = LagRecorder()
         self.client = Client(self.endpoint, config.api_key, self.lag)
         self.progress = progress or Progress()
         self.warnings: list[str] = []
         self.stop = asyncio.Event()
-        self.path = "/v1/chat/completions" if config.endpoint == "chat" else "/v1/completions"
+        #: How request bodies are encoded.
+        self.content_type = "application/json"
         self.tokens_per_word = 1.0
         self.overhead = 0.0
         self.can_tokenize = False
 
     # -- requests -------------------------------------------------------------------
+
+    def route(self) -> tuple[Endpoint, str]:
+        """The server, and the path requests are posted to."""
+        return Endpoint.parse(self.config.base_url), BACKENDS[self.config.kind]
 
     def body(self, item: Item, prompt: str, ignore_eos: bool) -> bytes:
         doc: dict[str, Any] = {"model": self.config.model, "stream": True,
@@ -99,20 +106,12 @@ class Runner:
         conn: Connection | None = None
         error: str | None = None
         try:
-            conn = await self.client.request("POST", self.path, body, stream)
+            conn = await self.client.request("POST", self.path, body, stream, self.content_type)
             async with asyncio.timeout(self.config.timeout):
                 status, raw, error = await stream.future
-            if error is None and status != 200:
-                try:
-                    error = f"HTTP {status}: {_message(json.loads(raw))}"
-                except ValueError:
-                    error = f"HTTP {status}: {_clip(raw)}"
-            elif error is None and stream.error:
-                error = stream.error
-            elif error is None and stream.first is None:
-                error = "the stream ended without any output"
-            elif error is None and not stream.done:
-                error = "the stream ended without data: [DONE]"
+            if error is None:
+                ended = conn.parser.ended if conn.parser is not None else time.perf_counter()
+                error = self.check(stream, status, raw, ended)
         except RequestFailed as exc:
             error = str(exc)
         except TimeoutError:
@@ -137,12 +136,29 @@ class Runner:
         out_tokens = usage.get("completion_tokens")
         prompt_tokens = usage.get("prompt_tokens")
         has_usage = isinstance(out_tokens, int)
+        text = "".join(stream.texts)
+        if not isinstance(out_tokens, int):  # counted again by the server's tokenizer, if any
+            out_tokens = estimate_tokens(text) if stream.plain else stream.chunks
         outcome = Outcome(
             prompt_tokens if isinstance(prompt_tokens, int) else item.prompt_len,
-            out_tokens if isinstance(out_tokens, int) else stream.chunks,
-            stream.first - st, stream.last - st, stream.itl, True, start, queue_time,
+            out_tokens, stream.first - st, stream.last - st, stream.itl, True, start, queue_time,
         )  # fmt: skip
-        return _Result(outcome, "".join(stream.texts), has_usage, stream.chunks, item.prompt_len)
+        return _Result(outcome, text, has_usage, stream.chunks, item.prompt_len, not stream.plain)
+
+    def check(self, stream: _Stream, status: int, raw: bytes, ended: float) -> str | None:
+        """Why a response that arrived in full (read to its end at ``ended``) failed, or None."""
+        if status != 200:
+            try:
+                return f"HTTP {status}: {_message(json.loads(raw))}"
+            except ValueError:
+                return f"HTTP {status}: {_clip(raw)}"
+        if stream.error:
+            return stream.error
+        if stream.first is None:
+            return "the stream ended without any output"
+        if not stream.done:
+            return "the stream ended without data: [DONE]"
+        return None
 
     # -- before the run ---------------------------------------------------------------
 
@@ -214,7 +230,12 @@ class Runner:
         rng = random.Random(c.seed + 7)
         return items, [self.prompt(rng, i.prompt_len) for i in items], True
 
-    async def warm(self, items: list[Item], prompts: list[str], ignore_eos: bool) -> None:
+    def workload(self) -> tuple[list[Item], list[bytes]]:
+        """The requests of the run, in order, and their bodies, all built before it starts."""
+        items, prompts, ignore_eos = self.items()
+        return items, [self.body(it, pr, ignore_eos) for it, pr in zip(items, prompts, strict=True)]
+
+    async def warm(self, items: list[Item], bodies: Sequence[bytes]) -> None:
         n = self.config.warmup
         if not n:
             return
@@ -225,24 +246,23 @@ class Runner:
         async def go(i: int) -> None:
             async with sem:
                 k = i % len(items)
-                await self.one(self.body(items[k], prompts[k], ignore_eos), items[k], 0.0, 0.0)
+                await self.one(bodies[k], items[k], 0.0, 0.0)
 
         await asyncio.gather(*(go(i) for i in range(n)))
 
     async def run(self, selector: TimedSelector | None = None) -> dict[str, Any]:
         try:
             await self.preflight()
-            items, prompts, ignore_eos = self.items()
-            await self.warm(items, prompts, ignore_eos)
-            return await self._measure(items, prompts, ignore_eos, selector)
+            items, bodies = self.workload()
+            await self.warm(items, bodies)
+            return await self._measure(items, bodies, selector)
         finally:
             self.client.close()
 
     async def _measure(
         self,
         items: list[Item],
-        prompts: list[str],
-        ignore_eos: bool,
+        bodies: Sequence[bytes],
         selector: TimedSelector | None,
     ) -> dict[str, Any]:
         c = self.config
@@ -250,7 +270,6 @@ class Runner:
         p.total, p.phase, p.started = len(items), "running", time.perf_counter()
         raise_fd_limit(c.max_concurrency or len(items), self.warnings)
         schedule = arrival_times(len(items), c.request_rate, c.burstiness, c.seed)
-        bodies = [self.body(it, pr, ignore_eos) for it, pr in zip(items, prompts, strict=True)]
         self.lag.samples.clear()
         self.lag.coalesced.clear()
         if selector is not None:
@@ -323,10 +342,17 @@ class Runner:
         if not missing:
             return
         if not self.can_tokenize:
-            self.warnings.append(
-                f"{len(missing)} responses carried no usage and the server has no /tokenize: "
-                "their output tokens are counted as streamed chunks"
-            )
+            streamed = sum(1 for r in missing if r.streamed)
+            if streamed:
+                self.warnings.append(
+                    f"{streamed} responses carried no usage and the server has no /tokenize: "
+                    "their output tokens are counted as streamed chunks"
+                )
+            if len(missing) > streamed:
+                self.warnings.append(
+                    f"{len(missing) - streamed} answers carried no usage and the server has no "
+                    "/tokenize: their output tokens are estimated from their text (1.3 per word)"
+                )
             return
         for r in missing:
             try:
@@ -352,8 +378,8 @@ class Runner:
         outcomes = [r.outcome for r in done]
         doc: dict[str, Any] = {
             "date": dt.datetime.now().strftime("%Y%m%d-%H%M%S"),
-            "endpoint_type": "openai-chat" if c.endpoint == "chat" else "openai",
-            "backend": "openai-chat" if c.endpoint == "chat" else "openai",
+            "endpoint_type": c.kind,
+            "backend": c.kind,
             "label": None,
             "model_id": c.model,
             "tokenizer_id": c.model,
@@ -381,7 +407,7 @@ class Runner:
         prompt_err = [
             abs(r.outcome.prompt_len - r.requested) / r.requested
             for r in done
-            if r.outcome.success and r.usage_tokens
+            if r.outcome.success and r.usage_tokens and r.requested > 0
         ]
         doc |= {
             "url": str(self.endpoint),
@@ -427,6 +453,23 @@ class Runner:
         return doc
 
 
+def make_runner(
+    config: BenchConfig,
+    tick: Callable[[Progress], None] | None = None,
+    clips: Sequence[Clip] | None = None,
+) -> Runner:
+    """The runner for the config's backend; speech reads (or is given) its clips first.
+
+    Raises:
+        UsageError: a bad option, or an audio file that is not audio.
+    """
+    if config.audio:
+        from labctl.bench.speech import AudioRunner  # it builds on this module
+
+        return AudioRunner(config, clips, tick=tick)
+    return Runner(config, tick=tick)
+
+
 def run_sync(
     config: BenchConfig,
     tick: Callable[[Progress], None] | None = None,
@@ -435,7 +478,7 @@ def run_sync(
     """Run on a fresh event loop whose iterations are timed for the self-check."""
     loop, selector = new_loop()
     try:
-        runner = Runner(config, tick=tick)
+        runner = make_runner(config, tick)
         if on_start is not None:
             on_start(runner, loop)
         return loop.run_until_complete(runner.run(selector))

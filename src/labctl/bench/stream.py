@@ -2,9 +2,11 @@
 
 :class:`_Stream` turns server-sent events into the timings ``vllm bench serve``
 reports: TTFT at the first event with non-empty ``choices``, one ITL sample per
-later such event, E2EL at the last of them. Kept apart from the run loop so the
-parsing of one stream can be tested without a server; :func:`reason` groups the
-failures it reports for counting.
+later such event, E2EL at the last of them. A server that answers a streamed
+request with one plain JSON document (whisper-server does, for transcriptions)
+gives a :meth:`_Stream.whole` answer: TTFT and E2EL both at its end, no ITL.
+Kept apart from the run loop so the parsing of one stream can be tested without
+a server; :func:`reason` groups the failures it reports for counting.
 """
 
 from __future__ import annotations
@@ -24,8 +26,8 @@ MID_STREAM = "server error mid-stream"
 class _Stream:
     """One streamed request: the sink its connection feeds."""
 
-    __slots__ = ("chunks", "done", "error", "first", "future", "itl", "lag", "last", "prev",
-                 "texts", "usage")  # fmt: skip
+    __slots__ = ("chunks", "done", "error", "first", "future", "itl", "lag", "last", "plain",
+                 "prev", "texts", "usage")  # fmt: skip
 
     def __init__(self, lag: LagRecorder) -> None:
         self.lag = lag
@@ -41,6 +43,17 @@ class _Stream:
         self.error: str | None = None
         self.done = False
         self.chunks = 0
+        #: The answer came as one JSON document, not as an event stream.
+        self.plain = False
+
+    def whole(self, doc: dict[str, Any], text: str, t: float) -> None:
+        """Take a complete answer that was not an event stream, read in full at ``t``."""
+        self.first = self.last = t
+        self.texts = [text] if text else []
+        usage = doc.get("usage")
+        if isinstance(usage, dict):
+            self.usage = usage
+        self.plain = self.done = True
 
     def on_event(self, data: bytes, t: float) -> None:
         if data == b"[DONE]":
@@ -116,5 +129,9 @@ class _Result:
     text: str
     usage_tokens: bool
     chunks: int
-    #: The prompt length asked for, to check against what the server counted.
+    #: The prompt length asked for, to check against what the server counted (0: none).
     requested: int
+    #: False where the answer was one JSON document rather than an event stream.
+    streamed: bool = True
+    #: The length of the audio sent (speech requests only).
+    audio_seconds: float | None = None

@@ -239,6 +239,9 @@ class ModelArch:
     #: Multi-token-prediction layers shipped with the model (used as a speculative drafter).
     mtp_layers: int = 0
     multimodal: bool = False
+    #: Positions of an encoder-decoder model's encoder output, which cross-attention
+    #: keeps per request (Whisper: 1,500 per 30 s chunk); 0 for decoder-only models.
+    encoder_positions: int = 0
     #: Where the description came from: "catalog", a directory, a GGUF file.
     source: str = "catalog"
     #: Free-form facts worth showing (verified config, notes on caveats).

@@ -133,4 +133,5 @@ def whisper(cfg: ConfigView, name: str, w: WeightList) -> ModelArch:
         dtype=dtype_of(cfg, cfg),
         tie_word_embeddings=True,
         multimodal=True,
+        encoder_positions=src,
     )

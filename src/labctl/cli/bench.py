@@ -81,9 +81,9 @@ def _progress_view(p: Any, label: str) -> Table:
     return t
 
 
-def _run_one(config: Any, label: str, show: bool) -> dict[str, Any]:
+def _run_one(config: Any, label: str, show: bool, clips: Any = None) -> dict[str, Any]:
     """One run with a live display on stderr; Ctrl-C stops it and keeps what was measured."""
-    from labctl.bench.run import Runner, new_loop
+    from labctl.bench.run import make_runner, new_loop
 
     loop, selector = new_loop()
     err = Console(stderr=True)
@@ -94,7 +94,7 @@ def _run_one(config: Any, label: str, show: bool) -> dict[str, Any]:
         if live is not None:
             live.update(_progress_view(p, label), refresh=True)
 
-    runner = Runner(config, tick=tick if show else None)
+    runner = make_runner(config, tick if show else None, clips)
 
     def on_sigint() -> None:
         nonlocal interrupts
@@ -141,9 +141,19 @@ def _print_report(doc: dict[str, Any]) -> None:
         ("Output token throughput (tok/s):", f"{doc['output_throughput']:.2f}"),
         ("Peak output token throughput (tok/s):", f"{doc['max_output_tokens_per_s']:.2f}"),
         ("Peak concurrent requests:", doc["max_concurrent_requests"]),
+    ]
+    if "audio_seconds" in doc:
+        rows += [
+            ("RTFx (Inverse Real-Time Factor):", f"{doc['rtfx']:.2f}"),
+            ("Total audio (s):", f"{doc['audio_seconds']:.2f}"),
+        ]
+    rows += [
         ("Total token throughput (tok/s):", f"{doc['total_token_throughput']:.2f}"),
         ("Streamed chunks/s:", f"{doc['chunk_throughput']:.0f}"),
     ]
+    if "non_streamed_responses" in doc:
+        streamed = doc["completed"] - doc["non_streamed_responses"]
+        rows.append(("Streamed answers:", f"{streamed} of {doc['completed']}"))
     if not doc["completed"]:
         rows = [*rows[:2], ("Benchmark duration (s):", f"{doc['duration']:.2f}")]
     for name, value in rows:
@@ -158,6 +168,16 @@ def _print_report(doc: dict[str, Any]) -> None:
         for stat in ("mean", "median", *[k.split("_", 1)[0] for k in doc if k.endswith(f"_{key}_ms") and k.startswith("p") and k.split("_", 1)[1] == f"{key}_ms"]):  # fmt: skip
             label = stat.capitalize() if stat in ("mean", "median") else stat.upper()
             out.print(f"{label + ' ' + name + ' (ms):':<40} {doc[f'{stat}_{key}_ms']:.2f}")
+    buckets = doc.get("e2el_by_audio_bucket") or {}
+    if buckets and doc["completed"]:
+        out.print(f"{' E2EL by Audio Length ':-^50}")
+        out.print(
+            f"{'bucket':<10}{'done':>6}{'audio s':>10}{'mean ms':>12}{'p50 ms':>12}{'p95 ms':>12}"
+        )
+        for name, row in buckets.items():
+            out.print(f"{name:<10}{row['completed']:>6}{row['audio_seconds']:>10.1f}"
+                      f"{row['mean_e2el_ms']:>12.2f}{row['median_e2el_ms']:>12.2f}"
+                      f"{row['p95_e2el_ms']:>12.2f}")  # fmt: skip
     check = doc["client_check"]
     out.print(f"{' Client self-check ':-^50}")
     for label, key in (("P99 timestamp error (ms):", "timestamp_error_p99_ms"),
@@ -196,8 +216,15 @@ def _write_json(path: Path, doc: Any) -> None:
               help="lengths uniform in len·(1±r)")  # fmt: skip
 @click.option("--dataset", type=click.Path(path_type=Path),
               help="ShareGPT JSON or a JSONL of {\"prompt\": …, \"output_len\": …}")  # fmt: skip
-@click.option("--endpoint", type=click.Choice(["completions", "chat"]), default="completions",
-              show_default=True)  # fmt: skip
+@click.option("--endpoint", type=click.Choice(["completions", "chat"]),
+              help="text endpoint  [default: completions]")  # fmt: skip
+@click.option("--backend", type=click.Choice(["openai", "openai-chat", "openai-audio"]),
+              help="vLLM's backend names: openai (completions), openai-chat, openai-audio "
+                   "(speech: the URL's /v1/audio/transcriptions or /translations)")  # fmt: skip
+@click.option("--audio-dir", type=click.Path(path_type=Path),
+              help="openai-audio: a folder of audio files (WAV, FLAC, …) to send")  # fmt: skip
+@click.option("--audio-seconds", metavar="S|S1,S2,…|LO-HI",
+              help="openai-audio: generated clips of these lengths (seconds), e.g. 4.7, 2,5,12 or 1-30")  # fmt: skip
 @click.option("--goodput", multiple=True, metavar="KEY:MS",
               help="SLOs for goodput, e.g. 'ttft:500 tpot:50' (keys ttft, tpot, e2el)")  # fmt: skip
 @click.option("--sweep", metavar="rate|concurrency=V1,V2,…",
@@ -220,6 +247,8 @@ def bench(**kw: Any) -> None:
 
     Field names and definitions are vLLM's `vllm bench serve`. The run is marked
     client_limited when the client itself read responses more than 1 ms late (p99).
+    With --backend openai-audio it posts audio clips to a transcription endpoint
+    and adds rtfx, audio_seconds and E2E latency by audio length.
     """
     from labctl.bench.run import DETAIL_FIELDS, BenchConfig
 
@@ -243,16 +272,33 @@ def bench(**kw: Any) -> None:
         raise UsageError(f"--plot {kw['plot']}: give a .png file name")
     if kw["dataset"] is not None and not kw["dataset"].is_file():
         raise UsageError(f"--dataset {kw['dataset']}: no such file")
-    model = kw["model"] or _first_model(kw["base_url"], kw["api_key"])
+    backend, endpoint = kw["backend"], kw["endpoint"]
+    if backend == "openai-audio" and endpoint is not None:
+        raise UsageError("--endpoint is for text: openai-audio posts to the --base-url's "
+                         "/v1/audio/transcriptions (or /translations)")  # fmt: skip
+    endpoint = endpoint or ("chat" if backend == "openai-chat" else "completions")
+    seconds: tuple[float, ...] = ()
+    if kw["audio_seconds"] is not None:
+        from labctl.bench.audio import parse_seconds
+
+        seconds = parse_seconds(kw["audio_seconds"], kw["num_prompts"], kw["seed"])
     config = BenchConfig(
-        base_url=kw["base_url"], model=model, num_prompts=kw["num_prompts"],
+        base_url=kw["base_url"], model=kw["model"] or "", num_prompts=kw["num_prompts"],
         request_rate=kw["request_rate"], burstiness=kw["burstiness"],
         max_concurrency=kw["max_concurrency"], input_len=kw["input_len"],
         output_len=kw["output_len"], range_ratio=kw["range_ratio"], dataset=kw["dataset"],
-        endpoint=kw["endpoint"], goodput=parse_goodput(kw["goodput"] + kw["more_slos"]), warmup=kw["warmup"],
+        endpoint=endpoint, goodput=parse_goodput(kw["goodput"] + kw["more_slos"]), warmup=kw["warmup"],
         api_key=kw["api_key"], seed=kw["seed"], timeout=kw["timeout"], percentiles=percentiles,
+        backend=backend, audio_dir=kw["audio_dir"], audio_seconds=seconds,
     )  # fmt: skip
     config.validate()
+    clips = None
+    if config.audio:  # every file is read and checked before anything is sent
+        from labctl.bench.speech import load_clips
+
+        clips = load_clips(config)
+    if not kw["model"]:
+        config = dataclasses.replace(config, model=_first_model(config))
     if not kw["burstiness"] > 0:
         raise UsageError(f"--burstiness {kw['burstiness']} must be positive; 1 is Poisson")
     show = sys.stderr.isatty() and not (kw["json_out"] and not sys.stdout.isatty())
@@ -272,13 +318,14 @@ def bench(**kw: Any) -> None:
         ]
     interrupted = False
     for label, point in points:
-        doc = _run_one(point, label, show)
+        doc = _run_one(point, label, show, clips)
         runs.append(doc)
         if not kw["as_json"] and sweep is not None:
+            rtfx = f", RTFx {doc['rtfx']:.2f}" if "audio_seconds" in doc else ""
             click.echo(
                 f"{label}: completed {doc['completed']}, failed {doc['failed']}, median TTFT "
                 f"{doc['median_ttft_ms']:.1f} ms, median TPOT {doc['median_tpot_ms']:.2f} ms, "
-                f"{doc['output_throughput']:.0f} tok/s" + (" (client limited)" if doc["client_limited"] else ""),
+                f"{doc['output_throughput']:.0f} tok/s{rtfx}" + (" (client limited)" if doc["client_limited"] else ""),
                 err=show,
             )  # fmt: skip
         if doc["interrupted"]:
@@ -317,16 +364,18 @@ def bench(**kw: Any) -> None:
         raise BenchError(f"all {sum(d['failed'] for d in runs)} requests failed: {top}")
 
 
-def _first_model(base_url: str, api_key: str | None) -> str:
+def _first_model(config: Any) -> str:
+    """The first model the server lists (GET /v1/models)."""
+    from labctl.bench.audio import route
     from labctl.bench.http import Client, Endpoint, RequestFailed, call_json
 
     try:
-        endpoint = Endpoint.parse(base_url)
+        endpoint = route(config.base_url)[0] if config.audio else Endpoint.parse(config.base_url)
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
 
     async def ask() -> Any:
-        client = Client(endpoint, api_key)
+        client = Client(endpoint, config.api_key)
         try:
             return await call_json(client, "GET", "/v1/models", limit_s=10)
         finally:

@@ -3,24 +3,30 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import click
 from rich.table import Table
 from rich.text import Text
 
 from labctl.catalog.arch import ModelArch
+from labctl.catalog.ggml import WhisperHparams, is_whisper_ggml, read_whisper_ggml
 from labctl.catalog.gpus import GpuSpec, gpu, match_nvml_name
 from labctl.catalog.models import resolve
 from labctl.cli.output import console, emit_json, warn
 from labctl.errors import GpuUnavailable, UsageError
+from labctl.fit.encdec import EncoderDecoderPlan
 from labctl.fit.llamacpp import CACHE_TYPES, LlamaCppRequest, LlamaCppResult, plan_llamacpp
 from labctl.fit.plan import DTYPES, KV_DTYPES, FitRequest, FitResult, plan
 from labctl.fit.vllm import LATEST
+from labctl.fit.whispercpp import WhisperCppPlan, plan_hparams
 from labctl.units import GiB, format_bytes, parse_size
 
 #: The GPU `labctl fit` plans for when none is named and none is found.
 DEFAULT_GPU = "rtx-3090"
+#: Seconds of audio one Whisper encoder pass covers (its 1,500 positions).
+CHUNK_SECONDS = 30
 
 
 @dataclass(frozen=True)
@@ -81,6 +87,11 @@ def resolve_target(gpu_id: str | None, gpu_memory_gib: float | None) -> Target:
 
 
 def _result_line(r: FitResult) -> str:
+    if r.fits and r.encoder_decoder is not None:
+        return (
+            f"fits: {r.max_concurrency:g} requests of one {CHUNK_SECONDS} s chunk at once, "
+            f"{r.encoder_decoder.clips_per_step} new encode(s) per step"
+        )
     if r.fits:
         return (
             f"fits: {r.kv_cache_tokens:,} tokens of KV cache, {r.max_concurrency:g} requests of "
@@ -110,7 +121,13 @@ def render_one(arch: ModelArch, target: Target, r: FitResult) -> None:
         format_bytes(r.budget_bytes),
         f"{r.gpu_memory_utilization:g} × {format_bytes(r.gpu_total_bytes)}",
     )
-    t.add_row("weights", format_bytes(r.model_load_bytes), "parameters per GPU plus rotary tables")
+    t.add_row(
+        "weights",
+        format_bytes(r.model_load_bytes),
+        "encoder and decoder parameters per GPU"
+        if r.encoder_decoder is not None
+        else "parameters per GPU plus rotary tables",
+    )
     t.add_row(
         "activation peak",
         format_bytes(r.activation_peak_bytes),
@@ -128,6 +145,77 @@ def render_one(arch: ModelArch, target: Target, r: FitResult) -> None:
         format_bytes(r.kv_cache_bytes),
         f"{r.num_gpu_blocks:,} blocks of {r.block_size} tokens, {r.kv_groups} group(s)",
     )
+    if r.encoder_decoder is not None:
+        _encoder_decoder_rows(t, r, r.encoder_decoder)
+    else:
+        _kv_rows(t, r)
+    if not r.cuda_graphs_in_budget:
+        t.add_row(
+            "CUDA graphs", format_bytes(r.cuda_graph_bytes), "captured after, from the headroom"
+        )
+    out.print(t)
+    style = "green" if r.fits else "red"
+    out.print(Text(_result_line(r), style=f"bold {style}"))
+    for w in r.warnings:
+        out.print(Text(f"note: {w}", style="yellow"))
+    for note in arch.notes:
+        out.print(Text(f"note: {note}", style="dim"))
+    if r.suggestions:
+        out.print("to make it fit (each planned with the change):")
+        for s in r.suggestions:
+            mark = "✓" if s.fits else "✗"
+            out.print(
+                f"  {mark} {s.change}: max context {s.max_model_len_fit:,}, {s.kv_cache_tokens:,} KV tokens, "
+                f"{s.max_concurrency:g}x at {s.max_model_len:,}  [{_args(s.args)}]"
+            )
+    out.print(f"vllm serve {r.model} {' '.join(r.recommended_args)}")
+
+
+def _encoder_decoder_rows(t: Table, r: FitResult, e: EncoderDecoderPlan) -> None:
+    """Rows of an encoder-decoder (Whisper) plan: a request's two caches, encoder
+    admission and concurrency in requests of one chunk."""
+    t.add_row(
+        "KV per position",
+        format_bytes(e.kv_self_bytes_per_position),
+        "decoder self-attention (cross-attention alike)"
+        if e.kv_self_bytes_per_position == e.kv_cross_bytes_per_position
+        else f"decoder self-attention; cross-attention {format_bytes(e.kv_cross_bytes_per_position)}",
+    )
+    t.add_row(
+        "KV self / request",
+        format_bytes(e.kv_self_bytes_per_request),
+        f"{r.max_model_len:,} decoder positions ({e.kv_self_bytes_per_request / 1e6:.1f} MB), "
+        f"{e.kv_self_blocks_per_request} blocks of {r.block_size}",
+    )
+    t.add_row(
+        "KV cross / request",
+        format_bytes(e.kv_cross_bytes_per_request),
+        f"{e.encoder_positions:,} encoder positions per {CHUNK_SECONDS} s chunk "
+        f"({e.kv_cross_bytes_per_request / 1e6:.1f} MB), {e.kv_cross_blocks_per_request} blocks "
+        f"of {r.block_size}",
+    )
+    t.add_row("KV tokens", f"{r.kv_cache_tokens:,}", "as vLLM reports 'GPU KV cache size'")
+    t.add_row(
+        "clips per step",
+        f"{e.clips_per_step}",
+        f"encoder budget max({r.max_num_batched_tokens:,}, {e.encoder_positions:,}) ÷ "
+        f"{e.encoder_positions:,} positions",
+    )
+    t.add_row("max_num_seqs", f"{e.max_num_seqs:,}", "requests the scheduler runs at once")
+    t.add_row(
+        "max concurrency",
+        f"{r.max_concurrency:g}x",
+        f"requests of one {CHUNK_SECONDS} s chunk: KV for {e.kv_concurrency:g}, capped by max_num_seqs",
+    )
+    t.add_row(
+        "vLLM's log line",
+        f"{e.vllm_logged_concurrency:g}x",
+        f"'Maximum concurrency': cross KV reserved for {r.max_num_batched_tokens:,} encoder tokens",
+    )
+
+
+def _kv_rows(t: Table, r: FitResult) -> None:
+    """Rows of a decoder-only plan: KV per token and request, concurrency, context."""
     t.add_row(
         "KV per token", format_bytes(r.kv_bytes_per_token), "per GPU, layers that keep every token"
     )
@@ -151,26 +239,6 @@ def render_one(arch: ModelArch, target: Target, r: FitResult) -> None:
         "max concurrency", f"{r.max_concurrency:g}x", f"requests of {r.max_model_len:,} tokens"
     )
     t.add_row("max context", f"{r.max_model_len_fit:,}", "longest single request that fits")
-    if not r.cuda_graphs_in_budget:
-        t.add_row(
-            "CUDA graphs", format_bytes(r.cuda_graph_bytes), "captured after, from the headroom"
-        )
-    out.print(t)
-    style = "green" if r.fits else "red"
-    out.print(Text(_result_line(r), style=f"bold {style}"))
-    for w in r.warnings:
-        out.print(Text(f"note: {w}", style="yellow"))
-    for note in arch.notes:
-        out.print(Text(f"note: {note}", style="dim"))
-    if r.suggestions:
-        out.print("to make it fit (each planned with the change):")
-        for s in r.suggestions:
-            mark = "✓" if s.fits else "✗"
-            out.print(
-                f"  {mark} {s.change}: max context {s.max_model_len_fit:,}, {s.kv_cache_tokens:,} KV tokens, "
-                f"{s.max_concurrency:g}x at {s.max_model_len:,}  [{_args(s.args)}]"
-            )
-    out.print(f"vllm serve {r.model} {' '.join(r.recommended_args)}")
 
 
 def _args(args: dict[str, str]) -> str:
@@ -222,6 +290,41 @@ def render_many(target: Target, results: Sequence[tuple[ModelArch, FitResult]]) 
                 f"  {r.model}: {best.change} → max context {best.max_model_len_fit:,}"
                 f"{'' if best.fits else ' (still short)'}"
             )
+
+
+def render_whispercpp(
+    target: Target, plans: Sequence[tuple[str, WhisperCppPlan, WhisperHparams]]
+) -> None:
+    out = console()
+    for title, p, _ in plans:
+        out.print(Text(f"{p.model} · whisper.cpp · {title}", style="bold"))
+        t = Table(show_header=False, box=None, pad_edge=False)
+        t.add_column()
+        t.add_column(justify="right")
+        t.add_column(style="dim")
+        for name, n, what in p.rows():
+            # MB (10**6), the unit whisper.cpp's load log prints, so the two compare directly.
+            t.add_row(name, f"{n / 1e6:,.2f} MB", what)
+        out.print(t)
+        where = "fits" if p.total <= target.total_bytes else "does not fit"
+        out.print(
+            f"{where} in {target.label}'s {format_bytes(target.total_bytes)} when built for the "
+            f"GPU ({format_bytes(p.total)}); a CPU build holds it in host memory"
+        )
+
+
+def _whispercpp_plans(paths: Sequence[str]) -> list[tuple[str, WhisperCppPlan, WhisperHparams]]:
+    """Plans for whisper.cpp ggml files, each with a title naming its geometry."""
+    out = []
+    for text in paths:
+        model = read_whisper_ggml(Path(text))
+        hp = model.hparams
+        title = (
+            f"{hp.model_name}, {hp.n_audio_layer}+{hp.n_text_layer} layers of {hp.n_audio_state}, "
+            f"{hp.n_mels} mel bands, ftype {hp.ftype}, flash attention"
+        )
+        out.append((title, plan_hparams(hp, model=Path(text).name), hp))
+    return out
 
 
 def render_llamacpp(target: Target, results: Sequence[LlamaCppResult]) -> None:
@@ -353,9 +456,26 @@ def fit(
 
     MODEL is a catalog id (see 'labctl models'), a quantized repo id such as
     RedHatAI/Llama-3.3-70B-Instruct-FP8-dynamic, a Hugging Face model
-    directory or a .gguf file. Several models print one comparison table.
+    directory, a .gguf file, or a whisper.cpp ggml file (planned as
+    whisper.cpp allocates it). Several models print one comparison table.
     """
     target = resolve_target(gpu_id, gpu_memory_gib)
+    ggml = [m for m in models if is_whisper_ggml(Path(m))]
+    if ggml:
+        if len(ggml) < len(models):
+            raise UsageError(
+                "whisper.cpp ggml files and other models are planned for different engines; "
+                "run labctl fit once for the ggml files and once for the rest"
+            )
+        plans = _whispercpp_plans(ggml)
+        if as_json:
+            docs: list[dict[str, object]] = [
+                p.to_json() | {"hparams": asdict(hp)} for _, p, hp in plans
+            ]
+            emit_json(docs[0] if len(docs) == 1 else {"results": docs})
+        else:
+            render_whispercpp(target, plans)
+        return
     archs = [resolve(m) for m in models]
     if engine == "llamacpp":
         results_l = []

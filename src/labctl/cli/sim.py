@@ -169,6 +169,15 @@ def twin_config(kw: dict[str, Any], default_gpu: str = DEFAULT_GPU) -> Any:
 @click.option(
     "--dataset", help="'sharegpt' (built-in lengths), a ShareGPT JSON or a JSONL of prompts"
 )
+@click.option(
+    "--audio-seconds", type=float, metavar="S",
+    help="speech: clips of S seconds (spread by --range-ratio), for a Whisper model",
+)  # fmt: skip
+@click.option(
+    "--audio-files", "audio_files", multiple=True, metavar="PATH",
+    help="speech: audio files or directories of them (the files may follow the flag)",
+)  # fmt: skip
+@click.argument("more_audio_files", nargs=-1, metavar="[FILES]...")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--timeline-interval", default="1s", show_default=True, help="KV/queue sampling")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON document")
@@ -177,13 +186,22 @@ def run(**kw: Any) -> None:
 
     Prints `vllm bench serve`'s fields for the run (TTFT, TPOT, ITL, E2EL,
     throughputs) plus KV cache usage, queue length and preemptions over time.
+    A speech model (Whisper) takes audio instead of prompts: --audio-seconds or
+    --audio-files, and the run reports rtfx and audio_seconds.
     """
     from pathlib import Path
 
     from labctl.cli.output import console, emit_json
     from labctl.sim.engine import build_twin
     from labctl.sim.offline import simulate
-    from labctl.sim.workload import arrival_times, from_file, sharegpt_like, synthetic
+    from labctl.sim.workload import (
+        arrival_times,
+        audio_files,
+        audio_lengths,
+        from_file,
+        sharegpt_like,
+        synthetic,
+    )
 
     as_json = kw.pop("as_json")
     n, seed = kw.pop("num_prompts"), kw.pop("seed")
@@ -198,7 +216,18 @@ def run(**kw: Any) -> None:
         raise UsageError(f"--timeline-interval: {exc}") from exc
     dataset = kw.pop("dataset")
     input_len, output_len, ratio = kw.pop("input_len"), kw.pop("output_len"), kw.pop("range_ratio")
-    if dataset == "sharegpt":
+    seconds = kw.pop("audio_seconds")
+    flagged, extra = kw.pop("audio_files"), kw.pop("more_audio_files")
+    if extra and not flagged:
+        raise UsageError(f"unexpected argument {extra[0]!r}: audio files follow --audio-files")
+    files = [Path(f) for f in (*flagged, *extra)]
+    if sum(map(bool, (dataset, seconds is not None, files))) > 1:
+        raise UsageError("give one workload: --dataset, --audio-seconds or --audio-files")
+    if seconds is not None:
+        items = audio_lengths(n, seconds, ratio, seed)
+    elif files:
+        items = audio_files(files, n, seed)
+    elif dataset == "sharegpt":
         items = sharegpt_like(n, seed)
     elif dataset:
         items = from_file(Path(dataset), n, seed=seed)
@@ -233,6 +262,11 @@ def run(**kw: Any) -> None:
         ("queue", f"peak {summary['peak_num_requests_waiting']} waiting"),
         ("preemptions", str(summary["num_preemptions"])),
     ]
+    if "rtfx" in summary:  # speech: audio instead of prompts
+        rows[1:2] = [
+            ("audio", f"{summary['audio_seconds']:.1f} s, RTFx {summary['rtfx']:.1f}"),
+            ("output throughput", f"{summary['output_throughput']:.1f} tok/s"),
+        ]
     for name, value in rows:
         out.print(f"  {name:<20}{value}")
 

@@ -158,14 +158,26 @@ def check_host(spec: DeploymentSpec, at: str) -> None:
                 f"{at}.model = {_show(model)}: not a GGUF file (it does not start with 'GGUF'); "
                 "give the path of a .gguf model"
             )
+    if spec.engine == "whispercpp" and model:
+        magic = _head(_path(model))
+        if magic is None:
+            raise ConfigError(
+                f"{at}.model = {_show(model)}: no such file; give the path of a whisper.cpp ggml "
+                "model (e.g. ggml-large-v3.bin)"
+            )
+        if magic != b"lmgg":  # 0x67676d6c, little-endian
+            raise ConfigError(
+                f"{at}.model = {_show(model)}: not a whisper.cpp ggml model (no ggml magic); "
+                "give the path of a ggml-*.bin file from whisper.cpp's models"
+            )
     looks_like_path = model and model.startswith(("/", "./", "../", "~"))
     if spec.engine in ("vllm", "sim") and looks_like_path and not _exists(_path(model or "")):
         raise ConfigError(
             f"{at}.model = {_show(model)}: no such file or directory; give an existing model "
             "directory or file, or a Hugging Face id such as Qwen/Qwen3-8B"
         )
-    if spec.engine in ("vllm", "llamacpp"):
-        default = "vllm" if spec.engine == "vllm" else "llama-server"
+    if spec.engine in _BINARIES:
+        default = _BINARIES[spec.engine]
         shown = (
             f"{at}.binary = {_show(spec.binary)}"
             if spec.binary
@@ -175,6 +187,9 @@ def check_host(spec: DeploymentSpec, at: str) -> None:
     elif spec.engine == "command" and spec.command and "{" not in spec.command[0]:
         _check_executable(spec.command[0], f"{at}.command[0] = {_show(spec.command[0])}")
 
+
+#: The executable each engine runs where a deployment names no ``binary``.
+_BINARIES = {"vllm": "vllm", "llamacpp": "llama-server", "whispercpp": "whisper-server"}
 
 #: ``load_config``'s parameter of the same name hides the function there.
 _check_host = check_host

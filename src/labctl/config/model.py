@@ -75,6 +75,9 @@ class DeploymentSpec:
     #: The API families a ``command`` engine serves (names from :data:`FAMILIES`); empty:
     #: the engine's default. The journal form writes empty as None, as lab.toml leaves it out.
     serves: tuple[str, ...] = ()
+    #: Speech: the real-time factor (audio seconds transcribed per wall second) below which
+    #: the deployment counts as falling behind while requests queue (None: 1.0).
+    rtfx_floor: float | None = None
 
     @property
     def served(self) -> str:
@@ -211,6 +214,15 @@ class DeploymentSpec:
                 "at most 256 characters each"
             )
         served = _text(doc, "served_model_name", at, "a model id", 256)
+        floor = doc.get("rtfx_floor")
+        if floor is not None and (
+            isinstance(floor, bool) or not isinstance(floor, (int, float))
+            or not 0 <= floor <= 10_000
+        ):  # fmt: skip
+            raise ConfigError(
+                f"{at}.rtfx_floor = {_show(floor)}: give the real-time factor (audio seconds per "
+                "wall second) below which queued speech falls behind, from 0 to 10000, e.g. 1.0"
+            )
         return cls(
             name=name, engine=engine, model=model, gpus=tuple(gpus), port=port,
             served_model_name=served, aliases=tuple(aliases), args=dict(args), command=command,
@@ -220,6 +232,7 @@ class DeploymentSpec:
             stall_timeout=_seconds(doc, "stall_timeout", at, 300.0),
             stop_grace=_seconds(doc, "stop_grace", at, 30.0),
             max_concurrency=limit, queue_size=queue, serves=_serves(doc, at, engine),
+            rtfx_floor=None if floor is None else float(floor),
         )  # fmt: skip
 
 
@@ -247,6 +260,8 @@ class GatewayConfig:
     read_timeout: float = 60.0
     #: Seconds an idle keep-alive connection is kept open.
     idle_timeout: float = 75.0
+    #: The largest audio file a speech request may carry (vLLM's and OpenAI's 25 MB).
+    max_audio_bytes: int = 25 * 2**20
 
 
 @dataclass(frozen=True)
@@ -330,7 +345,7 @@ def _dashboard(doc: Mapping[str, Any]) -> DashboardConfig:
 
 def _gateway(doc: Mapping[str, Any]) -> GatewayConfig:
     known = {"keys", "admin_token", "max_body_bytes", "queue_timeout", "swap_timeout",
-             "drain_timeout", "read_timeout", "idle_timeout"}  # fmt: skip
+             "drain_timeout", "read_timeout", "idle_timeout", "max_audio_bytes"}  # fmt: skip
     for key in doc:
         if key not in known:
             raise ConfigError(
@@ -393,6 +408,12 @@ def _gateway(doc: Mapping[str, Any]) -> GatewayConfig:
             f"gateway.max_body_bytes = {_show(size)}: give a byte count from 1024 to "
             f"{2**30} (1 GiB)"
         )
+    audio = doc.get("max_audio_bytes", 25 * 2**20)
+    if not _whole(audio) or not 1024 <= audio <= size:
+        raise ConfigError(
+            f"gateway.max_audio_bytes = {_show(audio)}: give a byte count from 1024 to "
+            f"gateway.max_body_bytes ({size}), e.g. 26214400 (25 MiB)"
+        )
     return GatewayConfig(
         tuple(keys), token, size,
         _seconds(doc, "queue_timeout", "gateway", 30.0),
@@ -400,6 +421,7 @@ def _gateway(doc: Mapping[str, Any]) -> GatewayConfig:
         _seconds(doc, "drain_timeout", "gateway", 60.0),
         _seconds(doc, "read_timeout", "gateway", 60.0),
         _seconds(doc, "idle_timeout", "gateway", 75.0),
+        audio,
     )  # fmt: skip
 
 

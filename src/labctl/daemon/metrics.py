@@ -86,6 +86,9 @@ class DaemonMetrics:
                     if e is None or e.process.returncode is not None:
                         continue
                     e.process.track()  # remember workers while they are still its children
+                    names = adapter(d.spec.engine).metrics
+                    if not names:
+                        continue  # it has no /metrics (whisper-server): the gateway's carry it
                     try:
                         async with http.get(e.url + "/metrics", headers=e.headers()) as r:
                             text = await r.text() if r.status == 200 else ""
@@ -95,7 +98,6 @@ class DaemonMetrics:
                         families = list(text_string_to_metric_families(text))
                     except ValueError:
                         continue  # not Prometheus text (a command engine's own page)
-                    names = adapter(d.spec.engine).metrics
                     for family in families:
                         target = names.get(family.name)
                         if target and family.samples:

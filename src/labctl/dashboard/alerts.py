@@ -2,9 +2,10 @@
 
 The rules watch the failures users of local inference actually report (memory
 not released, restart flapping, slow or failed swaps, requests queueing, KV
-saturation, throttling, XIDs, a stale exporter), on the metric names the
-daemon exports. Counters are queried with their ``_total`` names, so they can
-fire. Annotations use only ``$labels``, so a test can state them exactly.
+saturation, speech falling behind real time, throttling, XIDs, a stale exporter),
+on the metric names the daemon exports. Counters are queried with their ``_total``
+names, so they can fire. Annotations use only ``$labels``, so a test can state them
+exactly.
 """
 
 from __future__ import annotations
@@ -193,6 +194,62 @@ ALERTS: tuple[Alert, ...] = (
             'labctl_engine_kv_cache_usage_ratio{deployment="chat"}': "0.99+0x20",
             'labctl_engine_requests_waiting{deployment="chat"}': "0+0x20",
         },
+    ),
+    Alert(
+        "LabSpeechFallingBehind",
+        # RTFx alone is low whenever little audio arrives; with requests queueing the
+        # deployment is saturated, so its RTFx is what it can do.
+        "labctl_gateway_realtime_factor < on (instance, model) labctl_gateway_rtfx_floor "
+        "and on (instance, model) labctl_gateway_queue_depth > 0",
+        "5m",
+        "warning",
+        "Speech on {{ $labels.model }} is transcribed slower than its real-time floor "
+        "while requests queue",
+        "Audio arrives faster than the engine transcribes it: add a GPU or replica, use a "
+        "faster model (large-v3-turbo), raise max_num_batched_tokens, or lower the load "
+        "(the floor is the deployment's rtfx_floor in lab.toml).",
+        {
+            'labctl_gateway_realtime_factor{model="asr"}': "0.6+0x20",
+            'labctl_gateway_rtfx_floor{model="asr"}': "1+0x20",
+            'labctl_gateway_queue_depth{model="asr"}': "12+0x20",
+        },
+        {"model": "asr"},
+        # Below the floor but nothing waits: little audio arrives, nothing falls behind.
+        {
+            'labctl_gateway_realtime_factor{model="asr"}': "0.6+0x20",
+            'labctl_gateway_rtfx_floor{model="asr"}': "1+0x20",
+            'labctl_gateway_queue_depth{model="asr"}': "0+0x20",
+        },
+        also_quiet=(
+            # Requests queue, but it keeps ahead of its floor.
+            (
+                {
+                    'labctl_gateway_realtime_factor{model="asr"}': "40+0x20",
+                    'labctl_gateway_rtfx_floor{model="asr"}': "1+0x20",
+                    'labctl_gateway_queue_depth{model="asr"}': "12+0x20",
+                },
+                "10m",
+            ),
+            # Another deployment queues (a chat model): not this speech deployment's queue.
+            (
+                {
+                    'labctl_gateway_realtime_factor{model="asr"}': "0.6+0x20",
+                    'labctl_gateway_rtfx_floor{model="asr"}': "1+0x20",
+                    'labctl_gateway_queue_depth{model="asr"}': "0+0x20",
+                    'labctl_gateway_queue_depth{model="chat"}': "50+0x20",
+                },
+                "10m",
+            ),
+            # Behind and queueing for only two minutes: not yet five.
+            (
+                {
+                    'labctl_gateway_realtime_factor{model="asr"}': "40+0x7 0.6+0x13",
+                    'labctl_gateway_rtfx_floor{model="asr"}': "1+0x20",
+                    'labctl_gateway_queue_depth{model="asr"}': "12+0x20",
+                },
+                "10m",
+            ),
+        ),
     ),
     Alert(
         "LabGpuThrottled",

@@ -164,6 +164,27 @@ class Board:
                 out.setdefault(name, {})[key] = value
         return out
 
+    def speech_now(self) -> dict[str, dict[str, Any]]:
+        """Per deployment that serves speech: the board's latest RTFx and its floor, audio
+        seconds and requests per second, requests queued and in flight, and p50/p95 latency
+        by audio length (``latency["<=30s"]["p95"]``), lengths in order."""
+        out: dict[str, dict[str, Any]] = {}
+        names = {"rtfx": "rtfx", "floor": "rtfx_floor", "audio": "audio_seconds_per_second",
+                 "requests": "requests_per_second", "queued": "queued",
+                 "in_flight": "in_flight"}  # fmt: skip
+        for panel in ("speech_rtfx", "speech_audio", "speech_queue"):
+            for labels, role, value in self.latest(panel):
+                out.setdefault(labels.get("model", ""), {})[names[role]] = value
+        latency: dict[str, dict[str, dict[str, float]]] = {}
+        for labels, role, value in self.latest("speech_latency"):
+            by_length = latency.setdefault(labels.get("model", ""), {})
+            by_length.setdefault(labels.get("audio_length", ""), {})[role] = value
+        for name, by_length in latency.items():
+            out.setdefault(name, {})["latency"] = {
+                length: by_length[length] for length in sorted(by_length, key=length_order)
+            }
+        return out
+
     def snapshot(self) -> dict[str, Any]:
         return {
             "interval": self.interval,
@@ -179,6 +200,14 @@ class Board:
             "alerts": self.alert_docs(),
             "errors": dict(self.errors),
         }  # fmt: skip
+
+
+def length_order(label: str) -> tuple[float, str]:
+    """Where an ``audio_length`` label (``<=5s`` … ``>60s``, ``unknown``) sorts: by length."""
+    m = re.fullmatch(r"(<=|>)(\d+(?:\.\d+)?)s", label)
+    if m is None:
+        return math.inf, label
+    return float(m.group(2)) + (0.5 if m.group(1) == ">" else 0.0), label
 
 
 def samples(families: Iterable[Any]) -> Iterable[Sample]:

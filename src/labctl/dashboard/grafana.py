@@ -1,9 +1,10 @@
 """The Grafana dashboard of the lab, built with grafana-foundation-sdk's typed builders.
 
 It holds the built-in page's panels (:mod:`labctl.dashboard.panels`), one row per
-section, with the variables users expect: ``instance`` (the daemon),
-``gpu`` and ``deployment``. Provisioning files point Grafana at a Prometheus
-(``--prometheus-url``) and at the folder the dashboard is written to.
+section (the speech row has data only in a lab that serves speech), with the variables
+users expect: ``instance`` (the daemon), ``gpu`` and ``deployment``. Provisioning files
+point Grafana at a Prometheus (``--prometheus-url``) and at the folder the dashboard is
+written to.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ DATASOURCE_UID = "labctl-prometheus"
 SECTIONS = {
     "gpu": "GPUs",
     "deployment": "Deployments",
+    "speech": "Speech",
     "deploys": "Deploys and restarts",
     "alerts": "Alerts",
 }
@@ -66,6 +68,13 @@ def _panel(p: Panel) -> Any:
                                            value={"fill": "dash", "dash": [10, 10]})],
                 )  # fmt: skip
                 del q
+        if any(q.role == "floor" for q in p.queries):  # a threshold: a dashed line, no fill
+            builder = builder.with_override(
+                dm.MatcherConfig(id_val="byRegexp", options=".* floor$"),
+                [dm.DynamicConfigValue(id_val="custom.fillOpacity", value=0),
+                 dm.DynamicConfigValue(id_val="custom.lineStyle",
+                                       value={"fill": "dash", "dash": [10, 10]})],
+            )  # fmt: skip
     builder = (
         builder.title(p.title).datasource(_DS).unit(p.unit).height(8)
         .span(24 if p.kind == "table" else 12)
@@ -89,8 +98,8 @@ def dashboard_json() -> dict[str, Any]:
     d = (
         db.Dashboard("labctl lab")
         .uid(UID)
-        .description("GPUs, deployments, latency, deploys and alerts of a labctl lab.")
-        .tags(["labctl", "llm", "gpu"])
+        .description("GPUs, deployments, latency, speech, deploys and alerts of a labctl lab.")
+        .tags(["labctl", "llm", "speech", "gpu"])
         .refresh("10s")
         .time("now-1h", "now")
         .timezone("browser")

@@ -29,7 +29,7 @@ class Query:
 class Panel:
     id: str
     title: str
-    section: str  # gpu, deployment, deploys, alerts
+    section: str  # gpu, deployment, speech, deploys, alerts
     unit: str  # Grafana's unit id
     queries: tuple[Query, ...]
     description: str = ""
@@ -51,6 +51,78 @@ def _quantiles(metric: str) -> tuple[Query, ...]:
         _q(expr.format(q="0.99", m=metric), "{{model}} p99", "p99"),
     )
 
+
+def _speech_only(metric: str) -> str:
+    """``metric`` for the deployments that serve speech: those with an RTFx floor, which the
+    gateway exports for speech deployments only."""
+    return f"{metric}{{@model}} and on (instance, model) labctl_gateway_rtfx_floor{{@model}}"
+
+
+def _by_audio_length(q: str) -> str:
+    return (
+        f"histogram_quantile({q}, sum by (le, model, audio_length) "
+        "(rate(labctl_gateway_audio_request_duration_seconds_bucket{@model}[@w])))"
+    )
+
+
+#: The speech group: one per deployment that serves /v1/audio/transcriptions or translations.
+SPEECH: tuple[Panel, ...] = (
+    Panel(
+        "speech_rtfx",
+        "Real-time factor (RTFx)",
+        "speech",
+        "suffix:×",
+        (
+            _q("labctl_gateway_realtime_factor{@model}", "{{model}} RTFx", "rtfx"),
+            _q("labctl_gateway_rtfx_floor{@model}", "{{model}} floor", "floor"),
+        ),
+        "Seconds of audio transcribed per wall-clock second over the last minute, and the "
+        "deployment's floor: below it while requests queue, speech falls behind.",
+    ),
+    Panel(
+        "speech_audio",
+        "Audio seconds and requests per second",
+        "speech",
+        "short",
+        (
+            _q(
+                "sum by (model) (rate(labctl_gateway_audio_seconds_total{@model}[@w]))",
+                "{{model}} audio s/s",
+                "audio",
+            ),
+            _q(
+                "sum by (model) "
+                "(rate(labctl_gateway_audio_request_duration_seconds_count{@model}[@w]))",
+                "{{model}} requests/s",
+                "requests",
+            ),
+        ),
+        "Seconds of audio in answered requests per second, and the requests that carried it.",
+    ),
+    Panel(
+        "speech_queue",
+        "Speech requests queued and in flight",
+        "speech",
+        "short",
+        (
+            _q(_speech_only("labctl_gateway_queue_depth"), "{{model}} queued", "queued"),
+            _q(_speech_only("labctl_gateway_in_flight"), "{{model}} in flight", "in_flight"),
+        ),
+        "Queued requests wait in the gateway for a slot; in flight ones are at the engine.",
+    ),
+    Panel(
+        "speech_latency",
+        "Speech latency by audio length",
+        "speech",
+        "s",
+        (
+            _q(_by_audio_length("0.5"), "{{model}} {{audio_length}} p50", "p50"),
+            _q(_by_audio_length("0.95"), "{{model}} {{audio_length}} p95", "p95"),
+        ),
+        "Request duration at the gateway (queueing included), by the length of the audio "
+        "sent: vLLM cuts a clip over 30 s into 30 s chunks, each its own engine request.",
+    ),
+)
 
 PANELS: tuple[Panel, ...] = (
     Panel(
@@ -199,6 +271,7 @@ PANELS: tuple[Panel, ...] = (
             ),
         ),
     ),
+    *SPEECH,
     Panel(
         "deploys",
         "Deploys in the last hour",

@@ -18,15 +18,17 @@ from labctl.engines.base import (
     Health,
     Launch,
     Route,
+    Upstream,
     flags,
 )
 from labctl.engines.command import CommandAdapter
 from labctl.engines.llamacpp import LlamaCppAdapter
 from labctl.engines.sim import SimAdapter
 from labctl.engines.vllm import VllmAdapter
+from labctl.engines.whispercpp import WhisperCppAdapter
 from labctl.errors import ConfigError
 
-__all__ = ["PHASES", "Adapter", "Estimate", "Family", "Health", "Launch", "Route", "adapter",
+__all__ = ["PHASES", "Adapter", "Estimate", "Family", "Health", "Launch", "Route", "Upstream", "adapter",
            "adapters", "families", "flags", "register", "register_family", "unregister"]  # fmt: skip
 
 _FAMILIES: dict[str, Family] = {}
@@ -92,9 +94,15 @@ for _family in (
     Family("completions", ("/v1/completions",), streams=True),
     Family("embeddings", ("/v1/embeddings",)),
     Family("transcriptions", ("/v1/audio/transcriptions",), body="multipart", streams=True),
-    Family("translations", ("/v1/audio/translations",), body="multipart"),
+    Family("translations", ("/v1/audio/translations",), body="multipart", streams=True),
     Family("actions", ("/vla/{model}/act",)),
 ):
     register_family(_family)
-for _kind in (VllmAdapter(), SimAdapter(), LlamaCppAdapter(), CommandAdapter()):
+for _kind in (
+    VllmAdapter(),
+    SimAdapter(),
+    LlamaCppAdapter(),
+    WhisperCppAdapter(),
+    CommandAdapter(),
+):
     register(_kind)

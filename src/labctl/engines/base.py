@@ -85,6 +85,16 @@ class Estimate:
 
 
 @dataclass(frozen=True)
+class Upstream:
+    """Where an engine takes a family's requests when that is not the gateway's own path:
+    its path, and form fields the gateway adds to a multipart body (whisper-server
+    translates on its one path, given ``translate=true``)."""
+
+    path: str
+    form: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
 class Route:
     """A deployment as the gateway routes it, published by the deploy controller whenever it
     switches, drains or fails (``url`` None: nothing serves it now)."""
@@ -102,6 +112,11 @@ class Route:
     #: The gateway holds its new requests (a swap or a restart is in progress): they wait,
     #: bounded by the swap timeout, for the next route that is not held.
     held: bool = False
+    #: API family → where its engine takes it, for families it takes elsewhere.
+    upstream: tuple[tuple[str, Upstream], ...] = ()
+    #: Speech: the real-time factor (audio seconds per wall second) below which the
+    #: deployment falls behind while requests queue (the alert's floor).
+    rtfx_floor: float | None = None
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -123,6 +138,8 @@ class Adapter:
     #: Its own metric names → the lab's normalised gauges (summed over the engine's labels).
     metrics: Mapping[str, str] = {}
     health = Health()
+    #: API families it takes on another path than the gateway's (see :class:`Upstream`).
+    upstream: Mapping[str, Upstream] = {}
 
     def launch(
         self, settings: Mapping[str, Any], host: str, port: int, gpus: Sequence[int]

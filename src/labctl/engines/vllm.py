@@ -1,8 +1,18 @@
-"""vLLM (``vllm serve``): its flags, log phases, metric names, and the planner's estimate."""
+"""vLLM (``vllm serve``): its flags, log phases, metric names, and the planner's estimate.
+
+A Whisper model (``WhisperForConditionalGeneration``) serves speech, not text:
+``/v1/audio/transcriptions`` and ``/v1/audio/translations``, health on ``/health`` as for
+any vLLM. Its startup differs in lines, not in phases: "Encoder-decoder models do not
+support FULL_AND_PIECEWISE. Overriding cudagraph_mode to FULL_DECODE_ONLY." (the encoder
+runs eager, decode steps replay graphs), then, in the API server, "Warming up audio
+preprocessing libraries..." and "Audio preprocessing warmup completed in N s" (the first
+librosa call; about 7 s), which ends the ``audio_warmup`` phase.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from functools import lru_cache
 import re
 from types import MappingProxyType
 from typing import Any
@@ -31,6 +41,7 @@ class VllmAdapter(Adapter):
         (re.compile(r"Model loading took "), "load_weights"),
         (re.compile(r"GPU KV cache size: "), "profile"),
         (re.compile(r"Graph capturing finished"), "cuda_graphs"),
+        (re.compile(r"Audio preprocessing warmup completed"), "audio_warmup"),
         (re.compile(r"Application startup complete"), "api_server"),
     )
     metrics = MappingProxyType(
@@ -51,12 +62,33 @@ class VllmAdapter(Adapter):
                 *missing(settings.get("recommended_args", []), own)]  # fmt: skip
         return Launch(argv, gpu_env(gpus), self.health, served)
 
+    def serves(self, settings: Mapping[str, Any]) -> frozenset[str]:
+        if settings.get("serves"):
+            return frozenset(settings["serves"])
+        if is_speech(str(settings.get("model") or "")):
+            return frozenset(SPEECH)
+        return frozenset(self.families)
+
     def progress(self, line: str) -> float | None:
         m = _SHARDS.search(line)
         return min(int(m.group(1)), 100) / 100 if m else None
 
     def estimate(self, settings: Mapping[str, Any], device: DeviceSample) -> Estimate:
         return planned(settings, device, required=False)
+
+
+#: What a Whisper model serves in vLLM.
+SPEECH = ("transcriptions", "translations")
+
+
+@lru_cache(maxsize=256)
+def is_speech(model: str) -> bool:
+    """Whether vLLM serves ``model`` as speech to text: its architecture is Whisper's where
+    the catalog can read it, else its name says whisper."""
+    try:
+        return resolve(model).model_type == "whisper"
+    except LabError:
+        return "whisper" in model.rsplit("/", 1)[-1].lower()
 
 
 def planned(settings: Mapping[str, Any], device: DeviceSample, required: bool) -> Estimate:

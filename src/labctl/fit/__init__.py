@@ -2,6 +2,8 @@
 
 ``weights`` sizes weights per GPU; ``kv`` lays out the paged KV cache;
 ``vllm`` holds vLLM's accounting rules by version; ``plan`` puts them
-together with suggestions; ``llamacpp`` is llama.cpp's accounting;
-``records`` compares plans with logged vLLM startups.
+together with suggestions; ``encdec`` is vLLM's encoder-decoder (Whisper)
+accounting; ``llamacpp`` is llama.cpp's accounting; ``whispercpp`` is
+whisper.cpp's, on ``ggmlgraph``'s replay of ggml's graph allocator; ``records``
+compares plans with logged vLLM startups.
 """

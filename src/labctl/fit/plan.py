@@ -15,6 +15,7 @@ from labctl.catalog.arch import KVLayer, LayerKind, ModelArch, QuantInfo
 from labctl.catalog.formats import format_named
 from labctl.catalog.gpus import GpuSpec
 from labctl.errors import FitError, UsageError
+from labctl.fit.encdec import EncoderDecoderPlan, plan_encoder_decoder
 from labctl.fit.kv import KVLayout, KVOptions, dtype_bytes, layer_caches, plan_layout
 from labctl.fit.vllm import (
     CONTEXT_BYTES,
@@ -139,12 +140,19 @@ class FitResult:
     warnings: list[str] = field(default_factory=list)
     suggestions: list[Suggestion] = field(default_factory=list)
     weights_by_role: dict[str, int] = field(default_factory=dict)
+    #: Encoder-decoder models (Whisper): per-request self and cross KV, encoder admission;
+    #: ``max_concurrency`` is then in requests of one encoder item (a 30 s chunk).
+    encoder_decoder: EncoderDecoderPlan | None = None
 
     def to_json(self) -> dict[str, object]:
         out: dict[str, object] = {}
         for key, value in self.__dict__.items():
             if key == "suggestions":
                 out[key] = [s.__dict__ for s in value]
+            elif key == "encoder_decoder":
+                if value is not None:
+                    # Flat keys beside the rest; max_concurrency is already the result's.
+                    out |= {k: v for k, v in value.to_json().items() if k not in out}
             else:
                 out[key] = value
         return out
@@ -438,6 +446,21 @@ def plan(
     else:
         tokens = layout.tokens_by_blocks(blocks)
     per_seq = layout.request_bytes(max_len, mbt) if layout.caches else 0
+    encdec: EncoderDecoderPlan | None = None
+    if arch.encoder_positions and layout.caches:
+        encdec = plan_encoder_decoder(
+            layout,
+            arch.kv_layers,
+            blocks,
+            encoder_positions=arch.encoder_positions,
+            max_model_len=max_len,
+            max_num_seqs=batching.max_num_seqs,
+            max_num_batched_tokens=mbt,
+            vllm_logged_concurrency=concurrency,
+        )
+        # Capacity in requests of one encoder item, not vLLM's reservation for a
+        # batch budget of encoder tokens (kept as vllm_logged_concurrency).
+        concurrency = encdec.max_concurrency
     fit_len = estimate_max_model_len(layout, kv_bytes, mbt, arch.max_position_embeddings)
 
     reasons: list[str] = []
@@ -523,6 +546,7 @@ def plan(
         reasons=reasons,
         warnings=warnings,
         weights_by_role=weights.by_role,
+        encoder_decoder=encdec,
     )
     result.recommended_args = recommended_args(arch, req, result)
     if suggest:

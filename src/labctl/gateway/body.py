@@ -24,21 +24,6 @@ _USAGE_ON = b'"stream_options":{"include_usage":true},'
 _LETTER_ESCAPE = re.compile(rb"\\u006[45cdfCDF]")
 
 
-def form_model(raw: bytes) -> str | None:
-    """The ``model`` field of a multipart form (the audio endpoints'), found in linear time:
-    the first part named ``model``, its value after the blank line that ends its headers."""
-    at = raw.find(b'name="model"')
-    if at < 0:
-        return None
-    start = raw.find(b"\r\n\r\n", at)
-    if start < 0:
-        return None
-    end = raw.find(b"\r\n", start + 4)
-    if end < 0:
-        return None
-    return raw[start + 4 : min(end, start + 4 + 1024)].decode(errors="replace")
-
-
 def for_engine(raw: bytes, doc: dict[str, Any], served: str) -> tuple[bytes, bool, bool]:
     """The body the engine gets, whether it streams, and whether the client asked for usage.
 

@@ -8,19 +8,33 @@ chunk in all, that was a large share. So the latency histograms here are
 ``bisect``), exposed exactly as prometheus_client's are (``_bucket``, ``_count``,
 ``_sum``; no ``_created``), and :meth:`GatewayMetrics.bound` keeps each deployment's
 children after its first request.
+
+Every series is per deployment, in the label ``model`` (the deployment's name). Speech
+deployments (``/v1/audio/…``) add:
+
+- ``labctl_gateway_audio_seconds_total{model}``: seconds of audio in requests answered 200;
+- ``labctl_gateway_audio_request_duration_seconds{model, audio_length}``: request duration
+  by the clip's length (``<=5s``, ``<=10s``, ``<=30s``, ``<=60s``, ``>60s``, ``unknown``);
+- ``labctl_gateway_realtime_factor{model}``: audio seconds answered per wall second over the
+  last minute (RTFx, live);
+- ``labctl_gateway_rtfx_floor{model}``: the deployment's ``rtfx_floor`` from lab.toml (1.0
+  unless set), below which it falls behind while requests queue.
 """
 
 from __future__ import annotations
 
 from bisect import bisect_left
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 import math
+import time
 from typing import Any, cast
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, utils
 from prometheus_client.core import HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from labctl.audio import bucket
 from labctl.gateway.relay import usage_counts
 from labctl.sim.live import ITL_BUCKETS, REQUEST_BUCKETS, TTFT_BUCKETS
 
@@ -113,6 +127,41 @@ class Bound:
             self.tokens[kind].inc(n)
 
 
+#: Request durations of speech (seconds): a short clip on a fast GPU to a long file queued.
+AUDIO_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+#: The window of the live real-time factor (seconds).
+RTF_WINDOW = 60.0
+
+
+class AudioBound:
+    """One speech deployment's audio series, and the answers of the last minute."""
+
+    __slots__ = ("by_length", "clock", "recent", "seconds")
+
+    def __init__(self, metrics: GatewayMetrics, name: str, clock: Callable[[], float]) -> None:
+        self.seconds = metrics.audio_seconds.labels(name)
+        self.by_length = {b: metrics.audio_duration.labels(name, b)
+                          for b in (*(bucket(e) for e in (0, 6, 11, 31, 61)), "unknown")}  # fmt: skip
+        self.clock = clock
+        #: (when answered, audio seconds), oldest first.
+        self.recent: deque[tuple[float, float]] = deque()
+        metrics.realtime.labels(name).set_function(self.realtime_factor)
+
+    def observe(self, audio_seconds: float | None, duration: float) -> None:
+        """A request answered 200: its audio's length (None: unknown) and its duration."""
+        self.by_length[bucket(audio_seconds)].observe(duration)
+        if audio_seconds:
+            self.seconds.inc(audio_seconds)
+            self.recent.append((self.clock(), audio_seconds))
+
+    def realtime_factor(self) -> float:
+        """Audio seconds answered per wall second over the last minute."""
+        cutoff = self.clock() - RTF_WINDOW
+        while self.recent and self.recent[0][0] < cutoff:
+            self.recent.popleft()
+        return sum(s for _, s in list(self.recent)) / RTF_WINDOW
+
+
 class GatewayMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         r = registry
@@ -141,7 +190,29 @@ class GatewayMetrics:
                              REQUEST_BUCKETS)  # fmt: skip
         self.tokens = Counter("labctl_gateway_tokens", "Tokens, by kind (prompt, completion).",
                               ["model", "kind"], registry=r)  # fmt: skip
+        self.audio_seconds = Counter("labctl_gateway_audio_seconds",
+                                     "Seconds of audio in speech requests answered 200.",
+                                     ["model"], registry=r)  # fmt: skip
+        self.audio_duration = LoopHistogram(
+            "labctl_gateway_audio_request_duration_seconds",
+            "Speech request duration, by the length of its audio.",
+            ["model", "audio_length"], AUDIO_BUCKETS, r)  # fmt: skip
+        self.realtime = Gauge("labctl_gateway_realtime_factor",
+                              "Audio seconds answered per wall second over the last minute (RTFx).",
+                              ["model"], registry=r)  # fmt: skip
+        self.rtfx_floor = Gauge("labctl_gateway_rtfx_floor",
+                                "The real-time factor below which a speech deployment falls "
+                                "behind while requests queue (lab.toml rtfx_floor).",
+                                ["model"], registry=r)  # fmt: skip
         self._bound: dict[str, Bound] = {}
+        self._audio: dict[str, AudioBound] = {}
+
+    def audio(self, name: str, clock: Callable[[], float] = time.monotonic) -> AudioBound:
+        """``name``'s audio series, made at its first speech request (or route)."""
+        a = self._audio.get(name)
+        if a is None:
+            a = self._audio[name] = AudioBound(self, name, clock)
+        return a
 
     def bound(self, name: str) -> Bound:
         """``name``'s children, looked up once."""

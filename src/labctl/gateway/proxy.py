@@ -11,7 +11,14 @@ Streams are relayed event by event as they arrive, never buffered
 (:mod:`labctl.gateway.relay`, over the gateway's own engine client,
 :mod:`labctl.gateway.upstream`). ``stream_options.include_usage`` is added upstream when
 the client did not ask, so that token counts are always known, and the usage event is
-then removed from what the client sees (:mod:`labctl.gateway.body`). Errors use OpenAI's
+then removed from what the client sees (:mod:`labctl.gateway.body`).
+
+Speech requests (``/v1/audio/…``, multipart forms) route by the form's ``model`` field
+(:mod:`labctl.gateway.form`); the file must be there, non-empty and within
+``gateway.max_audio_bytes``; its length is read from its header to count the audio
+seconds, the duration by audio length and the live real-time factor of each deployment;
+an engine that takes a family on another path gets it there, with the form fields it
+needs (:class:`labctl.engines.Upstream`). Errors use OpenAI's
 envelope; 429 and 503 carry ``Retry-After``. Neither keys nor prompts are ever logged.
 
 An engine that dies under load fails only the requests it was answering: a stream in
@@ -32,12 +39,13 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from labctl import jsontext
+from labctl import audio, jsontext
 from labctl.config import GatewayConfig
 from labctl.engines import Family, Route, families
 from labctl.gateway.admission import Admission, Rejected
-from labctl.gateway.body import for_engine, form_model
+from labctl.gateway.body import for_engine
 from labctl.gateway.envelope import Reply, error, is_error_envelope
+from labctl.gateway.form import Form, FormError, parse
 from labctl.gateway.metrics import Bound, GatewayMetrics
 from labctl.gateway.relay import EventRelay
 from labctl.gateway.upstream import Connection, EngineFailed, EngineGone, Pool
@@ -49,6 +57,17 @@ __all__ = ["MAX_BODY_ITEMS", "Gateway"]
 MAX_BODY_ITEMS = 2_000_000
 _SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
 _JSON = "Content-Type: application/json\r\n"
+_SPEECH = frozenset({"transcriptions", "translations"})
+_TRUE = frozenset({"true", "True", "TRUE", "1"})
+
+
+class _Speech:
+    """A speech request's audio length (seconds; None: its header did not say)."""
+
+    __slots__ = ("seconds",)
+
+    def __init__(self, seconds: float | None) -> None:
+        self.seconds = seconds
 
 
 async def _no_restart(name: str) -> bool:
@@ -114,6 +133,9 @@ class Gateway:
         (nowhere: they get a 503)."""
         self.routes[route.name] = route
         self._index()
+        if route.rtfx_floor is not None:
+            self.metrics.audio(route.name, self.clock)
+            self.metrics.rtfx_floor.labels(route.name).set(route.rtfx_floor)
         if route.held:
             self.admission(route).hold()
         elif route.name in self.admissions:
@@ -189,6 +211,7 @@ class Gateway:
     async def relay(self, request: web.Request, family: Family) -> web.StreamResponse:
         t0 = self.clock()
         bound: Bound | None = None
+        speech: _Speech | None = None
         label = "unknown"
         status = 500
         try:
@@ -199,10 +222,16 @@ class Gateway:
                 raise Reply(error(413, f"The request body is larger than {self.config.max_body_bytes} "
                                   "bytes (gateway.max_body_bytes).", "invalid_request_error",
                                   "request_too_large")) from None  # fmt: skip
+            form: Form | None = None
             if "model" in request.match_info:
                 doc, model = None, request.match_info["model"]
+            elif family.body == "multipart" or request.content_type.startswith("multipart/"):
+                doc, form = None, self._form(request, raw)
+                model = form.fields["model"]
+                if family.name in _SPEECH:
+                    speech = self._speech(form)
             else:
-                doc, model = self._parse(raw, request.content_type.startswith("multipart/"))
+                doc, model = self._parse(raw)
             route = self._find(model, family)
             label = route.name
             bound = self.metrics.bound(label)
@@ -233,7 +262,8 @@ class Gateway:
                     route = self.routes.get(route.name) or route  # swapped while it waited?
                 bound.queue_wait.observe(waited)
                 try:
-                    response = await self._forward(request, route, raw, doc, t0, bound)
+                    response = await self._forward(request, route, family, raw, doc, form,
+                                                   speech, t0, bound)  # fmt: skip
                 except EngineGone as gone:  # the request never reached it: it may go again
                     adm.release()
                     if tries < 3 and await self.engine_gone(route.name):
@@ -258,18 +288,58 @@ class Gateway:
         finally:
             if status == 200 and bound is not None:
                 bound.ok.inc()
+                if speech is not None:
+                    self.metrics.audio(label, self.clock).observe(speech.seconds, self.clock() - t0)
             else:
                 self.metrics.requests.labels(label, str(status)).inc()
             duration = bound.duration if bound is not None else self.metrics.duration.labels(label)
             duration.observe(self.clock() - t0)
 
-    def _parse(self, raw: bytes, multipart: bool) -> tuple[dict[str, Any] | None, str]:
-        if multipart:
-            model = form_model(raw)
-            if model is None:
-                raise Reply(error(400, "the form has no model field", "invalid_request_error",
-                                  None, "model"))  # fmt: skip
-            return None, model
+    def _form(self, request: web.Request, raw: bytes) -> Form:
+        """The request's multipart form, which names its model.
+
+        Raises:
+            Reply: a 400 naming what is wrong with it.
+        """
+        kind = request.headers.get("Content-Type", "")
+        if not kind.startswith("multipart/form-data"):
+            raise Reply(error(400, "this endpoint takes a multipart/form-data body (the audio "
+                              f"file and the model), not {kind[:80] or 'none'!r}",
+                              "invalid_request_error"))  # fmt: skip
+        try:
+            form = parse(raw, kind)
+        except FormError as exc:
+            raise Reply(error(400, f"the request body is not a valid multipart form: {exc}",
+                              "invalid_request_error")) from None  # fmt: skip
+        if not form.fields.get("model"):
+            raise Reply(error(400, "the form has no model field; add one naming the deployment",
+                              "invalid_request_error", None, "model"))  # fmt: skip
+        return form
+
+    def _speech(self, form: Form) -> _Speech:
+        """The audio a speech form carries, checked: there, non-empty, within the limit.
+
+        Raises:
+            Reply: a 400 naming what is wrong with the file.
+        """
+        data = form.file_bytes
+        if data is None:
+            raise Reply(error(400, "the form has no file field; send the audio as a file part "
+                              "named file", "invalid_request_error", None, "file"))  # fmt: skip
+        if len(data) == 0:
+            raise Reply(error(400, "Invalid or unsupported audio file: the file is empty.",
+                              "invalid_request_error", None, "file"))  # fmt: skip
+        limit = self.config.max_audio_bytes
+        if len(data) > limit:
+            raise Reply(error(400, f"Maximum file size exceeded: {len(data) / 2**20:.1f} MiB, "
+                              f"the limit is {limit / 2**20:g} MiB (gateway.max_audio_bytes).",
+                              "invalid_request_error", None, "file"))  # fmt: skip
+        try:
+            return _Speech(audio.probe(data).seconds)
+        except audio.AudioError:
+            return _Speech(None)  # the engine may read what libsndfile does not; it decides
+
+    def _parse(self, raw: bytes) -> tuple[dict[str, Any] | None, str]:
         try:
             doc = jsontext.loads(raw, max_items=MAX_BODY_ITEMS)
         except ValueError as exc:
@@ -282,17 +352,28 @@ class Gateway:
         return doc, doc["model"]
 
     async def _forward(
-        self, request: web.Request, route: Route, raw: bytes, doc: dict[str, Any] | None,
-        t0: float, bound: Bound,
+        self, request: web.Request, route: Route, family: Family, raw: bytes,
+        doc: dict[str, Any] | None, form: Form | None, speech: _Speech | None, t0: float,
+        bound: Bound,
     ) -> web.StreamResponse:  # fmt: skip
         if route.url is None:
             raise Reply(error(503, f"{route.name} is not serving right now", "service_unavailable",
                               None, retry_after=5))  # fmt: skip
+        path = request.path
+        body: bytes | list[bytes | memoryview]
         if doc is not None:
             body, stream, asked = for_engine(raw, doc, route.served)
             headers = _JSON
         else:
             body, stream, asked = raw, False, True
+            if form is not None:
+                upstream = dict(route.upstream).get(family.name)
+                rename = {"model": route.served} if form.fields["model"] != route.served else {}
+                if rename or upstream is not None:
+                    body = form.for_engine(rename, upstream.form if upstream else ())
+                if upstream is not None:
+                    path = upstream.path
+                stream = family.streams and form.fields.get("stream", "") in _TRUE
             kind = request.headers.get("Content-Type", "")
             if "\r" in kind or "\n" in kind:
                 raise Reply(error(400, "the Content-Type header is not valid",
@@ -301,7 +382,7 @@ class Gateway:
         if route.key:
             headers += f"Authorization: Bearer {route.key}\r\n"
         try:
-            conn, head = await self.pool.request(route.url, request.path, headers, body)
+            conn, head = await self.pool.request(route.url, path, headers, body)
         except EngineFailed as exc:
             raise Reply(error(502, f"{route.name}: {exc}", "api_error",
                               None)) from None  # fmt: skip
@@ -314,6 +395,8 @@ class Gateway:
                 raise Reply(error(502, f"{route.name}: {exc} before its answer ended",
                                   "api_error", None)) from None  # fmt: skip
             bound.count_usage(data)
+            if speech is not None and speech.seconds is None and head.status == 200:
+                speech.seconds = _usage_seconds(data)
             if doc is not None and head.status == 200 and not stream:
                 bound.ttft.observe(self.clock() - t0)
             if head.status >= 400 and not is_error_envelope(data):
@@ -368,6 +451,28 @@ class Gateway:
         except ConnectionError:
             raise _ClientGone(resp) from None
         return resp
+
+
+def _usage_seconds(data: bytes) -> float | None:
+    """The audio seconds a transcription's answer reports (``usage.seconds``, or a
+    verbose answer's ``duration``), where it does."""
+    if not data.startswith(b"{") or len(data) > 4 * 2**20:
+        return None
+    try:
+        doc = jsontext.loads(data, max_items=MAX_BODY_ITEMS)
+    except ValueError:
+        return None
+    if not isinstance(doc, dict):
+        return None
+    usage = doc.get("usage")
+    value = usage.get("seconds") if isinstance(usage, dict) else doc.get("duration")
+    if not isinstance(value, (int, float, str)) or isinstance(value, bool):
+        return None
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        return None
+    return seconds if 0 < seconds < 1e7 else None
 
 
 class _EventStream(web.StreamResponse):

@@ -20,6 +20,7 @@ which the gateway may retry; :class:`EngineFailed` for anything else.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 import contextlib
 from typing import Protocol, cast
 import urllib.parse
@@ -311,10 +312,15 @@ class Connection(asyncio.Protocol):
 
     # -- use ----------------------------------------------------------------------------
 
-    def send(self, data: bytes, body: bytes) -> None:
+    def send(self, data: bytes, body: bytes | Sequence[bytes | memoryview]) -> None:
         assert self.transport is not None
         self.used += 1
-        if len(body) >= _JOIN_LIMIT:
+        if not isinstance(body, bytes):  # a form spliced from the client's buffer
+            self.transport.write(data)
+            for piece in body:
+                if len(piece):
+                    self.transport.write(piece)
+        elif len(body) >= _JOIN_LIMIT:
             self.transport.write(data)
             self.transport.write(body)
         else:
@@ -367,10 +373,11 @@ class Pool:
         return found
 
     async def request(
-        self, url: str, path: str, headers: str, body: bytes
+        self, url: str, path: str, headers: str, body: bytes | Sequence[bytes | memoryview]
     ) -> tuple[Connection, Response]:
-        """Send ``POST path`` with ``headers`` (CRLF-ended lines) and ``body``; returns the
-        connection and the response's status line and headers, once they arrive.
+        """Send ``POST path`` with ``headers`` (CRLF-ended lines) and ``body`` (bytes, or
+        pieces sent one after another); returns the connection and the response's status
+        line and headers, once they arrive.
 
         Raises:
             EngineGone: refused, or closed before answering (the request did not run).
@@ -379,7 +386,7 @@ class Pool:
         key, host, prefix = self.target(url)
         head = (
             f"POST {prefix}{path} HTTP/1.1\r\nHost: {host}\r\n{headers}"
-            f"Content-Length: {len(body)}\r\n\r\n"
+            f"Content-Length: {_length(body)}\r\n\r\n"
         ).encode("latin-1")
         for _ in range(3):
             conn = await self._connection(key)
@@ -460,3 +467,9 @@ def _whole_chunks(data: bytes) -> bool:
         if size <= 0 or at > n or not data.startswith(b"\r\n", at - 2):
             return False
     return True
+
+
+def _length(body: bytes | Sequence[bytes | memoryview]) -> int:
+    if isinstance(body, bytes):
+        return len(body)
+    return sum(memoryview(piece).nbytes for piece in body)

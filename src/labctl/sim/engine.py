@@ -51,16 +51,32 @@ class Twin:
     def model_name(self) -> str:
         return self.config.served_model_name or self.config.model
 
+    @property
+    def encoder_positions(self) -> int:
+        """Encoder positions one request's clip takes (Whisper: 1,500); 0 for text models."""
+        return self.arch.encoder_positions
+
+    @property
+    def speech(self) -> bool:
+        """Whether it serves speech to text (an encoder-decoder audio model) rather than text."""
+        return self.arch.encoder_positions > 0
+
     def scheduler(self) -> Scheduler:
         fit = self.fit
-        blocks = max(1, fit.kv_cache_tokens // fit.block_size)
+        positions = self.encoder_positions
+        if positions:
+            # Self- and cross-attention each take blocks of the one pool (two KV groups).
+            blocks = max(1, fit.num_gpu_blocks)
+        else:
+            blocks = max(1, fit.kv_cache_tokens // fit.block_size)
         return Scheduler(
             num_blocks=blocks,
             block_size=fit.block_size,
             max_num_seqs=fit.max_num_seqs,
             max_num_batched_tokens=fit.max_num_batched_tokens,
             window=self.perf.window,
-            prefix_caching=self.config.enable_prefix_caching,
+            prefix_caching=self.config.enable_prefix_caching and not positions,
+            encoder_budget=max(fit.max_num_batched_tokens, positions) if positions else 0,
         )
 
 

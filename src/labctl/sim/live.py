@@ -25,6 +25,8 @@ ITL_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.
 REQUEST_BUCKETS = (0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0,
                    60.0, 120.0, 240.0, 480.0, 960.0, 1920.0, 7680.0)  # fmt: skip
 ITERATION_BUCKETS = (1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)
+#: The twin's output text, one word per token, the same for every request.
+FILLER = ["the", "lab", "runs", "on", "the", "card", "it", "owns", "and", "every", "token", "here", "is", "counted", "once", "so", "the", "numbers", "stay", "honest", "while", "the", "queue", "drains", "and", "the", "cache", "fills"]  # fmt: skip
 
 
 def buckets_1_2_5(limit: int) -> list[float]:
@@ -141,6 +143,21 @@ class TwinMetrics:
         self._success.labels(**self._labels, finished_reason=reason).inc()
 
 
+@dataclass(frozen=True)
+class AudioInput:
+    """What a speech request adds to an engine request: its clip's encoder positions, and
+    how vLLM's metrics count it."""
+
+    #: Encoder positions the clip takes (1,500 whatever its length).
+    positions: int
+    #: Counted with the decoder prompt as prompt tokens (vLLM: mel frames of the audio).
+    mel_frames: int
+    #: The request's ``max_tokens`` parameter (``vllm:request_params_max_tokens``).
+    max_tokens: int
+    #: Its last token is end-of-text: finished_reason "stop" rather than "length".
+    stops: bool
+
+
 @dataclass(eq=False)
 class Stream:
     """One request's channel from the engine to its HTTP handler."""
@@ -148,6 +165,7 @@ class Stream:
     req: SimRequest
     arrival: float
     queue: asyncio.Queue[int | None]
+    audio: AudioInput | None = None
 
 
 class LiveEngine:
@@ -180,18 +198,29 @@ class LiveEngine:
         self._busy_since = clock()
 
     async def submit(
-        self, prompt_len: int, max_tokens: int, prompt_tokens: Sequence[object] = ()
+        self,
+        prompt_len: int,
+        max_tokens: int,
+        prompt_tokens: Sequence[object] = (),
+        audio: AudioInput | None = None,
+        frontend_s: float = FRONTEND_S,
     ) -> Stream:
-        """Queue a request; tokens arrive on the returned stream's queue (``None`` ends it)."""
+        """Queue a request; tokens arrive on the returned stream's queue (``None`` ends it).
+
+        ``audio`` makes it a speech chunk: its clip is encoded when it is admitted.
+        ``frontend_s`` is the API server's share of the latency, before the engine sees it
+        (a transcription's first chunk pays its whole request's; later chunks none).
+        """
         arrival = self.clock()
-        if self.time_scale:  # the API server's own share of the latency
-            await asyncio.sleep(FRONTEND_S * self.time_scale)
+        if self.time_scale and frontend_s > 0:
+            await asyncio.sleep(frontend_s * self.time_scale)
         self._next_id += 1
         keys = block_keys(prompt_tokens, self.sched.block_size) if self.sched.prefix_caching else ()
-        req = SimRequest(self._next_id, prompt_len, max_tokens, arrival, prefix_keys=keys)
-        stream = Stream(req, arrival, asyncio.Queue())
+        req = SimRequest(self._next_id, prompt_len, max_tokens, arrival, prefix_keys=keys,
+                         encoder_positions=audio.positions if audio else 0)  # fmt: skip
+        stream = Stream(req, arrival, asyncio.Queue(), audio)
         self._streams[req.id] = stream
-        self.metrics.req_max_tokens.observe(max_tokens)
+        self.metrics.req_max_tokens.observe(audio.max_tokens if audio else max_tokens)
         self.sched.add(req)
         self.metrics.waiting.set(len(self.sched.waiting))
         self._wake.set()
@@ -237,7 +266,13 @@ class LiveEngine:
             delay = sim_now - self.clock()
             await asyncio.sleep(max(0.0, delay))
             now = self.clock()
-            new_prompt = sum(n for r, n in batch.items if r.computed < r.prompt_len)
+            new_prompt = 0
+            for r, n in batch.items:
+                if r.computed < r.prompt_len:
+                    new_prompt += n
+                    own = self._streams.get(r.id)
+                    if r.computed == 0 and own is not None and own.audio is not None:
+                        new_prompt += own.audio.mel_frames
             finished = self.sched.complete(batch, now)
             m = self.metrics
             m.iteration.observe(batch.cost.tokens)
@@ -267,7 +302,8 @@ class LiveEngine:
                 stream = self._streams.pop(req.id, None)
                 if stream is None:
                     continue
-                self._record_finished(stream, now, "length")
+                ends = "stop" if stream.audio is not None and stream.audio.stops else "length"
+                self._record_finished(stream, now, ends)
                 stream.queue.put_nowait(None)
             self._publish()
 
@@ -283,7 +319,7 @@ class LiveEngine:
         req, m = stream.req, self.metrics
         assert req.first_token is not None
         m.e2e.observe(now - stream.arrival)
-        m.req_prompt.observe(req.prompt_len)
+        m.req_prompt.observe(req.prompt_len + (stream.audio.mel_frames if stream.audio else 0))
         m.req_generation.observe(req.generated)
         m.tpot.observe((now - req.first_token) / (req.generated - 1) if req.generated > 1 else 0.0)
         if req.admitted is not None:

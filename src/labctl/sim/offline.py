@@ -4,6 +4,12 @@ Time jumps from one step's end to the next, so an hour of traffic takes
 seconds. Requests are sent on their precomputed schedule; with a concurrency
 limit a request waits for a free slot first and its latency counts from when it
 is sent, as ``vllm bench serve --max-concurrency`` measures.
+
+A speech request runs its chunks one after another, as vLLM's server does: the
+next chunk's engine request starts when the previous one ends. Its latency runs
+from sending to the last chunk's last token, and the summary adds
+``audio_seconds`` (audio of the completed requests) and ``rtfx`` (that over the
+run's duration), the names ``vllm bench serve`` reports.
 """
 
 from __future__ import annotations
@@ -13,10 +19,13 @@ from dataclasses import dataclass, field
 import heapq
 from typing import Any
 
+from labctl.audio import SAMPLE_RATE
+from labctl.errors import UsageError
 from labctl.sim.engine import Twin
-from labctl.sim.perf import FRONTEND_S
+from labctl.sim.perf import FRONTEND_S, MEL_FEATURES_S
 from labctl.sim.report import Outcome, summarize
 from labctl.sim.scheduler import SimRequest, block_keys
+from labctl.sim.whisper import mel_frames, plan_chunk
 from labctl.sim.workload import Item
 
 
@@ -48,14 +57,30 @@ def simulate(
     send_times: Sequence[float],
     max_concurrency: int | None = None,
     interval: float = 1.0,
+    percentiles: Sequence[float] = (99,),
 ) -> tuple[dict[str, Any], Timeline]:
-    """Run the workload through the twin; returns the summary and the timeline."""
+    """Run the workload through the twin; returns the summary (with these latency
+    ``percentiles``) and the timeline.
+
+    Raises:
+        UsageError: speech items for a text model, or text items for a speech model.
+    """
+    speech = any(item.audio for item in items)
+    if speech != twin.speech:
+        raise UsageError(
+            f"{twin.model_name} is a speech model: give --audio-seconds or --audio-files"
+            if twin.speech
+            else f"--audio-seconds and --audio-files need a speech model (Whisper); "
+            f"{twin.model_name} serves text"
+        )
     sched = twin.scheduler()
     perf = twin.perf
     max_len = twin.fit.max_model_len
     pending = sorted(range(len(items)), key=lambda i: send_times[i])
     order = iter(pending)
-    reqs: dict[int, SimRequest] = {}
+    #: Each sent item's engine requests so far (a speech item's chunks, one at a time).
+    reqs: dict[int, list[SimRequest]] = {}
+    owner: dict[int, int] = {}
     sent: dict[int, float] = {}
     rejected: set[int] = set()
     #: (time it may be sent, index): requests scheduled but not yet sent.
@@ -68,6 +93,27 @@ def simulate(
     next_sample = 0.0
     now = 0.0
     nxt = next(order, None)
+    ids = iter(range(1, 2**62))
+
+    def engine_request(i: int, at: float) -> SimRequest:
+        """Item ``i``'s next engine request, arriving at ``at``."""
+        item = items[i]
+        done = reqs.setdefault(i, [])
+        if item.audio:
+            cap = max_len - item.prompt_len
+            chunk = plan_chunk(len(done), item.audio[len(done)], item.prompt_len, cap, False)
+            req = SimRequest(next(ids), item.prompt_len, chunk.generated, at,
+                             encoder_positions=twin.encoder_positions)  # fmt: skip
+        else:
+            keys = (
+                block_keys(item.prompt.split(), sched.block_size)
+                if sched.prefix_caching and item.prompt
+                else ()
+            )
+            req = SimRequest(next(ids), item.prompt_len, item.output_len, at, keys)
+        done.append(req)
+        owner[req.id] = i
+        return req
 
     def feed(until: float) -> None:
         """Send every request whose time has come and that has a free slot."""
@@ -81,22 +127,17 @@ def simulate(
             start = max(t, heapq.heappop(free_at)) if max_concurrency else t
             item = items[i]
             sent[i] = start
-            if item.prompt_len + item.output_len > max_len:
+            if not item.audio and item.prompt_len + item.output_len > max_len:
                 rejected.add(i)  # vLLM answers 400: longer than max_model_len
                 if max_concurrency:
                     heapq.heappush(free_at, start)
                 continue
-            # The API server tokenizes and queues it before the engine sees it.
-            keys = (
-                block_keys(item.prompt.split(), sched.block_size)
-                if sched.prefix_caching and item.prompt
-                else ()
-            )
-            req = SimRequest(i, item.prompt_len, item.output_len, start + FRONTEND_S, keys)
-            reqs[i] = req
+            # The API server reads, tokenizes and queues it (and computes each audio chunk's
+            # features) before the engine sees it.
+            req = engine_request(i, start + FRONTEND_S + len(item.audio) * MEL_FEATURES_S)
             heapq.heappush(inbound, (req.arrival, i))
         while inbound and inbound[0][0] <= until:
-            sched.add(reqs[heapq.heappop(inbound)[1]])
+            sched.add(reqs[heapq.heappop(inbound)[1]][-1])
 
     done = 0
     total = len(items)
@@ -116,10 +157,13 @@ def simulate(
         if not batch.items:
             raise RuntimeError("the scheduler found nothing to run; the KV cache is too small")
         now += perf.step_seconds(batch.cost)
-        finished = sched.complete(batch, now)
-        done += len(finished)
-        if max_concurrency:
-            for _ in finished:
+        for req in sched.complete(batch, now):
+            i = owner[req.id]
+            if len(reqs[i]) < len(items[i].audio):
+                sched.add(engine_request(i, now))  # the next chunk, right away
+                continue
+            done += 1
+            if max_concurrency:
                 heapq.heappush(free_at, now)
         while now >= next_sample:
             timeline.time.append(round(next_sample, 6))
@@ -129,18 +173,33 @@ def simulate(
             timeline.preemptions.append(sched.preemptions_total)
             next_sample += interval
     outcomes = []
+    audio_s = 0.0
     for i, item in enumerate(items):
-        if i in rejected or i not in reqs:
+        chain = reqs.get(i, [])
+        if i in rejected or not chain or chain[-1].finished is None:
             outcomes.append(Outcome(item.prompt_len, 0, None, None, (), success=False))
             continue
-        r = reqs[i]
-        assert r.first_token is not None and r.finished is not None
+        first, last = chain[0], chain[-1]
+        assert first.first_token is not None and last.finished is not None
+        itl: list[float] = []
+        for prev, req in zip([None, *chain], chain, strict=False):
+            if prev is not None and prev.last_token is not None and req.first_token is not None:
+                itl.append(req.first_token - prev.last_token)  # the client waits between chunks
+            itl += req.itl
+        prompt = sum(r.prompt_len for r in chain)
+        if item.audio:
+            prompt += sum(mel_frames(n / SAMPLE_RATE) for n in item.audio)
+            audio_s += item.audio_seconds
         outcomes.append(
-            Outcome(r.prompt_len, r.generated, r.first_token - sent[i], r.finished - sent[i], r.itl,
-                    start=sent[i])
+            Outcome(prompt, sum(r.generated for r in chain), first.first_token - sent[i],
+                    last.finished - sent[i], itl, start=sent[i])
         )  # fmt: skip
-    first = min(sent.values()) if sent else 0.0
-    summary = summarize(outcomes, max(now - first, 1e-9))
+    first_sent = min(sent.values()) if sent else 0.0
+    duration = max(now - first_sent, 1e-9)
+    summary = summarize(outcomes, duration, percentiles)
+    if speech:
+        summary["audio_seconds"] = audio_s
+        summary["rtfx"] = audio_s / duration
     summary["num_preemptions"] = sched.preemptions_total
     summary["kv_cache_tokens"] = twin.fit.kv_cache_tokens
     summary["max_num_seqs"] = twin.fit.max_num_seqs

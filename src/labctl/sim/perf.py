@@ -19,15 +19,38 @@ layer when CUDA graphs are off (``--enforce-eager``), and tensor-parallel
 all-reduces. The constants below were fitted on the published points in
 ``shared/data/sim/vllm-perf-points.jsonl`` (``benchmarks/twin_fidelity.py``
 prints the fit).
+
+An encoder-decoder speech model (Whisper) adds two things to a step:
+
+- the encoder pass of every clip the step starts, compute-bound, over a fixed
+  30 s window (1,500 positions for large-v3) whatever the audio's length: 32
+  layers of GEMMs, attention and element-wise kernels, then each decoder
+  layer's projection of the result into its cross-attention K/V. Its GEMMs run
+  in waves of 128×256 output tiles, one tile per SM at a time, so one clip
+  (12 row tiles) leaves SMs idle in its last wave and a batch of clips fills
+  them better (:class:`EncoderSpec`);
+- the cross-attention K/V that every decoding sequence reads each step
+  (1,500 positions × 160 KiB for large-v3), on top of the weights and its own
+  self-attention K/V: decode is bandwidth-bound.
+
+The encoder's compute and the step's memory traffic share the step's one
+roofline, as prefill and decode of a mixed step already do. That is how
+SGLang-Omni runs Whisper (its encoder has its own CUDA stream beside decoding),
+and its published RTX 4090 run (sglang-omni#1888) is what calibrates this
+model (``benchmarks/twin_speech.py``). vLLM instead runs the encoder before the
+decoder within the step, so on vLLM a step that starts clips while many
+requests decode takes up to the sum of the two (about 12 ms more at 32 running
+requests on an RTX 4090).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+import math
 
 from labctl.catalog.arch import LayerKind, ModelArch, Role
 from labctl.catalog.gpus import GpuSpec
-from labctl.fit.kv import KVOptions, layer_caches
+from labctl.fit.kv import KVOptions, dtype_bytes, layer_caches
 from labctl.fit.plan import FitResult
 
 #: Achievable share of datasheet bandwidth, by memory technology.
@@ -49,8 +72,19 @@ EAGER_PER_LAYER_S = 0.28e-3
 ALLREDUCE_LATENCY_S = {"nvlink": 25e-6, "pcie": 50e-6}
 #: The API server's share of a request's latency: HTTP, tokenizing, queueing, detokenizing.
 FRONTEND_S = 15e-3
+#: The API server's work on each 30 s chunk of a speech request before the engine sees it:
+#: Whisper's log-mel features of the padded window (3,000 frames of a 400-point FFT and a
+#: 128-band filter bank, in NumPy on one core).
+MEL_FEATURES_S = 10e-3
 #: Pipeline-parallel hand-off between stages.
 PP_HANDOFF_S = 0.4e-3
+#: Output tile (rows × columns) of the large tensor-core GEMM kernels from Ampere to Hopper.
+GEMM_TILE = (128, 256)
+#: Share of an SM's tensor peak a GEMM tile's main loop reaches: large GEMMs on the H100 in
+#: shared/data/gpu reach 0.78–0.80 of peak (2048 and 8192 rows).
+GEMM_EFFICIENCY = 0.80
+#: Query rows per attention tile (flash attention over the encoder's positions).
+ATTN_TILE = 128
 
 _SKIP_ROLES = {Role.EMBED.value, Role.VISION.value, Role.MTP.value, Role.EXPERT.value}
 
@@ -69,6 +103,100 @@ class StepCost:
     kv_tokens_read: int
     #: Same, capped at the sliding window, for sliding-window layers.
     window_tokens_read: int = 0
+    #: Clips whose encoder pass runs in this step (encoder-decoder models).
+    encoder_items: int = 0
+    #: Σ encoder positions each scheduled sequence's cross-attention reads.
+    cross_tokens_read: int = 0
+
+
+@dataclass(frozen=True)
+class EncoderSpec:
+    """The audio encoder of an encoder-decoder model (Whisper) and what one pass costs.
+
+    A pass over ``clips`` clips runs every encoder layer on ``clips × positions`` rows:
+    the fused QKV, output, and two feed-forward GEMMs, attention over each clip's own
+    positions, layer norms, GELU and residual adds; then every decoder layer projects
+    the output into its cross-attention K and V. The GEMMs and attention are timed in
+    waves of tiles over the GPU's SMs; the element-wise kernels, the weights and the
+    cross K/V written are memory traffic.
+    """
+
+    positions: int
+    layers: int
+    hidden: int
+    ffn: int
+    heads: int
+    head_dim: int
+    #: Decoder layers, each with its own cross-attention K/V projection.
+    decoder_layers: int
+    #: Parameters outside the encoder layers (convolution stem, positions, final norm).
+    stem_params: float
+    weight_bytes: float
+    activation_bytes: float
+    cross_kv_bytes_per_position: float
+
+    @classmethod
+    def of(
+        cls, arch: ModelArch, encoder_params: float, dtype_bytes: float, cross: float
+    ) -> EncoderSpec:
+        """Whisper's encoder from its architecture: the same width, heads and feed-forward
+        size as the decoder; its layer count from its parameters."""
+        d, ffn = arch.hidden_size, arch.intermediate_size
+        per_layer = 4 * d * d + 2 * d * ffn + ffn + 9 * d  # attention, MLP, biases, two norms
+        stem = 3 * d * d + arch.encoder_positions * d  # second convolution, positions
+        layers = max(1, round((encoder_params - stem) / per_layer))
+        return cls(
+            positions=arch.encoder_positions,
+            layers=layers,
+            hidden=d,
+            ffn=ffn,
+            heads=arch.num_attention_heads,
+            head_dim=arch.head_dim,
+            decoder_layers=arch.num_hidden_layers,
+            stem_params=max(0.0, encoder_params - layers * per_layer),
+            weight_bytes=encoder_params * dtype_bytes,
+            activation_bytes=dtype_bytes,
+            cross_kv_bytes_per_position=cross,
+        )
+
+    def compute_seconds(self, clips: int, peak_flops: float, sm_count: int) -> float:
+        """Tensor-core time of one pass over ``clips`` clips."""
+        if clips <= 0:
+            return 0.0
+        rows = clips * self.positions
+        sms = sm_count or 1
+        per_sm = peak_flops * GEMM_EFFICIENCY / sms
+
+        def waves(tiles: int) -> int:
+            # Without an SM count the kernel is taken as filling the GPU exactly.
+            return math.ceil(tiles / sms) if sm_count else tiles
+
+        def gemm(n: int, k: int) -> float:
+            tm, tn = GEMM_TILE
+            tiles = math.ceil(rows / tm) * math.ceil(n / tn)
+            return waves(tiles) * 2.0 * tm * tn * k / per_sm
+
+        d, ffn = self.hidden, self.ffn
+        layer = gemm(3 * d, d) + gemm(d, d) + gemm(ffn, d) + gemm(d, ffn)
+        # Attention: each query tile of a head attends over its clip's positions (QKᵀ, then AV).
+        q_tiles = clips * self.heads * math.ceil(self.positions / ATTN_TILE)
+        attention = waves(q_tiles) * 4.0 * ATTN_TILE * self.positions * self.head_dim / per_sm
+        stem = 2.0 * self.stem_params * rows / (peak_flops * GEMM_EFFICIENCY)
+        return self.layers * (layer + attention) + self.decoder_layers * gemm(2 * d, d) + stem
+
+    def memory_bytes(self, clips: int) -> float:
+        """Bytes one pass moves that its GEMMs do not hide: the encoder's weights, the
+        element-wise kernels' reads and writes (two layer norms and two residual adds
+        over the width, GELU over the feed-forward width), and the cross K/V written."""
+        if clips <= 0:
+            return 0.0
+        rows = clips * self.positions
+        elementwise = (10 * self.hidden + 2 * self.ffn) * self.activation_bytes
+        return (
+            self.weight_bytes
+            + self.layers * rows * elementwise
+            + rows * self.cross_kv_bytes_per_position
+        )
 
 
 @dataclass(frozen=True)
@@ -98,6 +226,9 @@ class PerfModel:
     tp: int
     pp: int
     eager: bool
+    #: Cross-attention K/V bytes per encoder position (encoder-decoder models).
+    cross_kv_bytes_per_token: float = 0.0
+    encoder: EncoderSpec | None = None
 
     @classmethod
     def build(cls, arch: ModelArch, fit: FitResult, gpu: GpuSpec) -> PerfModel:
@@ -108,12 +239,14 @@ class PerfModel:
         experts = roles.get(Role.EXPERT.value, 0)
         tp, pp = fit.tensor_parallel_size, fit.pipeline_parallel_size
         opts = KVOptions(kv_dtype=fit.kv_cache_dtype, model_dtype=fit.dtype)
-        full = window_bytes = state = 0.0
+        full = window_bytes = state = cross = 0.0
         window = 0
         for c in layer_caches(arch.kv_layers, tp, opts):
             if c.kind in (LayerKind.SLIDING, LayerKind.CHUNKED) and c.window:
                 window_bytes += c.token_bytes
                 window = max(window, c.window)
+            elif c.kind is LayerKind.CROSS:
+                cross += c.token_bytes
             else:
                 full += c.token_bytes
             state += c.state_bytes
@@ -129,13 +262,20 @@ class PerfModel:
         mem = gpu.memory_type.upper()
         eff = next((v for k, v in BW_EFFICIENCY.items() if k in mem), 0.85)
         moe = arch.moe
+        active = float(arch.active_param_count)
+        encoder = None
+        if arch.encoder_positions:
+            # The decoder's steps run only the decoder; the encoder is its own pass.
+            enc_params = float(sum(w.numel for w in arch.weights if w.role is Role.VISION))
+            active -= enc_params
+            encoder = EncoderSpec.of(arch, enc_params / (tp * pp), dtype_bytes(fit.dtype), cross)
         return cls(
             gpu=gpu,
             dense_bytes=dense / pp,
             expert_bytes=experts / pp,
             num_experts=moe.num_experts if moe else 0,
             experts_per_token=moe.top_k if moe else 0,
-            flops_per_token=2.0 * arch.active_param_count / (tp * pp),
+            flops_per_token=2.0 * active / (tp * pp),
             attn_flops_per_pair=4.0 * attn_layers * q_width / (tp * pp),
             full_kv_bytes_per_token=full / pp,
             window_kv_bytes_per_token=window_bytes / pp,
@@ -148,6 +288,8 @@ class PerfModel:
             tp=tp,
             pp=pp,
             eager=fit.cuda_graph_bytes == 0,
+            cross_kv_bytes_per_token=cross / pp,
+            encoder=encoder,
         )
 
     def experts_touched(self, tokens: int) -> float:
@@ -156,6 +298,12 @@ class PerfModel:
             return 0.0
         miss = 1.0 - self.experts_per_token / self.num_experts
         return 1.0 - miss**tokens
+
+    def encoder_seconds(self, clips: int) -> float:
+        """Tensor-core time of the encoder pass over ``clips`` clips (0 without an encoder)."""
+        if self.encoder is None:
+            return 0.0
+        return self.encoder.compute_seconds(clips, self.peak_flops, self.gpu.sm_count)
 
     def step_seconds(self, cost: StepCost) -> float:
         """Wall time of one step over the whole TP × PP group."""
@@ -167,10 +315,15 @@ class PerfModel:
             + self.full_kv_bytes_per_token * cost.kv_tokens_read
             + self.window_kv_bytes_per_token * cost.window_tokens_read
             + self.state_bytes_per_sequence * cost.sequences
+            + self.cross_kv_bytes_per_token * cost.cross_tokens_read
         )
         flops = self.flops_per_token * cost.tokens + self.attn_flops_per_pair * cost.attended_tokens
         mfu = MFU * cost.tokens / (cost.tokens + MFU_HALF_TOKENS)
-        stage = max(read / self.bandwidth, flops / (self.peak_flops * mfu))
+        encode = 0.0
+        if self.encoder is not None and cost.encoder_items:
+            encode = self.encoder_seconds(cost.encoder_items)
+            read += self.encoder.memory_bytes(cost.encoder_items)
+        stage = max(read / self.bandwidth, flops / (self.peak_flops * mfu) + encode)
         if self.tp > 1:
             link = "nvlink" if self.gpu.interconnect_gbs >= 100 else "pcie"
             size = cost.tokens * self.hidden_size * 2.0

@@ -10,6 +10,14 @@ preempted: its blocks are freed and it goes back to the front of the queue to
 be recomputed, as vLLM's recompute preemption does. With prefix caching,
 full blocks of a prompt that an earlier request already computed are reused.
 
+A request of an encoder-decoder model (Whisper) carries encoder positions:
+its clip is encoded in the step that admits it, which prefills its decoder
+prompt whole (vLLM disables chunked prefill for these models), and it keeps
+blocks for those positions' cross-attention K/V beside its own until it ends.
+A step starts at most ``encoder_budget`` positions of encoding (vLLM's encoder
+compute budget, ``max(max_num_batched_tokens, positions of one item)``): one
+1,500-position clip per step at 2,048 batched tokens, four at 6,144.
+
 The same scheduler drives the live twin (in real time) and ``labctl sim run``
 (as a discrete-event simulation); it has no clock of its own.
 """
@@ -56,6 +64,8 @@ class SimRequest:
     preemptions: int = 0
     #: Gaps between consecutive output tokens, seconds.
     itl: list[float] = field(default_factory=list)
+    #: Encoder positions whose cross-attention K/V it keeps (Whisper: 1,500 per clip).
+    encoder_positions: int = 0
 
     @property
     def total_len(self) -> int:
@@ -86,6 +96,7 @@ class Scheduler:
         max_num_batched_tokens: int,
         window: int = 0,
         prefix_caching: bool = False,
+        encoder_budget: int = 0,
     ) -> None:
         if num_blocks <= 0 or block_size <= 0:
             raise ValueError("the KV cache needs at least one block")
@@ -95,6 +106,7 @@ class Scheduler:
         self.max_num_batched_tokens = max_num_batched_tokens
         self.window = window
         self.prefix_caching = prefix_caching
+        self.encoder_budget = encoder_budget
         self.free_blocks = num_blocks
         self.waiting: deque[SimRequest] = deque()
         self.running: list[SimRequest] = []
@@ -126,7 +138,8 @@ class Scheduler:
         req.blocks = 0
 
     def _grow(self, req: SimRequest, tokens: int) -> bool:
-        need = self._blocks_for(tokens) - req.blocks
+        # Cross-attention blocks come with the request's first ones and stay to its end.
+        need = self._blocks_for(tokens) + self._blocks_for(req.encoder_positions) - req.blocks
         if need <= 0:
             return True
         if need > self.free_blocks:
@@ -188,13 +201,22 @@ class Scheduler:
                 continue
             break  # the request itself was preempted
         if not preempted:
+            encode = max(self.encoder_budget, 0)
             while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
                 req = self.waiting[0]
                 if req.computed == 0:
                     req.computed = req.cached_tokens = self._prefix_hit(req)
                 n = min(req.total_len - req.computed, budget)
+                # An encoder-decoder request: its whole decoder prompt, and its clip's encoding
+                # within what is left of this step's encoder budget.
+                if req.encoder_positions and (
+                    n < req.total_len - req.computed or req.encoder_positions > encode
+                ):
+                    break
                 if not self._grow(req, req.computed + n):
                     break
+                if req.encoder_positions:
+                    encode -= req.encoder_positions
                 self.waiting.popleft()
                 if req.admitted is None:
                     req.admitted = now
@@ -204,7 +226,7 @@ class Scheduler:
         return Batch(items, self._cost(items), preempted)
 
     def _cost(self, items: list[tuple[SimRequest, int]]) -> StepCost:
-        tokens = attended = kv = win = 0
+        tokens = attended = kv = win = clips = cross = 0
         w = self.window
         for req, n in items:
             end = req.computed + n
@@ -214,7 +236,11 @@ class Scheduler:
                 win += min(end, w)
             # Each new token attends over the context before it (causal).
             attended += n * req.computed + n * (n + 1) // 2
-        return StepCost(len(items), tokens, attended, kv, win)
+            if req.encoder_positions:
+                cross += req.encoder_positions
+                if req.computed == 0:  # admitted now: its clip is encoded in this step
+                    clips += 1
+        return StepCost(len(items), tokens, attended, kv, win, clips, cross)
 
     def complete(self, batch: Batch, now: float) -> list[SimRequest]:
         """Apply a finished step at time ``now``: tokens out, requests done."""

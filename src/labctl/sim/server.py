@@ -9,6 +9,11 @@ worker that can be left orphaned). It then serves ``/v1/models``,
 and ``/metrics`` with vLLM's metric names. Output text is deterministic filler;
 token counts follow the request: a prompt costs one token per word, and a chat
 message four more for its template markers (start, role, newline, end).
+
+A speech model (Whisper) serves ``/v1/audio/transcriptions`` and
+``/v1/audio/translations`` instead (``labctl.sim.speech``) and refuses the text
+paths as vLLM does ("The model does not support Chat Completions API"); any other
+model refuses the audio paths.
 """
 
 from __future__ import annotations
@@ -31,14 +36,19 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from labctl.errors import EngineError, GpuError
 from labctl.sim.engine import Twin
-from labctl.sim.live import LiveEngine, Stream
+from labctl.sim.envelope import error_response
+from labctl.sim.live import FILLER, LiveEngine, Stream
+from labctl.sim.speech import SpeechApi
 from labctl.units import GiB
 
 #: The twin's checkpoint comes in shards of at most 5 GB (the Hugging Face hub's default), and
 #: in at least eight, so that even a small model's slow load shows its progress as it goes.
 SHARD_BYTES = 5 * 10**9
 MIN_SHARDS = 8
-FILLER = ["the", "lab", "runs", "on", "the", "card", "it", "owns", "and", "every", "token", "here", "is", "counted", "once", "so", "the", "numbers", "stay", "honest", "while", "the", "queue", "drains", "and", "the", "cache", "fills"]  # fmt: skip
+#: vLLM's speech endpoints warm up at startup: the first librosa calls ("can take ~7s") and
+#: the multimodal input processor ("~2.5s"), as its own docstrings put them.
+AUDIO_WARMUP_S = 7.0
+PROCESSOR_WARMUP_S = 2.5
 
 
 class GpuLedger(Protocol):
@@ -99,10 +109,12 @@ def _clock(seconds: float) -> str:
     return f"{minutes:02d}:{secs:02d}"
 
 
+#: What every completion answers with ``--fail-completions``.
+_BROKEN = "CUDA error: an illegal memory access was encountered (--fail-completions)"
+
+
 def _error(status: int, message: str, param: str | None = None) -> web.Response:
-    kind = {400: "BadRequestError", 404: "NotFoundError"}.get(status, "InternalServerError")
-    body = {"error": {"message": message, "type": kind, "param": param, "code": status}}
-    return web.json_response(body, status=status)
+    return error_response(status, message, param)
 
 
 class TwinServer:
@@ -114,6 +126,7 @@ class TwinServer:
         self.model = twin.model_name
         self.max_model_len = twin.fit.max_model_len
         self.created = int(time.time())
+        self.speech = SpeechApi(engine, self.model, _BROKEN if faults.fail_completions else None)
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=32 * 2**20, middlewares=[self._api_key])
@@ -122,6 +135,8 @@ class TwinServer:
         app.router.add_get("/v1/models", self.models)
         app.router.add_post("/v1/completions", self.completions)
         app.router.add_post("/v1/chat/completions", self.chat)
+        app.router.add_post("/v1/audio/transcriptions", self.speech.transcriptions)
+        app.router.add_post("/v1/audio/translations", self.speech.translations)
         return app
 
     @web.middleware
@@ -163,11 +178,11 @@ class TwinServer:
             }
         )
 
-    async def _body(self, request: web.Request) -> dict[str, Any] | web.Response:
+    async def _body(self, request: web.Request, api: str) -> dict[str, Any] | web.Response:
+        if self.twin.speech:
+            return _error(400, f"The model does not support {api} API")
         if self.faults.fail_completions:
-            return _error(
-                500, "CUDA error: an illegal memory access was encountered (--fail-completions)"
-            )
+            return _error(500, _BROKEN)
         try:
             body = await request.json()
         except (ValueError, UnicodeDecodeError):
@@ -181,7 +196,7 @@ class TwinServer:
         return body
 
     async def completions(self, request: web.Request) -> web.StreamResponse:
-        body = await self._body(request)
+        body = await self._body(request, "Completions")
         if isinstance(body, web.Response):
             return body
         prompt = body.get("prompt")
@@ -199,7 +214,7 @@ class TwinServer:
         return await self._generate(request, body, tokens, body.get("max_tokens", 16), chat=False)
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
-        body = await self._body(request)
+        body = await self._body(request, "Chat Completions")
         if isinstance(body, web.Response):
             return body
         messages = body.get("messages")
@@ -384,6 +399,11 @@ async def start_engine(
         await asyncio.sleep(seconds * time_scale)
 
     _log(f"Starting to load model {twin.config.model}...")
+    if twin.speech:
+        _log("Encoder-decoder models do not support chunked prefill nor prefix caching; "
+             "disabling both.")  # fmt: skip
+        _log("Encoder-decoder models do not support FULL_AND_PIECEWISE. Overriding "
+             "cudagraph_mode to FULL_DECODE_ONLY.")  # fmt: skip
     if faults.hang_startup:
         _log("loading is stuck (--hang-startup)", "WARNING")
         await asyncio.Event().wait()
@@ -432,8 +452,12 @@ async def start_engine(
         except GpuError as exc:
             raise EngineError(f"torch.OutOfMemoryError: {exc}") from exc
     _log(f"GPU KV cache size: {fit.kv_cache_tokens:,} tokens")
+    # An encoder-decoder model's line reserves cross-attention for a whole batch budget of
+    # encoder tokens, not one clip's: vLLM's figure, not the plan's real capacity.
+    logged = fit.encoder_decoder.vllm_logged_concurrency if fit.encoder_decoder else None
     _log(
-        f"Maximum concurrency for {fit.max_model_len:,} tokens per request: {fit.max_concurrency:.2f}x"
+        f"Maximum concurrency for {fit.max_model_len:,} tokens per request: "
+        f"{fit.max_concurrency if logged is None else logged:.2f}x"
     )
     if fit.cuda_graph_bytes:
         await phase(5.0)
@@ -445,6 +469,14 @@ async def start_engine(
         "init engine (profile, create kv cache, warmup model) took "
         f"{time.monotonic() - started:.2f} seconds"
     )
+    if twin.speech:
+        # The API server's speech endpoints warm librosa and the input processor up first.
+        _log("Warming up audio preprocessing libraries...")
+        await phase(AUDIO_WARMUP_S)
+        _log(f"Audio preprocessing warmup completed in {AUDIO_WARMUP_S * time_scale:.2f}s")
+        _log("Warming up multimodal input processor...")
+        await phase(PROCESSOR_WARMUP_S)
+        _log(f"Input processor warmup completed in {PROCESSOR_WARMUP_S * time_scale:.2f}s")
     return worker
 
 

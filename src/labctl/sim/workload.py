@@ -5,18 +5,28 @@ Arrivals follow ``vllm bench serve``: a Poisson process at ``request_rate``
 the same mean; an infinite rate sends everything at once. Lengths are fixed
 (``input_len``/``output_len``, optionally spread uniformly by ``range_ratio``)
 or drawn from ShareGPT-like distributions, or read from a dataset file.
+Speech workloads give audio instead: lengths in seconds (fixed, or spread
+uniformly by ``range_ratio`` as prompt lengths are) or audio files, each
+request cut into the chunks vLLM would run (``labctl.sim.whisper``).
 Everything is computed up front from the seed, so a run is reproducible.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 import json
 import math
 from pathlib import Path
 import random
 
+from labctl import audio
 from labctl.errors import UsageError
+from labctl.sim.whisper import DECODER_PROMPT_TOKENS, duration_chunks
+
+#: File suffixes taken from a directory of audio (formats libsndfile reads).
+AUDIO_SUFFIXES = frozenset((".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff",
+                            ".au", ".caf", ".w64"))  # fmt: skip
 
 #: ShareGPT as `vllm bench serve` samples it (Llama tokenizer, filtered to
 #: prompts ≥ 4 and ≤ 1024 tokens, outputs ≥ 4): about 215 prompt and 198 output
@@ -30,6 +40,12 @@ class Item:
     prompt_len: int
     output_len: int
     prompt: str | None = None
+    #: Speech: the audio's chunks in samples at 16 kHz, one engine request each.
+    audio: tuple[int, ...] = ()
+
+    @property
+    def audio_seconds(self) -> float:
+        return sum(self.audio) / audio.SAMPLE_RATE
 
 
 def _lognormal(rng: random.Random, spec: tuple[float, float, int, int]) -> int:
@@ -97,6 +113,67 @@ def from_file(path: Path, n: int, output_len: int | None = None, seed: int = 0) 
         prompt, out_len = pairs[i % len(pairs)]
         out.append(Item(max(1, _tokens(prompt)), output_len or out_len or 128, prompt))
     return out
+
+
+def audio_lengths(n: int, seconds: float, range_ratio: float = 0.0, seed: int = 0) -> list[Item]:
+    """``n`` clips of ``seconds`` each, or spread uniformly over ``seconds × (1 ± range_ratio)``.
+
+    Raises:
+        UsageError: a length that is not positive, or a ratio outside [0, 1).
+    """
+    if not (seconds > 0 and math.isfinite(seconds)):
+        raise UsageError(f"--audio-seconds {seconds} must be a positive length, e.g. 5")
+    if not 0 <= range_ratio < 1:
+        raise UsageError(f"--range-ratio {range_ratio} must be in [0, 1), e.g. 0.5")
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        lo, hi = seconds * (1 - range_ratio), seconds * (1 + range_ratio)
+        chunks = duration_chunks(rng.uniform(lo, hi) if range_ratio else seconds)
+        out.append(Item(DECODER_PROMPT_TOKENS, 0, audio=tuple(_samples(c) for c in chunks)))
+    return out
+
+
+def audio_files(paths: Sequence[Path], n: int, seed: int = 0) -> list[Item]:
+    """``n`` requests cycling through audio files (directories give the audio files under
+    them), each cut where vLLM would cut it.
+
+    Raises:
+        UsageError: a path that is missing, a file that is not audio, or no file at all.
+    """
+    files: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            files += sorted(f for f in path.rglob("*") if f.suffix.lower() in AUDIO_SUFFIXES)
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise UsageError(f"--audio-files {path}: no such file or directory")
+    if not files:
+        raise UsageError(f"--audio-files {' '.join(map(str, paths))}: no audio files "
+                         f"({', '.join(sorted(AUDIO_SUFFIXES))}) there")  # fmt: skip
+    clips = []
+    for f in files:
+        try:
+            data = f.read_bytes()
+            seconds = audio.probe(data).seconds
+            if seconds > duration_chunks(seconds)[0]:  # long audio: cut at its quiet places
+                samples = audio.decode(data)
+                chunks = tuple(end - start for start, end in audio.split(samples))
+            else:
+                chunks = (_samples(seconds),)
+        except OSError as exc:
+            raise UsageError(f"--audio-files {f}: {exc.strerror or exc}") from exc
+        except audio.AudioError as exc:
+            raise UsageError(f"--audio-files {f}: {exc}; give WAV, FLAC, OGG or MP3") from exc
+        clips.append(Item(DECODER_PROMPT_TOKENS, 0, audio=chunks))
+    rng = random.Random(seed)
+    rng.shuffle(clips)
+    return [clips[i % len(clips)] for i in range(n)]
+
+
+def _samples(seconds: float) -> int:
+    return round(seconds * audio.SAMPLE_RATE)
 
 
 def _tokens(text: str) -> int:
