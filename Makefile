@@ -85,6 +85,7 @@ bench-exporter: $(STAMP)
 bench-twin: $(STAMP)
 	$(BIN)/python benchmarks/twin_fidelity.py
 	$(BIN)/python benchmarks/twin_speed.py
+	$(BIN)/python benchmarks/twin_speech.py --vllm-defaults
 
 bench-deploy: $(STAMP)
 	$(BIN)/python benchmarks/deploy_overhead.py

@@ -2,10 +2,10 @@
 
 Starts `labctl sim serve --model openai/whisper-large-v3 --gpu rtx-4090` in real
 time (weights load instantly, the rest of startup as vLLM's) and sends 4.7 s
-clips (``labctl.audio.clip``) with the real ``openai`` client
-(``AsyncOpenAI.audio.transcriptions.create``) at concurrency 1, 32 and 64, a
-fixed number of requests each, then prints measured against published:
-requests per second, mean and p95 latency, RTFx, with their ratios.
+clips with ``labctl bench --backend openai-audio`` (streamed, as vLLM's benchmark
+sends them) at concurrency 1, 32 and 64, a fixed number of requests each, then
+prints measured against published: requests per second, mean and p95 latency,
+RTFx, with their ratios.
 
 The published run is SGLang-Omni's (sglang-omni#1888: 1,088 SeedTTS clips of
 ~4.7 s, three repeats per level), not vLLM's. Its engine admits at most 32
@@ -26,20 +26,13 @@ mean latency (1.6-2.4×).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
-import statistics
+from pathlib import Path
 import subprocess
 import sys
 import tempfile
-import time
 from typing import Any
-
-import openai
-
-from labctl import audio
-from labctl.sim.report import percentile
 
 MODEL = "openai/whisper-large-v3"
 CLIP_S = 4.7
@@ -68,46 +61,38 @@ def start_twin(home: str, extra: tuple[str, ...]) -> tuple[subprocess.Popen[str]
     return proc, url
 
 
-async def load(url: str, concurrency: int, requests: int, clips: list[bytes]) -> dict[str, Any]:
-    """``requests`` transcriptions, ``concurrency`` at a time; latency per request."""
-    client = openai.AsyncOpenAI(base_url=url + "/v1", api_key="unused", max_retries=0,
-                                timeout=120)  # fmt: skip
-    todo = iter(range(requests))
-    latencies: list[float] = []
-
-    async def worker() -> None:
-        for i in todo:
-            t0 = time.perf_counter()
-            out = await client.audio.transcriptions.create(
-                model=MODEL, file=("clip.wav", clips[i % len(clips)], "audio/wav")
-            )
-            latencies.append(time.perf_counter() - t0)
-            assert out.text
-
-    # Warm the connections and the twin's code paths first.
-    await asyncio.gather(*(client.audio.transcriptions.create(
-        model=MODEL, file=("w.wav", clips[0], "audio/wav")) for _ in range(min(concurrency, 8))))  # fmt: skip
-    t0 = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    wall = time.perf_counter() - t0
-    await client.close()
+def load(url: str, home: str, concurrency: int, requests: int) -> dict[str, Any]:
+    """``labctl bench --backend openai-audio``: ``requests`` transcriptions of 4.7 s clips,
+    ``concurrency`` at a time, streamed as vLLM's benchmark streams them."""
+    with tempfile.NamedTemporaryFile(suffix=".json") as out:
+        subprocess.run(
+            [sys.executable, "-m", "labctl", "bench", "--backend", "openai-audio",
+             "--base-url", url + "/v1/audio/transcriptions", "--model", MODEL,
+             "--audio-seconds", str(CLIP_S), "--num-prompts", str(requests),
+             "--max-concurrency", str(concurrency), "--warmup", str(min(concurrency, 8)),
+             "--percentiles", "95", "--json-out", out.name],
+            check=True, stdout=subprocess.DEVNULL, env=dict(os.environ, LABCTL_HOME=home),
+        )  # fmt: skip
+        result = json.loads(Path(out.name).read_text())
+    if result["failed"]:
+        raise SystemExit(f"{result['failed']} requests failed: {result['errors_by_reason']}")
     return {
         "concurrency": concurrency,
         "requests": requests,
-        "wall_s": wall,
-        "request_throughput": requests / wall,
-        "mean_latency_s": statistics.fmean(latencies),
-        "p95_latency_s": percentile(latencies, 95),
-        "rtfx": requests * CLIP_S / wall,
+        "wall_s": result["duration"],
+        "request_throughput": result["request_throughput"],
+        "mean_latency_s": result["mean_e2el_ms"] / 1000,
+        "p95_latency_s": result["p95_e2el_ms"] / 1000,
+        "rtfx": result["rtfx"],
+        "audio_seconds": result["audio_seconds"],
     }
 
 
 def measure(extra: tuple[str, ...], levels: list[tuple[int, int]]) -> list[dict[str, Any]]:
-    clips = [audio.clip(CLIP_S, seed=s) for s in range(8)]
     with tempfile.TemporaryDirectory() as home:
         proc, url = start_twin(home, extra)
         try:
-            return [asyncio.run(load(url, c, n, clips)) for c, n in levels]
+            return [load(url, home, c, n) for c, n in levels]
         finally:
             proc.terminate()
             proc.wait()

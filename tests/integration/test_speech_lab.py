@@ -15,7 +15,7 @@ import pytest
 
 from labctl import audio
 from tests.integration.conftest import Run
-from tests.integration.lab import FAST_TWIN, Daemon, Lab, get
+from tests.integration.lab import FAST_TWIN, Daemon, Lab, get, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -29,7 +29,7 @@ def speech_lab(tmp_path: Path, whisper_server: Path) -> Path:
     model = write_model(tmp_path / "ggml-tiny-random.bin", seed=1)
     config = tmp_path / "lab.toml"
     config.write_text(
-        '[lab]\ngpu_backend = "sim"\nsim_gpus = "1xrtx-3090"\n\n'
+        '[lab]\ngpu_backend = "sim"\nsim_gpus = "1xrtx-3090"\n\n[dashboard]\ninterval = 0.5\n\n'
         '[deployments.chat]\nengine = "sim"\nmodel = "Qwen/Qwen3-0.6B"\nstop_grace = 5\n'
         f"args = {CHAT_TWIN}\n\n"
         '[deployments.asr]\nengine = "sim"\nmodel = "openai/whisper-large-v3"\n'
@@ -66,7 +66,7 @@ def series(text: str, name: str, **labels: str) -> float:
 
 @pytest.mark.filterwarnings("ignore:deprecated:DeprecationWarning")  # openai: translations
 def test_one_listener_serves_chat_and_speech_to_the_twin_and_to_whisper_server(
-    speech: Daemon,
+    speech: Daemon, lab: Lab, labctl: Callable[..., Run]
 ) -> None:
     c = client(speech)
     chat = c.chat.completions.create(model="chat", max_tokens=3,
@@ -118,6 +118,13 @@ def test_one_listener_serves_chat_and_speech_to_the_twin_and_to_whisper_server(
                   audio_length="<=5s") == 2  # fmt: skip
     assert series(metrics, "labctl_gateway_audio_request_duration_seconds_count", model="asr",
                   audio_length="<=10s") == 1  # fmt: skip
+
+    def status() -> str | None:
+        out = str(labctl("status", "--url", speech.url, home=lab.home, check=True).out)
+        return out if re.search(r"cpp .*\n  speech: RTFx 0\.1\d× \(floor 0\.50×\)", out) else None
+
+    shown = wait_for(status, 20, "the speech line in labctl status")
+    assert "chat" in shown and not re.search(r"chat .*\n  speech", shown)
 
 
 def raw_post(url: str, body: bytes, content_type: str) -> tuple[int, dict[str, object]]:
@@ -234,3 +241,33 @@ def test_a_full_replace_deploy_of_whisper_server_under_bench_load_fails_no_reque
     assert result["audio_seconds"] == pytest.approx(80.0) and result["rtfx"] > 0
     new = d.wait_state("cpp", "ready")
     assert new["revision"] == old["revision"] + 1 and new["model"] == str(other)
+
+
+def test_the_openai_client_talks_to_whisper_server_directly(
+    tmp_path: Path, whisper_server: Path
+) -> None:
+    import subprocess
+
+    from tests.integration.lab import free_port
+    from tests.tinywhisper import write_model
+
+    model = write_model(tmp_path / "ggml-tiny-random.bin", seed=3)
+    port = free_port()
+    proc = subprocess.Popen(
+        [str(whisper_server), "-m", str(model), "--port", str(port), "-t", "1", "-nf",
+         "--inference-path", "/v1/audio/transcriptions"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_for(lambda: get(url + "/health"), 20, "whisper-server to listen")
+        c = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=60)
+        assert c.audio.transcriptions.create(model="whisper-1", file=wav(2.0)).text.strip()
+        with c.audio.transcriptions.with_streaming_response.create(
+            model="whisper-1", file=wav(2.0), stream=True
+        ) as resp:  # it does not stream: one JSON answer, which the gateway passes on as is
+            assert resp.headers["content-type"].startswith("application/json")
+            assert json.loads(resp.read())["text"].strip()
+    finally:
+        proc.terminate()
+        proc.wait(10)

@@ -502,3 +502,11 @@ def test_flags_refuse_what_no_engine_cli_can_take() -> None:
         flags({"a b": 1})
     with pytest.raises(ConfigError, match=r"args.x = \[True\]: engine flags take"):
         flags({"x": [True]})
+
+
+def test_the_audio_limit_follows_a_smaller_body_limit(tmp_path: Path) -> None:
+    path = tmp_path / "lab.toml"
+    path.write_text("[gateway]\nmax_body_bytes = 4096\n")
+    assert load_config(path).gateway.max_audio_bytes == 4096
+    path.write_text("[gateway]\n")
+    assert load_config(path).gateway.max_audio_bytes == 25 * 2**20

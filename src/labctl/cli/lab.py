@@ -137,7 +137,8 @@ def down(url: str) -> None:
 @url_option
 @click.option("--json", "as_json", is_flag=True, help="print one JSON document")
 def status(url: str, as_json: bool) -> None:
-    """One screen: GPUs, deployments (state, requests, queue, KV, latency) and alerts."""
+    """One screen: GPUs, deployments (state, requests, queue, KV, latency; for speech, the
+    real-time factor and latency by audio length) and alerts."""
     doc = call(url, "GET", "/api/status", timeout=10)
     if as_json:
         emit_json(doc)
@@ -171,6 +172,14 @@ def status(url: str, as_json: bool) -> None:
             f"{_num(s.get('requests_queued')):>6}{'-' if kv is None else f'{kv:.0%}':>6}  "
             f"{ttft + ' ms':<16}{itl + ' ms':<15}{_num(s.get('tokens_completion')):>7}"
         )
+        sp = doc.get("speech", {}).get(d["name"])
+        if sp:
+            p95 = ", ".join(f"{length} {_ms(v.get('p95'))} ms"
+                            for length, v in (sp.get("latency") or {}).items()
+                            if v.get("p95") is not None)  # fmt: skip
+            out.print(f"  speech: RTFx {_x(sp.get('rtfx'))} (floor {_x(sp.get('rtfx_floor'))}) · "
+                      f"{_fixed(sp.get('requests_per_second'))} requests/s"
+                      + (f" · p95 by length: {p95}" if p95 else ""))  # fmt: skip
         if d["error"]:
             out.print(f"  {d['error']}")
     alerts = doc.get("alerts", [])
@@ -190,6 +199,14 @@ def _gib(value: float | None) -> str:
 
 def _num(value: float | None, unit: str = "") -> str:
     return "-" if value is None else f"{value:.0f}{unit}"
+
+
+def _x(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}×"
+
+
+def _fixed(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
 
 
 def _ms(value: float | None) -> str:

@@ -260,7 +260,8 @@ class GatewayConfig:
     read_timeout: float = 60.0
     #: Seconds an idle keep-alive connection is kept open.
     idle_timeout: float = 75.0
-    #: The largest audio file a speech request may carry (vLLM's and OpenAI's 25 MB).
+    #: The largest audio file a speech request may carry (vLLM's and OpenAI's 25 MB, or
+    #: ``max_body_bytes`` where that is smaller).
     max_audio_bytes: int = 25 * 2**20
 
 
@@ -408,7 +409,7 @@ def _gateway(doc: Mapping[str, Any]) -> GatewayConfig:
             f"gateway.max_body_bytes = {_show(size)}: give a byte count from 1024 to "
             f"{2**30} (1 GiB)"
         )
-    audio = doc.get("max_audio_bytes", 25 * 2**20)
+    audio = doc.get("max_audio_bytes", min(25 * 2**20, size))  # no more than the body
     if not _whole(audio) or not 1024 <= audio <= size:
         raise ConfigError(
             f"gateway.max_audio_bytes = {_show(audio)}: give a byte count from 1024 to "

@@ -21,10 +21,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 import re
 from typing import Any, Literal
 
 from labctl.config import check_flag
+from labctl.errors import EngineError
 from labctl.gpu.sample import DeviceSample
 
 PHASES = ("load_weights", "profile", "cuda_graphs", "api_server")
@@ -232,6 +234,21 @@ def missing(recommended: Sequence[str], own: Sequence[str]) -> list[str]:
             out += [flag, *value]
         i += 1 + len(value)
     return out
+
+
+def model_file(settings: Mapping[str, Any], what: str) -> Path | None:
+    """The deployment's model as a file (None: it names none).
+
+    Raises:
+        EngineError: no such file (``what`` says what to give, e.g. "a .gguf model").
+    """
+    name, model = settings["name"], settings.get("model")
+    if not model:
+        return None
+    path = Path(model).expanduser()
+    if not path.is_file():
+        raise EngineError(f"{name}: model {model!r}: no such file; give the path of {what}")
+    return path
 
 
 def gpu_env(gpus: Sequence[int]) -> dict[str, str]:

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 import re
 from types import MappingProxyType
 from typing import Any
 
-from labctl.engines.base import Adapter, Estimate, Launch, flags, gpu_env
-from labctl.errors import EngineError
+from labctl.engines.base import Adapter, Estimate, Launch, flags, gpu_env, model_file
 from labctl.gpu.sample import DeviceSample
 from labctl.units import GiB
 
@@ -45,14 +43,9 @@ class LlamaCppAdapter(Adapter):
         return int(slots) if isinstance(slots, int) and slots > 0 else 4
 
     def estimate(self, settings: Mapping[str, Any], device: DeviceSample) -> Estimate:
-        name, model = settings["name"], settings.get("model")
-        if not model:
+        path = model_file(settings, "a .gguf model")
+        if path is None:
             return super().estimate(settings, device)
-        path = Path(model).expanduser()
-        if not path.is_file():
-            raise EngineError(
-                f"{name}: model {model!r}: no such GGUF file; give the path of a .gguf model"
-            )
         size = path.stat().st_size
         return Estimate(size, f"{size / GiB:.2f} GiB of GGUF weights (KV cache not counted)",
                         weight_bytes=size)  # fmt: skip

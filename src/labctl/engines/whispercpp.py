@@ -16,12 +16,11 @@ size``, ``kv cross size``, ``compute buffer (…)``), which the planner
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 import re
 from types import MappingProxyType
 from typing import Any
 
-from labctl.engines.base import Adapter, Estimate, Launch, Upstream, flags, gpu_env
+from labctl.engines.base import Adapter, Estimate, Launch, Upstream, flags, gpu_env, model_file
 from labctl.errors import EngineError, LabError
 from labctl.fit.whispercpp import plan_file
 from labctl.gpu.sample import DeviceSample
@@ -60,18 +59,12 @@ class WhisperCppAdapter(Adapter):
         return 1  # one lock around inference: a second request would only wait inside it
 
     def estimate(self, settings: Mapping[str, Any], device: DeviceSample) -> Estimate:
-        name, model = settings["name"], settings.get("model")
-        if not model:
+        path = model_file(settings, "a whisper.cpp ggml model (ggml-large-v3.bin, …)")
+        if path is None:
             return super().estimate(settings, device)
-        path = Path(model).expanduser()
-        if not path.is_file():
-            raise EngineError(
-                f"{name}: model {model!r}: no such file; give the path of a whisper.cpp "
-                "ggml model (ggml-large-v3.bin, …)"
-            )
         try:
             p = plan_file(path)
         except LabError as exc:
-            raise EngineError(f"{name}: {exc}") from exc
+            raise EngineError(f"{settings['name']}: {exc}") from exc
         return Estimate(p.total, f"{p.total / MiB:.0f} MiB ({p.summary()})", max_num_seqs=1,
                         weight_bytes=p.weights)  # fmt: skip

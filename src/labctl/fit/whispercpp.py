@@ -225,16 +225,24 @@ def cross_graph(hp: WhisperHparams, flash_attn: bool = True) -> Graph:
     kv_k, kv_v = g.external("f16", cells), g.external("f16", cells)
     cur = g.view_tensor(g.external("f32", n, n_ctx))  # the encoder's output, in its buffer
     for _ in range(hp.n_text_layer):
-        k = g.scale(g.mul_mat(_weight(n, n), cur))
-        v = g.add(g.mul_mat(_weight(n, n), cur), _vec(n))
-        if flash_attn:
-            dst_v = g.view(kv_v, n * n_ctx)
-        else:
-            v = g.transpose(g.reshape(v, n, n_ctx))
-            dst_v = g.view(kv_v, n_ctx, n)
-        g.expand(g.cpy(k, g.view(kv_k, n * n_ctx)))
-        g.expand(g.cpy(v, dst_v))
+        _store_kv(g, cur, kv_k, kv_v, n, n_ctx, flash_attn)
     return g
+
+
+def _store_kv(
+    g: Graph, cur: Tensor, kv_k: Tensor, kv_v: Tensor, n: int, rows: int, flash_attn: bool
+) -> None:
+    """K and V of ``rows`` positions projected from ``cur`` and copied into the caches (V
+    transposed where attention is not flash, as whisper.cpp stores it then)."""
+    k = g.scale(g.mul_mat(_weight(n, n), cur))
+    v = g.add(g.mul_mat(_weight(n, n), cur), _vec(n))
+    if flash_attn:
+        dst_v = g.view(kv_v, n * rows)
+    else:
+        v = g.transpose(g.reshape(v, n, rows))
+        dst_v = g.view(kv_v, rows, n)
+    g.expand(g.cpy(k, g.view(kv_k, n * rows)))
+    g.expand(g.cpy(v, dst_v))
 
 
 def decoder_graph(hp: WhisperHparams, flash_attn: bool = True) -> Graph:
@@ -262,15 +270,7 @@ def decoder_graph(hp: WhisperHparams, flash_attn: bool = True) -> Graph:
     for _ in range(hp.n_text_layer):
         cur = _norm(g, inp, n)
         q = g.scale(g.add(g.mul_mat(_weight(n, n), cur), _vec(n)))
-        k = g.scale(g.mul_mat(_weight(n, n), cur))
-        v = g.add(g.mul_mat(_weight(n, n), cur), _vec(n))
-        if flash_attn:
-            dst_v = g.view(self_v, n_tokens * n)
-        else:
-            v = g.transpose(g.reshape(v, n, n_tokens))
-            dst_v = g.view(self_v, n_tokens, n)
-        g.expand(g.cpy(k, g.view(self_k, n_tokens * n)))
-        g.expand(g.cpy(v, dst_v))
+        _store_kv(g, cur, self_k, self_v, n, n_tokens, flash_attn)
         qh = g.permute(g.reshape(q, hd, n_head, n_tokens), 0, 2, 1, 3)
         kh = g.view(self_k, hd, n_kv, n_head)
         if flash_attn:
