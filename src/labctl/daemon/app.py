@@ -242,8 +242,7 @@ class Daemon:
 
 
 def event_loop() -> asyncio.AbstractEventLoop:
-    """uvloop's event loop where it is installed (the gateway relays with less CPU), else
-    asyncio's."""
+    """uvloop's event loop where installed (the gateway relays with less CPU), else asyncio's."""
     try:
         import uvloop
     except ImportError:

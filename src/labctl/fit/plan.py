@@ -447,19 +447,11 @@ def plan(
         tokens = layout.tokens_by_blocks(blocks)
     per_seq = layout.request_bytes(max_len, mbt) if layout.caches else 0
     encdec: EncoderDecoderPlan | None = None
-    if arch.encoder_positions and layout.caches:
-        encdec = plan_encoder_decoder(
-            layout,
-            arch.kv_layers,
-            blocks,
-            encoder_positions=arch.encoder_positions,
-            max_model_len=max_len,
-            max_num_seqs=batching.max_num_seqs,
-            max_num_batched_tokens=mbt,
-            vllm_logged_concurrency=concurrency,
-        )
-        # Capacity in requests of one encoder item, not vLLM's reservation for a
-        # batch budget of encoder tokens (kept as vllm_logged_concurrency).
+    if arch.encoder_positions and layout.caches:  # capacity in requests of one encoder item,
+        encdec = plan_encoder_decoder(  # not vLLM's reservation for a batch of encoder tokens
+            layout, arch.kv_layers, blocks, encoder_positions=arch.encoder_positions,
+            max_model_len=max_len, max_num_seqs=batching.max_num_seqs,
+            max_num_batched_tokens=mbt, vllm_logged_concurrency=concurrency)  # fmt: skip
         concurrency = encdec.max_concurrency
     fit_len = estimate_max_model_len(layout, kv_bytes, mbt, arch.max_position_embeddings)
 
@@ -507,47 +499,24 @@ def plan(
         )
 
     result = FitResult(
-        model=arch.name,
-        engine="vllm",
-        gpu=req.gpu_name,
-        gpu_total_bytes=req.gpu_total_bytes,
-        tensor_parallel_size=tp,
-        pipeline_parallel_size=pp,
-        dtype=model_dtype,
-        weight_format=weights.format,
-        kv_cache_dtype=kv_dtype,
-        vllm_version=str(version),
-        gpu_memory_utilization=req.gpu_memory_utilization,
-        budget_bytes=budget,
-        weights_bytes=weights.per_rank[worst.index],
-        model_load_bytes=worst.load,
-        non_torch_bytes=worst.non_torch,
-        activation_peak_bytes=worst.activation,
-        cuda_graph_bytes=worst.graphs,
-        cuda_graphs_in_budget=b.graphs_in_budget,
-        kv_cache_bytes=kv_bytes,
-        kv_bytes_per_token=layout.bytes_per_token(),
-        kv_window_bytes_per_token=layout.window_bytes_per_token(),
-        kv_bytes_per_sequence=per_seq,
-        kv_state_bytes_per_sequence=layout.state_bytes_per_sequence(),
-        kv_cache_tokens=tokens,
-        num_gpu_blocks=blocks,
-        block_size=layout.min_block_size,
-        kv_groups=len(layout.groups),
-        padding_layers=layout.padding_layers,
-        max_model_len=max_len,
+        model=arch.name, engine="vllm", gpu=req.gpu_name, gpu_total_bytes=req.gpu_total_bytes,
+        tensor_parallel_size=tp, pipeline_parallel_size=pp, dtype=model_dtype,
+        weight_format=weights.format, kv_cache_dtype=kv_dtype, vllm_version=str(version),
+        gpu_memory_utilization=req.gpu_memory_utilization, budget_bytes=budget,
+        weights_bytes=weights.per_rank[worst.index], model_load_bytes=worst.load,
+        non_torch_bytes=worst.non_torch, activation_peak_bytes=worst.activation,
+        cuda_graph_bytes=worst.graphs, cuda_graphs_in_budget=b.graphs_in_budget,
+        kv_cache_bytes=kv_bytes, kv_bytes_per_token=layout.bytes_per_token(),
+        kv_window_bytes_per_token=layout.window_bytes_per_token(), kv_bytes_per_sequence=per_seq,
+        kv_state_bytes_per_sequence=layout.state_bytes_per_sequence(), kv_cache_tokens=tokens,
+        num_gpu_blocks=blocks, block_size=layout.min_block_size, kv_groups=len(layout.groups),
+        padding_layers=layout.padding_layers, max_model_len=max_len,
         max_concurrency=round(concurrency, 2) if math.isfinite(concurrency) else 0.0,
-        max_model_len_fit=fit_len,
-        max_num_seqs=batching.max_num_seqs,
-        max_num_batched_tokens=batching.max_num_batched_tokens,
-        fits=fits,
-        peak_bytes=peak,
-        recommended_args=[],
-        reasons=reasons,
-        warnings=warnings,
-        weights_by_role=weights.by_role,
+        max_model_len_fit=fit_len, max_num_seqs=batching.max_num_seqs,
+        max_num_batched_tokens=batching.max_num_batched_tokens, fits=fits, peak_bytes=peak,
+        recommended_args=[], reasons=reasons, warnings=warnings, weights_by_role=weights.by_role,
         encoder_decoder=encdec,
-    )
+    )  # fmt: skip
     result.recommended_args = recommended_args(arch, req, result)
     if suggest:
         from labctl.fit.suggest import suggestions  # suggest plans alternatives with plan()
