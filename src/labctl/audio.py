@@ -21,7 +21,7 @@ import numpy as np
 import soundfile
 
 __all__ = ["BUCKETS", "SAMPLE_RATE", "Audio", "AudioError", "bucket", "clip", "decode", "probe",
-           "split"]  # fmt: skip
+           "split", "wav"]  # fmt: skip
 
 #: Whisper's input rate (and vLLM's ``SpeechToTextConfig.sample_rate``).
 SAMPLE_RATE = 16_000
@@ -160,8 +160,13 @@ def clip(seconds: float, rate: int = SAMPLE_RATE, seed: int = 0) -> bytes:
         noise = rng.normal(0, 0.05, burst)
         out[at : at + burst] = (0.25 * voiced + noise) * envelope
         at += burst + int(rng.uniform(0.1, 0.4) * rate)
+    return wav(np.clip(out, -1, 1), rate)
+
+
+def wav(samples: np.ndarray, rate: int = SAMPLE_RATE) -> bytes:
+    """``samples`` (float, -1 to 1) as a 16-bit mono WAV file."""
     buf = io.BytesIO()
-    soundfile.write(buf, np.clip(out, -1, 1), rate, format="WAV", subtype="PCM_16")
+    soundfile.write(buf, samples, rate, format="WAV", subtype="PCM_16")
     return buf.getvalue()
 
 

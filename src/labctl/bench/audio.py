@@ -18,7 +18,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-import io
 import math
 from pathlib import Path
 import random
@@ -26,9 +25,6 @@ import re
 import secrets
 import statistics
 import urllib.parse
-
-import numpy as np
-import soundfile
 
 from labctl import audio
 from labctl.bench.http import Endpoint
@@ -158,19 +154,13 @@ def from_dir(folder: Path) -> list[Clip]:
             if info.seconds <= 0:
                 raise audio.AudioError("it holds no samples")
             if info.format != "WAV":  # vLLM's client sends WAV whatever the dataset held
-                data = _wav(audio.decode(data))
+                data = audio.wav(audio.decode(data))
         except audio.AudioError as exc:
             raise UsageError(
                 f"{flag}: {path.name} is not usable audio ({exc}); remove it from the folder"
             ) from None
         clips.append(Clip(path.name, info.seconds, data))
     return clips
-
-
-def _wav(samples: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    soundfile.write(buf, samples, audio.SAMPLE_RATE, format="WAV", subtype="PCM_16")
-    return buf.getvalue()
 
 
 def fields(model: str, output_len: int) -> dict[str, str]:
