@@ -11,6 +11,7 @@ import sys
 import pytest
 
 from labctl.config import (
+    ENGINES,
     DashboardConfig,
     DeploymentSpec,
     GatewayConfig,
@@ -478,13 +479,7 @@ def test_load_config_checks_the_host_unless_told_not_to(tmp_path: Path) -> None:
 
 def test_the_example_documents_every_key_and_loads() -> None:
     config = load_config(EXAMPLE, check_host=False)
-    assert {d.engine for d in config.deployments} == {
-        "vllm",
-        "llamacpp",
-        "whispercpp",
-        "sim",
-        "command",
-    }
+    assert {d.engine for d in config.deployments} == set(ENGINES)  # every engine shown
     text = EXAMPLE.read_text()
     skip = {"name", "deployments", "source", "gateway", "dashboard"}
     for f in [*fields(DeploymentSpec), *fields(DashboardConfig), *fields(GatewayConfig),
