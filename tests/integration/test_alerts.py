@@ -176,27 +176,29 @@ def test_prometheus_and_the_dashboard_fire_the_alerts_a_lab_provokes_and_every_g
     assert "LabRequestsQueueing" in status and "firing" in status
 
     # Every PromQL expression of the exported Grafana dashboard returns data from this lab,
-    # but the speech row's: this lab serves no speech (the next test has them).
+    # but the speech and VLA rows': this lab serves neither (the tests below have them).
     gout = tmp_path / "grafana"
     labctl("export", "grafana", "--out", str(gout), check=True)
     doc = json.loads((gout / "dashboards" / "labctl-lab.json").read_text())
-    speech = set(_grafana_queries(doc, _speech_row(doc)))
-    empty = [expr for expr in _grafana_queries(doc) if expr not in speech and not query(expr)]
+    speech = set(_grafana_queries(doc, _row(doc, "Speech")))
+    vla = set(_grafana_queries(doc, _row(doc, "VLA")))
+    empty = [e for e in _grafana_queries(doc) if e not in speech | vla and not query(e)]
     assert not empty, f"Grafana queries with no data: {empty}"
     assert not [expr for expr in speech if query(expr)], "speech panels with data in a chat lab"
+    assert not [expr for expr in vla if query(expr)], "VLA panels with data in a chat lab"
 
 
-def _speech_row(doc: dict[str, object]) -> list[str]:
-    """The PromQL of the Grafana dashboard's speech row."""
+def _row(doc: dict[str, object], title: str) -> list[str]:
+    """The PromQL of the Grafana dashboard's row ``title``."""
     panels = doc["panels"]
     assert isinstance(panels, list)
     out, row = [], ""
     for panel in panels:
         if panel["type"] == "row":
             row = panel["title"]
-        elif row == "Speech":
+        elif row == title:
             out += [t["expr"] for t in panel["targets"]]
-    assert out, "the Grafana dashboard has no speech row"
+    assert out, f"the Grafana dashboard has no {title} row"
     return out
 
 
@@ -255,7 +257,7 @@ def test_prometheus_fires_speech_falling_behind_and_every_speech_grafana_query_h
         gout = tmp_path / "grafana"
         labctl("export", "grafana", "--out", str(gout), check=True)
         doc = json.loads((gout / "dashboards" / "labctl-lab.json").read_text())
-        exprs = _grafana_queries(doc, _speech_row(doc))
+        exprs = _grafana_queries(doc, _row(doc, "Speech"))
         # rate() over a minute needs two scrapes of each counter; then every query has data.
         wait_for(lambda: all(query(e) for e in exprs), 30, "every speech query to have data")
         for expr in exprs:  # and only for the speech deployment, never the chat one
@@ -266,6 +268,77 @@ def test_prometheus_fires_speech_falling_behind_and_every_speech_grafana_query_h
         )
         answered = {r["metric"]["audio_length"] for r in lengths if r["value"][1] != "NaN"}
         assert answered == {"<=5s", "<=10s", "<=30s", "<=60s", ">60s"}
+    finally:
+        stop.set()
+        answering.join(5)
+        server.shutdown()
+        server.server_close()
+
+
+def test_prometheus_fires_vla_deadline_misses_and_every_vla_grafana_query_has_data(
+    lab: Lab, labctl: Callable[..., Run], tmp_path: Path
+) -> None:
+    """The VLA row and LabVlaDeadlineMisses in a real Prometheus, on the gateway's own VLA
+    series: a VLA deployment at 5 Hz answers every other frame after its 200 ms deadline, and a
+    chat deployment queues beside it."""
+    import threading
+
+    from prometheus_client import CollectorRegistry, start_http_server
+
+    from labctl.gateway.metrics import GatewayMetrics
+
+    registry = CollectorRegistry()
+    metrics = GatewayMetrics(registry)
+    metrics.control_hz.labels("arm").set(5)  # as the gateway's route sets it
+    metrics.queue_depth.labels("arm").set(1)
+    metrics.in_flight.labels("arm").set(2)
+    metrics.queue_depth.labels("chat").set(20)
+    arm = metrics.vla("arm")
+    stop = threading.Event()
+
+    def answer() -> None:  # ten frames a second, every other one late
+        late = False
+        while not stop.wait(0.1):
+            arm.observe(0.4 if late else 0.12, 1, 5.0)
+            late = not late
+
+    port = free_port()
+    server, _ = start_http_server(port, "127.0.0.1", registry)
+    answering = threading.Thread(target=answer, daemon=True)
+    answering.start()
+    try:
+        out = tmp_path / "prom"
+        labctl("export", "prometheus", "--out", str(out), "--alert-for-scale", "0", check=True)
+        config = out / "vla.yml"
+        config.write_text(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
+            f"rule_files:\n  - {out / 'labctl-rules.yml'}\n"
+            "scrape_configs:\n  - job_name: labctl\n    static_configs:\n"
+            f"      - targets: ['127.0.0.1:{port}']\n"
+        )
+        query, api = lab.prometheus_with(config, tmp_path)
+
+        def late() -> list[dict[str, str]]:
+            alerts = json.loads(get(api + "alerts"))["data"]["alerts"]
+            return [a["labels"] for a in alerts
+                    if a["state"] == "firing" and a["labels"]["alertname"] == "LabVlaDeadlineMisses"]  # fmt: skip
+
+        labels = wait_for(late, 60, "Prometheus to fire LabVlaDeadlineMisses")
+        assert [(a["model"], a["instance"]) for a in labels] == [("arm", f"127.0.0.1:{port}")]
+        gout = tmp_path / "grafana"
+        labctl("export", "grafana", "--out", str(gout), check=True)
+        doc = json.loads((gout / "dashboards" / "labctl-lab.json").read_text())
+        exprs = _grafana_queries(doc, _row(doc, "VLA"))
+        wait_for(lambda: all(query(e) for e in exprs), 30, "every VLA query to have data")
+        for expr in exprs:  # and only for the VLA deployment, never the chat one
+            assert {r["metric"].get("model") for r in query(expr)} == {"arm"}, expr
+        values = {e: float(query(e)[0]["value"][1]) for e in exprs}
+        misses = next(v for e, v in values.items() if "deadline_misses" in e)
+        assert abs(misses - 0.5) < 0.1, values
+        deadline = next(v for e, v in values.items() if e.startswith("1 / "))
+        assert deadline == 0.2
+        p50, p90, p99 = (v for e, v in values.items() if e.startswith("histogram_quantile"))
+        assert 0.1 < p50 <= p90 <= p99 <= 0.5, values
     finally:
         stop.set()
         answering.join(5)

@@ -35,6 +35,21 @@ SEEDS = (
     "openai/whisper-large-v3",
     "openvla/openvla-7b",
 )
+#: What `labctl fit --json` carries for OpenVLA, planned as its own server runs it.
+OPENVLA_FIELDS = {
+    "parts",
+    "weights_bytes",
+    "kv_bytes_per_request",
+    "prefill_tokens",
+    "action_tokens",
+    "activation_bytes",
+    "total_bytes",
+    "fits",
+    "action_seconds",
+    "control_hz",
+    "robots_at_control_hz",
+    "robots_by_memory",
+}
 
 
 def assert_one_line_error(r: Run, *needles: str) -> None:
@@ -69,7 +84,56 @@ def test_fit_several_models_as_json(labctl: Labctl) -> None:
     assert isinstance(doc, dict)
     results = doc["results"]
     assert [d["model"] for d in results] == list(SEEDS)
-    assert all(d.keys() >= FIT_FIELDS for d in results)
+    # vLLM does not serve OpenVLA: it is planned for its own server, with its own fields.
+    assert all(d.keys() >= FIT_FIELDS for d in results if d["model"] != "openvla/openvla-7b")
+    (vla,) = [d for d in results if d["model"] == "openvla/openvla-7b"]
+    assert vla["engine"] == "openvla" and vla.keys() >= OPENVLA_FIELDS
+
+
+def test_fit_openvla_as_its_server_runs_it_with_robots_at_a_rate(labctl: Labctl) -> None:
+    r = labctl("fit", "openvla/openvla-7b", "--gpu", "rtx-3090", "--control-hz", "5", check=True)
+    for needle in (
+        "OpenVLA's server (transformers",
+        "DINOv2 ViT-L/14 (224 px, 4 registers)",
+        "303,230,976 parameters",
+        "SigLIP So400m/14 (224 px)",
+        "427,680,704 parameters",
+        "projector (MLP 2176→8704→4096→4096)",
+        "6,738,939,904 parameters",
+        "14.05 GiB",  # 7,541,237,184 parameters in bf16: 15.08 GB
+        "286 positions",
+        "action latency",
+        "achievable rate",
+        "fits:",
+        "python vla-scripts/deploy.py --openvla_path openvla/openvla-7b",
+    ):
+        assert needle in r.out, needle
+    (robots,) = [line for line in r.out.splitlines() if line.startswith("robots at 5 Hz: ")]
+    assert "(memory allows " in robots and "; the step model " in robots
+    assert "one request at a time: without a batching server it is 1 robot at ≤ " in r.out
+    assert r.err == ""
+    doc = labctl(
+        "fit", "openvla/openvla-7b", "--gpu", "rtx-3090", "--control-hz", "5", "--json", check=True
+    ).json()
+    assert isinstance(doc, dict) and doc.keys() >= OPENVLA_FIELDS
+    assert doc["weights_bytes"] == 15_082_474_368 and doc["fits"] is True
+    assert robots == (
+        f"robots at 5 Hz: {doc['robots_at_control_hz']} (memory allows {doc['robots_by_memory']}; "
+        f"the step model {doc['robots_by_step_model']})"
+    )
+    assert doc["robots_at_control_hz"] == min(doc["robots_by_memory"], doc["robots_by_step_model"])
+    assert 0 < doc["action_seconds"] < 1
+
+
+def test_fit_openvla_in_4_bit_fits_a_card_bf16_does_not(labctl: Labctl) -> None:
+    small = ("fit", "openvla/openvla-7b", "--gpu-memory-gib", "8", "--json")
+    bf16 = labctl(*small, check=True).json()
+    int4 = labctl(*small, "--quantization", "bnb-4bit", check=True).json()
+    assert isinstance(bf16, dict) and isinstance(int4, dict)
+    assert bf16["fits"] is False and int4["fits"] is True
+    assert int4["weights_bytes"] < bf16["weights_bytes"] / 3
+    human = labctl("fit", "openvla/openvla-7b", "--gpu-memory-gib", "8", check=True)
+    assert "does not fit" in human.out and "--quantization bnb-4bit" in human.out
 
 
 def test_fit_human_output_explains_a_miss_and_suggests_changes(labctl: Labctl) -> None:

@@ -58,6 +58,8 @@ BAD: list[tuple[str, str, str]] = [
      "= 4096"),
     (SIM + "rtfx_floor = -1\n", "deployments.chat.rtfx_floor", "= -1"),
     (SIM + 'rtfx_floor = "fast"\n', "deployments.chat.rtfx_floor", "'fast'"),
+    (SIM + "control_hz = 0\n", "deployments.chat.control_hz", "= 0"),
+    (SIM + "control_hz = true\n", "deployments.chat.control_hz", "= True"),
     # dashboard.*
     ("[dashboard]\ninterval = 0.1\n", "dashboard.interval", "= 0.1"),
     ("[dashboard]\ninterval = 60\nhistory = 30\n", "dashboard.history", "= 30"),

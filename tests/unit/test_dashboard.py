@@ -37,7 +37,7 @@ def test_the_grafana_dashboard_round_trips_through_the_sdk_model_with_its_variab
     names = [v["name"] for v in doc["templating"]["list"]]
     assert names == ["datasource", "instance", "gpu", "deployment"]
     rows = [p["title"] for p in doc["panels"] if p["type"] == "row"]
-    assert rows == ["GPUs", "Deployments", "Speech", "Deploys and restarts", "Alerts"]
+    assert rows == ["GPUs", "Deployments", "Speech", "VLA", "Deploys and restarts", "Alerts"]
     titles = {p["title"] for p in doc["panels"] if p["type"] != "row"}
     assert titles == {p.title for p in PANELS}
     for panel in doc["panels"]:

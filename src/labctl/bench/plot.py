@@ -4,6 +4,11 @@ A sweep plots latency percentiles and throughput against the swept rate or
 concurrency (for speech also RTFx, and the median E2E latency of each audio-length
 bucket); a single run plots its TTFT and ITL distributions and its output
 throughput and concurrency over time, rebuilt from per-request timings.
+
+Robots (``--backend openvla``): a sweep over the number of robots plots the achieved
+rate per robot against the target and the action latency against the deadline and the
+SLO, titled with the robots per GPU it found (:func:`labctl.bench.control.headline`); a
+single run plots its latency distribution and each answer's latency over time.
 """
 
 from __future__ import annotations
@@ -160,4 +165,82 @@ def plot_run(doc: dict[str, Any], path: Path) -> None:
     axes[1][1].set_xlabel("time (s)")
     axes[1][1].set_ylabel("requests in flight")
     axes[1][1].grid(alpha=0.3)
+    _save(fig, path)
+
+
+def plot_robots_sweep(runs: Sequence[dict[str, Any]], path: Path, slo_ms: float) -> None:
+    """Achieved Hz per robot (per chunk, and per action where chunks hold several) and p50/p99
+    action latency against the number of robots, with the target, deadline and SLO drawn."""
+    from labctl.bench.control import headline
+
+    xs = [int(d["robots"]) for d in runs]
+    hz = runs[0]["target_hz"] if runs else 0.0
+    deadline = runs[0]["deadline_ms"] if runs else 0.0
+    mode = runs[0].get("mode", "closed") if runs else "closed"
+    fig, axes = _figure(1, 3, f"{headline(runs, slo_ms)}  ({mode} loop)")
+    rate, latency, misses = axes[0]
+    rate.plot(xs, [d["achieved_hz"] for d in runs], "o-", label="achieved (chunks/s)")
+    if any(d["actions_per_chunk"] > 1 for d in runs):
+        rate.plot(xs, [d["achieved_hz_per_action"] for d in runs], "s--",
+                  label="achieved (actions/s)")  # fmt: skip
+    rate.axhline(hz, color="#228833", linestyle=":", label=f"target {hz:g} Hz")
+    failed = [x for x, d in zip(xs, runs, strict=True) if d["failed"]]
+    if failed:
+        rate.plot(failed, [0.0] * len(failed), "rx", label="runs with failures")
+    rate.set_ylabel("Hz per robot")
+    top = max([hz, *(d["achieved_hz"] for d in runs)])
+    rate.set_ylim(0, top * 1.15 if top > 0 else 1.0)  # the target line clear of the frame
+    for stat, style in (("p50", "o-"), ("p99", "s--")):
+        latency.plot(xs, [d[f"action_latency_ms_{stat}"] for d in runs], style,
+                     label=f"{stat} action latency")  # fmt: skip
+    latency.axhline(deadline, color="#cc3311", linestyle=":", label=f"deadline {deadline:g} ms")
+    if abs(slo_ms - deadline) > 1e-9:
+        latency.axhline(slo_ms, color="#ee7733", linestyle="-.", label=f"SLO {slo_ms:g} ms")
+    latency.set_ylabel("action latency (ms)")
+    latency.set_ylim(bottom=0)
+    misses.plot(xs, [100.0 * d["deadline_miss_ratio"] for d in runs], "o-", color="#aa3377",
+                label="deadline misses")  # fmt: skip
+    misses.plot(xs, [d["jitter_ms"] for d in runs], "s--", color="#4477aa", label="jitter (ms)")
+    misses.set_ylabel("misses (%) · jitter (ms)")
+    misses.set_ylim(bottom=0)
+    spread = len(xs) > 2 and min(xs) > 0 and max(xs) / min(xs) >= 8
+    for ax in axes.flat:
+        ax.set_xlabel("robots")
+        if spread:
+            ax.set_xscale("log", base=2)
+        ax.set_xticks(xs, [str(x) for x in xs])
+        ax.minorticks_off()
+        ax.grid(alpha=0.3)
+        ax.legend()
+    _save(fig, path)
+
+
+def plot_robots_run(doc: dict[str, Any], path: Path) -> None:
+    """The action latency histogram and each answer's latency over time, by robot, with the
+    deadline. Needs the detail arrays."""
+    loop = "closed" if doc.get("mode") == "closed" else "open"
+    fig, axes = _figure(1, 2, f"labctl bench · {doc['robots']} robots at {doc['target_hz']:g} Hz "
+                              f"({loop} loop) · {doc.get('model_id') or doc['url']}")  # fmt: skip
+    hist, over_time = axes[0]
+    ok = [i for i, e in enumerate(doc["errors"]) if not e]
+    latencies = [doc["latencies"][i] * 1000 for i in ok]
+    deadline = doc["deadline_ms"]
+    if latencies:
+        hist.hist(latencies, bins=50, color="#4477aa")
+        for key, style in (("p50", "-"), ("p99", "--")):
+            v = doc[f"action_latency_ms_{key}"]
+            hist.axvline(v, color="#cc3311", linestyle=style, label=f"{key} {v:.1f} ms")
+    hist.axvline(deadline, color="#228833", linestyle=":", label=f"deadline {deadline:g} ms")
+    hist.set_xlabel("action latency (ms)")
+    hist.set_ylabel("answers")
+    for robot in sorted({doc["robot_ids"][i] for i in ok})[:12]:  # more would not be told apart
+        mine = [i for i in ok if doc["robot_ids"][i] == robot]
+        over_time.plot([doc["start_times"][i] for i in mine],
+                       [doc["latencies"][i] * 1000 for i in mine], ".-", label=f"robot {robot}")  # fmt: skip
+    over_time.axhline(deadline, color="#228833", linestyle=":", label="deadline")
+    over_time.set_xlabel("sent at (s)")
+    over_time.set_ylabel("action latency (ms)")
+    for ax in axes.flat:
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small")
     _save(fig, path)

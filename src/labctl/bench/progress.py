@@ -24,6 +24,10 @@ class Progress:
     ttfts: list[float] = field(default_factory=list)
     phase: str = "starting"
     started: float = 0.0
+    #: Robot runs (``--backend openvla``): their count, answers' latencies, deadline misses.
+    robots: int = 0
+    latencies: list[float] = field(default_factory=list)
+    misses: int = 0
 
     @property
     def in_flight(self) -> int:
@@ -38,4 +42,8 @@ class Progress:
 
     def median_ttft_ms(self) -> float | None:
         recent = self.ttfts[-500:]
+        return percentile(recent, 50) * 1000 if recent else None
+
+    def median_latency_ms(self) -> float | None:
+        recent = self.latencies[-500:]
         return percentile(recent, 50) * 1000 if recent else None

@@ -19,7 +19,8 @@ The parts live in their own modules: the options in :mod:`labctl.bench.options`,
 live counters in :mod:`labctl.bench.progress`, one request's stream in
 :mod:`labctl.bench.stream` and the client's self-check in
 :mod:`labctl.bench.selfcheck`; speech (``--backend openai-audio``) is a
-:class:`Runner` of its own in :mod:`labctl.bench.speech`. This module runs them
+:class:`Runner` of its own in :mod:`labctl.bench.speech`, and so are robots
+(``--backend openvla``) in :mod:`labctl.bench.robots`. This module runs them
 and re-exports the names callers import from it.
 """
 
@@ -36,6 +37,7 @@ import time
 from typing import Any
 
 from labctl.bench.audio import Clip, estimate_tokens
+from labctl.bench.frames import Frame
 from labctl.bench.http import Client, Connection, Endpoint, LagRecorder, RequestFailed, call_json
 from labctl.bench.options import BACKENDS, DETAIL_FIELDS, BenchConfig
 from labctl.bench.progress import Progress
@@ -457,12 +459,18 @@ def make_runner(
     config: BenchConfig,
     tick: Callable[[Progress], None] | None = None,
     clips: Sequence[Clip] | None = None,
+    frames: Sequence[Frame] | None = None,
 ) -> Runner:
-    """The runner for the config's backend; speech reads (or is given) its clips first.
+    """The runner for the config's backend; speech reads (or is given) its clips first, and
+    robots their camera frames.
 
     Raises:
-        UsageError: a bad option, or an audio file that is not audio.
+        UsageError: a bad option, an audio file that is not audio, or an image that is not one.
     """
+    if config.vla:
+        from labctl.bench.robots import RobotRunner  # it builds on this module
+
+        return RobotRunner(config, frames, tick=tick)
     if config.audio:
         from labctl.bench.speech import AudioRunner  # it builds on this module
 

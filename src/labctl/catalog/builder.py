@@ -31,9 +31,17 @@ from labctl.catalog.configview import (
     model_type_of,
 )
 from labctl.catalog.formats import DTYPE_BYTES
-from labctl.catalog.limits import check_arch
+from labctl.catalog.limits import check_arch, show
 from labctl.catalog.quantconfig import check_pattern_work, parse_quantization_config
-from labctl.catalog.towers import audio_tower, vision_tower, vit_params, whisper
+from labctl.catalog.towers import (
+    PRISMATIC_BACKBONES,
+    TimmViT,
+    audio_tower,
+    prismatic_projector,
+    timm_vit,
+    vision_tower,
+    whisper,
+)
 from labctl.errors import ModelFormatError
 
 #: model_type values whose feed-forward is a plain two-matrix MLP (no gate).
@@ -443,6 +451,13 @@ def _rope_buffers(
 
 
 def _openvla(cfg: ConfigView, name: str, w: WeightList) -> ModelArch:
+    """OpenVLA and Prismatic: Llama-2 behind one or two timm vision towers and a projector.
+
+    The towers come from the config's ``timm_model_ids`` and ``image_sizes`` (the Hugging
+    Face export), else from its ``vision_backbone_id`` (the catalog's copy); each tensor of
+    each tower is listed as timm builds it (:class:`labctl.catalog.towers.TimmViT`), with
+    the names of OpenVLA's checkpoint.
+    """
     text = cfg.sub("text_config")
     if text is None:
         raise ModelFormatError(
@@ -451,18 +466,45 @@ def _openvla(cfg: ConfigView, name: str, w: WeightList) -> ModelArch:
     merged = dict(text.data)
     merged.setdefault("model_type", "llama")
     arch = _decoder(ConfigView(merged, text.where), ConfigView(merged, text.where), name, w)
-    # Fused DINOv2 ViT-L/14 and SigLIP So400m/14 at 224 px, then a 3-layer GELU MLP projector.
-    dino = vit_params(1024, 4096, 24, 14, 224, cls_token=True) + 4 * 1024 + 2 * 1024 * 24
-    siglip = vit_params(1152, 4304, 27, 14, 224)
-    fused = 1024 + 1152
-    hidden = arch.hidden_size
-    projector = (
-        fused * 4 * fused + 4 * fused + 4 * fused * hidden + hidden + hidden * hidden + hidden
-    )
-    w.blob("vision_backbone.featurizer", Role.VISION, dino)
-    w.blob("vision_backbone.fused_featurizer", Role.VISION, siglip)
-    w.blob("projector", Role.VISION, projector)
-    return arch
+    towers = _prismatic_towers(cfg)
+    for prefix, vit in zip(
+        ("vision_backbone.featurizer", "vision_backbone.fused_featurizer"), towers, strict=False
+    ):
+        w.items.extend(vit.specs(prefix))
+    vision_dim = sum(vit.width for vit in towers)
+    w.items.extend(prismatic_projector(vision_dim, arch.hidden_size, fused=len(towers) == 2))
+    # The whole model's type (``openvla``), not its backbone's: engines choose by it.
+    return _replace(arch, model_type=model_type_of(cfg))
+
+
+def _prismatic_towers(cfg: ConfigView) -> list[TimmViT]:
+    ids = cfg.names("timm_model_ids")
+    if ids is None:
+        backbone = str(cfg.get("vision_backbone_id", ""))
+        if backbone not in PRISMATIC_BACKBONES:
+            raise ModelFormatError(
+                f"{cfg.where}: vision_backbone_id {show(backbone)} is not one labctl knows "
+                f"({', '.join(PRISMATIC_BACKBONES)}); give 'timm_model_ids' and 'image_sizes' "
+                "as OpenVLA's Hugging Face config.json does"
+            )
+        ids = list(PRISMATIC_BACKBONES[backbone])
+    sizes = cfg.get("image_sizes", [224] * len(ids))
+    if not 1 <= len(ids) <= 2 or not isinstance(sizes, list) or len(sizes) != len(ids):
+        raise ModelFormatError(
+            f"{cfg.where}: 'timm_model_ids' must name one or two towers and 'image_sizes' give "
+            f"one size for each, got {show(ids)} and {show(sizes)}"
+        )
+    towers = []
+    for timm_id, size in zip(ids, sizes, strict=True):
+        image = ConfigView({"image_size": size}, cfg.where).int("image_size", minimum=1)
+        vit = timm_vit(timm_id, image)
+        if vit is None:
+            raise ModelFormatError(
+                f"{cfg.where}: vision tower {show(timm_id)} is not one labctl knows; OpenVLA's are "
+                "vit_large_patch14_reg4_dinov2 and vit_so400m_patch14_siglip_224"
+            )
+        towers.append(vit)
+    return towers
 
 
 def build_arch(config: Config, name: str, where: str = "config.json") -> ModelArch:

@@ -4,7 +4,10 @@ encoder-decoder. Parameter counts follow the standard layer layouts.
 
 from __future__ import annotations
 
-from labctl.catalog.arch import KVLayer, LayerKind, ModelArch, Role
+from dataclasses import dataclass
+import itertools
+
+from labctl.catalog.arch import KVLayer, LayerKind, ModelArch, Role, WeightSpec
 from labctl.catalog.configview import ConfigView, WeightList, dtype_of
 
 
@@ -27,6 +30,156 @@ def vit_params(
     patches = (image // patch) ** 2 + (1 if cls_token else 0)
     embed = channels * patch * patch * hidden + hidden + patches * hidden
     return layers * per_layer + embed + 2 * hidden
+
+
+@dataclass(frozen=True)
+class TimmViT:
+    """A timm ``VisionTransformer`` as ``timm.create_model(name, num_classes=0,
+    img_size=image)`` builds it (OpenVLA's towers): the tensors its state dict holds.
+
+    The shapes follow timm's ``VisionTransformer.__init__``: a convolutional patch
+    embedding with a bias; a class token and register tokens when configured; learned
+    position embeddings for the patches alone when ``no_embed_class`` (DINOv2), else for
+    the patches and the class token; ``depth`` pre-norm blocks (LayerNorm, a fused qkv
+    linear with biases, the output projection, LayerNorm, a two-linear MLP of
+    ``int(width * mlp_ratio)``, and two LayerScale vectors when ``init_values`` is set);
+    the final LayerNorm; and with ``global_pool='map'`` (SigLIP) the attention-pool head
+    (``AttentionPoolLatent``: a latent query, q, kv and output linears, a LayerNorm and an
+    MLP as wide as the blocks'). ``num_classes=0`` leaves no classifier.
+    """
+
+    timm_id: str
+    width: int
+    depth: int
+    mlp: int
+    patch: int
+    image: int
+    class_token: bool = True
+    reg_tokens: int = 0
+    no_embed_class: bool = False
+    layer_scale: bool = False
+    map_pool: bool = False
+    channels: int = 3
+
+    @property
+    def patches(self) -> int:
+        """Patch tokens per image: (image / patch)²."""
+        return (self.image // self.patch) ** 2
+
+    @property
+    def tokens(self) -> int:
+        """Tokens the blocks run over: the patches, the class token and the registers."""
+        return self.patches + int(self.class_token) + self.reg_tokens
+
+    def tensors(self) -> list[tuple[str, tuple[int, ...], int]]:
+        """(name under the model, shape, how many blocks hold one) for every tensor."""
+        w, m = self.width, self.mlp
+        pos = self.patches + (0 if self.no_embed_class else int(self.class_token))
+        out: list[tuple[str, tuple[int, ...], int]] = [
+            ("patch_embed.proj.weight", (w, self.channels, self.patch, self.patch), 1),
+            ("patch_embed.proj.bias", (w,), 1),
+            ("pos_embed", (1, pos, w), 1),
+        ]
+        if self.class_token:
+            out.append(("cls_token", (1, 1, w), 1))
+        if self.reg_tokens:
+            out.append(("reg_token", (1, self.reg_tokens, w), 1))
+        block = [
+            ("norm1.weight", (w,)),
+            ("norm1.bias", (w,)),
+            ("attn.qkv.weight", (3 * w, w)),
+            ("attn.qkv.bias", (3 * w,)),
+            ("attn.proj.weight", (w, w)),
+            ("attn.proj.bias", (w,)),
+            ("norm2.weight", (w,)),
+            ("norm2.bias", (w,)),
+            ("mlp.fc1.weight", (m, w)),
+            ("mlp.fc1.bias", (m,)),
+            ("mlp.fc2.weight", (w, m)),
+            ("mlp.fc2.bias", (w,)),
+        ]
+        if self.layer_scale:
+            # OpenVLA's loader renames LayerScale's ``gamma`` to ``scale_factor``.
+            block += [("ls1.scale_factor", (w,)), ("ls2.scale_factor", (w,))]
+        out += [(f"blocks.*.{name}", shape, self.depth) for name, shape in block]
+        out += [("norm.weight", (w,), 1), ("norm.bias", (w,), 1)]
+        if self.map_pool:
+            out += [
+                ("attn_pool.latent", (1, 1, w), 1),
+                ("attn_pool.q.weight", (w, w), 1),
+                ("attn_pool.q.bias", (w,), 1),
+                ("attn_pool.kv.weight", (2 * w, w), 1),
+                ("attn_pool.kv.bias", (2 * w,), 1),
+                ("attn_pool.proj.weight", (w, w), 1),
+                ("attn_pool.proj.bias", (w,), 1),
+                ("attn_pool.norm.weight", (w,), 1),
+                ("attn_pool.norm.bias", (w,), 1),
+                ("attn_pool.mlp.fc1.weight", (m, w), 1),
+                ("attn_pool.mlp.fc1.bias", (m,), 1),
+                ("attn_pool.mlp.fc2.weight", (w, m), 1),
+                ("attn_pool.mlp.fc2.bias", (w,), 1),
+            ]
+        return out
+
+    @property
+    def params(self) -> int:
+        total = 0
+        for _, shape, count in self.tensors():
+            n = count
+            for d in shape:
+                n *= d
+            total += n
+        return total
+
+    def specs(self, prefix: str) -> list[WeightSpec]:
+        """The tensors as weight entries named under ``prefix`` (blocks grouped)."""
+        return [
+            WeightSpec(f"{prefix}.{name}", Role.VISION, shape, count=count)
+            for name, shape, count in self.tensors()
+        ]
+
+
+def timm_vit(timm_id: str, image: int) -> TimmViT | None:
+    """The timm ViTs Prismatic and OpenVLA use, at ``image`` px (None when unknown).
+
+    From timm's registrations: ``vit_large_patch14_reg4_dinov2`` is patch 14, width 1024,
+    depth 24, MLP ratio 4, ``init_values=1e-5`` (LayerScale), 4 registers and
+    ``no_embed_class``; ``vit_so400m_patch14_siglip_224`` is patch 14, width 1152, depth 27,
+    MLP ratio 3.7362 (4,304 wide), no class token, ``global_pool='map'``.
+    """
+    base = timm_id.split(".", 1)[0]
+    if base == "vit_large_patch14_reg4_dinov2":
+        return TimmViT(
+            base, 1024, 24, 4096, 14, image, reg_tokens=4, no_embed_class=True, layer_scale=True
+        )
+    if base in ("vit_so400m_patch14_siglip_224", "vit_so400m_patch14_siglip_384"):
+        return TimmViT(base, 1152, 27, int(1152 * 3.7362), 14, image, False, map_pool=True)
+    return None
+
+
+#: Prismatic's vision backbone ids and the timm models each fuses (``configuration_prismatic``).
+PRISMATIC_BACKBONES: dict[str, tuple[str, ...]] = {
+    "dinosiglip-vit-so-224px": (
+        "vit_large_patch14_reg4_dinov2.lvd142m",
+        "vit_so400m_patch14_siglip_224",
+    ),
+    "dinov2-vit-l": ("vit_large_patch14_reg4_dinov2.lvd142m",),
+    "siglip-vit-so400m": ("vit_so400m_patch14_siglip_224",),
+}
+
+
+def prismatic_projector(vision_dim: int, llm_dim: int, fused: bool) -> list[WeightSpec]:
+    """Prismatic's projector: with fused towers an MLP ``vision_dim`` → 4 × ``vision_dim``
+    → ``llm_dim`` → ``llm_dim`` (GELU between), else ``vision_dim`` → ``llm_dim`` →
+    ``llm_dim``; every linear with a bias."""
+    dims = (
+        [vision_dim, 4 * vision_dim, llm_dim, llm_dim] if fused else [vision_dim, llm_dim, llm_dim]
+    )
+    out = []
+    for i, (inp, outp) in enumerate(itertools.pairwise(dims), start=1):
+        out.append(WeightSpec(f"projector.fc{i}.weight", Role.VISION, (outp, inp)))
+        out.append(WeightSpec(f"projector.fc{i}.bias", Role.VISION, (outp,)))
+    return out
 
 
 def audio_tower(audio: ConfigView | None, text_hidden: int, w: WeightList) -> None:

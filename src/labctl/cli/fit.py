@@ -15,18 +15,38 @@ from labctl.catalog.ggml import WhisperHparams, is_whisper_ggml, read_whisper_gg
 from labctl.catalog.gpus import GpuSpec, gpu, match_nvml_name
 from labctl.catalog.models import resolve
 from labctl.cli.output import console, emit_json, warn
+from labctl.engines.openvla import oft
 from labctl.errors import GpuUnavailable, UsageError
 from labctl.fit.encdec import EncoderDecoderPlan
 from labctl.fit.llamacpp import CACHE_TYPES, LlamaCppRequest, LlamaCppResult, plan_llamacpp
+from labctl.fit.openvla import WEIGHT_FORMATS, OpenVlaPlan, is_openvla, plan_openvla, weight_bits
 from labctl.fit.plan import DTYPES, KV_DTYPES, FitRequest, FitResult, plan
 from labctl.fit.vllm import LATEST
 from labctl.fit.whispercpp import WhisperCppPlan, plan_hparams
+from labctl.sim.vla import action_seconds, robots_at
 from labctl.units import GiB, format_bytes, parse_size
 
 #: The GPU `labctl fit` plans for when none is named and none is found.
 DEFAULT_GPU = "rtx-3090"
 #: Seconds of audio one Whisper encoder pass covers (its 1,500 positions).
 CHUNK_SECONDS = 30
+#: Flags that size vLLM or llama.cpp and mean nothing to OpenVLA's server, with their defaults.
+_ENGINE_FLAGS = {
+    "tensor_parallel_size": 1,
+    "pipeline_parallel_size": 1,
+    "max_model_len": None,
+    "gpu_memory_utilization": 0.9,
+    "kv_cache_dtype": "auto",
+    "dtype": "auto",
+    "block_size": None,
+    "max_num_seqs": None,
+    "max_num_batched_tokens": None,
+    "kv_cache_memory_bytes": None,
+    "enable_prefix_caching": None,
+    "speculative_tokens": 0,
+    "enforce_eager": False,
+    "n_gpu_layers": None,
+}
 
 
 @dataclass(frozen=True)
@@ -245,16 +265,15 @@ def _args(args: dict[str, str]) -> str:
     return " ".join(v if k == "checkpoint" else f"{k} {v}" for k, v in args.items())
 
 
-def render_many(target: Target, results: Sequence[tuple[ModelArch, FitResult]]) -> None:
+def render_many(
+    target: Target, results: Sequence[tuple[ModelArch, FitResult | OpenVlaPlan]]
+) -> None:
     out = console()
-    first = results[0][1]
-    out.print(
-        Text(
-            f"{target.label} · {format_bytes(first.gpu_total_bytes)} · vLLM {first.vllm_version} · "
-            f"gpu_memory_utilization {first.gpu_memory_utilization:g}",
-            style="bold",
-        )
-    )
+    vllm = [r for _, r in results if isinstance(r, FitResult)]
+    head = f"{target.label} · {format_bytes(target.total_bytes)}"
+    if vllm:
+        head += f" · vLLM {vllm[0].vllm_version} · gpu_memory_utilization {vllm[0].gpu_memory_utilization:g}"
+    out.print(Text(head, style="bold"))
     t = Table(show_lines=False)
     for col, just in (
         ("model", "left"),
@@ -270,6 +289,14 @@ def render_many(target: Target, results: Sequence[tuple[ModelArch, FitResult]]) 
     ):
         t.add_column(col, justify=just)  # type: ignore[arg-type]
     for _, r in results:
+        fits = Text("yes", style="green") if r.fits else Text("no", style="red")
+        if isinstance(r, OpenVlaPlan):
+            # One request at a time: its KV is the cache, its positions the context.
+            kv = r.kv_bytes_per_request
+            t.add_row(r.model, r.format_name, format_bytes(r.weights_bytes, 1),
+                      format_bytes(r.kv_bytes_per_token, 0), format_bytes(kv, 1 if kv >= GiB else 0),
+                      f"{r.kv_positions:,}", f"{r.kv_positions:,}", "—", "1x", fits)  # fmt: skip
+            continue
         t.add_row(
             r.model,
             r.weight_format,
@@ -280,16 +307,142 @@ def render_many(target: Target, results: Sequence[tuple[ModelArch, FitResult]]) 
             f"{r.max_model_len:,}",
             f"{r.max_model_len_fit:,}",
             f"{r.max_concurrency:g}x",
-            Text("yes", style="green") if r.fits else Text("no", style="red"),
+            fits,
         )
     out.print(t)
     for _, r in results:
-        if not r.fits and r.suggestions:
+        if isinstance(r, OpenVlaPlan):
+            out.print(
+                f"  {r.model}: OpenVLA's own server, one request at a time: "
+                f"{format_bytes(r.total_bytes)} in all"
+            )
+        elif not r.fits and r.suggestions:
             best = r.suggestions[0]
             out.print(
                 f"  {r.model}: {best.change} → max context {best.max_model_len_fit:,}"
                 f"{'' if best.fits else ' (still short)'}"
             )
+
+
+@dataclass(frozen=True)
+class Robots:
+    """OpenVLA's speed on a catalog GPU (the twin's step model) and, given a control
+    rate, how many robots one server keeps at it."""
+
+    action_seconds: float | None
+    control_hz: float | None
+    by_memory: int | None
+    by_step_model: int | None
+
+    @property
+    def rate_hz(self) -> float | None:
+        return 1 / self.action_seconds if self.action_seconds else None
+
+    @property
+    def at_control_hz(self) -> int | None:
+        """The smaller of the two bounds; None when either is unknown."""
+        if self.control_hz is None or self.by_memory is None or self.by_step_model is None:
+            return None
+        return min(self.by_memory, self.by_step_model)
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "action_seconds": self.action_seconds,
+            "max_rate_hz": self.rate_hz,
+            "control_hz": self.control_hz,
+            "robots_at_control_hz": self.at_control_hz,
+            "robots_by_step_model": self.by_step_model,
+        }
+
+
+def robots(plan: OpenVlaPlan, spec: GpuSpec | None, control_hz: float | None) -> Robots:
+    """Latency at batch 1 and robots at ``control_hz`` from the step model (a catalog GPU
+    only: a size alone says nothing of speed), bounded by the plan's memory."""
+    if spec is None:
+        return Robots(None, control_hz, plan.robots_by_memory, None)
+    seconds = action_seconds(spec, 1, plan.weight_bits, plan.oft)
+    steps = robots_at(spec, control_hz, plan.weight_bits, plan.oft) if control_hz else None
+    return Robots(seconds, control_hz, plan.robots_by_memory, steps)
+
+
+def render_openvla(target: Target, plan: OpenVlaPlan, speed: Robots, model: str) -> None:
+    out = console()
+    server = "OpenVLA-OFT's server" if plan.oft else "OpenVLA's server"
+    out.print(Text(f"{plan.model} on {target.label} · {format_bytes(target.total_bytes)} · "
+                   f"{server} (transformers, flash-attention 2, one request at a time)",
+                   style="bold"))  # fmt: skip
+    if plan.oft:
+        request = (f"{plan.prefill_tokens:,} positions ({plan.images} images, proprio, "
+                   f"{plan.action_tokens} action slots) in one forward")  # fmt: skip
+    else:
+        request = (f"{plan.prefill_tokens:,} positions of prefill, then {plan.decode_steps} "
+                   f"decode steps for {plan.action_tokens} action tokens")  # fmt: skip
+    out.print(f"  {plan.param_count / 1e9:.2f}B parameters, {plan.weight_format} weights; "
+              f"a request: {request}")  # fmt: skip
+    t = Table(show_header=False, box=None, pad_edge=False)
+    t.add_column(justify="left")
+    t.add_column(justify="right")
+    t.add_column(justify="left", style="dim")
+    for name, n, what in plan.rows():
+        t.add_row(name, format_bytes(n), what)
+    if speed.action_seconds is not None and speed.rate_hz is not None:
+        what = "OFT: one image, an 8×7 chunk" if plan.oft else "7 action tokens"
+        t.add_row("action latency", f"{speed.action_seconds * 1e3:.0f} ms",
+                  f"batch 1, the twin's step model ({what})")  # fmt: skip
+        t.add_row("achievable rate", f"{speed.rate_hz:.1f} Hz",
+                  "one robot, its requests one after another")  # fmt: skip
+    out.print(t)
+    gpu_total = plan.gpu_total_bytes or 0
+    if plan.fits:
+        line = (f"fits: {format_bytes(gpu_total - plan.total_bytes)} to spare; a batching server "
+                f"would hold {plan.robots_by_memory} requests at once")  # fmt: skip
+    else:
+        line = (f"does not fit: {format_bytes(plan.total_bytes)} needed, "
+                f"{format_bytes(gpu_total)} on {target.label}")  # fmt: skip
+    out.print(Text(line, style="bold " + ("green" if plan.fits else "red")))
+    if speed.control_hz is not None:
+        count = "unknown" if speed.at_control_hz is None else str(speed.at_control_hz)
+        steps = "needs a catalog GPU" if speed.by_step_model is None else str(speed.by_step_model)
+        out.print(f"robots at {speed.control_hz:g} Hz: {count} (memory allows {speed.by_memory}; "
+                  f"the step model {steps})")  # fmt: skip
+    if speed.action_seconds is None:
+        out.print(Text("note: action latency needs a catalog GPU (--gpu); a memory size alone "
+                       "does not say how fast it runs", style="yellow"))  # fmt: skip
+    if speed.rate_hz is not None:
+        out.print(Text(f"note: {server} runs one request at a time: without a batching server "
+                       f"it is 1 robot at ≤ {speed.rate_hz:.1f} Hz", style="yellow"))  # fmt: skip
+    if not plan.fits and plan.weight_bits > 4:
+        out.print("to make it fit: load the weights in 4-bit (--quantization bnb-4bit), "
+                  "or 8-bit (bnb-8bit)")  # fmt: skip
+    out.print(_deploy_line(plan, model))
+
+
+def _deploy_line(plan: OpenVlaPlan, model: str) -> str:
+    """The server's command line for ``model`` as the plan loads it, or why there is none."""
+    if plan.oft:
+        flag = {16: "", 8: " --load_in_8bit True", 4: " --load_in_4bit True"}[plan.weight_bits]
+        return f"python vla-scripts/deploy.py --pretrained_checkpoint {model}{flag}"
+    if plan.weight_bits == 16:
+        return f"python vla-scripts/deploy.py --openvla_path {model}"
+    kwarg = "load_in_8bit" if plan.weight_bits == 8 else "load_in_4bit"
+    return (f"OpenVLA's deploy.py loads bf16 only: pass {kwarg}=True to from_pretrained in a "
+            "copy of it (OpenVLA-OFT's deploy.py takes it as a flag)")  # fmt: skip
+
+
+def _openvla_doc(plan: OpenVlaPlan, speed: Robots, spec: GpuSpec | None) -> dict[str, object]:
+    return plan.to_json() | speed.to_json() | {"gpu_id": spec.id if spec else None}
+
+
+def _openvla_plan(
+    arch: ModelArch, target: Target, bits: int, control_hz: float | None
+) -> tuple[OpenVlaPlan, Robots]:
+    """The memory plan of OpenVLA's server (OFT's for an OFT checkpoint) on ``target``,
+    and its speed there."""
+    p = plan_openvla(arch, target.total_bytes, bits, oft(arch.name))
+    if target.free_bytes is not None and target.free_bytes < p.total_bytes:
+        warn(f"only {format_bytes(target.free_bytes)} is free on {target.label}; "
+             f"{p.model} needs {format_bytes(p.total_bytes)}")  # fmt: skip
+    return p, robots(p, target.spec, control_hz)
 
 
 def render_whispercpp(
@@ -401,7 +554,8 @@ def render_llamacpp(target: Target, results: Sequence[LlamaCppResult]) -> None:
     "--quantization",
     "-q",
     metavar="FORMAT",
-    help="runtime weight format, e.g. fp8 (vLLM's --quantization)",
+    help="runtime weight format, e.g. fp8 (vLLM's --quantization); OpenVLA: bf16, bnb-8bit "
+    "or bnb-4bit (load_in_8bit / load_in_4bit)",
 )
 @click.option("--dtype", type=click.Choice(DTYPES), default="auto", show_default=True)
 @click.option("--block-size", type=int, metavar="N")
@@ -419,7 +573,15 @@ def render_llamacpp(target: Target, results: Sequence[LlamaCppResult]) -> None:
 @click.option("--enforce-eager", is_flag=True, help="no CUDA graphs")
 @click.option("--vllm-version", default=LATEST, show_default=True, metavar="X.Y.Z")
 @click.option(
-    "--engine", type=click.Choice(["vllm", "llamacpp"]), default="vllm", show_default=True
+    "--engine",
+    type=click.Choice(["vllm", "llamacpp", "openvla"]),
+    help="default: openvla for OpenVLA models (vLLM does not serve them), else vllm",
+)
+@click.option(
+    "--control-hz",
+    type=float,
+    metavar="R",
+    help="OpenVLA: how many robots at R Hz one GPU keeps (memory and the step model)",
 )
 @click.option(
     "--n-gpu-layers",
@@ -448,7 +610,8 @@ def fit(
     speculative_tokens: int,
     enforce_eager: bool,
     vllm_version: str,
-    engine: str,
+    engine: str | None,
+    control_hz: float | None,
     n_gpu_layers: int | None,
     as_json: bool,
 ) -> None:
@@ -477,6 +640,55 @@ def fit(
             render_whispercpp(target, plans)
         return
     archs = [resolve(m) for m in models]
+    vla = [is_openvla(a) for a in archs]
+    flags = {
+        "tensor_parallel_size": tensor_parallel_size,
+        "pipeline_parallel_size": pipeline_parallel_size,
+        "max_model_len": max_model_len,
+        "gpu_memory_utilization": gpu_memory_utilization,
+        "kv_cache_dtype": kv_cache_dtype,
+        "dtype": dtype,
+        "block_size": block_size,
+        "max_num_seqs": max_num_seqs,
+        "max_num_batched_tokens": max_num_batched_tokens,
+        "kv_cache_memory_bytes": kv_cache_memory_bytes,
+        "enable_prefix_caching": enable_prefix_caching,
+        "speculative_tokens": speculative_tokens,
+        "enforce_eager": enforce_eager,
+        "n_gpu_layers": n_gpu_layers,
+    }
+    if control_hz is not None and (not control_hz > 0 or control_hz == float("inf")):
+        raise UsageError(f"--control-hz {control_hz:g} must be a rate above 0 Hz, e.g. 5")
+    if engine == "openvla" and not all(vla):
+        other = next(a for a, v in zip(archs, vla, strict=True) if not v)
+        raise UsageError(
+            f"--engine openvla plans OpenVLA models; {other.name} is a {other.model_type} model "
+            "(drop --engine, or plan it on its own)"
+        )
+    if control_hz is not None and (engine in ("vllm", "llamacpp") or not all(vla)):
+        raise UsageError(
+            "--control-hz plans robots for OpenVLA models on OpenVLA's server; drop it, or "
+            "name only OpenVLA models"
+        )
+    if engine == "vllm" and any(vla):
+        names = ", ".join(a.name for a, v in zip(archs, vla, strict=True) if v)
+        warn(f"vLLM does not serve OpenVLA ({names}): this plans it as if it did; drop "
+             "--engine to plan it as OpenVLA's own server runs it")  # fmt: skip
+    if engine == "openvla" or (engine is None and all(vla)):
+        ignored = [f"--{k.replace('_', '-')}" for k, default in _ENGINE_FLAGS.items()
+                   if flags[k] != default]  # fmt: skip
+        if ignored:
+            warn(f"{', '.join(ignored)}: vLLM and llama.cpp settings, ignored for OpenVLA's "
+                 "server (one GPU, bf16 or bitsandbytes weights, one request at a time)")  # fmt: skip
+        vla_plans = [_openvla_plan(a, target, weight_bits(quantization), control_hz) for a in archs]
+        if as_json:
+            docs = [_openvla_doc(p, speed, target.spec) for p, speed in vla_plans]
+            emit_json(docs[0] if len(docs) == 1 else {"results": docs})
+        elif len(vla_plans) == 1:
+            render_openvla(target, *vla_plans[0], models[0])
+        else:
+            render_many(target, [(a, p) for a, (p, _) in zip(archs, vla_plans, strict=True)])
+        return
     if engine == "llamacpp":
         results_l = []
         for arch in archs:
@@ -522,7 +734,15 @@ def fit(
         enforce_eager=enforce_eager,
         speculative_tokens=speculative_tokens,
     )
-    results = [(arch, plan(arch, base)) for arch in archs]
+    # Beside vLLM's models, OpenVLA's go to its own server unless --engine vllm says otherwise;
+    # --quantization applies to them when it names a format their loader has.
+    own = engine is None
+    bits = WEIGHT_FORMATS.get((quantization or "bf16").strip().lower(), 16)
+    mixed: list[tuple[ModelArch, FitResult | OpenVlaPlan]] = [
+        (a, _openvla_plan(a, target, bits, None)[0] if v and own else plan(a, base))
+        for a, v in zip(archs, vla, strict=True)
+    ]
+    results = [(a, r) for a, r in mixed if isinstance(r, FitResult)]
     if (
         target.free_bytes is not None
         and target.free_bytes < base.gpu_total_bytes * gpu_memory_utilization
@@ -535,8 +755,11 @@ def fit(
             r.warnings.append(msg)
     if as_json:
         docs = []
-        for arch, r in results:
-            doc = r.to_json()
+        for arch, m in mixed:
+            if isinstance(m, OpenVlaPlan):
+                docs.append(_openvla_doc(m, robots(m, None, None), spec))
+                continue
+            doc = m.to_json()
             doc["gpu_id"] = spec.id if spec else None
             doc["param_count"] = arch.param_count
             doc["notes"] = list(arch.notes)
@@ -545,7 +768,7 @@ def fit(
         return
     if target.spec is None and gpu_memory_gib is None:
         warn(f"no GPU found; planning for {target.label}")
-    if len(results) == 1:
+    if len(mixed) == 1 and results:
         render_one(results[0][0], target, results[0][1])
     else:
-        render_many(target, results)
+        render_many(target, mixed)

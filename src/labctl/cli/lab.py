@@ -138,7 +138,8 @@ def down(url: str) -> None:
 @click.option("--json", "as_json", is_flag=True, help="print one JSON document")
 def status(url: str, as_json: bool) -> None:
     """One screen: GPUs, deployments (state, requests, queue, KV, latency; for speech, the
-    real-time factor and latency by audio length) and alerts."""
+    real-time factor and latency by audio length; for VLA, actions per second against the
+    control rate, action latency against the deadline and the share late) and alerts."""
     doc = call(url, "GET", "/api/status", timeout=10)
     if as_json:
         emit_json(doc)
@@ -180,6 +181,13 @@ def status(url: str, as_json: bool) -> None:
             out.print(f"  speech: RTFx {_x(sp.get('rtfx'))} (floor {_x(sp.get('rtfx_floor'))}) · "
                       f"{_fixed(sp.get('requests_per_second'))} requests/s"
                       + (f" · p95 by length: {p95}" if p95 else ""))  # fmt: skip
+        vla = doc.get("vla", {}).get(d["name"])
+        if vla:
+            out.print(f"  vla: {_fixed(vla.get('actions_per_second'))} actions/s all robots "
+                      f"(target {_fixed(vla.get('control_hz'))} Hz per robot) · latency p50/p99 "
+                      f"{_ms(vla.get('latency_p50'))}/{_ms(vla.get('latency_p99'))} ms "
+                      f"(deadline {_ms(vla.get('deadline_seconds'))} ms) · "
+                      f"{_pct(vla.get('deadline_miss_ratio'))} of answers late")  # fmt: skip
         if d["error"]:
             out.print(f"  {d['error']}")
     alerts = doc.get("alerts", [])
@@ -207,6 +215,10 @@ def _x(value: float | None) -> str:
 
 def _fixed(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1%}"
 
 
 def _ms(value: float | None) -> str:

@@ -299,17 +299,35 @@ def run(**kw: Any) -> None:
               help="fault: every Nth stream carries an event that is not JSON")  # fmt: skip
 @click.option("--fail-completions", is_flag=True,
               help="fault: healthy, but every completion answers 500")  # fmt: skip
+@click.option(
+    "--max-batch", type=int, metavar="N",
+    help="OpenVLA: requests one forward serves together (default 1, as OpenVLA's server)",
+)  # fmt: skip
+@click.option("--load-in-8bit", is_flag=True, help="OpenVLA: 8-bit weights (bitsandbytes)")
+@click.option("--load-in-4bit", is_flag=True, help="OpenVLA: 4-bit weights (bitsandbytes)")
+@click.option("--oft", is_flag=True, help="OpenVLA: serve as OpenVLA-OFT (8×7 action chunks)")
 def serve(**kw: Any) -> None:
     """The twin as a live vLLM-compatible server (OpenAI API, /health, /metrics).
 
     Prints vLLM's startup log lines on stderr and the URL on stdout once it listens. It
     takes its memory on the simulated GPU that CUDA_VISIBLE_DEVICES names (0 by default).
+
+    An OpenVLA model (openvla/openvla-7b; moojink/openvla-7b-oft-… or --oft for
+    OpenVLA-OFT) is served as OpenVLA's own server serves it instead: POST /act (and
+    /metrics), Hugging Face's and uvicorn's log lines.
     """
     from labctl.gpu.sim import SimMachine
+    from labctl.sim.act import openvla_kind
     from labctl.sim.engine import build_twin
     from labctl.sim.server import Faults
     from labctl.sim.server import run as run_server
 
+    vla = {k: kw.pop(k) for k in ("max_batch", "load_in_8bit", "load_in_4bit", "oft")}
+    oft = openvla_kind(kw["model"], vla["oft"])
+    if oft is None and (given := [k for k, v in vla.items() if v not in (None, False)]):
+        flag = "--" + given[0].replace("_", "-")
+        raise UsageError(f"{flag} is for an OpenVLA model (e.g. openvla/openvla-7b), not "
+                         f"{kw['model']}; leave it out")  # fmt: skip
     host, port = kw.pop("host"), kw.pop("port")
     scale, load = kw.pop("time_scale"), kw.pop("load_gbps")
     if scale < 0:
@@ -336,6 +354,18 @@ def serve(**kw: Any) -> None:
     index = int(visible)
     if home is not None:
         kw["gpu_id"] = machine_gpu(SimMachine(home), kw["gpu_id"], index)
+    if oft is not None:
+        serving = _vla_serving(kw, vla, oft, faults)
+
+        def announce(url: str) -> None:
+            click.echo(url)
+            sys.stdout.flush()
+
+        from labctl.sim.act import run as run_act
+
+        machine = SimMachine(home) if home is not None else None
+        run_act(serving, host, port, scale, load, faults, machine, index, announce)
+        return
     twin = build_twin(twin_config(kw))
 
     def listening(url: str) -> None:
@@ -344,3 +374,44 @@ def serve(**kw: Any) -> None:
 
     ledger = SimMachine(home) if home is not None else None
     run_server(twin, host, port, scale, load, faults, ledger, index, listening)
+
+
+#: vLLM flags and their defaults: an OpenVLA twin takes none of them but the GPU and name.
+_VLLM_DEFAULTS = {"tensor_parallel_size": 1, "pipeline_parallel_size": 1, "max_model_len": None,
+                  "max_num_seqs": None, "max_num_batched_tokens": None,
+                  "gpu_memory_utilization": 0.9, "kv_cache_dtype": "auto", "quantization": None,
+                  "enable_prefix_caching": False}  # fmt: skip
+
+
+def _vla_serving(kw: dict[str, Any], vla: dict[str, Any], oft: bool, faults: Any) -> Any:
+    """What an OpenVLA twin serves, from the flags.
+
+    Raises:
+        UsageError: a vLLM flag or fault that OpenVLA's server has no use for, both weight
+            formats, or a batch below 1.
+    """
+    from labctl.catalog.gpus import gpu
+    from labctl.sim.act import VlaServing, checkpoint_stats
+
+    for name, default in _VLLM_DEFAULTS.items():
+        if kw.get(name) != default:
+            raise UsageError(f"--{name.replace('_', '-')} is a vLLM flag; OpenVLA's server "
+                             "(Hugging Face transformers) has no such setting: leave it out")  # fmt: skip
+    for name in ("error_mid_stream_every", "malformed_sse_every"):
+        if getattr(faults, name) is not None:
+            raise UsageError(f"--{name.replace('_', '-')}: OpenVLA's server does not stream")
+    if vla["load_in_8bit"] and vla["load_in_4bit"]:
+        raise UsageError("--load-in-8bit and --load-in-4bit: choose one weight format")
+    batch = 1 if vla["max_batch"] is None else vla["max_batch"]
+    if batch < 1:
+        raise UsageError(f"--max-batch {batch} must be at least 1 (1 is OpenVLA's own server)")
+    model = kw["model"]
+    return VlaServing(
+        model=model,
+        served_name=kw.get("served_model_name") or model,
+        gpu=gpu(kw.get("gpu_id") or DEFAULT_GPU),
+        weight_bits=4 if vla["load_in_4bit"] else 8 if vla["load_in_8bit"] else 16,
+        oft=oft,
+        max_batch=batch,
+        stats=checkpoint_stats(model, oft),
+    )

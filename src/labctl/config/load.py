@@ -176,7 +176,15 @@ def check_host(spec: DeploymentSpec, at: str) -> None:
             f"{at}.model = {_show(model)}: no such file or directory; give an existing model "
             "directory or file, or a Hugging Face id such as Qwen/Qwen3-8B"
         )
-    if spec.engine in _BINARIES:
+    if spec.engine == "openvla" and (spec.binary or _OPENVLA_SCRIPT).endswith(".py"):
+        script = spec.binary or _OPENVLA_SCRIPT
+        if not _path(script).is_file():
+            raise ConfigError(
+                f"{at}.binary = {_show(script)}: no such file; give the path of OpenVLA's "
+                "vla-scripts/deploy.py (or OpenVLA-OFT's)"
+            )
+        _check_executable("python", f"{at}.binary = {_show(script)} (run with python)")
+    elif spec.engine in _BINARIES:
         default = _BINARIES[spec.engine]
         shown = (
             f"{at}.binary = {_show(spec.binary)}"
@@ -188,8 +196,14 @@ def check_host(spec: DeploymentSpec, at: str) -> None:
         _check_executable(spec.command[0], f"{at}.command[0] = {_show(spec.command[0])}")
 
 
+_OPENVLA_SCRIPT = "vla-scripts/deploy.py"
 #: The executable each engine runs where a deployment names no ``binary``.
-_BINARIES = {"vllm": "vllm", "llamacpp": "llama-server", "whispercpp": "whisper-server"}
+_BINARIES = {
+    "vllm": "vllm",
+    "llamacpp": "llama-server",
+    "whispercpp": "whisper-server",
+    "openvla": _OPENVLA_SCRIPT,
+}
 
 #: ``load_config``'s parameter of the same name hides the function there.
 _check_host = check_host

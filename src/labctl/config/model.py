@@ -78,6 +78,9 @@ class DeploymentSpec:
     #: Speech: the real-time factor (audio seconds transcribed per wall second) below which
     #: the deployment counts as falling behind while requests queue (None: 1.0).
     rtfx_floor: float | None = None
+    #: Actions (VLA): the rate its robots run at, in Hz (None: 5); an action slower than
+    #: 1/control_hz misses its deadline.
+    control_hz: float | None = None
 
     @property
     def served(self) -> str:
@@ -223,6 +226,14 @@ class DeploymentSpec:
                 f"{at}.rtfx_floor = {_show(floor)}: give the real-time factor (audio seconds per "
                 "wall second) below which queued speech falls behind, from 0 to 10000, e.g. 1.0"
             )
+        hz = doc.get("control_hz")
+        if hz is not None and (
+            isinstance(hz, bool) or not isinstance(hz, (int, float)) or not 0.1 <= hz <= 1000
+        ):
+            raise ConfigError(
+                f"{at}.control_hz = {_show(hz)}: give the robots' control rate in Hz, from 0.1 to "
+                "1000, e.g. 5 (OpenVLA) or 25 (an action chunk per second)"
+            )
         return cls(
             name=name, engine=engine, model=model, gpus=tuple(gpus), port=port,
             served_model_name=served, aliases=tuple(aliases), args=dict(args), command=command,
@@ -233,6 +244,7 @@ class DeploymentSpec:
             stop_grace=_seconds(doc, "stop_grace", at, 30.0),
             max_concurrency=limit, queue_size=queue, serves=_serves(doc, at, engine),
             rtfx_floor=None if floor is None else float(floor),
+            control_hz=None if hz is None else float(hz),
         )  # fmt: skip
 
 

@@ -19,7 +19,7 @@ from typing import Any
 
 from labctl.errors import ConfigError
 
-ENGINES = ("vllm", "llamacpp", "whispercpp", "sim", "command")
+ENGINES = ("vllm", "llamacpp", "whispercpp", "openvla", "sim", "command")
 #: The API families a ``command`` engine may say it serves (``serves``); the engines layer
 #: routes each by its registry.
 FAMILIES = ("chat", "completions", "embeddings", "transcriptions", "translations", "actions")

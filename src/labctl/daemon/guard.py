@@ -85,7 +85,7 @@ def route_logs(log: Log) -> None:
         logger.setLevel(logging.INFO)
 
 
-#: The ``code`` of OpenAI's envelope for the statuses the guard answers under /v1.
+#: The ``code`` of OpenAI's envelope for the statuses the guard answers under /v1 and /vla.
 _V1_CODES = {403: "forbidden", 404: "not_found", 405: "method_not_allowed",
              408: "request_timeout", 413: "request_too_large", 415: "unsupported_media_type",
              500: "internal_error"}  # fmt: skip
@@ -93,8 +93,9 @@ _V1_CODES = {403: "forbidden", 404: "not_found", 405: "method_not_allowed",
 
 def api_error(path: str, status: int, message: str, headers: dict[str, str] | None = None
               ) -> web.Response:  # fmt: skip
-    """An error in the envelope of the API ``path`` belongs to (OpenAI's under /v1)."""
-    if path.startswith("/v1/") or path == "/v1":
+    """An error in the envelope of the API ``path`` belongs to (OpenAI's under /v1 and the
+    gateway's /vla)."""
+    if path.startswith(("/v1/", "/vla/")) or path == "/v1":
         kind = "api_error" if status >= 500 else "invalid_request_error"
         reply = error(status, message, kind, _V1_CODES.get(status))
         reply.headers.update(headers or {})

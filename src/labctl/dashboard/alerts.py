@@ -2,7 +2,8 @@
 
 The rules watch the failures users of local inference actually report (memory
 not released, restart flapping, slow or failed swaps, requests queueing, KV
-saturation, speech falling behind real time, throttling, XIDs, a stale exporter),
+saturation, speech falling behind real time, robots' actions missing their deadline,
+throttling, XIDs, a stale exporter),
 on the metric names the daemon exports. Counters are queried with their ``_total``
 names, so they can fire. Annotations use only ``$labels``, so a test can state them
 exactly.
@@ -248,6 +249,50 @@ ALERTS: tuple[Alert, ...] = (
                     'labctl_gateway_queue_depth{model="asr"}': "12+0x20",
                 },
                 "10m",
+            ),
+        ),
+    ),
+    Alert(
+        "LabVlaDeadlineMisses",
+        # The share of answers (not of actions: a late chunk of K actions is one miss) later
+        # than their deadline. A few tries by hand, whose first answer is slow while the engine
+        # warms up, would be a large share of few: it takes at least 15 answers in five
+        # minutes, half what a loop at the slowest control_hz lab.toml takes (0.1 Hz) asks.
+        "rate(labctl_vla_deadline_misses_total[5m]) / rate(labctl_vla_action_latency_seconds_count[5m]) "
+        "> 0.05 and rate(labctl_vla_action_latency_seconds_count[5m]) > 0.05",
+        "2m",
+        "warning",
+        "Over 5% of the answers of {{ $labels.model }} come after their deadline "
+        "(1/control_hz per action)",
+        "Robots wait on late actions: `labctl status` shows p99 against the deadline and the "
+        "queue. Serve fewer robots per deployment or add a GPU (queued frames age toward their "
+        "deadline), use a faster card, or run the robots slower and set control_hz to match.",
+        {
+            'labctl_vla_action_latency_seconds_count{model="arm"}': "0+300x20",
+            'labctl_vla_deadline_misses_total{model="arm"}': "0+30x20",
+        },
+        {"model": "arm"},
+        # 2% late: within what a control loop tolerates.
+        {
+            'labctl_vla_action_latency_seconds_count{model="arm"}': "0+300x20",
+            'labctl_vla_deadline_misses_total{model="arm"}': "0+6x20",
+        },
+        also_quiet=(
+            # Tries by hand, one a minute, each late: too few to be a control loop.
+            (
+                {
+                    'labctl_vla_action_latency_seconds_count{model="arm"}': "0+1x20",
+                    'labctl_vla_deadline_misses_total{model="arm"}': "0+1x20",
+                },
+                "10m",
+            ),
+            # Late for ten minutes, then the robots stopped: no answer, no share.
+            (
+                {
+                    'labctl_vla_action_latency_seconds_count{model="arm"}': "0+300x10 3000+0x10",
+                    'labctl_vla_deadline_misses_total{model="arm"}': "0+150x10 1500+0x10",
+                },
+                "20m",
             ),
         ),
     ),

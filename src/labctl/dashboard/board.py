@@ -185,6 +185,24 @@ class Board:
             }
         return out
 
+    def vla_now(self) -> dict[str, dict[str, float]]:
+        """Per deployment that serves actions: the board's latest actions per second (all
+        robots together) and the target control rate (``control_hz``, one robot's), action
+        latency p50/p90/p99 and the deadline of one action (1/control_hz), the share of
+        answers that missed their deadline, and requests queued and in flight."""
+        names = {
+            ("vla_rate", "actions"): "actions_per_second", ("vla_rate", "target"): "control_hz",
+            ("vla_latency", "p50"): "latency_p50", ("vla_latency", "p90"): "latency_p90",
+            ("vla_latency", "p99"): "latency_p99", ("vla_latency", "deadline"): "deadline_seconds",
+            ("vla_misses", "misses"): "deadline_miss_ratio", ("vla_queue", "queued"): "queued",
+            ("vla_queue", "in_flight"): "in_flight",
+        }  # fmt: skip
+        out: dict[str, dict[str, float]] = {}
+        for panel in ("vla_rate", "vla_latency", "vla_misses", "vla_queue"):
+            for labels, role, value in self.latest(panel):
+                out.setdefault(labels.get("model", ""), {})[names[panel, role]] = value
+        return out
+
     def snapshot(self) -> dict[str, Any]:
         return {
             "interval": self.interval,

@@ -1,15 +1,16 @@
 """The Grafana dashboard of the lab, built with grafana-foundation-sdk's typed builders.
 
 It holds the built-in page's panels (:mod:`labctl.dashboard.panels`), one row per
-section (the speech row has data only in a lab that serves speech), with the variables
-users expect: ``instance`` (the daemon), ``gpu`` and ``deployment``. Provisioning files
-point Grafana at a Prometheus (``--prometheus-url``) and at the folder the dashboard is
-written to.
+section (the speech and VLA rows have data only in a lab that serves speech or
+actions), with the variables users expect: ``instance`` (the daemon), ``gpu`` and
+``deployment``. Provisioning files point Grafana at a Prometheus (``--prometheus-url``) and
+at the folder the dashboard is written to.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from grafana_foundation_sdk.builders import common as cb
@@ -29,9 +30,12 @@ SECTIONS = {
     "gpu": "GPUs",
     "deployment": "Deployments",
     "speech": "Speech",
+    "vla": "VLA",
     "deploys": "Deploys and restarts",
     "alerts": "Alerts",
 }
+#: Roles of a panel's threshold lines (a floor, a target, a deadline): drawn dashed.
+THRESHOLDS = ("floor", "target", "deadline")
 _DS = dm.DataSourceRef(type_val="prometheus", uid="${datasource}")
 
 
@@ -47,6 +51,12 @@ def _variable(name: str, label: str, query: str) -> db.QueryVariable:
         .include_all(True)
         .all_value(".*")
     )
+
+
+def _legend_tail(legend: str) -> str:
+    """A regular expression for what a threshold's legend says after the deployment's name
+    (``floor``, ``target per robot``)."""
+    return re.escape(legend.removeprefix("{{model}} ")).replace("\\ ", " ")
 
 
 def _panel(p: Panel) -> Any:
@@ -68,13 +78,14 @@ def _panel(p: Panel) -> Any:
                                            value={"fill": "dash", "dash": [10, 10]})],
                 )  # fmt: skip
                 del q
-        if any(q.role == "floor" for q in p.queries):  # a threshold: a dashed line, no fill
-            builder = builder.with_override(
-                dm.MatcherConfig(id_val="byRegexp", options=".* floor$"),
-                [dm.DynamicConfigValue(id_val="custom.fillOpacity", value=0),
-                 dm.DynamicConfigValue(id_val="custom.lineStyle",
-                                       value={"fill": "dash", "dash": [10, 10]})],
-            )  # fmt: skip
+        for q in p.queries:  # a threshold: a dashed line, no fill, found by its legend
+            if q.role in THRESHOLDS:
+                builder = builder.with_override(
+                    dm.MatcherConfig(id_val="byRegexp", options=f".* {_legend_tail(q.legend)}$"),
+                    [dm.DynamicConfigValue(id_val="custom.fillOpacity", value=0),
+                     dm.DynamicConfigValue(id_val="custom.lineStyle",
+                                           value={"fill": "dash", "dash": [10, 10]})],
+                )  # fmt: skip
     builder = (
         builder.title(p.title).datasource(_DS).unit(p.unit).height(8)
         .span(24 if p.kind == "table" else 12)
@@ -98,8 +109,8 @@ def dashboard_json() -> dict[str, Any]:
     d = (
         db.Dashboard("labctl lab")
         .uid(UID)
-        .description("GPUs, deployments, latency, speech, deploys and alerts of a labctl lab.")
-        .tags(["labctl", "llm", "speech", "gpu"])
+        .description("GPUs, deployments, latency, speech, VLA, deploys and alerts of a labctl lab.")
+        .tags(["labctl", "llm", "speech", "vla", "gpu"])
         .refresh("10s")
         .time("now-1h", "now")
         .timezone("browser")

@@ -29,7 +29,7 @@ class Query:
 class Panel:
     id: str
     title: str
-    section: str  # gpu, deployment, speech, deploys, alerts
+    section: str  # gpu, deployment, speech, vla, deploys, alerts
     unit: str  # Grafana's unit id
     queries: tuple[Query, ...]
     description: str = ""
@@ -121,6 +121,85 @@ SPEECH: tuple[Panel, ...] = (
         ),
         "Request duration at the gateway (queueing included), by the length of the audio "
         "sent: vLLM cuts a clip over 30 s into 30 s chunks, each its own engine request.",
+    ),
+)
+
+
+def _vla_only(metric: str) -> str:
+    """``metric`` for the deployments that serve actions: those with a control rate, which the
+    gateway exports for VLA deployments only."""
+    return f"{metric}{{@model}} and on (instance, model) labctl_vla_control_hz{{@model}}"
+
+
+def _action_latency(q: str) -> str:
+    return (
+        f"histogram_quantile({q}, sum by (le, model) "
+        "(rate(labctl_vla_action_latency_seconds_bucket{@model}[@w])))"
+    )
+
+
+#: The VLA group: one per deployment that serves /vla/{deployment}/act. The target is the
+#: control rate of one robot; the achieved rate counts every robot's actions together.
+VLA: tuple[Panel, ...] = (
+    Panel(
+        "vla_rate",
+        "Actions per second (all robots) and the target (per robot)",
+        "vla",
+        "hertz",
+        (
+            _q(
+                "sum by (model) (rate(labctl_vla_actions_total{@model}[@w]))",
+                "{{model}} actions/s, all robots",
+                "actions",
+            ),
+            _q("labctl_vla_control_hz{@model}", "{{model}} target per robot", "target"),
+        ),
+        "Actions answered per second, all robots together (a chunk of K actions counts K), "
+        "and the deployment's control_hz: the rate one robot runs at. N robots at their "
+        "target need N times the line.",
+    ),
+    Panel(
+        "vla_latency",
+        "Action latency against the deadline",
+        "vla",
+        "s",
+        (
+            _q(_action_latency("0.5"), "{{model}} p50", "p50"),
+            _q(_action_latency("0.9"), "{{model}} p90", "p90"),
+            _q(_action_latency("0.99"), "{{model}} p99", "p99"),
+            _q("1 / labctl_vla_control_hz{@model}", "{{model}} deadline", "deadline"),
+        ),
+        "From the gateway receiving a camera frame to its action (queueing included), and "
+        "the deadline of one action, 1/control_hz (an answer of a chunk of K actions has K "
+        "times as long).",
+    ),
+    Panel(
+        "vla_misses",
+        "Answers that missed their deadline",
+        "vla",
+        "percentunit",
+        (
+            _q(
+                "sum by (model) (rate(labctl_vla_deadline_misses_total{@model}[@w])) / "
+                "sum by (model) (rate(labctl_vla_action_latency_seconds_count{@model}[@w]))",
+                "{{model}} late",
+                "misses",
+            ),
+        ),
+        "The share of answers that came after their deadline: the robot waited on them. "
+        "No value while no frame arrives (0 of 0 is no share).",
+    ),
+    Panel(
+        "vla_queue",
+        "VLA requests queued and in flight",
+        "vla",
+        "short",
+        (
+            _q(_vla_only("labctl_gateway_queue_depth"), "{{model}} queued", "queued"),
+            _q(_vla_only("labctl_gateway_in_flight"), "{{model}} in flight", "in_flight"),
+        ),
+        "Queued frames wait in the gateway for a slot, and age toward their deadline as they "
+        "wait; in flight ones are at the engine.",
     ),
 )
 
@@ -272,6 +351,7 @@ PANELS: tuple[Panel, ...] = (
         ),
     ),
     *SPEECH,
+    *VLA,
     Panel(
         "deploys",
         "Deploys in the last hour",

@@ -58,12 +58,13 @@ class Site:
         }  # fmt: skip
 
     def status(self) -> dict[str, Any]:
-        """``/api/status`` and ``labctl status``: GPUs, deployments, serving (and speech, for
-        the deployments that serve it), alerts."""
+        """``/api/status`` and ``labctl status``: GPUs, deployments, serving (and speech and
+        VLA, for the deployments that serve them), alerts."""
         return {
             **self.lab(), "pid": os.getpid(), "deployments": self.deployments(),
             "gpus": [{**g, **self.board.gpu_now(g["index"])} for g in self.gpus()],
             "serving": self.board.serving_now(), "speech": self.board.speech_now(),
+            "vla": self.board.vla_now(),
             "alerts": self.board.alert_docs(),
             "alert_errors": dict(self.board.errors),
         }  # fmt: skip

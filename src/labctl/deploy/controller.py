@@ -137,12 +137,13 @@ class Controller:
         limit = spec.max_concurrency or kind.default_concurrency(settings, d.max_num_seqs)
         e = d.engine if d.state == State.READY else None
         serves = kind.serves(settings)
-        speech = bool(serves & {"transcriptions", "translations"})
+        speech, actions = bool(serves & {"transcriptions", "translations"}), "actions" in serves
         return Route(d.name, spec.served, spec.aliases, e.url if e else None, limit,
                      spec.queue_size, e.key if e else None, serves,
                      d.swapping or d.restart_pending, tuple(kind.upstream.items()),
                      (spec.rtfx_floor if spec.rtfx_floor is not None else 1.0) if speech
-                     else None)  # fmt: skip
+                     else None, (spec.control_hz or 5.0) if actions else None,
+                     kind.unnorm_keys(settings) if actions else ())  # fmt: skip
 
     def publish(self, d: Deployment) -> None:
         """Tell the gateway where ``d`` serves now (and release what it held for it)."""

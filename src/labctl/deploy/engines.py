@@ -207,10 +207,14 @@ class Engines:
 
     async def probe(self, url: str, health: Health) -> bool:
         """Whether the engine at ``url`` answers its health check as ready."""
+        timeout = aiohttp.ClientTimeout(total=health.timeout)
         try:
-            async with self.http().get(
-                url + health.path, timeout=aiohttp.ClientTimeout(total=2)
-            ) as r:
+            if health.payload is not None:  # a real request: POST it, check its answer
+                call = self.http().post(url + health.path, data=health.payload, timeout=timeout,
+                                        headers={"Content-Type": "application/json"})  # fmt: skip
+            else:
+                call = self.http().get(url + health.path, timeout=timeout)
+            async with call as r:
                 return health.ok(r.status, await r.content.read(65536))
         except (aiohttp.ClientError, TimeoutError):
             return False

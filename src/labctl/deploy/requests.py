@@ -46,6 +46,11 @@ SAFE_ARGS = {
         "cache_reuse", "split_mode", "tensor_split", "main_gpu", "kv_unified", "swa_full",
         "seed", "rope_scaling", "rope_freq_base", "rope_freq_scale", "no_kv_offload",
     }),
+    "whispercpp": frozenset({
+        "threads", "processors", "beam_size", "best_of", "no_fallback", "audio_ctx", "language",
+        "flash_attn", "no_flash_attn", "temperature_inc", "entropy_thold", "logprob_thold",
+    }),
+    "openvla": frozenset({"load_in_8bit", "load_in_4bit"}),
 }  # fmt: skip
 T = TypeVar("T")
 #: What a deploy request's body may hold.

@@ -23,6 +23,7 @@ from labctl.engines.base import (
 )
 from labctl.engines.command import CommandAdapter
 from labctl.engines.llamacpp import LlamaCppAdapter
+from labctl.engines.openvla import OpenVlaAdapter
 from labctl.engines.sim import SimAdapter
 from labctl.engines.vllm import VllmAdapter
 from labctl.engines.whispercpp import WhisperCppAdapter
@@ -95,7 +96,7 @@ for _family in (
     Family("embeddings", ("/v1/embeddings",)),
     Family("transcriptions", ("/v1/audio/transcriptions",), body="multipart", streams=True),
     Family("translations", ("/v1/audio/translations",), body="multipart", streams=True),
-    Family("actions", ("/vla/{model}/act",)),
+    Family("actions", ("/vla/{model}/act",), engine_path="/act"),
 ):
     register_family(_family)
 for _kind in (
@@ -103,6 +104,7 @@ for _kind in (
     SimAdapter(),
     LlamaCppAdapter(),
     WhisperCppAdapter(),
+    OpenVlaAdapter(),
     CommandAdapter(),
 ):
     register(_kind)

@@ -46,6 +46,9 @@ class Family:
     body: Literal["json", "multipart"] = "json"
     #: Whether a response may stream (server-sent events, relayed event by event).
     streams: bool = False
+    #: The path engines take it on, where it differs from the gateway's (``/act`` for
+    #: ``/vla/{model}/act``); an adapter's :class:`Upstream` still overrides it.
+    engine_path: str | None = None
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,11 @@ class Health:
     path: str = "/health"
     status: int = 200
     body_ok: Callable[[bytes], bool] | None = None
+    #: A JSON body to POST instead of a GET (an engine with no health endpoint, whose one
+    #: real request is the check: OpenVLA's ``/act``).
+    payload: bytes | None = None
+    #: Seconds the check may take (a real request runs a forward pass).
+    timeout: float = 2.0
 
     def ok(self, status: int, body: bytes) -> bool:
         return status == self.status and (self.body_ok is None or self.body_ok(body))
@@ -119,6 +127,11 @@ class Route:
     #: Speech: the real-time factor (audio seconds per wall second) below which the
     #: deployment falls behind while requests queue (the alert's floor).
     rtfx_floor: float | None = None
+    #: Actions (VLA): the control rate its robots run at (an answer slower than 1/control_hz
+    #: misses its deadline), and the datasets whose statistics its checkpoint holds (an
+    #: ``unnorm_key`` is then required where there are several; empty: not known).
+    control_hz: float | None = None
+    unnorm_keys: tuple[str, ...] = ()
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -187,6 +200,10 @@ class Adapter:
     def default_concurrency(self, settings: Mapping[str, Any], planned: int | None) -> int:
         """Requests the gateway lets run at once where the deployment sets no limit."""
         return planned or 64
+
+    def unnorm_keys(self, settings: Mapping[str, Any]) -> tuple[str, ...]:
+        """Actions: the datasets whose statistics the checkpoint holds, where known."""
+        return ()
 
     def estimate(self, settings: Mapping[str, Any], device: DeviceSample) -> Estimate:
         """Bytes per GPU it needs on ``device`` (0: no estimate; the engine's own check decides).

@@ -12,6 +12,7 @@ librosa call; about 7 s), which ends the ``audio_warmup`` phase.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+import contextlib
 from functools import lru_cache
 import re
 from types import MappingProxyType
@@ -37,7 +38,7 @@ class VllmAdapter(Adapter):
     name = "vllm"
     key_env = "VLLM_API_KEY"
     families = ("chat", "completions", "embeddings")
-    phase_lines = (
+    phase_lines: tuple[tuple[re.Pattern[str], str], ...] = (
         (re.compile(r"Model loading took "), "load_weights"),
         (re.compile(r"GPU KV cache size: "), "profile"),
         (re.compile(r"Graph capturing finished"), "cuda_graphs"),
@@ -65,9 +66,9 @@ class VllmAdapter(Adapter):
     def serves(self, settings: Mapping[str, Any]) -> frozenset[str]:
         if settings.get("serves"):
             return frozenset(settings["serves"])
-        if is_speech(str(settings.get("model") or "")):
-            return frozenset(SPEECH)
-        return frozenset(self.families)
+        kind = model_kind(str(settings.get("model") or ""))
+        return frozenset(SPEECH if kind == "whisper" else ("actions",) if kind == "openvla"
+                         else self.families)  # fmt: skip
 
     def progress(self, line: str) -> float | None:
         m = _SHARDS.search(line)
@@ -82,13 +83,21 @@ SPEECH = ("transcriptions", "translations")
 
 
 @lru_cache(maxsize=256)
+def model_kind(model: str) -> str:
+    """``whisper`` (speech to text), ``openvla`` (robot actions) or ``text``: by the name
+    and the architecture where the catalog can read it (OpenVLA's reads as its backbone)."""
+    kind = model.rsplit("/", 1)[-1].lower()
+    with contextlib.suppress(LabError):  # not in the catalog: the name alone
+        kind += " " + resolve(model).model_type
+    for known, names in (("whisper", ("whisper",)), ("openvla", ("openvla", "prismatic"))):
+        if any(n in kind for n in names):
+            return known
+    return "text"
+
+
 def is_speech(model: str) -> bool:
-    """Whether vLLM serves ``model`` as speech to text: its architecture is Whisper's where
-    the catalog can read it, else its name says whisper."""
-    try:
-        return resolve(model).model_type == "whisper"
-    except LabError:
-        return "whisper" in model.rsplit("/", 1)[-1].lower()
+    """Whether vLLM (or the twin) serves ``model`` as speech to text."""
+    return model_kind(model) == "whisper"
 
 
 def planned(settings: Mapping[str, Any], device: DeviceSample, required: bool) -> Estimate:

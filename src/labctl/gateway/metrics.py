@@ -19,6 +19,15 @@ deployments (``/v1/audio/…``) add:
   last minute (RTFx, live);
 - ``labctl_gateway_rtfx_floor{model}``: the deployment's ``rtfx_floor`` from lab.toml (1.0
   unless set), below which it falls behind while requests queue.
+
+VLA deployments (``/vla/{model}/act``) add:
+
+- ``labctl_vla_action_latency_seconds{model}``: from the gateway receiving a camera frame to
+  its action (time held through a swap included), buckets for 5-50 Hz control;
+- ``labctl_vla_actions_total{model}``: actions answered (a chunk of K counts K);
+- ``labctl_vla_deadline_misses_total{model}``: answers later than their deadline, which is
+  1/control_hz per action they carry (a chunk of K covers K ticks);
+- ``labctl_vla_control_hz{model}``: the deployment's ``control_hz`` (5 unless set).
 """
 
 from __future__ import annotations
@@ -162,6 +171,28 @@ class AudioBound:
         return sum(s for _, s in list(self.recent)) / RTF_WINDOW
 
 
+#: Action latency (seconds): 50 Hz control to a request held through a swap.
+ACTION_BUCKETS = (0.01, 0.02, 0.033, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
+
+
+class VlaBound:
+    """One VLA deployment's series."""
+
+    __slots__ = ("actions", "latency", "misses")
+
+    def __init__(self, metrics: GatewayMetrics, name: str) -> None:
+        self.latency = metrics.action_latency.labels(name)
+        self.actions = metrics.actions.labels(name)
+        self.misses = metrics.deadline_misses.labels(name)
+
+    def observe(self, seconds: float, actions: int, control_hz: float) -> None:
+        """An action answered after ``seconds``: ``actions`` of them (a chunk's rows)."""
+        self.latency.observe(seconds)
+        self.actions.inc(actions)
+        if seconds > actions / control_hz:
+            self.misses.inc()
+
+
 class GatewayMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         r = registry
@@ -204,8 +235,20 @@ class GatewayMetrics:
                                 "The real-time factor below which a speech deployment falls "
                                 "behind while requests queue (lab.toml rtfx_floor).",
                                 ["model"], registry=r)  # fmt: skip
+        self.action_latency = LoopHistogram(
+            "labctl_vla_action_latency_seconds",
+            "From the gateway receiving a camera frame to its action.", ["model"], ACTION_BUCKETS, r)  # fmt: skip
+        self.actions = Counter("labctl_vla_actions", "Actions answered (a chunk of K counts K).",
+                               ["model"], registry=r)  # fmt: skip
+        self.deadline_misses = Counter("labctl_vla_deadline_misses",
+                                       "Answers later than 1/control_hz per action they carry.",
+                                       ["model"], registry=r)  # fmt: skip
+        self.control_hz = Gauge("labctl_vla_control_hz",
+                                "The control rate a VLA deployment's robots run at (lab.toml).",
+                                ["model"], registry=r)  # fmt: skip
         self._bound: dict[str, Bound] = {}
         self._audio: dict[str, AudioBound] = {}
+        self._vla: dict[str, VlaBound] = {}
 
     def audio(self, name: str, clock: Callable[[], float] = time.monotonic) -> AudioBound:
         """``name``'s audio series, made at its first speech request (or route)."""
@@ -213,6 +256,13 @@ class GatewayMetrics:
         if a is None:
             a = self._audio[name] = AudioBound(self, name, clock)
         return a
+
+    def vla(self, name: str) -> VlaBound:
+        """``name``'s VLA series, made at its first route."""
+        v = self._vla.get(name)
+        if v is None:
+            v = self._vla[name] = VlaBound(self, name)
+        return v
 
     def bound(self, name: str) -> Bound:
         """``name``'s children, looked up once."""

@@ -18,7 +18,14 @@ Speech requests (``/v1/audio/…``, multipart forms) route by the form's ``model
 ``gateway.max_audio_bytes``; its length is read from its header to count the audio
 seconds, the duration by audio length and the live real-time factor of each deployment;
 an engine that takes a family on another path gets it there, with the form fields it
-needs (:class:`labctl.engines.Upstream`). Errors use OpenAI's
+needs (:class:`labctl.engines.Upstream`).
+
+Robot actions (``POST /vla/{deployment}/act``, OpenVLA's protocol) are checked before they
+reach the engine (an H×W×3 uint8 json-numpy frame, an instruction, and an ``unnorm_key``
+where the checkpoint has several datasets' statistics), go to the engine's ``/act``, and
+an answer of OpenVLA's ``"error"`` (HTTP 200) is a failed request, a 502 here. Each action
+is timed from the frame's arrival (held through a swap included) against the deployment's
+``control_hz``. Errors use OpenAI's
 envelope; 429 and 503 carry ``Retry-After``. Neither keys nor prompts are ever logged.
 
 An engine that dies under load fails only the requests it was answering: a stream in
@@ -39,7 +46,7 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from labctl import audio, jsontext
+from labctl import audio, jsontext, vla
 from labctl.config import GatewayConfig
 from labctl.engines import Family, Route, families
 from labctl.gateway.admission import Admission, Rejected
@@ -59,6 +66,15 @@ _SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"
 _JSON = "Content-Type: application/json\r\n"
 _SPEECH = frozenset({"transcriptions", "translations"})
 _TRUE = frozenset({"true", "True", "TRUE", "1"})
+
+
+class _Act:
+    """An action request: the actions its answer carried (a chunk of K: K)."""
+
+    __slots__ = ("actions",)
+
+    def __init__(self) -> None:
+        self.actions = 0
 
 
 class _Speech:
@@ -136,6 +152,9 @@ class Gateway:
         if route.rtfx_floor is not None:
             self.metrics.audio(route.name, self.clock)
             self.metrics.rtfx_floor.labels(route.name).set(route.rtfx_floor)
+        if route.control_hz is not None:
+            self.metrics.vla(route.name)
+            self.metrics.control_hz.labels(route.name).set(route.control_hz)
         if route.held:
             self.admission(route).hold()
         elif route.name in self.admissions:
@@ -223,8 +242,12 @@ class Gateway:
                                   "bytes (gateway.max_body_bytes).", "invalid_request_error",
                                   "request_too_large")) from None  # fmt: skip
             form: Form | None = None
+            act: _Act | None = None
+            unnorm: tuple[bool, str | None] = (False, None)
             if "model" in request.match_info:
                 doc, model = None, request.match_info["model"]
+                if family.name == "actions":
+                    act, unnorm = _Act(), (True, _observation(raw).unnorm_key)
             elif family.body == "multipart" or request.content_type.startswith("multipart/"):
                 doc, form = None, self._form(request, raw)
                 model = form.fields["model"]
@@ -235,6 +258,8 @@ class Gateway:
             route = self._find(model, family)
             label = route.name
             bound = self.metrics.bound(label)
+            if unnorm[0]:
+                _check_unnorm(route, unnorm[1])
             if token is not None:
                 key = self._keys[token]
                 if key.models and not set(route.names) & set(key.models):
@@ -263,7 +288,7 @@ class Gateway:
                 bound.queue_wait.observe(waited)
                 try:
                     response = await self._forward(request, route, family, raw, doc, form,
-                                                   speech, t0, bound)  # fmt: skip
+                                                   speech, act, t0, bound)  # fmt: skip
                 except EngineGone as gone:  # the request never reached it: it may go again
                     adm.release()
                     if tries < 3 and await self.engine_gone(route.name):
@@ -290,6 +315,9 @@ class Gateway:
                 bound.ok.inc()
                 if speech is not None:
                     self.metrics.audio(label, self.clock).observe(speech.seconds, self.clock() - t0)
+                if act is not None and act.actions:
+                    hz = self.routes[label].control_hz or 5.0
+                    self.metrics.vla(label).observe(self.clock() - t0, act.actions, hz)
             else:
                 self.metrics.requests.labels(label, str(status)).inc()
             duration = bound.duration if bound is not None else self.metrics.duration.labels(label)
@@ -353,13 +381,13 @@ class Gateway:
 
     async def _forward(
         self, request: web.Request, route: Route, family: Family, raw: bytes,
-        doc: dict[str, Any] | None, form: Form | None, speech: _Speech | None, t0: float,
-        bound: Bound,
+        doc: dict[str, Any] | None, form: Form | None, speech: _Speech | None,
+        act: _Act | None, t0: float, bound: Bound,
     ) -> web.StreamResponse:  # fmt: skip
         if route.url is None:
             raise Reply(error(503, f"{route.name} is not serving right now", "service_unavailable",
                               None, retry_after=5))  # fmt: skip
-        path = request.path
+        path = family.engine_path or request.path
         body: bytes | list[bytes | memoryview]
         if doc is not None:
             body, stream, asked = for_engine(raw, doc, route.served)
@@ -397,6 +425,12 @@ class Gateway:
             bound.count_usage(data)
             if speech is not None and speech.seconds is None and head.status == 200:
                 speech.seconds = _usage_seconds(data)
+            if act is not None and head.status == 200:
+                try:
+                    answer = vla.action(data)
+                except vla.VlaError as exc:  # OpenVLA's server answers its errors with 200
+                    raise Reply(error(502, f"{route.name}: {exc}", "api_error", None)) from None
+                act.actions = answer.shape[0] if answer.ndim == 2 else 1
             if doc is not None and head.status == 200 and not stream:
                 bound.ttft.observe(self.clock() - t0)
             if head.status >= 400 and not is_error_envelope(data):
@@ -451,6 +485,38 @@ class Gateway:
         except ConnectionError:
             raise _ClientGone(resp) from None
         return resp
+
+
+def _observation(raw: bytes) -> vla.Observation:
+    """An ``/act`` body, checked as the engine would take it.
+
+    Raises:
+        Reply: a 400 naming what is wrong with it.
+    """
+    try:
+        doc = jsontext.loads(raw, max_items=MAX_BODY_ITEMS)
+    except ValueError as exc:
+        raise Reply(error(400, f"the request body is not valid JSON: {exc}",
+                          "invalid_request_error")) from None  # fmt: skip
+    try:
+        return vla.observation(doc)
+    except vla.VlaError as exc:
+        raise Reply(error(400, str(exc), "invalid_request_error", None, "image"
+                          if "image" in str(exc) else None)) from None  # fmt: skip
+
+
+def _check_unnorm(route: Route, key: str | None) -> None:
+    """Raises Reply: a 400 where the checkpoint's datasets are known and ``key`` picks none."""
+    keys = route.unnorm_keys
+    if key is None and len(keys) > 1:
+        raise Reply(error(400, f"unnorm_key is required: {route.name}'s checkpoint holds the "
+                          f"action statistics of {len(keys)} datasets ({', '.join(keys[:8])}"
+                          f"{', …' if len(keys) > 8 else ''}); add one as \"unnorm_key\"",
+                          "invalid_request_error", None, "unnorm_key"))  # fmt: skip
+    if key is not None and keys and key not in keys:
+        raise Reply(error(400, f"unnorm_key {key!r} is not one of {route.name}'s datasets "
+                          f"({', '.join(keys[:8])}{', …' if len(keys) > 8 else ''})",
+                          "invalid_request_error", None, "unnorm_key"))  # fmt: skip
 
 
 def _usage_seconds(data: bytes) -> float | None:
