@@ -86,6 +86,7 @@ bench-twin: $(STAMP)
 	$(BIN)/python benchmarks/twin_fidelity.py
 	$(BIN)/python benchmarks/twin_speed.py
 	$(BIN)/python benchmarks/twin_speech.py --vllm-defaults
+	$(BIN)/python benchmarks/twin_vla.py
 
 bench-deploy: $(STAMP)
 	$(BIN)/python benchmarks/deploy_overhead.py
