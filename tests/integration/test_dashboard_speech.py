@@ -11,28 +11,19 @@ look as it always did.
 
 from __future__ import annotations
 
-import asyncio
 from collections import deque
-from collections.abc import Callable, Iterator
-import contextlib
 from dataclasses import dataclass, field
-import os
 from pathlib import Path
-import re
-import threading
 import time
 from typing import Any
 
-from aiohttp import web
 from prometheus_client import CollectorRegistry
 import pytest
 
 from labctl.dashboard.board import Board, samples
-from labctl.dashboard.feed import Feed, run_ticks
-from labctl.dashboard.site import Site
 from labctl.gateway.metrics import GatewayMetrics
 from tests.integration.browser import browser
-from tests.integration.lab import free_port
+from tests.integration.site import chat_traffic, number, serve, shots
 
 pytestmark = pytest.mark.integration
 
@@ -102,18 +93,6 @@ class _Speech:
         return sum(s for t, s in self.answered if t >= self.now - 60) / 60
 
 
-def _chat(metrics: GatewayMetrics, tick: int) -> None:
-    """Five seconds of a chat deployment's gateway series (requests queue at it too, but it
-    serves no speech)."""
-    metrics.queue_depth.labels("chat").set(3)
-    metrics.in_flight.labels("chat").set(8)
-    bound = metrics.bound("chat")
-    for i in range(10):
-        bound.ttft.observe(0.08 + 0.01 * ((tick + i) % 7))
-        bound.duration.observe(1.5 + 0.1 * ((tick + i) % 5))
-        bound.tokens["completion"].inc(40)
-
-
 def _board(with_speech: bool) -> tuple[Board, _Speech | None]:
     """The board after 13 minutes of simulated history that ends now."""
     registry = CollectorRegistry()
@@ -124,56 +103,11 @@ def _board(with_speech: bool) -> tuple[Board, _Speech | None]:
     t, tick = start, 0
     while t < start + END:
         t, tick = t + 5, tick + 1
-        _chat(metrics, tick)
+        chat_traffic(metrics, tick)
         if speech is not None:
             speech.step(t, FAST if t - start <= SLOW_FROM else SLOW)
         board.tick(t)
     return board, speech
-
-
-@contextlib.contextmanager
-def _serve(board: Board) -> Iterator[str]:
-    """The dashboard's site for ``board`` on a loopback port, ticking live as the daemon's."""
-    port = free_port()
-    started = threading.Event()
-    running: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
-
-    async def main() -> None:
-        stop = asyncio.Event()
-        site = Site(board, Feed(100, end_when_full=True, stopping=stop),
-                    lambda: DEPLOYMENTS, list, list,
-                    lambda: {"url": f"http://127.0.0.1:{port}", "config": "lab.toml",
-                             "gpu_backend": "sim"})  # fmt: skip
-        app = web.Application()
-        site.add_routes(app.router)
-        # An open event stream waits for its next tick: shut down without waiting for it.
-        runner = web.AppRunner(app, shutdown_timeout=1)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", port).start()
-        ticks = asyncio.create_task(run_ticks(board, site.pages, lambda: DEPLOYMENTS, print))
-        running.append((asyncio.get_running_loop(), stop))
-        started.set()
-        await stop.wait()
-        ticks.cancel()
-        await runner.cleanup()
-
-    # asyncio.run cancels and awaits what is left (the streams' handlers) before it closes.
-    thread = threading.Thread(target=asyncio.run, args=(main(),), daemon=True)
-    thread.start()
-    assert started.wait(10), "the dashboard's site did not start"
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        loop, stop = running[0]
-        loop.call_soon_threadsafe(stop.set)
-        thread.join(15)
-        assert not thread.is_alive(), "the dashboard's site did not stop"
-
-
-def _number(text: str) -> float:
-    m = re.fullmatch(r"(-?[\d.]+)\s*(k|ms|s|×)?", text.strip())
-    assert m, f"not a number: {text!r}"
-    return float(m.group(1)) * {"k": 1000.0, "ms": 0.001}.get(m.group(2) or "", 1.0)
 
 
 def _speech_live(page: Any, timeout: float = 20.0) -> list[dict[str, Any]]:
@@ -190,18 +124,6 @@ def _speech_live(page: Any, timeout: float = 20.0) -> list[dict[str, Any]]:
     raise AssertionError(f"speech panels without a live value after {timeout:g} s: {panels}")
 
 
-def _shots(tmp_path: Path) -> Callable[..., None]:
-    """A screenshot into ``tmp_path``, and where LABCTL_SCREENSHOTS says if it is set."""
-    where = os.environ.get("LABCTL_SCREENSHOTS")
-
-    def shoot(target: Any, name: str, **options: Any) -> None:
-        for folder in (tmp_path, Path(where) if where else None):
-            if folder is not None:
-                target.screenshot(path=str(folder / name), **options)
-
-    return shoot
-
-
 def test_the_speech_group_shows_rtfx_audio_queue_and_latency_by_audio_length(
     tmp_path: Path,
 ) -> None:
@@ -209,8 +131,8 @@ def test_the_speech_group_shows_rtfx_audio_queue_and_latency_by_audio_length(
     assert speech is not None
     truth = speech.rtfx()
     assert truth < FLOOR and len(speech.queue) > 0, "the simulation ends behind its floor"
-    shoot = _shots(tmp_path)
-    with _serve(board) as url, browser() as b:
+    shoot = shots(tmp_path)
+    with serve(board, DEPLOYMENTS) as url, browser() as b:
         page = b.new_page(viewport={"width": 1280, "height": 800})
         page.goto(url + "/")
         panels = _speech_live(page)
@@ -220,7 +142,7 @@ def test_the_speech_group_shows_rtfx_audio_queue_and_latency_by_audio_length(
         card = page.locator('[data-speech="asr"]')
 
         def stat(key: str) -> float:
-            return _number(card.locator(f'[data-stat="{key}"] .n').inner_text())
+            return number(card.locator(f'[data-stat="{key}"] .n').inner_text())
 
         assert stat("floor") == FLOOR
         assert stat("rtfx") == pytest.approx(truth, rel=0.01)  # the gateway's gauge, drawn
@@ -239,7 +161,7 @@ def test_the_speech_group_shows_rtfx_audio_queue_and_latency_by_audio_length(
         )
         p95s = []
         for i in range(rows.count()):
-            p50, p95 = (_number(t) for t in rows.nth(i).locator("td.num").all_inner_texts())
+            p50, p95 = (number(t) for t in rows.nth(i).locator("td.num").all_inner_texts())
             assert 0 < p50 <= p95, rows.nth(i).inner_text()
             p95s.append(p95)
         assert p95s == sorted(p95s), p95s
@@ -260,7 +182,7 @@ def test_the_speech_group_shows_rtfx_audio_queue_and_latency_by_audio_length(
 
 def test_a_lab_without_speech_shows_no_speech_group() -> None:
     board, _ = _board(with_speech=False)
-    with _serve(board) as url, browser() as b:
+    with serve(board, DEPLOYMENTS) as url, browser() as b:
         page = b.new_page(viewport={"width": 1280, "height": 800})
         page.goto(url + "/")
         page.wait_for_selector('[data-deployment="chat"] [data-panel="dep_ttft"][data-live="1"]')

@@ -12,28 +12,20 @@ did.
 
 from __future__ import annotations
 
-import asyncio
 from collections import deque
-from collections.abc import Callable, Iterator
-import contextlib
 from dataclasses import dataclass, field
-import os
 from pathlib import Path
 import re
-import threading
 import time
 from typing import Any
 
-from aiohttp import web
 from prometheus_client import CollectorRegistry
 import pytest
 
 from labctl.dashboard.board import Board, samples
-from labctl.dashboard.feed import Feed, run_ticks
-from labctl.dashboard.site import Site
 from labctl.gateway.metrics import GatewayMetrics
 from tests.integration.browser import browser
-from tests.integration.lab import free_port
+from tests.integration.site import chat_traffic, number, serve, shots
 
 pytestmark = pytest.mark.integration
 
@@ -105,18 +97,6 @@ class _Robots:
         return len(recent) / 60, sum(lat > 1 / HZ for lat in recent) / len(recent)
 
 
-def _chat(metrics: GatewayMetrics, tick: int) -> None:
-    """Five seconds of a chat deployment's gateway series (requests queue at it too, but it
-    serves no actions)."""
-    metrics.queue_depth.labels("chat").set(3)
-    metrics.in_flight.labels("chat").set(8)
-    bound = metrics.bound("chat")
-    for i in range(10):
-        bound.ttft.observe(0.08 + 0.01 * ((tick + i) % 7))
-        bound.duration.observe(1.5 + 0.1 * ((tick + i) % 5))
-        bound.tokens["completion"].inc(40)
-
-
 def _board(with_vla: bool) -> tuple[Board, _Robots | None, list[dict[str, Any]]]:
     """The board after 13 minutes of simulated history that ends now, and its alerts when
     the engine began to slow."""
@@ -128,60 +108,13 @@ def _board(with_vla: bool) -> tuple[Board, _Robots | None, list[dict[str, Any]]]
     t, tick, on_time = start, 0, []
     while t < start + END:
         t, tick = t + 5, tick + 1
-        _chat(metrics, tick)
+        chat_traffic(metrics, tick)
         if robots is not None:
             robots.step(t, FAST if t - start <= SLOW_FROM else SLOW)
         board.tick(t)
         if t - start == SLOW_FROM:
             on_time = board.alert_docs()
     return board, robots, on_time
-
-
-@contextlib.contextmanager
-def _serve(board: Board) -> Iterator[str]:
-    """The dashboard's site for ``board`` on a loopback port, ticking live as the daemon's."""
-    port = free_port()
-    started = threading.Event()
-    running: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
-
-    async def main() -> None:
-        stop = asyncio.Event()
-        site = Site(board, Feed(100, end_when_full=True, stopping=stop),
-                    lambda: DEPLOYMENTS, list, list,
-                    lambda: {"url": f"http://127.0.0.1:{port}", "config": "lab.toml",
-                             "gpu_backend": "sim"})  # fmt: skip
-        app = web.Application()
-        site.add_routes(app.router)
-        # An open event stream waits for its next tick: shut down without waiting for it.
-        runner = web.AppRunner(app, shutdown_timeout=1)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", port).start()
-        ticks = asyncio.create_task(run_ticks(board, site.pages, lambda: DEPLOYMENTS, print))
-        running.append((asyncio.get_running_loop(), stop))
-        started.set()
-        await stop.wait()
-        ticks.cancel()
-        await runner.cleanup()
-
-    # asyncio.run cancels and awaits what is left (the streams' handlers) before it closes.
-    thread = threading.Thread(target=asyncio.run, args=(main(),), daemon=True)
-    thread.start()
-    assert started.wait(10), "the dashboard's site did not start"
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        loop, stop = running[0]
-        loop.call_soon_threadsafe(stop.set)
-        thread.join(15)
-        assert not thread.is_alive(), "the dashboard's site did not stop"
-
-
-def _number(text: str) -> float:
-    """A stat as the page writes it (``12.3/s``, ``5.00 Hz``, ``180 ms``, ``1.20 s``, ``31.5%``)."""
-    m = re.fullmatch(r"(-?[\d.]+)\s*(k|ms|s|/s|Hz|%)?", text.strip())
-    assert m, f"not a number: {text!r}"
-    scale = {"k": 1000.0, "ms": 0.001, "%": 0.01}.get(m.group(2) or "", 1.0)
-    return float(m.group(1)) * scale
 
 
 def _vla_live(page: Any, timeout: float = 20.0) -> list[dict[str, Any]]:
@@ -196,18 +129,6 @@ def _vla_live(page: Any, timeout: float = 20.0) -> list[dict[str, Any]]:
     raise AssertionError(f"VLA panels without a live value after {timeout:g} s: {panels}")
 
 
-def _shots(tmp_path: Path) -> Callable[..., None]:
-    """A screenshot into ``tmp_path``, and where LABCTL_SCREENSHOTS says if it is set."""
-    where = os.environ.get("LABCTL_SCREENSHOTS")
-
-    def shoot(target: Any, name: str, **options: Any) -> None:
-        for folder in (tmp_path, Path(where) if where else None):
-            if folder is not None:
-                target.screenshot(path=str(folder / name), **options)
-
-    return shoot
-
-
 def test_the_vla_group_shows_actions_against_the_target_latency_against_the_deadline_and_misses(
     tmp_path: Path,
 ) -> None:
@@ -217,8 +138,8 @@ def test_the_vla_group_shows_actions_against_the_target_latency_against_the_dead
     rate, late = robots.last_minute()
     assert rate < ROBOTS * HZ and late > 0.05, "the simulation ends behind the robots' rate"
     expected = board.vla_now()["arm"]
-    shoot = _shots(tmp_path)
-    with _serve(board) as url, browser() as b:
+    shoot = shots(tmp_path)
+    with serve(board, DEPLOYMENTS) as url, browser() as b:
         page = b.new_page(viewport={"width": 1280, "height": 800})
         page.goto(url + "/")
         panels = _vla_live(page)
@@ -229,7 +150,7 @@ def test_the_vla_group_shows_actions_against_the_target_latency_against_the_dead
         card = page.locator('[data-vla="arm"]')
 
         def stat(key: str) -> float:
-            return _number(card.locator(f'[data-stat="{key}"] .n').inner_text())
+            return number(card.locator(f'[data-stat="{key}"] .n').inner_text())
 
         # The target is one robot's rate and says so; the actions are every robot's.
         assert card.locator('[data-stat="target"] .k').inner_text() == "target (per robot)"
@@ -272,7 +193,7 @@ def test_the_vla_group_shows_actions_against_the_target_latency_against_the_dead
 
 def test_a_lab_without_vla_shows_no_vla_group() -> None:
     board, _, _ = _board(with_vla=False)
-    with _serve(board) as url, browser() as b:
+    with serve(board, DEPLOYMENTS) as url, browser() as b:
         page = b.new_page(viewport={"width": 1280, "height": 800})
         page.goto(url + "/")
         page.wait_for_selector('[data-deployment="chat"] [data-panel="dep_ttft"][data-live="1"]')
