@@ -65,6 +65,10 @@ from labctl.sim.vla import OFT, OFT_CHUNK, OPENVLA, action_seconds, memory_bytes
 
 #: Bodies up to this size are read (a 4K frame in base64 is about 33 MB); larger ones get 413.
 MAX_BODY = 64 * 2**20
+#: OpenVLA's ``llm_max_length``, and the prompt's positions besides the instruction's words
+#: (256 patches, BOS, the template and token 29871).
+LLM_MAX_LENGTH = 2048
+PROMPT_TOKENS = 270
 #: The checkpoint's shard size: openvla-7b's 15 GB come in 3 safetensors shards.
 SHARD_BYTES = 7 * 10**9
 #: Request latency buckets (seconds): actions take tens to hundreds of milliseconds.
@@ -338,6 +342,10 @@ class ActServer:
         try:
             obs = vla.observation(doc)
             key = check_unnorm_key(self.serving.stats, obs.unnorm_key)
+            words = len(obs.instruction.split())
+            if PROMPT_TOKENS + round(words * 1.3) > LLM_MAX_LENGTH:  # as generate() refuses it
+                raise ValueError(f"Input length of input_ids is {PROMPT_TOKENS + round(words * 1.3)}"
+                                 f", but `max_length` is set to {LLM_MAX_LENGTH}")  # fmt: skip
             if self.faults.fail_completions:
                 raise RuntimeError("CUDA error: an illegal memory access was encountered "
                                    "(--fail-completions)")  # fmt: skip
