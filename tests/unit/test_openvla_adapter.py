@@ -63,3 +63,18 @@ def test_an_openvla_model_on_the_vllm_adapters_serves_actions(engine: str) -> No
 def test_route_knows_control_rate_and_datasets() -> None:
     route = Route("robot", "robot", (), None, 1, 8, control_hz=5.0, unnorm_keys=("a", "b"))
     assert route.control_hz == 5.0 and route.unnorm_keys == ("a", "b")
+
+
+def test_the_twin_of_openvla_is_ready_on_an_action_and_batches_as_told() -> None:
+    kind = adapter("sim")
+    settings = {"name": "robot", "model": "openvla/openvla-7b", "args": {"max_batch": 4}}
+    launch = kind.launch(settings, "127.0.0.1", 8000, [0])
+    assert launch.served_model is None and launch.health.path == "/act"
+    assert "bridge_orig" in kind.unnorm_keys(settings)
+    probe = launch.health.payload
+    assert probe is not None and json.loads(probe)["unnorm_key"] in kind.unnorm_keys(settings)
+    assert kind.default_concurrency(settings, None) == 4
+    assert kind.default_concurrency({**settings, "args": {}}, None) == 1
+    assert kind.phase("Loading checkpoint shards: 100%|██████████| 3/3") == "load_weights"
+    chat = {"name": "chat", "model": "Qwen/Qwen3-0.6B"}
+    assert kind.launch(chat, "h", 1, [0]).health.path == "/health" and not kind.unnorm_keys(chat)
