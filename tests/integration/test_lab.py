@@ -253,8 +253,8 @@ def test_bad_input_is_a_clear_error_and_leaves_deployments_alone(
     run = labctl("up", "--config", str(bad), home=lab.home)
     assert run.code == 3
     assert run.err.strip() == (
-        "labctl: error: deployments.chat.engine = 'tgi': use one of vllm, llamacpp, whispercpp, sim, "
-        "command"
+        "labctl: error: deployments.chat.engine = 'tgi': use one of vllm, llamacpp, whispercpp, "
+        "openvla, sim, command"
     )
     bad.write_text('[deployments.chat]\nengine = "sim"\nmodel = "m"\ngpus = "0"\n')
     assert (
