@@ -62,8 +62,12 @@ def test_a_cli_deploy_interrupted_after_the_old_revision_stopped_still_ends_serv
     assert client.stderr is not None
     err = client.stderr.read()
     assert "goes on in the lab" in err and "labctl cancel chat" in err, err
-    ready = d.wait_state("chat", "ready", timeout=60)
-    assert ready["revision"] == 2  # it ran to its commit without the client
+    # It runs to its commit without the client (waited for by revision: a status read in the
+    # instant between the start step's journal entry and the new owner's first state can
+    # still show the old revision's).
+    ready = wait_for(lambda: (r := d.deployment("chat"))["state"] == "ready"
+                     and r["revision"] == 2 and r, 60, "revision 2 to be ready")  # fmt: skip
+    assert ready["revision"] == 2
     (last, *_) = history(d)
     assert last["outcome"] == "committed"
     assert unfinished(lab.home) == []
