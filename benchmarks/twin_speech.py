@@ -34,6 +34,8 @@ import sys
 import tempfile
 from typing import Any
 
+from twin_vla import start_twin  # the benchmarks' folder is on the path of its scripts
+
 MODEL = "openai/whisper-large-v3"
 CLIP_S = 4.7
 #: sglang-omni#1888, Layer 3 (means of three repeats): concurrency → (req/s, mean s, p95 s, RTFx).
@@ -44,21 +46,6 @@ PUBLISHED = {
 }
 #: The published engine's limits in vLLM's flags.
 PUBLISHED_LIMITS = ("--max-num-seqs", "32", "--max-num-batched-tokens", "6144")
-
-
-def start_twin(home: str, extra: tuple[str, ...]) -> tuple[subprocess.Popen[str], str]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "labctl", "sim", "serve", "--model", MODEL, "--gpu", "rtx-4090",
-         "--port", "0", "--load-gbps", "0", "--no-gpu-ledger", *extra],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-        env=dict(os.environ, LABCTL_HOME=home),
-    )  # fmt: skip
-    assert proc.stdout is not None
-    url = proc.stdout.readline().strip()
-    if not url.startswith("http://"):
-        proc.kill()
-        raise SystemExit(f"the twin did not start: {url!r}")
-    return proc, url
 
 
 def load(url: str, home: str, concurrency: int, requests: int) -> dict[str, Any]:
@@ -90,7 +77,7 @@ def load(url: str, home: str, concurrency: int, requests: int) -> dict[str, Any]
 
 def measure(extra: tuple[str, ...], levels: list[tuple[int, int]]) -> list[dict[str, Any]]:
     with tempfile.TemporaryDirectory() as home:
-        proc, url = start_twin(home, extra)
+        proc, url = start_twin(home, MODEL, "rtx-4090", extra)
         try:
             return [load(url, home, c, n) for c, n in levels]
         finally:
