@@ -408,7 +408,6 @@ def bench(**kw: Any) -> None:
     if not kw["burstiness"] > 0:
         raise UsageError(f"--burstiness {kw['burstiness']} must be positive; 1 is Poisson")
     show = _show(kw)
-    runs: list[dict[str, Any]] = []
     points: list[tuple[str, Any]] = [("", config)]
     if sweep is not None:
         name, values = sweep
@@ -421,21 +420,15 @@ def bench(**kw: Any) -> None:
             )
             for v in values
         ]
-    interrupted = False
-    for label, point in points:
-        doc = _run_one(point, label, show, clips)
-        runs.append(doc)
-        if not kw["as_json"] and sweep is not None:
-            rtfx = f", RTFx {doc['rtfx']:.2f}" if "audio_seconds" in doc else ""
-            click.echo(
-                f"{label}: completed {doc['completed']}, failed {doc['failed']}, median TTFT "
+
+    def line(label: str, doc: dict[str, Any]) -> str:
+        rtfx = f", RTFx {doc['rtfx']:.2f}" if "audio_seconds" in doc else ""
+        return (f"{label}: completed {doc['completed']}, failed {doc['failed']}, median TTFT "
                 f"{doc['median_ttft_ms']:.1f} ms, median TPOT {doc['median_tpot_ms']:.2f} ms, "
-                f"{doc['output_throughput']:.0f} tok/s{rtfx}" + (" (client limited)" if doc["client_limited"] else ""),
-                err=show,
-            )  # fmt: skip
-        if doc["interrupted"]:
-            interrupted = True
-            break
+                f"{doc['output_throughput']:.0f} tok/s{rtfx}")  # fmt: skip
+
+    runs, interrupted = _run_points(points, show, kw["as_json"] or sweep is None, line,
+                                    clips=clips)  # fmt: skip
     if kw["plot"] is not None:
         from labctl.bench.plot import plot_run, plot_sweep
 
@@ -519,23 +512,16 @@ def _bench_robots(kw: dict[str, Any], sweep: tuple[str, list[float]] | None) -> 
             point.validate()
     frames = load_frames(config)  # every image is read and checked before anything is sent
     show = _show(kw)
-    runs: list[dict[str, Any]] = []
-    interrupted = False
-    for label, point in points:
-        doc = _run_one(point, label, show, frames=frames)
-        runs.append(doc)
-        if not kw["as_json"] and sweep is not None:
-            click.echo(
-                f"{label}: completed {doc['completed']}, failed {doc['failed']}, achieved "
+
+    def line(label: str, doc: dict[str, Any]) -> str:
+        return (f"{label}: completed {doc['completed']}, failed {doc['failed']}, achieved "
                 f"{doc['achieved_hz']:.2f} Hz per robot (chunks/s), "
                 f"{doc['achieved_hz_per_action']:.2f} actions/s, p99 "
                 f"{doc['action_latency_ms_p99']:.1f} ms, deadline misses "
-                f"{doc['deadline_miss_ratio']:.1%}" + (" (client limited)" if doc["client_limited"] else ""),
-                err=show,
-            )  # fmt: skip
-        if doc["interrupted"]:
-            interrupted = True
-            break
+                f"{doc['deadline_miss_ratio']:.1%}")  # fmt: skip
+
+    runs, interrupted = _run_points(points, show, kw["as_json"] or sweep is None, line,
+                                    frames=frames)  # fmt: skip
     if kw["plot"] is not None:
         from labctl.bench.plot import plot_robots_run, plot_robots_sweep
 
@@ -562,6 +548,23 @@ def _bench_robots(kw: dict[str, Any], sweep: tuple[str, list[float]] | None) -> 
         if not kw["as_json"]:
             click.echo(result["headline"])
     _finish(kw, runs, result, interrupted, _print_robots if sweep is None else None)
+
+
+def _run_points(
+    points: list[tuple[str, Any]], show: bool, quiet: bool,
+    line: Callable[[str, dict[str, Any]], str], **run: Any,
+) -> tuple[list[dict[str, Any]], bool]:  # fmt: skip
+    """Each point's run in turn (a line each unless ``quiet``), until one is interrupted."""
+    runs: list[dict[str, Any]] = []
+    for label, point in points:
+        doc = _run_one(point, label, show, **run)
+        runs.append(doc)
+        if not quiet:
+            click.echo(line(label, doc) + (" (client limited)" if doc["client_limited"] else ""),
+                       err=show)  # fmt: skip
+        if doc["interrupted"]:
+            return runs, True
+    return runs, False
 
 
 def _first_model(config: Any) -> str:
