@@ -16,6 +16,7 @@ from labctl.config import (
     DeploymentSpec,
     GatewayConfig,
     LabConfig,
+    ModelsConfig,
     check_exposure,
     check_gpu_indices,
     check_host,
@@ -481,9 +482,9 @@ def test_the_example_documents_every_key_and_loads() -> None:
     config = load_config(EXAMPLE, check_host=False)
     assert {d.engine for d in config.deployments} == set(ENGINES)  # every engine shown
     text = EXAMPLE.read_text()
-    skip = {"name", "deployments", "source", "gateway", "dashboard"}
+    skip = {"name", "deployments", "source", "gateway", "dashboard", "models"}
     for f in [*fields(DeploymentSpec), *fields(DashboardConfig), *fields(GatewayConfig),
-              *fields(LabConfig)]:  # fmt: skip
+              *fields(LabConfig), *fields(ModelsConfig)]:  # fmt: skip
         if f.name not in skip:
             assert f"\n{f.name} =" in text or f"\n# {f.name} =" in text, f.name
     for key in ("rate_per_minute", "models"):
@@ -505,3 +506,18 @@ def test_the_audio_limit_follows_a_smaller_body_limit(tmp_path: Path) -> None:
     assert load_config(path).gateway.max_audio_bytes == 4096
     path.write_text("[gateway]\n")
     assert load_config(path).gateway.max_audio_bytes == 25 * 2**20
+
+
+def test_the_models_table_is_checked_key_by_key(tmp_path: Path) -> None:
+    config = load_config(
+        write(tmp_path, '[models]\npaths = ["~/m"]\nhf_cache = "/hf"\npull = true\n'),
+        check_host=False,
+    )
+    assert config.models == ModelsConfig(paths=("~/m",), hf_cache="/hf", pull=True)
+    assert load_config(None).models == ModelsConfig()
+    with pytest.raises(ConfigError, match=r"models.cache is not a setting; use one of hf_cache"):
+        load_config(write(tmp_path, '[models]\ncache = "/x"\n'), check_host=False)
+    with pytest.raises(ConfigError, match=r"models.pull = 'yes': give true or false"):
+        load_config(write(tmp_path, '[models]\npull = "yes"\n'), check_host=False)
+    with pytest.raises(ConfigError, match=r"models.paths = 3: give a list"):
+        load_config(write(tmp_path, "[models]\npaths = 3\n"), check_host=False)

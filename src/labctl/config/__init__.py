@@ -33,6 +33,7 @@ from labctl.config.model import (
     DeploymentSpec,
     GatewayConfig,
     LabConfig,
+    ModelsConfig,
     default_config,
 )
 from labctl.config.values import (
@@ -71,6 +72,7 @@ __all__ = [
     "DeploymentSpec",
     "GatewayConfig",
     "LabConfig",
+    "ModelsConfig",
     "check_exposure",
     "check_flag",
     "check_gpu_indices",

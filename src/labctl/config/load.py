@@ -23,8 +23,10 @@ from labctl.config.model import (
     DeploymentSpec,
     GatewayConfig,
     LabConfig,
+    ModelsConfig,
     _dashboard,
     _gateway,
+    _models,
     default_config,
 )
 from labctl.config.values import (
@@ -222,10 +224,10 @@ def load_config(path: Path | None, check_host: bool = True) -> LabConfig:
         return default_config()
     doc = _read(Path(path))
     for key, value in doc.items():
-        if key not in ("lab", "gateway", "dashboard", "deployments"):
+        if key not in ("lab", "gateway", "dashboard", "models", "deployments"):
             raise ConfigError(
-                f"{path}: [{_key(key)}] is not a section; use [lab], [gateway], [dashboard] and "
-                "[deployments.NAME]"
+                f"{path}: [{_key(key)}] is not a section; use [lab], [gateway], [dashboard], "
+                "[models] and [deployments.NAME]"
             )
         if key != "deployments" and not isinstance(value, dict):
             # [gateway] holds secrets: what is there is named, not shown.
@@ -247,7 +249,7 @@ def load_config(path: Path | None, check_host: bool = True) -> LabConfig:
         )
     specs = [DeploymentSpec.from_dict(name, table) for name, table in deployments.items()]
     config = _lab(doc.get("lab", {}), tuple(specs), str(path), _gateway(doc.get("gateway", {})),
-                  _dashboard(doc.get("dashboard", {})))  # fmt: skip
+                  _dashboard(doc.get("dashboard", {})), _models(doc.get("models", {})))  # fmt: skip
     check_lab(config)
     check_exposure(parse_listen(config.listen)[0], config.gateway, "lab.listen")
     if check_host:
@@ -296,6 +298,7 @@ def _lab(
     source: str,
     gateway: GatewayConfig,
     dashboard: DashboardConfig,
+    models: ModelsConfig,
 ) -> LabConfig:
     known = {"listen", "gpu_backend", "sim_gpus", "allowed_hosts", "api_commands",
              "disk_read_mbps"}  # fmt: skip
@@ -358,6 +361,7 @@ def _lab(
         listen=listen, gpu_backend=backend, sim_gpus=sim_gpus, deployments=specs, source=source,
         gateway=gateway, dashboard=dashboard, allowed_hosts=tuple(allowed),
         api_commands=api_commands, disk_read_mbps=float(rate) if rate is not None else None,
+        models=models,
     )  # fmt: skip
 
 

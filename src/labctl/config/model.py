@@ -288,6 +288,22 @@ class DashboardConfig:
 
 
 @dataclass(frozen=True)
+class ModelsConfig:
+    """``[models]``: where the lab looks for model files besides the Hugging Face cache."""
+
+    #: Loose GGUF files and model directories (or folders of them), ``~`` expanded.
+    paths: tuple[str, ...] = ()
+    #: The Hugging Face hub cache (None: huggingface_hub's own choice: ``HF_HUB_CACHE``,
+    #: ``HF_HOME``/hub, ``~/.cache/huggingface/hub``).
+    hf_cache: str | None = None
+    #: Ollama's model store, read only (None: ``OLLAMA_MODELS``, else its default places).
+    ollama: str | None = None
+    #: Whether a deploy may pull a model missing from the cache (a deploy step with
+    #: progress); otherwise preflight refuses it and names the ``labctl models pull`` to run.
+    pull: bool = False
+
+
+@dataclass(frozen=True)
 class LabConfig:
     listen: str = DEFAULT_LISTEN
     gpu_backend: str = "auto"
@@ -306,6 +322,7 @@ class LabConfig:
     #: The model disk's read rate in MB/s, for engines' startup timeouts until a start has
     #: measured one (None: 250 MB/s).
     disk_read_mbps: float | None = None
+    models: ModelsConfig = ModelsConfig()
 
     def deployment(self, name: str) -> DeploymentSpec:
         for d in self.deployments:
@@ -325,6 +342,23 @@ def default_config() -> LabConfig:
         args={"max_model_len": 8192, "load_gbps": 8.0, "enforce_eager": True},
     )  # fmt: skip
     return LabConfig(gpu_backend="sim", sim_gpus="1xrtx-3090", deployments=(chat,))
+
+
+def _models(doc: Mapping[str, Any]) -> ModelsConfig:
+    known = {"paths", "hf_cache", "ollama", "pull"}
+    for key in doc:
+        if key not in known:
+            raise ConfigError(
+                f"models.{_key(key)} is not a setting; use one of {', '.join(sorted(known))}"
+            )
+    paths = _str_list(doc, "paths", "models", 256)
+    places = {}
+    for key in ("hf_cache", "ollama"):
+        places[key] = _text(doc, key, "models", "a directory", 4096)
+    pull = doc.get("pull", False)
+    if not isinstance(pull, bool):
+        raise ConfigError(f"models.pull = {_show(pull)}: give true or false")
+    return ModelsConfig(tuple(paths), places["hf_cache"], places["ollama"], pull)
 
 
 def _dashboard(doc: Mapping[str, Any]) -> DashboardConfig:
