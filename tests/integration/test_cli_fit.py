@@ -185,8 +185,8 @@ def test_gpus_lists_the_simulated_gpus_and_the_catalog(labctl: Labctl) -> None:
     assert "rtx-pro-6000" in labctl("gpus", "--catalog", "--gpu-backend", "sim", check=True).out
 
 
-def test_models_lists_the_catalog(labctl: Labctl) -> None:
-    doc = labctl("models", "--json", check=True).json()
+def test_models_catalog_lists_the_catalog(labctl: Labctl) -> None:
+    doc = labctl("models", "--catalog", "--json", check=True).json()
     assert isinstance(doc, dict)
     assert any(m["id"] == "openvla/openvla-7b" and m["seed"] for m in doc["models"])
     assert any(v["format"] == "mxfp4" or v["format"] == "awq" for v in doc["variants"])

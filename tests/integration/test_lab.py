@@ -79,7 +79,7 @@ def test_a_swap_between_models_that_cannot_both_fit_is_journaled_step_by_step(
     text = labctl("history", "chat", "--url", d.url, home=lab.home, check=True).out
     assert "chat deploy r1 → r2: committed" in text and "released 21.22 GiB" in text
     metrics = get(d.url + "/metrics")
-    assert 'labctl_deploy_duration_seconds_count{outcome="committed"} 2.0' in metrics
+    assert 'labctl_deploy_duration_seconds_count{outcome="committed",swap="cold"} 2.0' in metrics
     assert 'labctl_deployment_state{deployment="chat",state="ready"} 1.0' in metrics
     assert "labctl_memory_release_seconds_count 1.0" in metrics
     assert 'labctl_engine_startup_seconds_count{phase="load_weights"} 2.0' in metrics

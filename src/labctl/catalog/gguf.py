@@ -217,7 +217,22 @@ def read_gguf(path: Path) -> GgufFile:
         raise ModelFormatError(f"{path}: cannot read: {exc.strerror or exc}") from exc
 
 
-def _parse(buf: mmap.mmap, path: Path) -> GgufFile:
+def read_gguf_head(head: bytes, size: int, path: Path) -> GgufFile:
+    """Parse a GGUF header from its first bytes (``head``) and the whole file's ``size``: a
+    file read over HTTP with a range request. ``head`` must hold the metadata and the
+    tensor table; ``path`` names the file in messages.
+
+    Raises:
+        ModelFormatError: not a GGUF file, ``head`` ends inside the table, or it is corrupt.
+    """
+    if size < 24 or len(head) < 24:
+        raise ModelFormatError(f"{path}: {size} bytes is too short for a GGUF file")
+    return _parse(head, path, size)
+
+
+def _parse(buf: mmap.mmap | bytes, path: Path, size: int | None = None) -> GgufFile:
+    """Parse ``buf``, the file or (with ``size``, the whole file's length) its head."""
+    size = len(buf) if size is None else size
     r = _Reader(buf, path)
     if bytes(buf[:4]) != _MAGIC:
         raise ModelFormatError(f"{path}: does not start with the GGUF magic; not a GGUF file")
@@ -271,10 +286,10 @@ def _parse(buf: mmap.mmap, path: Path) -> GgufFile:
     )
     data_offset = -(-r.pos // alignment) * alignment
     for t in tensors:
-        if data_offset + t.offset + t.nbytes > len(buf):
+        if data_offset + t.offset + t.nbytes > size:
             raise ModelFormatError(
                 f"{path}: tensor {t.name!r} ({t.nbytes} bytes at offset {t.offset}) runs past the "
-                f"end of the {len(buf)}-byte file; the file is truncated"
+                f"end of the {size}-byte file; the file is truncated"
             )
     return GgufFile(path, version, meta, tuple(tensors), data_offset)
 

@@ -9,6 +9,7 @@ a checkpoint of 100,000 per-expert tensors plans as fast as its config.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import replace
 from pathlib import Path
 import re
@@ -26,7 +27,7 @@ from labctl.catalog.limits import (
     Bound,
     check_arch,
 )
-from labctl.catalog.safetensors import iter_checkpoint
+from labctl.catalog.safetensors import TensorInfo, iter_checkpoint
 from labctl.errors import CatalogError, ModelFormatError
 
 _LAYER = re.compile(r"\.(?:layers|h|blocks|block)\.(\d+)\.")
@@ -72,7 +73,32 @@ def read_config(directory: Path) -> dict[str, Any]:
     data = read_json(path, "config.json", MAX_CONFIG_BYTES, MAX_CONFIG_ITEMS)
     if not isinstance(data, dict):
         raise ModelFormatError(f"{path}: the top level must be a JSON object")
-    return data
+    if "quantization_config" in data:
+        return data
+    found = {}
+    for name in QUANT_FILES:
+        if (directory / name).is_file():
+            found[name] = read_json(directory / name, name, MAX_CONFIG_BYTES, MAX_CONFIG_ITEMS)
+    return with_quant_files(data, found)
+
+
+#: Files that hold the quantization config beside config.json (AutoGPTQ's; NVIDIA
+#: ModelOpt's), read as vLLM reads them when config.json has no ``quantization_config``.
+QUANT_FILES = ("quantize_config.json", "hf_quant_config.json")
+
+
+def with_quant_files(config: dict[str, Any], files: dict[str, Any]) -> dict[str, Any]:
+    """``config`` with the quantization config of :data:`QUANT_FILES` (by name) as its
+    ``quantization_config``, where it has none of its own."""
+    if "quantization_config" in config:
+        return config
+    for name in QUANT_FILES:
+        qc = files.get(name)
+        if isinstance(qc, dict):
+            if name == "quantize_config.json" and "quant_method" not in qc:
+                qc = {"quant_method": "gptq", **qc}  # AutoGPTQ's file names no method
+            return {**config, "quantization_config": qc}
+    return config
 
 
 #: Name fragments that identify a tensor's role, checked in order (first match wins).
@@ -145,14 +171,16 @@ def _group_name(name: str) -> str:
     return _INDEX.sub("*", name[:start]) + name[start:end] + _INDEX.sub("*", name[end:])
 
 
-def _too_many(directory: Path, what: str, bound: Bound) -> ModelFormatError:
+def _too_many(directory: Path | str, what: str, bound: Bound) -> ModelFormatError:
     return ModelFormatError(
         f"{directory}: the safetensors shards hold more than {bound.high:,} {what} (published "
         f"checkpoints have {bound.published}); the files are corrupt or not one model"
     )
 
 
-def _checkpoint_weights(directory: Path) -> tuple[list[WeightSpec], bool]:
+def _checkpoint_weights(
+    tensors: Iterable[TensorInfo], directory: Path | str
+) -> tuple[list[WeightSpec], bool]:
     """The checkpoint's tensors as weight entries, identical ones grouped with a count,
     and whether there was a checkpoint at all.
 
@@ -164,7 +192,7 @@ def _checkpoint_weights(directory: Path) -> tuple[list[WeightSpec], bool]:
     kinds: dict[str, tuple[Role, bool]] = {}
     groups: dict[tuple[str, int | None, str, tuple[int, ...]], list[Any]] = {}
     found = False
-    for t in iter_checkpoint(directory):
+    for t in tensors:
         found = True
         if not t.nbytes or t.name.endswith("rotary_emb.inv_freq"):
             continue
@@ -210,12 +238,27 @@ def load_hf_dir(directory: Path, name: str | None = None) -> ModelArch:
         ModelFormatError: config.json or a safetensors header is malformed.
     """
     config = read_config(directory)
-    arch = build_arch(config, name or directory.name, str(directory / "config.json"))
-    weights, found = _checkpoint_weights(directory)
+    return arch_from_parts(
+        config, iter_checkpoint(directory), name or directory.name, str(directory)
+    )
+
+
+def arch_from_parts(
+    config: dict[str, Any], tensors: Iterable[TensorInfo], name: str, source: str
+) -> ModelArch:
+    """Describe a model from its ``config.json`` and the tensors its safetensors headers
+    declare (none: weights derived from the config), wherever they were read: a directory,
+    or a hub repo read over HTTP. ``source`` names where in messages.
+
+    Raises:
+        ModelFormatError: config.json or a header is malformed.
+    """
+    arch = build_arch(config, name, f"{source}/config.json")
+    weights, found = _checkpoint_weights(tensors, source)
     if not found:
         return replace(
             arch,
-            source=str(directory),
+            source=source,
             notes=(*arch.notes, "no safetensors files: weights derived from config.json"),
         )
     if arch.tie_word_embeddings:
@@ -226,4 +269,4 @@ def load_hf_dir(directory: Path, name: str | None = None) -> ModelArch:
         else w
         for w in weights
     ]
-    return check_arch(replace(arch, weights=tuple(weights), source=str(directory)), str(directory))
+    return check_arch(replace(arch, weights=tuple(weights), source=source), source)

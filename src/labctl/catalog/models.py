@@ -231,7 +231,7 @@ def resolve(text: str) -> ModelArch:
     hint = did_you_mean(text, known) if len(text) <= _SUGGEST_MAX else ""
     raise CatalogError(
         f"unknown model {show(text, 120)}.{hint} "
-        "Pass a catalog id (see 'labctl models'), a Hugging Face model directory or a .gguf file"
+        "Pass a catalog id (see 'labctl models --catalog'), a Hugging Face model directory or a .gguf file"
     )
 
 

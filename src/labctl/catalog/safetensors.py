@@ -77,6 +77,17 @@ def read_header(path: Path) -> list[TensorInfo]:
             f"{path}: header says {size} bytes but the file ends after {len(raw)}; "
             "the download is probably incomplete"
         )
+    return parse_header(raw, path, data_size)
+
+
+def parse_header(raw: bytes, path: Path, data_size: int) -> list[TensorInfo]:
+    """The tensors a safetensors header declares: ``raw`` is its JSON (after the 8-byte
+    length), ``data_size`` the bytes that follow it in the file; ``path`` names the file in
+    messages (a local path, or a repo file read over HTTP).
+
+    Raises:
+        ModelFormatError: the header is not JSON, too large or deep, or inconsistent.
+    """
     header = parse_json(
         raw,
         f"{path}: header",

@@ -10,10 +10,10 @@ import click
 from rich.table import Table
 from rich.text import Text
 
+from labctl.cache.resolve import resolve_model
 from labctl.catalog.arch import ModelArch
 from labctl.catalog.ggml import is_whisper_ggml
 from labctl.catalog.gpus import gpu, match_nvml_name
-from labctl.catalog.models import resolve
 from labctl.cli.fitengines import (
     Target,
     openvla_doc,
@@ -411,10 +411,13 @@ def fit(
 ) -> None:
     """Does MODEL fit, at what context length and concurrency, and if not, what to change.
 
-    MODEL is a catalog id (see 'labctl models'), a quantized repo id such as
+    MODEL is a catalog id (see 'labctl models --catalog'), a quantized repo id such as
     RedHatAI/Llama-3.3-70B-Instruct-FP8-dynamic, a Hugging Face model
-    directory, a .gguf file, or a whisper.cpp ggml file (planned as
-    whisper.cpp allocates it). Several models print one comparison table.
+    directory, a .gguf file, a whisper.cpp ggml file (planned as
+    whisper.cpp allocates it), or any other Hugging Face repo id (owner/name, or
+    owner/name:Q4_K_M for a GGUF repo): read from the hub cache, else its config and
+    weight headers from the hub (HF_ENDPOINT, HF_TOKEN), and offline once seen.
+    Several models print one comparison table.
     """
     target = resolve_target(gpu_id, gpu_memory_gib)
     ggml = [m for m in models if is_whisper_ggml(Path(m))]
@@ -433,7 +436,7 @@ def fit(
         else:
             render_whispercpp(target, plans)
         return
-    archs = [resolve(m) for m in models]
+    archs = [resolve_model(m) for m in models]
     vla = [is_openvla(a) for a in archs]
     flags = {
         "tensor_parallel_size": tensor_parallel_size,

@@ -18,7 +18,7 @@ import urllib.request
 
 import click
 
-from labctl.cli import follow
+from labctl.cli import follow, loadpath
 from labctl.cli.output import console, emit_json
 from labctl.config import load_config, state_dir
 from labctl.errors import DeployError, LabError, UsageError
@@ -82,6 +82,8 @@ def up(config_path: Path | None, listen: str | None) -> None:
     from labctl.daemon.app import Daemon, event_loop
 
     config = load_config(config_path)
+    if config.models.hf_cache:  # the cache the lab checks is the one its engines read
+        os.environ["HF_HUB_CACHE"] = str(Path(config.models.hf_cache).expanduser())
     daemon = Daemon(config, state_dir(), listen)
 
     def listening(url: str) -> None:
@@ -188,6 +190,12 @@ def status(url: str, as_json: bool) -> None:
                       f"{_ms(vla.get('latency_p50'))}/{_ms(vla.get('latency_p99'))} ms "
                       f"(deadline {_ms(vla.get('deadline_seconds'))} ms) · "
                       f"{_pct(vla.get('deadline_miss_ratio'))} of answers late")  # fmt: skip
+        if start := loadpath.summary(d.get("load_path")):
+            out.print(f"  {start}")
+        for p in d.get("asleep") or []:  # revisions kept asleep for a warm swap back
+            out.print(f"  asleep: r{p['revision']} {p['model']} (level {p['level']}, "
+                      f"{_gib(p['gpu_bytes'])} GiB on its GPUs, {_gib(p['host_bytes'])} GiB "
+                      "of host RAM)")  # fmt: skip
         if d["error"]:
             out.print(f"  {d['error']}")
     alerts = doc.get("alerts", [])
@@ -388,7 +396,11 @@ def _print_deploy(r: dict[str, Any]) -> None:
         dur = f"{s['duration_s']:.3f} s" if s["duration_s"] is not None else "…"
         freed = f", released {s['freed_bytes'] / 2**30:.2f} GiB" if s["freed_bytes"] else ""
         err = f": {_clip(s['error'])}" if s["error"] and s["error"] != r["error"] else ""
+        level = (s.get("detail") or {}).get("level") if s["name"] in ("sleep", "wake") else None
+        freed += f", level {level}" if level else ""
         out.print(f"    {s['name']:<15}{s['outcome'] or '…':<8}{dur:>10}{freed}{err}")
+        for line in loadpath.step_lines(s.get("detail") or {}):
+            out.print(f"    {'':<15}{line}")
 
 
 def _clip(text: str, n: int = 200) -> str:

@@ -60,6 +60,7 @@ def _register() -> None:
     from labctl.cli import fit as fit_cmd
     from labctl.cli import gpus as gpus_cmd
     from labctl.cli import lab as lab_cmd
+    from labctl.cli import modeldisk, modelpull
     from labctl.cli import models as models_cmd
     from labctl.cli import sim as sim_cmd
 
@@ -70,6 +71,8 @@ def _register() -> None:
                     lab_cmd.cancel, lab_cmd.rollback, lab_cmd.history, lab_cmd.dashboard):  # fmt: skip
         cli.add_command(command)
     cli.add_command(gpus_cmd.gpus)
+    models_cmd.models.add_command(modeldisk.disk)
+    models_cmd.models.add_command(modelpull.pull)
     cli.add_command(models_cmd.models)
     cli.add_command(exporter_cmd.exporter)
     cli.add_command(sim_cmd.sim)

@@ -286,6 +286,10 @@ def run(**kw: Any) -> None:
     "--load-gbps", type=float, default=2.0, show_default=True, help="disk speed for weights"
 )
 @click.option("--no-gpu-ledger", is_flag=True, help="do not take memory on the simulated GPU")
+@click.option(
+    "--enable-sleep-mode", is_flag=True,
+    help="vLLM's sleep mode: /sleep, /wake_up, /is_sleeping (with VLLM_SERVER_DEV_MODE=1)",
+)  # fmt: skip
 @click.option("--fail-startup-after", type=float, metavar="S", help="fault: fail S s into startup")
 @click.option("--hang-startup", is_flag=True, help="fault: never finish starting")
 @click.option("--crash-after-requests", type=int, metavar="N", help="fault: die after N requests")
@@ -299,6 +303,7 @@ def run(**kw: Any) -> None:
               help="fault: every Nth stream carries an event that is not JSON")  # fmt: skip
 @click.option("--fail-completions", is_flag=True,
               help="fault: healthy, but every completion answers 500")  # fmt: skip
+@click.option("--fail-wake", is_flag=True, help="fault: sleeps, but every wake answers 500")
 @click.option(
     "--max-batch", type=int, metavar="N",
     help="OpenVLA: requests one forward serves together (default 1, as OpenVLA's server)",
@@ -311,6 +316,9 @@ def serve(**kw: Any) -> None:
 
     Prints vLLM's startup log lines on stderr and the URL on stdout once it listens. It
     takes its memory on the simulated GPU that CUDA_VISIBLE_DEVICES names (0 by default).
+
+    With --enable-sleep-mode and VLLM_SERVER_DEV_MODE=1 in its environment it sleeps and
+    wakes as vLLM does: POST /sleep?level=1|2, POST /wake_up, GET /is_sleeping.
 
     An OpenVLA model (openvla/openvla-7b; moojink/openvla-7b-oft-… or --oft for
     OpenVLA-OFT) is served as OpenVLA's own server serves it instead: POST /act (and
@@ -343,7 +351,9 @@ def serve(**kw: Any) -> None:
         error_mid_stream_every=kw.pop("error_mid_stream_every"),
         malformed_sse_every=kw.pop("malformed_sse_every"),
         fail_completions=kw.pop("fail_completions"),
+        fail_wake=kw.pop("fail_wake"),
     )
+    sleep_mode = kw.pop("enable_sleep_mode")
     for flag in ("error_mid_stream_every", "malformed_sse_every"):
         if (value := getattr(faults, flag)) is not None and value < 1:
             raise UsageError(f"--{flag.replace('_', '-')} {value} must be at least 1")
@@ -355,6 +365,9 @@ def serve(**kw: Any) -> None:
     if home is not None:
         kw["gpu_id"] = machine_gpu(SimMachine(home), kw["gpu_id"], index)
     if oft is not None:
+        if sleep_mode or faults.fail_wake:
+            raise UsageError("--enable-sleep-mode and --fail-wake are vLLM's sleep mode; OpenVLA's "
+                             "server has none: leave them out")  # fmt: skip
         serving = _vla_serving(kw, vla, oft, faults)
 
         def announce(url: str) -> None:
@@ -373,7 +386,7 @@ def serve(**kw: Any) -> None:
         sys.stdout.flush()
 
     ledger = SimMachine(home) if home is not None else None
-    run_server(twin, host, port, scale, load, faults, ledger, index, listening)
+    run_server(twin, host, port, scale, load, faults, ledger, index, listening, sleep_mode)
 
 
 #: vLLM flags and their defaults: an OpenVLA twin takes none of them but the GPU and name.

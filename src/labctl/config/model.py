@@ -20,6 +20,7 @@ from labctl.config.values import (
     FAMILIES,
     MAX_GPUS,
     MAX_KEYS,
+    SLEEP_ENGINES,
     WEEK,
     _check_placeholders,
     _count,
@@ -81,6 +82,10 @@ class DeploymentSpec:
     #: Actions (VLA): the rate its robots run at, in Hz (None: 5); an action slower than
     #: 1/control_hz misses its deadline.
     control_hz: float | None = None
+    #: When a deploy replaces this revision, put it to sleep instead of stopping it (engines
+    #: with a sleep mode): ``"auto"`` (level 1 when host RAM holds its weights, else 2), 1 or
+    #: 2; None: stop it. A later deploy of the same settings wakes it (a warm swap).
+    sleep: str | int | None = None
 
     @property
     def served(self) -> str:
@@ -244,7 +249,7 @@ class DeploymentSpec:
             stop_grace=_seconds(doc, "stop_grace", at, 30.0),
             max_concurrency=limit, queue_size=queue, serves=_serves(doc, at, engine),
             rtfx_floor=None if floor is None else float(floor),
-            control_hz=None if hz is None else float(hz),
+            control_hz=None if hz is None else float(hz), sleep=_sleep(doc, at, engine),
         )  # fmt: skip
 
 
@@ -470,6 +475,26 @@ def _gateway(doc: Mapping[str, Any]) -> GatewayConfig:
         _seconds(doc, "idle_timeout", "gateway", 75.0),
         audio,
     )  # fmt: skip
+
+
+def _sleep(doc: Mapping[str, Any], at: str, engine: str) -> str | int | None:
+    """``sleep``: false (or absent), true or "auto", 1 or 2; only for engines with a sleep mode."""
+    value = doc.get("sleep")
+    if value is None or value is False:
+        return None
+    if value is True:
+        value = "auto"
+    if value not in ("auto", 1, 2) or isinstance(value, float):
+        raise ConfigError(
+            f'{at}.sleep = {_show(value)}: give "auto" (level 1 when host RAM holds the '
+            "weights, else 2), 1 (weights kept in host RAM), 2 (weights dropped) or false"
+        )
+    if engine not in SLEEP_ENGINES:
+        raise ConfigError(
+            f"{at}.sleep: engine {engine!r} has no sleep mode ({' and '.join(SLEEP_ENGINES)} "
+            "have); drop sleep"
+        )
+    return value
 
 
 def _serves(doc: Mapping[str, Any], at: str, engine: str) -> tuple[str, ...]:

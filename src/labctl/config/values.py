@@ -20,6 +20,8 @@ from typing import Any
 from labctl.errors import ConfigError
 
 ENGINES = ("vllm", "llamacpp", "whispercpp", "openvla", "sim", "command")
+#: The engines with a sleep mode (a deployment's ``sleep``); their adapters say ``sleeps``.
+SLEEP_ENGINES = ("vllm", "sim")
 #: The API families a ``command`` engine may say it serves (``serves``); the engines layer
 #: routes each by its registry.
 FAMILIES = ("chat", "completions", "embeddings", "transcriptions", "translations", "actions")

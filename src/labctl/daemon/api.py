@@ -87,13 +87,16 @@ class AdminApi:
             for p in dev.processes:
                 memory[p.pid] = memory.get(p.pid, 0) + (p.used_bytes or 0)
         rows = []
-        for d in self.controller.deployments.values():
-            if d.engine is None:
+        c = self.controller
+        engines = [(d.name, d.revision, d.engine, "engine") for d in c.deployments.values()]
+        engines += [(p.deployment, p.revision, p.owner.engine, "asleep") for p in c.sleep.all()]
+        for name, revision, e, role in engines:
+            if e is None:
                 continue
-            for st in [None, *d.engine.process.track()]:
-                pid = d.engine.process.pid if st is None else st.pid
-                rows.append({"deployment": d.name, "revision": d.revision, "pid": pid,
-                             "role": "engine" if st is None else "worker",
+            for st in [None, *e.process.track()]:
+                pid = e.process.pid if st is None else st.pid
+                rows.append({"deployment": name, "revision": revision, "pid": pid,
+                             "role": role if st is None else "worker",
                              "gpu_memory_bytes": memory.get(pid or -1, 0)})  # fmt: skip
         return web.json_response({"processes": rows})
 

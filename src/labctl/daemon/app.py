@@ -35,7 +35,7 @@ from labctl.dashboard.feed import Feed, run_ticks
 from labctl.dashboard.site import Site
 from labctl.deploy.controller import Controller
 from labctl.deploy.journal import Journal
-from labctl.deploy.lifecycle import shut_down, start_configured
+from labctl.deploy.lifecycle import kill_all, shut_down, start_configured
 from labctl.deploy.reconcile import leftovers, reconcile, stop_leftovers
 from labctl.deploy.supervisor import Supervisor
 from labctl.errors import ConfigError
@@ -90,7 +90,7 @@ class Daemon:
             self.journal, self.backend, self.home, hooks=self.gateway, on_event=self._event,
             engine_key=lambda name, rev: derive(self.token, f"labctl engine {name} r{rev}"),
             read_gpus=lambda: self.sampler.fresh(0.0),  # a reading taken after the call
-            read_rate=config.disk_read_mbps * 1e6 if config.disk_read_mbps else None,
+            read_rate=(config.disk_read_mbps or 0) * 1e6 or None, models=config.models,
         )  # fmt: skip
         for spec in config.deployments:
             self.controller.add(spec)
@@ -185,7 +185,7 @@ class Daemon:
 
         def on_signal() -> None:
             if self.stopping.is_set():  # the second: kill, now
-                self.controller.kill_all()
+                kill_all(self.controller)
                 os._exit(130)
             self.stopping.set()
 

@@ -24,6 +24,8 @@ from labctl.engines import adapter, adapters
 
 DEPLOY_BUCKETS = (0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1200)
 RELEASE_BUCKETS = (0.01, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30)
+#: Kinds of swap a deploy is counted as: a start (cold) or a wake of a sleeping revision (warm).
+SWAPS = ("cold", "warm")
 
 
 class DaemonMetrics:
@@ -31,8 +33,10 @@ class DaemonMetrics:
         r = self.registry = CollectorRegistry(auto_describe=True)
         self.state = Gauge("labctl_deployment_state", "1 for the state each deployment is in.",
                            ["deployment", "state"], registry=r)  # fmt: skip
-        self.deploy = Histogram("labctl_deploy_duration_seconds", "Time a deploy took, by outcome.",
-                                ["outcome"], buckets=DEPLOY_BUCKETS, registry=r)  # fmt: skip
+        self.deploy = Histogram("labctl_deploy_duration_seconds",
+                                "Time a deploy took, by outcome and kind of swap (warm: it "
+                                "woke a sleeping revision; cold: anything else).",
+                                ["outcome", "swap"], buckets=DEPLOY_BUCKETS, registry=r)  # fmt: skip
         self.startup = Histogram("labctl_engine_startup_seconds", "Engine startup time, by phase.",
                                  ["phase"], buckets=DEPLOY_BUCKETS, registry=r)  # fmt: skip
         self.release = Histogram("labctl_memory_release_seconds",
@@ -44,8 +48,9 @@ class DaemonMetrics:
         self.restarts = Counter("labctl_engine_restarts_total",
                                 "Engine restarts outside a deploy, by reason.",
                                 ["deployment", "reason"], registry=r)  # fmt: skip
-        for outcome in OUTCOMES:
-            self.deploy.labels(outcome)  # each outcome from 0, so increase() sees the first
+        for outcome in OUTCOMES:  # each from 0, so increase() sees the first
+            for swap in SWAPS:
+                self.deploy.labels(outcome, swap)
         self.engine = {
             name: Gauge(name, f"Normalised from the engine's own {name.split('_', 2)[-1]}.",
                         ["deployment"], registry=r)
@@ -66,7 +71,9 @@ class DaemonMetrics:
         """What the controller timed since the last call, into the histograms."""
         for kind, data in observations:
             if kind == "deploy":
-                self.deploy.labels(data["outcome"]).observe(data["seconds"])
+                self.deploy.labels(data["outcome"], data.get("swap", "cold")).observe(
+                    data["seconds"]
+                )
             elif kind == "release":
                 self.release.observe(data["seconds"])
             elif kind == "release_failed":

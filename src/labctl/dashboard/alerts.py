@@ -107,9 +107,9 @@ ALERTS: tuple[Alert, ...] = (
         "warning",
         "A deploy ended {{ $labels.outcome }}",
         "`labctl history` shows the failed step and the log lines that came with it.",
-        {'labctl_deploy_duration_seconds_count{outcome="rolled_back"}': "0+0x5 1+0x15"},
-        {"outcome": "rolled_back"},
-        {'labctl_deploy_duration_seconds_count{outcome="committed"}': "0+1x20"},
+        {'labctl_deploy_duration_seconds_count{outcome="rolled_back",swap="warm"}': "0+0x5 1+0x15"},
+        {"outcome": "rolled_back", "swap": "warm"},
+        {'labctl_deploy_duration_seconds_count{outcome="committed",swap="cold"}': "0+1x20"},
     ),
     Alert(
         "LabSwapSlow",
@@ -119,15 +119,18 @@ ALERTS: tuple[Alert, ...] = (
         "Swaps take more than 5 minutes (p90 over the last hour)",
         "Compare the start step with the weights' size: a slow disk or a cold cache.",
         {
-            'labctl_deploy_duration_seconds_bucket{outcome="committed",le="300"}': "0+0x20",
-            'labctl_deploy_duration_seconds_bucket{outcome="committed",le="600"}': "0+1x20",
-            'labctl_deploy_duration_seconds_bucket{outcome="committed",le="+Inf"}': "0+1x20",
+            'labctl_deploy_duration_seconds_bucket{outcome="committed",swap="cold",le="300"}': "0+0x20",
+            'labctl_deploy_duration_seconds_bucket{outcome="committed",swap="cold",le="600"}': "0+1x20",
+            'labctl_deploy_duration_seconds_bucket{outcome="committed",swap="cold",le="+Inf"}': "0+1x20",
         },
         {},
-        {
-            'labctl_deploy_duration_seconds_bucket{outcome="committed",le="300"}': "0+1x20",
-            'labctl_deploy_duration_seconds_bucket{outcome="committed",le="600"}': "0+1x20",
-            'labctl_deploy_duration_seconds_bucket{outcome="committed",le="+Inf"}': "0+1x20",
+        {  # slow cold starts, but most swaps wake a sleeping revision in seconds
+            'labctl_deploy_duration_seconds_bucket{outcome="committed",swap="cold",le="300"}': "0+0x20",
+            'labctl_deploy_duration_seconds_bucket{outcome="committed",swap="cold",le="600"}': "0+1x20",
+            'labctl_deploy_duration_seconds_bucket{outcome="committed",swap="cold",le="+Inf"}': "0+1x20",
+            'labctl_deploy_duration_seconds_bucket{outcome="committed",swap="warm",le="300"}': "0+9x20",
+            'labctl_deploy_duration_seconds_bucket{outcome="committed",swap="warm",le="600"}': "0+9x20",
+            'labctl_deploy_duration_seconds_bucket{outcome="committed",swap="warm",le="+Inf"}': "0+9x20",
         },
     ),
     Alert(

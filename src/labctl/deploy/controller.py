@@ -45,15 +45,18 @@ from typing import Any, TypeVar
 import uuid
 import weakref
 
-from labctl.config import DeploymentSpec
+from labctl.config import DeploymentSpec, ModelsConfig
+from labctl.deploy import loadpath
 from labctl.deploy.deployment import DeployCancelled, Deployment, Hooks, NoHooks
 from labctl.deploy.engines import RELEASE_TIMEOUT_S, Engine, Engines, identity
 from labctl.deploy.journal import Journal, Step
+from labctl.deploy.modelfiles import ModelFiles
 from labctl.deploy.owner import EngineOwner, State
 from labctl.deploy.preflight import Need, Planner
 from labctl.deploy.revisions import Revisions
+from labctl.deploy.sleep import Sleeper
 from labctl.engines import Route, adapter
-from labctl.errors import DeployError, LabError
+from labctl.errors import DeployError
 from labctl.gpu.sample import GpuBackend, GpuReading
 from labctl.home import write_private
 from labctl.runtime.process import EngineProcess
@@ -75,6 +78,7 @@ class Controller:
         engine_key: Callable[[str, int], str] | None = None,
         read_gpus: Callable[[], Awaitable[GpuReading]] | None = None,
         read_rate: float | None = None,
+        models: ModelsConfig | None = None,
     ) -> None:
         self.journal = journal
         self.home = home
@@ -97,19 +101,24 @@ class Controller:
         self.engines = Engines(journal, self.planner, home, host, clock, release_timeout,
                                engine_key, self.observations, self._progress,
                                read_rate)  # fmt: skip
+        #: Revisions kept asleep and woken (warm swaps; ``deploy/sleep.py``).
+        self.sleep = Sleeper(journal, self.engines, self.planner, self.deployments, clock)
+        #: A deploy's model files: whole in the hub cache, or pulled (``deploy/modelfiles.py``).
+        self.model_files = ModelFiles(journal, self._progress, models)
         #: Deploys by ticket: (deployment, deploy id once begun, its record once done).
         self.tickets: dict[str, dict[str, Any]] = {}
         self._steps: dict[int, tuple[str, str]] = {}
         #: Every engine process started (a forced shutdown kills those still starting too).
-        self._processes: weakref.WeakSet[EngineProcess] = weakref.WeakSet()
+        self.spawned: weakref.WeakSet[EngineProcess] = weakref.WeakSet()
         journal.watchers.append(self._on_step)
 
     # -- helpers ---------------------------------------------------------------------
 
     async def close(self) -> None:
-        for d in self.deployments.values():
-            if d.owner is not None:
-                await d.owner.close()
+        owners = [d.owner for d in self.deployments.values()] + [p.owner for p in self.sleep.all()]
+        for owner in owners:
+            if owner is not None:
+                await owner.close()
         await self.engines.close()
 
     def _lock(self, gpu: int) -> asyncio.Lock:
@@ -123,7 +132,7 @@ class Controller:
             if d.owner is not None and d.owner.engine is not None:
                 for pid in d.owner.engine.process.members:
                     out[pid] = d.name
-        return out
+        return out | self.sleep.owned()  # asleep: the GPU memory they keep is the lab's
 
     def write_owners(self) -> None:
         """``owners.json``: which process is whose, for `labctl gpus` and `labctl exporter`."""
@@ -206,11 +215,13 @@ class Controller:
         return await self.check_room(spec, old, await self.planner.plan_need(spec))
 
     async def check_room(self, spec: DeploymentSpec, old: Engine | None, need: Need) -> Need:
-        """Whether the GPUs have room for ``need`` once the old revision is gone."""
+        """Whether the GPUs have room for ``need`` once the old revision is gone (and the
+        sleeping ones but a revision of ``spec`` itself, which is woken instead)."""
         if old is not None:
             old.process.track()  # workers it forked (or left behind) give memory back too
         old_pids = set(old.process.members) if old else set()
-        return await self.planner.check_room(spec, old_pids, need)
+        asleep, own = self.sleep.room(self.deployments.get(spec.name), spec)
+        return await self.planner.check_room(spec, old_pids, need, asleep, own)
 
     # -- deploys -----------------------------------------------------------------------
 
@@ -356,8 +367,8 @@ class Controller:
         self, d: Deployment, spec: DeploymentSpec, kind: str, revision: int | None, ticket: str
     ) -> dict[str, Any]:
         old = d.owner  # read under the locks: a deploy before this one may have changed it
-        if revision is None:
-            revision = self.revisions.add(spec)
+        if revision is None:  # the settings of a sleeping revision are that revision
+            revision = self.sleep.revision(d, spec) or self.revisions.add(spec)
         deploy_id = self.journal.begin(spec.name, kind, d.revision, revision)
         self._steps[deploy_id] = (spec.name, ticket)
         self.tickets[ticket]["deploy_id"] = deploy_id
@@ -366,6 +377,7 @@ class Controller:
                    ticket=ticket, deploy_id=deploy_id)  # fmt: skip
         try:
             try:
+                await self._interruptible(d, self.model_files.prepare(spec, deploy_id))
                 with self.journal.step(deploy_id, "preflight") as step:
                     serving = old.engine if old is not None else None
                     need = await self._interruptible(d, self.preflight(spec, serving))
@@ -387,7 +399,7 @@ class Controller:
         self, d: Deployment, old: EngineOwner | None, spec: DeploymentSpec, kind: str,
         revision: int, deploy_id: int, need: Need, begun: float,
     ) -> dict[str, Any]:  # fmt: skip
-        outcome, error = "committed", None
+        outcome, error, d.warm = "committed", None, False
         try:
             await self._replace(d, old, spec, revision, deploy_id, need)
         except (Exception, asyncio.CancelledError) as exc:  # anything: the old revision comes back
@@ -400,7 +412,8 @@ class Controller:
             else:
                 outcome = "rolled_back" if await self._roll_back(d, old, deploy_id) else "failed"
         self.journal.finish(deploy_id, outcome, error)
-        self.observations.append(("deploy", {"outcome": outcome, "seconds": self.clock() - begun}))
+        self.observations.append(("deploy", {"outcome": outcome, "seconds": self.clock() - begun,
+                                             "swap": "warm" if d.warm else "cold"}))  # fmt: skip
         self._emit("deploy", spec.name, phase=outcome, revision=d.revision, error=error,
                    ticket=d.ticket, deploy_id=deploy_id)  # fmt: skip
         record = self.journal.record(deploy_id)
@@ -425,25 +438,39 @@ class Controller:
         deploy_id: int,
         need: Need,
     ) -> None:
+        parked = self.sleep.match(d, spec)  # asleep with these settings: woken, not started
         if old is not None and old.engine is not None:
             d.swapping = True
             if old.state == State.READY:
                 with self.journal.step(deploy_id, "drain"):
                     await self._interruptible(d, old.drain(lambda: self.hooks.drain(d.name)))
             self.journal.clear_current(d.name)  # from here on, the old revision is not serving
-            # a stop is finished once begun, whatever is asked meanwhile (never half-stopped)
-            await old.stop(lambda e: self.engines.stop(e, deploy_id))
+            # a stop (or sleep) is finished once begun, whatever is asked meanwhile
+            await self.sleep.retire(d, old, spec, need, deploy_id, parked)
             self._checkpoint(d)
-        new = self._owner(d, revision)
-        self._current(d, new, settled=False)  # the old revision is gone: d shows the new one
-        engine = await self._interruptible(d, new.start(
-            lambda: self._bring_up(spec, revision, need, deploy_id, "start")))  # fmt: skip
-        self.observations.append(("startup", dict(engine.phases)))
+        engine = None
+        if parked is not None:
+            await self.sleep.make_room(spec, need.bytes_per_gpu - parked.gpu_bytes, deploy_id,
+                                       parked)  # fmt: skip
+            self._current(d, new := parked.owner, settled=False)
+            if (engine := await self.sleep.wake(d, parked, deploy_id)) is not None:
+                d.warm, revision = True, parked.revision
+                with self.journal.step(deploy_id, "smoke_test", **identity(engine.process)):
+                    await self.sleep.smoke(
+                        new, engine, deploy_id, lambda w: self._interruptible(d, w)
+                    )
+        if engine is None:  # a cold start (a wake that failed falls back to one)
+            await self.sleep.make_room(spec, need.bytes_per_gpu, deploy_id)
+            new = self._owner(d, revision)
+            self._current(d, new, settled=False)  # the old revision is gone: d shows the new one
+            engine = await self._interruptible(d, new.start(
+                lambda: self._bring_up(spec, revision, need, deploy_id, "start")))  # fmt: skip
+            self.observations.append(("startup", dict(engine.phases)))
         with self.journal.step(deploy_id, "switch", **identity(engine.process)):
             d.revision, d.spec = revision, spec
             self.journal.set_current(d.name, revision, engine.process.pid,
                                      engine.process.start_time, engine.url)  # fmt: skip
-            if old is not None and old is not new:
+            if old is not None and old is not new and old.state != State.SLEEPING:
                 await old.close()
             self._current(d, new)
 
@@ -453,10 +480,16 @@ class Controller:
         """Start a revision (journaled as ``step_name``), smoke-test it (as a step of its own
         in a deploy; within the step in a rollback), and stop it again if the test fails."""
         with self.journal.step(deploy_id, step_name, revision=revision) as step:
+            predicted = loadpath.plan(spec, need.weight_bytes, self.journal.history(limit=100),
+                                      self.engines.configured_rate, self.engines.last_rate,
+                                      self.home)  # fmt: skip
+            step.detail["predicted"] = predicted.doc()  # journaled with the pid, at the spawn
             engine = await self.engines.start(spec, revision, self._spawned(step),
                                               need.recommended, need.bytes_per_gpu,
                                               need.weight_bytes)  # fmt: skip
-            step.detail |= {"url": engine.url, "phases": engine.phases}
+            engine.load_path = loadpath.verdict(predicted, engine.phases, engine.weights_from)
+            step.detail |= {"url": engine.url, "phases": engine.phases,
+                            "load_path": engine.load_path}  # fmt: skip
             if step_name == "rollback":
                 await self._smoke_or_stop(engine, deploy_id)
                 return engine
@@ -480,6 +513,14 @@ class Controller:
 
     async def _roll_back(self, d: Deployment, old: EngineOwner | None, deploy_id: int) -> bool:
         """Bring the old revision back after a failed deploy; True if it serves again."""
+        woken = None
+        if old is not None and old.state == State.SLEEPING:  # this deploy put it to sleep
+            woken = await self.sleep.wake_back(d, old, deploy_id)
+        if old is not None and woken is not None:
+            self.journal.set_current(d.name, old.revision, woken.process.pid,
+                                     woken.process.start_time, woken.url)  # fmt: skip
+            self._current(d, old)
+            return True
         if old is not None and old.engine is not None:
             old.undrain()  # never stopped: it kept serving
             self._current(d, old)
@@ -506,7 +547,7 @@ class Controller:
         """Journal a new engine's pid at once, so a daemon killed now can find it later."""
 
         def note(process: EngineProcess) -> None:
-            self._processes.add(process)
+            self.spawned.add(process)
             step.detail |= {"pid": process.pid, "start": process.start_time,
                             "pgid": process.pid}  # fmt: skip
             self.journal.note(step)
@@ -541,31 +582,3 @@ class Controller:
         if not wait:
             return {"deployment": name, "ticket": self.submit(spec, "rollback", target)}
         return await self.deploy(spec, kind="rollback", revision=target)
-
-    async def stop_all(self, bound: float) -> list[str]:
-        """Stop every engine at once and wait for their memory, within ``bound`` seconds
-        (the daemon's shutdown); returns the deployments whose stop did not finish in time."""
-
-        async def stop(d: Deployment) -> None:
-            owner = d.owner
-            if owner is None or owner.engine is None:
-                return
-            with contextlib.suppress(LabError, OSError):
-                await owner.stop(self.engines.stop)
-            self.journal.clear_current(d.name)
-
-        tasks = {asyncio.create_task(stop(d)): d.name for d in self.deployments.values()}
-        if not tasks:
-            return []
-        _, pending = await asyncio.wait(tasks, timeout=bound)
-        return [tasks[t] for t in pending]
-
-    def kill_all(self) -> None:
-        """SIGKILL every process of every engine now, starting ones too (a second Ctrl-C)."""
-        processes = set(self._processes)
-        for d in self.deployments.values():
-            if d.owner is not None and d.owner.engine is not None:
-                processes.add(d.owner.engine.process)
-        for process in processes:
-            if process.pid is not None:
-                process.kill()

@@ -8,12 +8,13 @@ string; the owners' state machines move it.
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from labctl.config import DeploymentSpec
 from labctl.deploy.engines import Engine
 from labctl.deploy.owner import EngineOwner, State
+from labctl.deploy.sleep import Parked
 from labctl.engines import Route
 from labctl.errors import DeployError
 
@@ -59,6 +60,10 @@ class Deployment:
     cancel_requested: bool = False
     #: The part of the deploy a cancel may interrupt right now (drain, start, smoke test).
     interruptible: asyncio.Task[Any] | None = None
+    #: Its revisions kept asleep (``sleep``), by revision (``deploy/sleep.py``).
+    sleeping: dict[int, Parked] = field(default_factory=dict)
+    #: The deploy in progress woke a sleeping revision (a warm swap).
+    warm: bool = False
 
     @property
     def state(self) -> str:
@@ -83,7 +88,10 @@ class Deployment:
             "url": e.url if e else None, "pid": e.process.pid if e else None,
             "error": self.error, "restarts": self.restarts,
             "startup_phases": dict(e.phases) if e else {},
+            "load_path": e.load_path or None if e else None,
             "deploying": self.ticket,
+            "asleep": [p.status() for p in self.sleeping.values()
+                       if p.owner.state == State.SLEEPING],
         }  # fmt: skip
 
 

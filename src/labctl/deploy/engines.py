@@ -6,6 +6,10 @@ its log for startup phases, and waits for health and its model listed, failing e
 it exits or stops logging; a start that fails stops what it spawned and waits for its
 memory, so a rollback can follow. A stop (journaled with the processes it acts on, before
 it acts) ends the whole tree and then waits until no process of it holds GPU memory.
+
+An engine with a sleep mode (vLLM's development endpoints) can also be put to sleep, which
+keeps its process and gives back most of its memory, and woken again; a level-2 wake reads
+the weights again (``collective_rpc`` ``reload_weights``) before it takes its KV cache back.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import aiohttp
 
 from labctl.config import DeploymentSpec
 from labctl.deploy.journal import Journal
+from labctl.deploy.loadpath import WEIGHTS_BEGIN, weights_seconds
 from labctl.deploy.preflight import Planner
 from labctl.engines import Health, adapter
 from labctl.errors import DeployError, EngineError
@@ -31,6 +36,8 @@ from labctl.runtime.process import ENGINE_MARK, EngineProcess, startup_budget
 from labctl.units import GiB
 
 RELEASE_TIMEOUT_S = 30.0
+#: How often the engine's log is read (``runtime/process.py``).
+LOG_POLL_S = 0.05
 
 
 @dataclass
@@ -51,6 +58,10 @@ class Engine:
     key: str | None = None
     #: Bytes of weights it reads at startup (0: not known).
     weight_bytes: int = 0
+    #: Seconds from its spawn to the log line that says weights begin (None: none seen).
+    weights_from: float | None = None
+    #: Its start against the prediction (``deploy/loadpath.py``): phases, dominant, bound.
+    load_path: dict[str, Any] = field(default_factory=dict)
 
     def headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.key}"} if self.key else {}
@@ -84,8 +95,11 @@ class Engines:
         #: Told how a start goes (its phase, last log line, weights loaded), a few times a second.
         self.progress = progress
         #: Bytes per second weights are read at: as lab.disk_read_mbps says, then as the last
-        #: start measured (its weights over its load_weights phase).
+        #: start measured (its weights over the time they took to read).
         self.read_rate = read_rate
+        #: The rate lab.disk_read_mbps gives, and the rate the last start read at.
+        self.configured_rate: float | None = read_rate
+        self.last_rate: float | None = None
         self._http: aiohttp.ClientSession | None = None
 
     def http(self) -> aiohttp.ClientSession:
@@ -127,6 +141,8 @@ class Engines:
         mark = [self.clock()]
         told = [0.0]
         loaded: list[float | None] = [None]
+        weights_from: list[float | None] = [None]
+        last, logged = (kind.phases or (None,))[-1], asyncio.Event()
 
         def on_line(line: str) -> None:
             tail.append(line)
@@ -136,8 +152,12 @@ class Engines:
             if new_phase and name is not None:
                 phases[name] = now - mark[0]
                 mark[0] = now
+                if name == last:
+                    logged.set()
             if (fraction := kind.progress(line)) is not None:
                 loaded[0] = fraction
+            if weights_from[0] is None and not phases and WEIGHTS_BEGIN.search(line):
+                weights_from[0] = now - process.started_at
             if told[0] >= 0 and (new_phase or now - told[0] >= 0.25):
                 told[0] = now
                 self.progress(spec.name, {
@@ -158,9 +178,13 @@ class Engines:
                         weight_bytes)  # fmt: skip
         try:
             await self._wait_ready(engine, launch.health, launch.served_model, tail)
+            if last is not None:  # it answers as soon as it logs that: let the tail catch up
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(logged.wait(), 4 * LOG_POLL_S)
             told[0] = -1.0  # ready: its log lines are no longer startup progress
-            if weight_bytes and phases.get("load_weights"):
-                self.read_rate = weight_bytes / phases["load_weights"]
+            engine.weights_from = weights_from[0]
+            if weight_bytes and (took := weights_seconds(phases, weights_from[0])):
+                self.read_rate = self.last_rate = weight_bytes / took
         except BaseException:
             with contextlib.suppress(EngineError):
                 await process.stop(grace=spec.stop_grace)
@@ -263,8 +287,11 @@ class Engines:
         if not ok:
             raise EngineError(f"smoke test: HTTP {status} from {engine.url}{path}: {text[:200]}")
 
-    async def stop(self, engine: Engine, deploy_id: int | None = None) -> tuple[float, int]:
-        """Stop a revision and wait until the GPU has its memory back.
+    async def stop(
+        self, engine: Engine, deploy_id: int | None = None, why: str | None = None
+    ) -> tuple[float, int]:
+        """Stop a revision and wait until the GPU has its memory back (``why``: said in the
+        journal's stop step, where it is not the usual replace).
 
         Returns (seconds from the engine's exit to the release being seen, bytes freed).
 
@@ -275,7 +302,8 @@ class Engines:
         pids = set(engine.process.members)
         before = self.planner.held_by(await self.planner.read(), gpus, pids)
         if deploy_id is not None:
-            with self.journal.step(deploy_id, "stop", **identity(engine.process)) as step:
+            noted = {"why": why} if why else {}
+            with self.journal.step(deploy_id, "stop", **noted, **identity(engine.process)) as step:
                 report = await engine.process.stop(grace=engine.spec.stop_grace)
                 step.detail |= {"graceful": report.graceful, "exit_code": report.exit_code,
                                 "orphans_killed": list(report.orphans_killed)}  # fmt: skip
@@ -303,24 +331,102 @@ class Engines:
         return lag, before
 
     async def await_release(
-        self, name: str, gpus: Sequence[int], pids: set[int], since: float
-    ) -> None:
-        """Wait until no process of ``pids`` holds memory on ``gpus``.
+        self, name: str, gpus: Sequence[int], pids: set[int], since: float, floor: int = 0
+    ) -> int:
+        """Wait until processes ``pids`` hold at most ``floor`` bytes on any of ``gpus`` (0: none,
+        a stopped revision; what a sleeping engine keeps, one put to sleep); returns what they
+        hold then.
 
         Raises:
-            DeployError: still held ``release_timeout`` s after ``since``.
+            DeployError: still more held ``release_timeout`` s after ``since``.
         """
         while True:
             held = self.planner.held_by(await self.planner.read(), gpus, pids)
-            if held == 0:
-                return
+            if held <= floor:
+                return held
             if self.clock() - since > self.release_timeout:
-                self.observations.append(("release_failed", {"bytes": held}))
+                if not floor:
+                    self.observations.append(("release_failed", {"bytes": held}))
+                    raise DeployError(
+                        f"{name}: {held / GiB:.2f} GiB still held by the stopped revision's "
+                        f"processes {sorted(pids)} after {self.release_timeout:g} s"
+                    )
                 raise DeployError(
-                    f"{name}: {held / GiB:.2f} GiB still held by the stopped revision's "
-                    f"processes {sorted(pids)} after {self.release_timeout:g} s"
+                    f"{name}: {held / GiB:.2f} GiB still held by the sleeping revision's "
+                    f"processes {sorted(pids)} after {self.release_timeout:g} s (a sleeping "
+                    f"engine keeps about {floor / GiB:.2f} GiB)"
                 )
             await asyncio.sleep(0.05)
+
+    # -- sleep mode ------------------------------------------------------------------------
+
+    async def sleep(self, engine: Engine, level: int) -> None:
+        """Put ``engine`` to sleep at ``level`` (``POST /sleep?level=N``) and wait until it says
+        it sleeps; its memory is not waited for here (see :meth:`await_release`).
+
+        Raises:
+            EngineError: it refused, did not answer, or exited.
+        """
+        await self._call(engine, "POST", f"/sleep?level={level}", "sleep")
+        await self._await_sleeping(engine, True, "sleep")
+
+    async def wake(self, engine: Engine, level: int) -> None:
+        """Wake ``engine`` (``POST /wake_up``; at level 2 the weights first, read again with
+        ``collective_rpc reload_weights``, then the KV cache) and wait until it says it is awake.
+
+        Raises:
+            EngineError: it refused, did not answer within its startup budget, or exited.
+        """
+        if (code := engine.process.returncode) is not None:
+            raise EngineError(f"it exited with code {code} while asleep")
+        if level == 2:
+            await self._call(engine, "POST", "/wake_up?tags=weights", "wake")
+            await self._call(engine, "POST", "/collective_rpc", "wake",
+                             {"method": "reload_weights"})  # fmt: skip
+            await self._call(engine, "POST", "/wake_up?tags=kv_cache", "wake")
+        else:
+            await self._call(engine, "POST", "/wake_up", "wake")
+        await self._await_sleeping(engine, False, "wake")
+
+    async def is_sleeping(self, engine: Engine) -> bool | None:
+        """What ``GET /is_sleeping`` says (None: no answer, or not one it understands)."""
+        try:
+            async with self.http().get(engine.url + "/is_sleeping", headers=engine.headers(),
+                                       timeout=aiohttp.ClientTimeout(total=5)) as r:  # fmt: skip
+                doc = await r.json(content_type=None)
+        except (aiohttp.ClientError, TimeoutError, ValueError):
+            return None
+        value = doc.get("is_sleeping") if isinstance(doc, dict) else None
+        return value if isinstance(value, bool) else None
+
+    async def _call(
+        self, engine: Engine, method: str, path: str, what: str, body: Any = None
+    ) -> None:
+        """One sleep-mode request, given the engine's startup budget (a wake reads weights).
+
+        Raises:
+            EngineError: no 200, no answer in time, or the engine exited.
+        """
+        timeout = aiohttp.ClientTimeout(total=self._startup_timeout(engine))
+        try:
+            async with self.http().request(method, engine.url + path, json=body,
+                                           headers=engine.headers(), timeout=timeout) as r:  # fmt: skip
+                status, text = r.status, (await r.content.read(4096)).decode("utf-8", "replace")
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            code = engine.process.returncode
+            why = f"it exited with code {code}" if code is not None else f"no answer ({exc!r})"
+            raise EngineError(f"{what}: {method} {path}: {why}") from exc
+        if status != 200:
+            raise EngineError(f"{what}: {method} {path}: HTTP {status}: {text[:200]}")
+
+    async def _await_sleeping(self, engine: Engine, asleep: bool, what: str) -> None:
+        for _ in range(100):  # vLLM answers once done; a few looks allow for one that lags
+            if await self.is_sleeping(engine) is asleep:
+                return
+            if (code := engine.process.returncode) is not None:
+                raise EngineError(f"{what}: it exited with code {code}")
+            await asyncio.sleep(0.05)
+        raise EngineError(f"{what}: /is_sleeping does not say {str(asleep).lower()} after 5 s")
 
 
 def identity(process: EngineProcess) -> dict[str, Any]:

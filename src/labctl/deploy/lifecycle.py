@@ -15,7 +15,7 @@ import contextlib
 
 from labctl.config import DeploymentSpec
 from labctl.deploy.controller import Controller
-from labctl.deploy.deployment import DeployCancelled
+from labctl.deploy.deployment import DeployCancelled, Deployment
 from labctl.errors import LabError
 
 #: Seconds a shutdown allows beyond the drain and the longest stop grace (the release wait).
@@ -71,10 +71,43 @@ async def shut_down(
     for task in drains:
         task.cancel()
     await asyncio.wait([closing], timeout=left())
-    late = await controller.stop_all(left())
+    late = await stop_all(controller, left())
     if late or not closing.done():
         log(f"stopping: {', '.join(late) or 'a deploy'} did not stop in time: killed")
-        controller.kill_all()
+        kill_all(controller)
         closing.cancel()
         with contextlib.suppress(asyncio.CancelledError, LabError):
             await closing
+
+
+async def stop_all(controller: Controller, bound: float) -> list[str]:
+    """Stop every engine at once (sleeping ones too) and wait for their memory, within
+    ``bound`` seconds; returns the deployments whose stop did not finish in time."""
+
+    asleep = {id(p.owner) for p in controller.sleep.all()}
+
+    async def stop(d: Deployment) -> None:
+        owner = d.owner
+        if owner is None or owner.engine is None or id(owner) in asleep:
+            return  # one asleep is stopped with the other sleeping revisions
+        with contextlib.suppress(LabError, OSError):
+            await owner.stop(controller.engines.stop)
+        controller.journal.clear_current(d.name)
+
+    tasks = {asyncio.create_task(stop(d)): d.name for d in controller.deployments.values()}
+    tasks[asyncio.create_task(controller.sleep.stop_all())] = "sleeping revisions"
+    _, pending = await asyncio.wait(tasks, timeout=bound)
+    return [tasks[t] for t in pending]
+
+
+def kill_all(controller: Controller) -> None:
+    """SIGKILL every process of every engine now, starting and sleeping ones too (a second
+    Ctrl-C)."""
+    processes = set(controller.spawned)
+    for d in controller.deployments.values():
+        if d.owner is not None and d.owner.engine is not None:
+            processes.add(d.owner.engine.process)
+    processes |= {p.owner.engine.process for p in controller.sleep.all() if p.owner.engine}
+    for process in processes:
+        if process.pid is not None:
+            process.kill()

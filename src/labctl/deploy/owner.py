@@ -6,8 +6,10 @@ command at a time, in order, on a task of its own, and moves through
 
     stopped → starting → ready → draining → stopping → stopped
                   ↘ failed ↙        ↘ ready (a drain called off)
+                     ↖ starting ← sleeping ← draining (sleep mode: kept, woken later)
 
-refusing any other step (a bug, not a user error). A caller that gives up on a command
+refusing any other step (a bug, not a user error). A sleeping engine keeps its process
+but serves nothing; a wake goes through ``starting`` back to ``ready``. A caller that gives up on a command
 (a cancelled deploy) cancels the work the owner does for it, which cleans up after itself
 (a start cut short stops what it spawned and waits for its memory). While its engine is
 ready the owner watches the process: an exit it did not ask for moves it to ``failed``
@@ -21,9 +23,11 @@ from collections.abc import Awaitable, Callable, Coroutine
 import contextlib
 from dataclasses import dataclass, field
 import enum
-from typing import Any
+from typing import Any, TypeVar
 
 from labctl.deploy.engines import Engine
+
+T = TypeVar("T")
 
 
 class State(enum.StrEnum):
@@ -33,6 +37,7 @@ class State(enum.StrEnum):
     DRAINING = "draining"
     STOPPING = "stopping"
     FAILED = "failed"
+    SLEEPING = "sleeping"
 
 
 #: The steps an owner may take from each state.
@@ -40,9 +45,10 @@ ALLOWED: dict[State, frozenset[State]] = {
     State.STOPPED: frozenset({State.STARTING}),
     State.STARTING: frozenset({State.READY, State.FAILED, State.STOPPED}),
     State.READY: frozenset({State.DRAINING, State.STOPPING, State.FAILED}),
-    State.DRAINING: frozenset({State.READY, State.STOPPING, State.FAILED}),
+    State.DRAINING: frozenset({State.READY, State.STOPPING, State.FAILED, State.SLEEPING}),
     State.STOPPING: frozenset({State.STOPPED, State.FAILED}),
     State.FAILED: frozenset({State.STOPPING, State.STOPPED}),
+    State.SLEEPING: frozenset({State.STARTING, State.STOPPING, State.FAILED}),
 }
 
 
@@ -64,7 +70,8 @@ class EngineOwner:
         name: the deployment.
         revision: the revision it runs.
         on_state: told of every change (owner, new state, error).
-        on_exit: told when a ready engine exits without being asked to.
+        on_exit: told when a ready engine exits without being asked to (a sleeping one that
+            exits is only failed: nothing serves through it).
     """
 
     def __init__(
@@ -176,6 +183,43 @@ class EngineOwner:
 
         await self._ask(work)
 
+    async def sleep(self, put_to_sleep: Callable[[Engine], Awaitable[T]]) -> T:
+        """Put the drained engine to sleep (``put_to_sleep``); finished once begun. A failure
+        leaves it failed, for the caller to stop."""
+
+        async def work() -> T:
+            engine = self.engine
+            assert engine is not None and self.state == State.DRAINING, self
+            try:
+                result = await put_to_sleep(engine)
+            except Exception as exc:
+                self._set(State.FAILED, str(exc))
+                raise
+            self._set(State.SLEEPING)
+            return result
+
+        result: T = await asyncio.shield(self._ask(work))
+        return result
+
+    async def wake(self, wake: Callable[[Engine], Awaitable[None]]) -> Engine:
+        """Wake the sleeping engine (``wake``) until it is ready again; finished once begun.
+        A failure leaves it failed, for the caller to stop."""
+
+        async def work() -> Engine:
+            engine = self.engine
+            assert engine is not None and self.state == State.SLEEPING, self
+            self._set(State.STARTING)
+            try:
+                await wake(engine)
+            except Exception as exc:
+                self._set(State.FAILED, str(exc))
+                raise
+            self._set(State.READY)
+            return engine
+
+        result: Engine = await asyncio.shield(self._ask(work))
+        return result
+
     def undrain(self) -> None:
         """A drain called off (a deploy refused or cancelled before the stop): serve again."""
         if self.state == State.DRAINING:
@@ -223,7 +267,9 @@ class EngineOwner:
 
         async def watch() -> None:
             await engine.process.wait(poll=0.1)  # seen within 0.1 s, as the gateway needs
-            if self.engine is engine and self.state in (State.READY, State.DRAINING):
+            if self.engine is engine and self.state == State.SLEEPING:  # nothing to restart
+                self._set(State.FAILED, f"exited with code {engine.process.returncode} asleep")
+            elif self.engine is engine and self.state in (State.READY, State.DRAINING):
                 self._set(State.FAILED, f"engine exited with code {engine.process.returncode}")
                 self.on_exit(self)
 

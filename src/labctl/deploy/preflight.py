@@ -11,7 +11,7 @@ file that would keep it busy never holds up the event loop (the gateway, probes,
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence, Set
 
 from labctl.config import DeploymentSpec
 from labctl.engines import Estimate, adapter
@@ -113,8 +113,13 @@ class Planner:
                     )
         return "; ".join(parts)
 
-    async def check_room(self, spec: DeploymentSpec, old_pids: set[int], need: Need) -> Need:
-        """``need`` if every GPU of ``spec`` has that room once ``old_pids`` are gone.
+    async def check_room(
+        self, spec: DeploymentSpec, old_pids: set[int], need: Need,
+        asleep: Set[int] = frozenset(), own: Set[int] = frozenset(),
+    ) -> Need:  # fmt: skip
+        """``need`` if every GPU of ``spec`` has that room once ``old_pids`` are gone, and the
+        sleeping revisions ``asleep`` if it must; ``own`` are the processes of a sleeping
+        revision that is woken for it, whose memory counts as its own.
 
         Raises:
             DeployError: a GPU lacks the room (its free memory, what comes back, who holds it).
@@ -124,13 +129,19 @@ class Planner:
             if dev.index not in spec.gpus or dev.memory_free_bytes is None:
                 continue
             back = sum(p.used_bytes or 0 for p in dev.processes if p.pid in old_pids)
-            room = dev.memory_free_bytes + back
-            if need.bytes_per_gpu > room:
+            sleeping = sum(p.used_bytes or 0 for p in dev.processes if p.pid in asleep)
+            held = sum(p.used_bytes or 0 for p in dev.processes if p.pid in own)
+            room = dev.memory_free_bytes + back + sleeping
+            if need.bytes_per_gpu - held > room:
                 who = self.blockers(reading, [dev.index])
                 raise DeployError(
                     f"{spec.name}: needs {need.summary} but GPU {dev.index} has "
                     f"{dev.memory_free_bytes / GiB:.2f} GiB free"
                     + (f" + {back / GiB:.2f} GiB the old revision gives back" if back else "")
+                    + (f" + {sleeping / GiB:.2f} GiB sleeping revisions give back"
+                       if sleeping else "")
+                    + (f" (its sleeping engine holds {held / GiB:.2f} GiB already)"
+                       if held else "")
                     + (f"; {who}" if who else "")
-                )
+                )  # fmt: skip
         return need

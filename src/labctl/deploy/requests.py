@@ -7,8 +7,9 @@ files and binary on this machine, its names and ports against the other
 deployments). What an API call may change is narrower than what lab.toml may: what
 runs (the engine kind ``command``, its command line, the binary, a command's
 ``{model}``), its environment (which can load code: the dynamic loader, OpenSSL,
-plugins), and any vLLM or llama-server flag beyond those that set capacity and
-performance (``SAFE_ARGS``) change only where lab.toml sets ``lab.api_commands = true``.
+plugins), any vLLM or llama-server flag beyond those that set capacity and performance
+(``SAFE_ARGS``), and ``sleep`` for vLLM (its development mode, whose endpoints take no key)
+change only where lab.toml sets ``lab.api_commands = true``.
 """
 
 from __future__ import annotations
@@ -164,6 +165,8 @@ def command_change(old: DeploymentSpec, new: DeploymentSpec) -> str | None:
         return f"changing env.{changed[0]}"
     if new.engine == "command" and (new.model != old.model or new.name != old.name):
         return "changing the model of a command engine (its command line takes it)"
+    if new.engine == "vllm" and new.sleep and not (old.engine == "vllm" and old.sleep):
+        return "turning on sleep for vLLM (its development endpoints, /collective_rpc among them)"
     old_args = {_flag(k): v for k, v in old.args.items()}
     for key, value in new.args.items():
         name = _flag(key)

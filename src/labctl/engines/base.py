@@ -92,6 +92,8 @@ class Estimate:
     max_num_seqs: int | None = None
     #: Bytes of weights it reads at startup (its startup budget scales with them).
     weight_bytes: int = 0
+    #: Bytes per GPU it keeps while asleep (engines with a sleep mode; None: not known).
+    asleep_bytes: int | None = None
 
 
 @dataclass(frozen=True)
@@ -155,6 +157,9 @@ class Adapter:
     health = Health()
     #: API families it takes on another path than the gateway's (see :class:`Upstream`).
     upstream: Mapping[str, Upstream] = {}
+    #: It has a sleep mode (vLLM's ``/sleep``, ``/wake_up``, ``/is_sleeping``): a deployment's
+    #: ``sleep`` keeps a replaced revision asleep instead of stopping it.
+    sleeps: bool = False
 
     def launch(
         self, settings: Mapping[str, Any], host: str, port: int, gpus: Sequence[int]

@@ -21,7 +21,7 @@ import re
 from typing import Any
 
 from labctl import vla
-from labctl.catalog.models import resolve
+from labctl.cache.resolve import resolve_model
 from labctl.config import check_flag
 from labctl.engines.base import Adapter, Estimate, Health, Launch, gpu_env
 from labctl.errors import ConfigError, EngineError, LabError
@@ -88,7 +88,7 @@ class OpenVlaAdapter(Adapter):
         name, model = settings["name"], str(settings.get("model") or "")
         bits = weight_bits(settings.get("args", {}))
         try:
-            plan = plan_openvla(resolve(model), device.memory_total_bytes, bits, oft(model))
+            plan = plan_openvla(resolve_model(model), device.memory_total_bytes, bits, oft(model))
         except LabError as exc:
             return Estimate(0, f"no plan ({exc}); the engine's own check decides")
         if not plan.fits:

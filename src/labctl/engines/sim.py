@@ -13,7 +13,7 @@ from typing import Any
 
 from labctl.engines.base import Estimate, Health, Launch, flags, gpu_env
 from labctl.engines.openvla import OpenVlaAdapter, probe_health, weight_bits
-from labctl.engines.vllm import VllmAdapter, model_kind, planned
+from labctl.engines.vllm import VllmAdapter, model_kind, planned, sleep_env, sleep_flags
 from labctl.gpu.sample import DeviceSample
 from labctl.sim.act import checkpoint_stats, openvla_kind
 from labctl.sim.vla import memory_bytes
@@ -28,11 +28,13 @@ class SimAdapter(VllmAdapter):
         self, settings: Mapping[str, Any], host: str, port: int, gpus: Sequence[int]
     ) -> Launch:
         served = settings.get("served_model_name") or settings["model"]
+        own = flags(settings.get("args", {}))
         argv = [sys.executable, "-m", "labctl", "sim", "serve", "--model", settings["model"],
-                "--host", host, "--port", str(port), "--served-model-name", served,
-                *flags(settings.get("args", {}))]  # fmt: skip
+                "--host", host, "--port", str(port), "--served-model-name", served, *own,
+                *sleep_flags(settings, own)]  # fmt: skip
         vla = _vla(settings)
-        return Launch(argv, gpu_env(gpus), self.health_of(settings), None if vla else served)
+        env = gpu_env(gpus) | sleep_env(settings)
+        return Launch(argv, env, self.health_of(settings), None if vla else served)
 
     def health_of(self, settings: Mapping[str, Any]) -> Health:
         return probe_health(self.unnorm_keys(settings)) if _vla(settings) else self.health

@@ -7,6 +7,10 @@ support FULL_AND_PIECEWISE. Overriding cudagraph_mode to FULL_DECODE_ONLY." (the
 runs eager, decode steps replay graphs), then, in the API server, "Warming up audio
 preprocessing libraries..." and "Audio preprocessing warmup completed in N s" (the first
 librosa call; about 7 s), which ends the ``audio_warmup`` phase.
+
+A deployment with ``sleep`` runs with ``--enable-sleep-mode`` and ``VLLM_SERVER_DEV_MODE=1``:
+vLLM serves ``/sleep``, ``/wake_up`` and ``/is_sleeping`` only in its development mode
+(``vllm/entrypoints/serve/sleep/api_router.py``), and does not ask for its API key there.
 """
 
 from __future__ import annotations
@@ -18,11 +22,14 @@ import re
 from types import MappingProxyType
 from typing import Any
 
+from labctl.cache.location import hub_cache_dir
+from labctl.cache.repoid import parse_ref
+from labctl.cache.resolve import resolve_model
 from labctl.catalog.gpus import gpu as catalog_gpu
-from labctl.catalog.models import resolve
 from labctl.engines.base import Adapter, Estimate, Launch, flags, gpu_env, missing
 from labctl.errors import CatalogError, EngineError, LabError, ModelFormatError
 from labctl.fit.plan import FitRequest, plan
+from labctl.fit.sleep import asleep_bytes
 from labctl.gpu.sample import DeviceSample
 from labctl.units import GiB
 
@@ -37,6 +44,7 @@ _SHARDS = re.compile(r"checkpoint shards:\s+(\d{1,3})% Completed")
 class VllmAdapter(Adapter):
     name = "vllm"
     key_env = "VLLM_API_KEY"
+    sleeps = True
     families = ("chat", "completions", "embeddings")
     phase_lines: tuple[tuple[re.Pattern[str], str], ...] = (
         (re.compile(r"Model loading took "), "load_weights"),
@@ -60,8 +68,10 @@ class VllmAdapter(Adapter):
         own = flags(settings.get("args", {}))
         argv = [settings.get("binary") or "vllm", "serve", settings["model"], "--host", host,
                 "--port", str(port), "--served-model-name", served, *own,
-                *missing(settings.get("recommended_args", []), own)]  # fmt: skip
-        return Launch(argv, gpu_env(gpus), self.health, served)
+                *missing(settings.get("recommended_args", []), own),
+                *sleep_flags(settings, own)]  # fmt: skip
+        env = gpu_env(gpus) | sleep_env(settings) | hub_env(settings)
+        return Launch(argv, env, self.health, served)
 
     def serves(self, settings: Mapping[str, Any]) -> frozenset[str]:
         if settings.get("serves"):
@@ -82,13 +92,35 @@ class VllmAdapter(Adapter):
 SPEECH = ("transcriptions", "translations")
 
 
+def sleep_flags(settings: Mapping[str, Any], own: Sequence[str]) -> list[str]:
+    """``--enable-sleep-mode`` for a deployment with ``sleep`` (unless its args give it)."""
+    flag = "--enable-sleep-mode"
+    return [flag] if settings.get("sleep") and flag not in own else []
+
+
+def hub_env(settings: Mapping[str, Any]) -> dict[str, str]:
+    """``HF_HUB_OFFLINE=1`` and the lab's hub cache once the model's snapshot is whole there
+    (vLLM then never waits on the hub); nothing for a local path or a missing snapshot."""
+    model, revision = str(settings["model"]), settings.get("args", {}).get("revision")
+    if parse_ref(model) is None:
+        return {}
+    from labctl.cache.pull import offline_env  # huggingface_hub: imported when it is needed
+
+    return offline_env(model, str(revision) if revision else None, hub_cache_dir())
+
+
+def sleep_env(settings: Mapping[str, Any]) -> dict[str, str]:
+    """vLLM's development mode, which serves the sleep endpoints, for a deployment with sleep."""
+    return {"VLLM_SERVER_DEV_MODE": "1"} if settings.get("sleep") else {}
+
+
 @lru_cache(maxsize=256)
 def model_kind(model: str) -> str:
     """``whisper`` (speech to text), ``openvla`` (robot actions) or ``text``: by the name
     and the architecture where the catalog can read it (OpenVLA's reads as its backbone)."""
     kind = model.rsplit("/", 1)[-1].lower()
-    with contextlib.suppress(LabError):  # not in the catalog: the name alone
-        kind += " " + resolve(model).model_type
+    with contextlib.suppress(LabError):  # not in the catalog or the cache: the name alone
+        kind += " " + resolve_model(model, hub=False).model_type
     for known, names in (("whisper", ("whisper",)), ("openvla", ("openvla", "prismatic"))):
         if any(n in kind for n in names):
             return known
@@ -109,7 +141,8 @@ def planned(settings: Mapping[str, Any], device: DeviceSample, required: bool) -
     """
     name, model = settings["name"], str(settings["model"])
     try:
-        arch = resolve(model)
+        revision = settings.get("args", {}).get("revision")
+        arch = resolve_model(model, revision=str(revision) if revision else None)
         gpu_spec = catalog_gpu(device.catalog_id) if device.catalog_id else None
     except ModelFormatError as exc:  # the files are there and hostile or broken
         raise EngineError(f"{name}: {exc}") from exc
@@ -138,4 +171,5 @@ def planned(settings: Mapping[str, Any], device: DeviceSample, required: bool) -
         tuple(res.recommended_args),
         res.max_num_seqs,
         res.weights_bytes,
+        asleep_bytes(res),
     )

@@ -60,7 +60,7 @@ from prometheus_client import (
 from labctl import vla
 from labctl.catalog.gpus import GpuSpec
 from labctl.errors import EngineError, GpuError
-from labctl.sim.server import Faults, GpuLedger
+from labctl.sim.startup import Faults, GpuLedger
 from labctl.sim.vla import OFT, OFT_CHUNK, OPENVLA, action_seconds, memory_bytes, weight_bytes
 
 #: Bodies up to this size are read (a 4K frame in base64 is about 33 MB); larger ones get 413.
@@ -524,13 +524,13 @@ def openvla_kind(model: str, oft: bool = False) -> bool | None:
     """Whether ``model`` is served as OpenVLA-OFT (True) or OpenVLA (False); None when it is
     no OpenVLA model. OFT checkpoints (``moojink/openvla-7b-oft-finetuned-libero-spatial``)
     are OpenVLA-7B fine-tuned; ``oft`` serves any OpenVLA model as OFT."""
-    from labctl.catalog.models import resolve
+    from labctl.cache.resolve import resolve_model
     from labctl.errors import CatalogError
 
     if model.rstrip("/").rsplit("/", 1)[-1].lower().startswith("openvla-7b-oft"):
         return True
     try:
-        arch = resolve(model)
+        arch = resolve_model(model, hub=False)  # adapters ask it on the event loop
     except CatalogError:
         return None
     if not any(w.name.startswith("vision_backbone.") for w in arch.weights):

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from labctl.cache.resolve import resolve_model
 from labctl.catalog.arch import ModelArch
 from labctl.catalog.gpus import GpuSpec, gpu
-from labctl.catalog.models import resolve
 from labctl.errors import EngineError
 from labctl.fit.plan import FitRequest, FitResult, plan
 from labctl.fit.vllm import LATEST
@@ -106,7 +106,7 @@ def build_twin(config: TwinConfig) -> Twin:
         UsageError: a flag value cannot work.
         EngineError: the model does not fit; the message is vLLM's.
     """
-    arch = resolve(config.model)
+    arch = resolve_model(config.model)
     spec = gpu(config.gpu)
     req = FitRequest.on_gpu(
         spec,

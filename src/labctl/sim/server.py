@@ -1,10 +1,8 @@
 """``labctl sim serve``: the twin as a vLLM-compatible OpenAI server.
 
-It starts the way vLLM does — load weights (at a configurable disk speed, shard by
-shard, with vLLM's progress lines), profile memory, size the KV cache, capture
-graphs — printing vLLM's log lines,
-and takes its memory on the simulated GPU as its own process (or through a
-worker that can be left orphaned). It then serves ``/v1/models``,
+It starts the way vLLM does (``labctl.sim.startup``: load weights, profile memory, size
+the KV cache, capture graphs, with vLLM's log lines) and takes its memory on the simulated
+GPU as its own process (or through a worker that can be left orphaned). It then serves ``/v1/models``,
 ``/v1/completions``, ``/v1/chat/completions`` (streaming or not), ``/health``
 and ``/metrics`` with vLLM's metric names. Output text is deterministic filler;
 token counts follow the request: a prompt costs one token per word, and a chat
@@ -14,6 +12,9 @@ A speech model (Whisper) serves ``/v1/audio/transcriptions`` and
 ``/v1/audio/translations`` instead (``labctl.sim.speech``) and refuses the text
 paths as vLLM does ("The model does not support Chat Completions API"); any other
 model refuses the audio paths.
+
+With ``--enable-sleep-mode`` and ``VLLM_SERVER_DEV_MODE=1`` it sleeps and wakes as vLLM
+does (``labctl.sim.sleep``).
 """
 
 from __future__ import annotations
@@ -21,15 +22,12 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 import contextlib
-from dataclasses import dataclass
 import hmac
 import json
-import math
 import os
 import signal
-import sys
 import time
-from typing import Any, Protocol
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -38,76 +36,11 @@ from labctl.errors import EngineError, GpuError
 from labctl.sim.engine import Twin
 from labctl.sim.envelope import error_response
 from labctl.sim.live import FILLER, LiveEngine, Stream
+from labctl.sim.sleep import SleepMode, dev_mode
 from labctl.sim.speech import SpeechApi
-from labctl.units import GiB
+from labctl.sim.startup import NO_FAULTS, Faults, GpuLedger, log, start_engine
 
-#: The twin's checkpoint comes in shards of at most 5 GB (the Hugging Face hub's default), and
-#: in at least eight, so that even a small model's slow load shows its progress as it goes.
-SHARD_BYTES = 5 * 10**9
-MIN_SHARDS = 8
-#: vLLM's speech endpoints warm up at startup: the first librosa calls ("can take ~7s") and
-#: the multimodal input processor ("~2.5s"), as its own docstrings put them.
-AUDIO_WARMUP_S = 7.0
-PROCESSOR_WARMUP_S = 2.5
-
-
-class GpuLedger(Protocol):
-    """Where the twin takes its memory: the simulated GPUs' ledger (``labctl.gpu.sim``).
-
-    Passed in from above so that the twin does not depend on the GPU layer.
-    """
-
-    def free_bytes(self, index: int) -> tuple[int, int] | None: ...
-
-    def allocate(self, index: int, nbytes: int, pid: int | None = None, name: str = "") -> None: ...
-
-    def release(self, pid: int | None = None) -> None: ...
-
-    def set_activity(self, index: int, busy: float, pid: int | None = None) -> None: ...
-
-    def hold_in_worker(
-        self, index: int, nbytes: int, name: str = "worker", seconds: float | None = None
-    ) -> int: ...
-
-
-@dataclass(frozen=True)
-class Faults:
-    """Failure modes for tests of everything that supervises an engine."""
-
-    fail_startup_after: float | None = None
-    hang_startup: bool = False
-    crash_after_requests: int | None = None
-    ignore_sigterm: bool = False
-    orphan_worker: bool = False
-    #: Every Nth streamed response ends halfway with an error event, as vLLM sends one.
-    error_mid_stream_every: int | None = None
-    #: Every Nth streamed response carries one event that is not valid JSON.
-    malformed_sse_every: int | None = None
-    #: Healthy, lists its model, but every completion fails (a broken CUDA context).
-    fail_completions: bool = False
-
-
-def _log(message: str, level: str = "INFO") -> None:
-    stamp = time.strftime("%m-%d %H:%M:%S")
-    print(f"{level} {stamp} [labctl twin pid={os.getpid()}] {message}", file=sys.stderr, flush=True)
-
-
-def _shard_line(done: int, shards: int, elapsed: float, total: float) -> None:
-    """vLLM's progress line for its weights, as tqdm writes it: what the lab reads to show how
-    much is loaded (``VllmAdapter.progress``)."""
-    if done == 0:
-        timing = "00:00<?, ?it/s"
-    else:
-        per = elapsed / done
-        timing = f"{_clock(elapsed)}<{_clock(total - elapsed)}, {per:5.2f}s/it"
-    print(f"Loading safetensors checkpoint shards: {100 * done // shards:3d}% Completed | "
-          f"{done}/{shards} [{timing}]", file=sys.stderr, flush=True)  # fmt: skip
-
-
-def _clock(seconds: float) -> str:
-    minutes, secs = divmod(round(max(seconds, 0.0)), 60)
-    return f"{minutes:02d}:{secs:02d}"
-
+__all__ = ["Faults", "GpuLedger", "TwinServer", "run", "serve"]
 
 #: What every completion answers with ``--fail-completions``.
 _BROKEN = "CUDA error: an illegal memory access was encountered (--fail-completions)"
@@ -118,8 +51,13 @@ def _error(status: int, message: str, param: str | None = None) -> web.Response:
 
 
 class TwinServer:
-    def __init__(self, twin: Twin, engine: LiveEngine, faults: Faults = Faults()) -> None:
+    def __init__(
+        self, twin: Twin, engine: LiveEngine, faults: Faults = NO_FAULTS,
+        sleep: SleepMode | None = None,
+    ) -> None:  # fmt: skip
         self.twin = twin
+        #: Its sleep mode; its endpoints are served in vLLM's development mode only.
+        self.sleep = sleep if sleep is not None and dev_mode() else None
         self.faults = faults
         self.streams = 0
         self.engine = engine
@@ -129,7 +67,10 @@ class TwinServer:
         self.speech = SpeechApi(engine, self.model, _BROKEN if faults.fail_completions else None)
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=32 * 2**20, middlewares=[self._api_key])
+        guards = [self._api_key] + ([self.sleep.guard] if self.sleep else [])
+        app = web.Application(client_max_size=32 * 2**20, middlewares=guards)
+        if self.sleep is not None:
+            self.sleep.add_routes(app)
         app.router.add_get("/health", self.health)
         app.router.add_get("/metrics", self.metrics)
         app.router.add_get("/v1/models", self.models)
@@ -368,130 +309,22 @@ def _stop_at(text: str, stops: list[str]) -> int | None:
     return min(hits) if hits else None
 
 
-# -- startup ---------------------------------------------------------------------------
-
-
-async def start_engine(
-    twin: Twin,
-    machine: GpuLedger | None,
-    gpu_index: int,
-    time_scale: float,
-    load_gbps: float,
-    faults: Faults,
-) -> int | None:
-    """Go through vLLM's startup phases; returns the pid of an orphanable worker, if any.
-
-    Raises:
-        EngineError: the GPU lacks the memory, or a fault flag says fail (vLLM's words).
-    """
-    fit = twin.fit
-    started = time.monotonic()
-
-    async def phase(seconds: float) -> None:
-        if faults.fail_startup_after is not None:
-            left = faults.fail_startup_after - (time.monotonic() - started)
-            if seconds * time_scale >= left:
-                await asyncio.sleep(max(0.0, left))
-                raise EngineError(
-                    "RuntimeError: Engine core initialization failed. See root cause above. "
-                    "Failed core proc(s): {'EngineCore_DP0': 1}"
-                )
-        await asyncio.sleep(seconds * time_scale)
-
-    _log(f"Starting to load model {twin.config.model}...")
-    if twin.speech:
-        _log("Encoder-decoder models do not support chunked prefill nor prefix caching; "
-             "disabling both.")  # fmt: skip
-        _log("Encoder-decoder models do not support FULL_AND_PIECEWISE. Overriding "
-             "cudagraph_mode to FULL_DECODE_ONLY.")  # fmt: skip
-    if faults.hang_startup:
-        _log("loading is stuck (--hang-startup)", "WARNING")
-        await asyncio.Event().wait()
-    budget = fit.budget_bytes
-    worker = None
-    if machine is not None:
-        room = machine.free_bytes(gpu_index)
-        if room is None:
-            raise EngineError(f"RuntimeError: CUDA error: invalid device ordinal (GPU {gpu_index})")
-        free, total = room
-        if free < budget:
-            raise EngineError(
-                f"ValueError: Free memory on device cuda:{gpu_index} ({free / GiB:.2f}/"
-                f"{total / GiB:.2f} GiB) on startup is less than desired GPU "
-                f"memory utilization ({fit.gpu_memory_utilization}, {budget / GiB:.2f} GiB). "
-                "Decrease GPU memory utilization or reduce GPU memory used by other processes."
-            )
-    load_s = fit.weights_bytes / (load_gbps * 1e9) if load_gbps > 0 else 0.0
-    shards = max(math.ceil(fit.weights_bytes / SHARD_BYTES), MIN_SHARDS)
-    _shard_line(0, shards, 0.0, load_s * time_scale)
-    for done in range(1, shards + 1):
-        await phase(load_s / shards)
-        _shard_line(done, shards, load_s * time_scale * done / shards, load_s * time_scale)
-    _log(f"Loading weights took {load_s * time_scale:.2f} seconds")
-    if machine is not None:
-        try:
-            if faults.orphan_worker:
-                worker = machine.hold_in_worker(gpu_index, fit.weights_bytes, name="twin-worker")
-            else:
-                machine.allocate(gpu_index, fit.weights_bytes, name="twin")
-        except GpuError as exc:
-            raise EngineError(f"torch.OutOfMemoryError: {exc}") from exc
-    _log(
-        f"Model loading took {fit.weights_bytes / GiB:.4f} GiB and {load_s * time_scale:.6f} seconds"
-    )
-    await phase(2.0)
-    _log(f"Memory profiling takes {2.0 * time_scale:.2f} seconds")
-    _log(f"Available KV cache memory: {fit.kv_cache_bytes / GiB:.2f} GiB")
-    if machine is not None:
-        rest = max(0, budget - fit.weights_bytes)
-        try:
-            if worker is not None:
-                machine.allocate(gpu_index, rest, pid=worker, name="twin-worker")
-            else:
-                machine.allocate(gpu_index, rest, name="twin")
-        except GpuError as exc:
-            raise EngineError(f"torch.OutOfMemoryError: {exc}") from exc
-    _log(f"GPU KV cache size: {fit.kv_cache_tokens:,} tokens")
-    # An encoder-decoder model's line reserves cross-attention for a whole batch budget of
-    # encoder tokens, not one clip's: vLLM's figure, not the plan's real capacity.
-    logged = fit.encoder_decoder.vllm_logged_concurrency if fit.encoder_decoder else None
-    _log(
-        f"Maximum concurrency for {fit.max_model_len:,} tokens per request: "
-        f"{fit.max_concurrency if logged is None else logged:.2f}x"
-    )
-    if fit.cuda_graph_bytes:
-        await phase(5.0)
-        _log(
-            f"Graph capturing finished in {5.0 * time_scale:.0f} secs, took "
-            f"{fit.cuda_graph_bytes / GiB:.2f} GiB"
-        )
-    _log(
-        "init engine (profile, create kv cache, warmup model) took "
-        f"{time.monotonic() - started:.2f} seconds"
-    )
-    if twin.speech:
-        # The API server's speech endpoints warm librosa and the input processor up first.
-        _log("Warming up audio preprocessing libraries...")
-        await phase(AUDIO_WARMUP_S)
-        _log(f"Audio preprocessing warmup completed in {AUDIO_WARMUP_S * time_scale:.2f}s")
-        _log("Warming up multimodal input processor...")
-        await phase(PROCESSOR_WARMUP_S)
-        _log(f"Input processor warmup completed in {PROCESSOR_WARMUP_S * time_scale:.2f}s")
-    return worker
-
-
 async def serve(
     twin: Twin,
     host: str,
     port: int,
     time_scale: float = 1.0,
     load_gbps: float = 2.0,
-    faults: Faults = Faults(),
+    faults: Faults = NO_FAULTS,
     machine: GpuLedger | None = None,
     gpu_index: int = 0,
     on_listening: Callable[[str], None] = lambda url: None,
+    sleep_mode: bool = False,
 ) -> None:
-    """Start up, serve until SIGTERM or SIGINT, then shut down and release the memory."""
+    """Start up, serve until SIGTERM or SIGINT, then shut down and release the memory.
+
+    ``sleep_mode``: vLLM's ``--enable-sleep-mode`` (``labctl.sim.sleep``).
+    """
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     if faults.ignore_sigterm:
@@ -510,7 +343,7 @@ async def serve(
             starting.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await starting
-            _log("Shutting down during startup.")
+            log("Shutting down during startup.")
             if machine is not None:
                 machine.release()
             return
@@ -527,7 +360,7 @@ async def serve(
 
         def crash(n: int) -> None:
             if n >= limit:
-                _log(
+                log(
                     f"EngineDeadError: EngineCore encountered an issue (--crash-after-requests {limit})",
                     "ERROR",
                 )
@@ -542,7 +375,10 @@ async def serve(
                 ledger.set_activity(gpu_index, share, pid=worker)
 
         engine.on_busy = busy
-    server = TwinServer(twin, engine, faults)
+    sleep = SleepMode(twin, engine, enabled=sleep_mode, faults=faults, machine=machine,
+                      gpu_index=gpu_index, holders=(worker, worker), time_scale=time_scale,
+                      load_gbps=load_gbps)  # fmt: skip
+    server = TwinServer(twin, engine, faults, sleep)
     runner = web.AppRunner(
         server.app(), access_log=None, handle_signals=False, handler_cancellation=True
     )  # a client that goes away: as vLLM, abort
@@ -560,13 +396,13 @@ async def serve(
     addresses = runner.addresses
     bound = addresses[0][1] if addresses else port
     url = f"http://{host}:{bound}"
-    _log(f"Starting vLLM API server 0 on {url}")
-    _log("Application startup complete.")
+    log(f"Starting vLLM API server 0 on {url}")
+    log("Application startup complete.")
     on_listening(url)
     task = asyncio.create_task(engine.run())
     try:
         await stop.wait()
-        _log("Shutting down FastAPI HTTP server.")
+        log("Shutting down FastAPI HTTP server.")
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -586,7 +422,7 @@ def run(
     machine: GpuLedger | None,
     gpu_index: int,
     on_listening: Callable[[str], None],
+    sleep_mode: bool = False,
 ) -> None:
-    asyncio.run(
-        serve(twin, host, port, time_scale, load_gbps, faults, machine, gpu_index, on_listening)
-    )
+    asyncio.run(serve(twin, host, port, time_scale, load_gbps, faults, machine, gpu_index,
+                      on_listening, sleep_mode))  # fmt: skip
