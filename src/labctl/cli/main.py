@@ -55,6 +55,7 @@ def cli() -> None:
 
 def _register() -> None:
     from labctl.cli import bench as bench_cmd
+    from labctl.cli import doctor as doctor_cmd
     from labctl.cli import export as export_cmd
     from labctl.cli import exporter as exporter_cmd
     from labctl.cli import fit as fit_cmd
@@ -71,6 +72,7 @@ def _register() -> None:
                     lab_cmd.cancel, lab_cmd.rollback, lab_cmd.history, lab_cmd.dashboard):  # fmt: skip
         cli.add_command(command)
     cli.add_command(gpus_cmd.gpus)
+    cli.add_command(doctor_cmd.doctor)
     models_cmd.models.add_command(modeldisk.disk)
     models_cmd.models.add_command(modelpull.pull)
     cli.add_command(models_cmd.models)

@@ -40,6 +40,15 @@ def _import() -> Any:
     return pynvml
 
 
+def load_module() -> Any:
+    """The ``pynvml`` module itself, for readers that call NVML directly (the doctor).
+
+    Raises:
+        GpuUnavailable: nvidia-ml-py is not installed.
+    """
+    return _import()
+
+
 def _text(value: object) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
