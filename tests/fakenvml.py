@@ -2,9 +2,11 @@
 
 A profile is a list of devices, each a dict in the format of the real H100
 readings in ``shared/data/gpu/h100-nvml-and-kernels.json`` (``mem_v2``,
-``power_mw``, ``remapped_rows`` …). A value that is a string starting with
-``ERR NVMLError_X`` raises that NVML error, as the real call did; a key that is
-absent raises ``NVMLError_NotSupported``. For unit tests and benchmarks only.
+``power_mw``, ``remapped_rows`` …); the system-wide readings (``driver``,
+``cuda_driver``, ``nvml``) sit on the first device, as in the recording. A
+value that is a string starting with ``ERR NVMLError_X`` raises that NVML
+error, as the real call did; a key that is absent raises
+``NVMLError_NotSupported``. For unit tests and benchmarks only.
 """
 
 from __future__ import annotations
@@ -23,8 +25,10 @@ NVML_ERROR_NO_PERMISSION = 4
 NVML_ERROR_NOT_FOUND = 6
 NVML_ERROR_DRIVER_NOT_LOADED = 9
 NVML_ERROR_TIMEOUT = 10
+NVML_ERROR_LIBRARY_NOT_FOUND = 12
 NVML_ERROR_FUNCTION_NOT_FOUND = 13
 NVML_ERROR_GPU_IS_LOST = 15
+NVML_ERROR_LIB_RM_VERSION_MISMATCH = 18
 NVML_ERROR_UNKNOWN = 999
 
 _CODES = {
@@ -36,6 +40,8 @@ _CODES = {
     "NVMLError_Timeout": NVML_ERROR_TIMEOUT,
     "NVMLError_FunctionNotFound": NVML_ERROR_FUNCTION_NOT_FOUND,
     "NVMLError_GpuIsLost": NVML_ERROR_GPU_IS_LOST,
+    "NVMLError_LibraryNotFound": NVML_ERROR_LIBRARY_NOT_FOUND,
+    "NVMLError_LibRmVersionMismatch": NVML_ERROR_LIB_RM_VERSION_MISMATCH,
     "NVMLError_Unknown": NVML_ERROR_UNKNOWN,
 }
 
@@ -49,6 +55,8 @@ NVML_VOLATILE_ECC = 0
 NVML_PCIE_UTIL_TX_BYTES = 0
 NVML_PCIE_UTIL_RX_BYTES = 1
 nvmlEventTypeXidCriticalError = 8
+NVML_PAGE_RETIREMENT_CAUSE_MULTIPLE_SINGLE_BIT_ECC_ERRORS = 0
+NVML_PAGE_RETIREMENT_CAUSE_DOUBLE_BIT_ECC_ERROR = 1
 
 
 class NVMLError(Exception):
@@ -77,6 +85,7 @@ def geforce_profile(h100: dict[str, Any]) -> dict[str, Any]:
     unsupported = "ERR NVMLError_NotSupported: Not Supported"
     d.update(
         name="NVIDIA GeForce RTX 3090",
+        cc=[8, 6],
         uuid="GPU-3090aaaa-0000-4000-8000-000000000002",
         mem_v1={"total": 25769803776, "free": 25300000000, "used": 469803776},
         mem_v2={"total": 25769803776, "reserved": 450971566, "free": 25300000000, "used": 18832210},
@@ -102,6 +111,7 @@ def gb10_profile(h100: dict[str, Any]) -> dict[str, Any]:
     unsupported = "ERR NVMLError_NotSupported: Not Supported"
     d.update(
         name="NVIDIA GB10",
+        cc=[12, 1],
         uuid="GPU-gb10bbbb-0000-4000-8000-000000000003",
         mem_v1=unsupported,
         mem_v2=unsupported,
@@ -183,6 +193,21 @@ class FakeNvml:
     def nvmlSystemGetDriverVersion(self) -> str:
         return str(self.devices[0].get("driver", "")) if self.devices else ""
 
+    def _system(self, key: str) -> Any:
+        """A system-wide reading; the profile keeps these on its first device."""
+        if not self.devices:
+            raise NVMLError(NVML_ERROR_NOT_SUPPORTED)
+        return self._get(0, key)
+
+    def nvmlSystemGetCudaDriverVersion(self) -> int:
+        return int(self._system("cuda_driver"))
+
+    def nvmlSystemGetCudaDriverVersion_v2(self) -> int:
+        return int(self._system("cuda_driver"))
+
+    def nvmlSystemGetNVMLVersion(self) -> str:
+        return str(self._system("nvml"))
+
     def nvmlDeviceGetCount(self) -> int:
         return len(self.devices)
 
@@ -245,6 +270,25 @@ class FakeNvml:
     def nvmlDeviceGetRemappedRows(self, h: int) -> tuple[int, int, int, int]:
         rows = self._get(h, "remapped_rows")
         return (int(rows[0]), int(rows[1]), int(rows[2]), int(rows[3]))
+
+    def nvmlDeviceGetPersistenceMode(self, h: int) -> int:
+        return int(self._get(h, "persistence"))
+
+    def nvmlDeviceGetRetiredPagesPendingStatus(self, h: int) -> int:
+        return int(self._get(h, "retired_pages_pending"))
+
+    def nvmlDeviceGetRetiredPages(self, h: int, cause: int) -> list[int]:
+        """``retired_pages``: [[single-bit cause addresses], [double-bit cause addresses]]."""
+        return list(self._get(h, "retired_pages")[cause])
+
+    def nvmlDeviceGetRetiredPages_v2(self, h: int, cause: int) -> list[int]:
+        return self.nvmlDeviceGetRetiredPages(h, cause)
+
+    def nvmlDeviceGetMaxPcieLinkGeneration(self, h: int) -> int:
+        return int(self._get(h, "pcie_max_gen"))
+
+    def nvmlDeviceGetMaxPcieLinkWidth(self, h: int) -> int:
+        return int(self._get(h, "pcie_max_width"))
 
     def nvmlDeviceGetCurrPcieLinkGeneration(self, h: int) -> int:
         return int(self._get(h, "pcie_gen"))

@@ -131,7 +131,7 @@ def test_the_dashboard_shows_every_panel_live_under_load_and_deploys_from_the_pa
         first_paint = time.monotonic() - started
         panels = _wait_all_live(page, but=AFTER_A_STOP)
         seen = {p["panel"] for p in panels}
-        assert seen == GPU_PANELS | DEPLOYMENT_PANELS | DEPLOY_PANELS | {"alerts"}
+        assert seen == GPU_PANELS | DEPLOYMENT_PANELS | DEPLOY_PANELS | {"alerts", "doctor"}
         # Live: the stream keeps adding points, and the load shows as tokens per second.
         n = page.evaluate("S.times.length")
         page.wait_for_function(f"S.times.length >= {n + 2}", timeout=10_000)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+import sys
 
 import click
 from rich.markup import escape
@@ -10,8 +11,8 @@ from rich.table import Table
 
 from labctl.cli.output import console, emit_json
 from labctl.config import load_config
+from labctl.daemon.doctor import host_view
 from labctl.doctor.finding import PLACES, Context, Report, checks, run_checks
-from labctl.doctor.host import HostView
 from labctl.errors import UsageError
 
 _STYLE = {"ok": "green", "info": "cyan", "warn": "yellow", "fail": "bold red"}
@@ -35,13 +36,13 @@ def doctor(
         return
     codes = [c.strip() for part in only for c in part.split(",") if c.strip()]
     lab = load_config(config_path, check_host=False)
-    report = run_checks(Context(HostView(), lab), codes)
+    report = run_checks(Context(host_view(), lab), codes)  # or the testing hooks' fixture host
     if as_json:
         emit_json(report.to_json())
     else:
         render(report)
     if report.failed:
-        raise click.exceptions.Exit(1)
+        sys.exit(1)  # click's Exit is a return value under the group's standalone_mode=False
 
 
 def _explain(code: str, as_json: bool) -> None:
@@ -63,8 +64,8 @@ def _explain(code: str, as_json: bool) -> None:
         out.print(t)
         return
     c = chosen[0]
-    out.print(f"[bold]{c.code}[/bold] ({c.place}): {escape(c.title)}")
-    out.print(escape(c.explain))
+    out.print(f"[bold]{c.code}[/bold] ({c.place}): {escape(c.title)}", markup=True)
+    out.print(escape(c.explain), markup=True)
 
 
 def render(report: Report) -> None:
@@ -72,19 +73,21 @@ def render(report: Report) -> None:
     places = sorted({f.place for f in report.findings},
                     key=lambda p: (PLACES.index(p.split()[0].rstrip(":")) if p.split()[0].rstrip(":") in PLACES else 9, p))  # fmt: skip
     for place in places:
-        out.print(f"[bold]{escape(place)}[/bold]")
+        out.print(f"[bold]{escape(place)}[/bold]", markup=True)
         for f in (f for f in report.findings if f.place == place):
             style = _STYLE[f.severity]
-            out.print(f"  [{style}]{f.severity:<4}[/{style}] {f.code}: {escape(f.message)}")
+            out.print(
+                f"  [{style}]{f.severity:<4}[/{style}] {f.code}: {escape(f.message)}", markup=True
+            )
             if f.severity != "ok":
-                out.print(f"       [dim]evidence:[/dim] {escape(f.evidence)}")
+                out.print(f"       [dim]evidence:[/dim] {escape(f.evidence)}", markup=True)
                 if f.remedy:
-                    out.print(f"       [dim]remedy:[/dim]   {escape(f.remedy)}")
+                    out.print(f"       [dim]remedy:[/dim]   {escape(f.remedy)}", markup=True)
     counts = {s: sum(1 for f in report.findings if f.severity == s)
               for s in ("fail", "warn", "info", "ok")}  # fmt: skip
     if report.skipped:
-        out.print("[bold]skipped[/bold]")
+        out.print("[bold]skipped[/bold]", markup=True)
         for s in report.skipped:
-            out.print(f"  {s.code}: {escape(s.reason)}")
+            out.print(f"  {s.code}: {escape(s.reason)}", markup=True)
     out.print(", ".join(f"{n} {s}" for s, n in counts.items()) +
               f", {len(report.skipped)} skipped ({report.seconds:.2f} s)")  # fmt: skip

@@ -1,5 +1,6 @@
-"""The admin API (``/api``), the probes (``/healthz``, ``/readyz``) and the engines' own
-metrics relayed for Prometheus (``/sd/engines``, ``/engines/NAME/metrics``).
+"""The admin API (``/api``, the doctor's report among it), the probes (``/healthz``,
+``/readyz``) and the engines' own metrics relayed for Prometheus (``/sd/engines``,
+``/engines/NAME/metrics``).
 
 Every handler here sits behind the guard (``daemon/guard.py``); a deploy request is read
 and checked by ``deploy/requests.py`` (what the API may change) before the controller
@@ -21,6 +22,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from labctl import jsontext
 from labctl.config import DeploymentSpec, LabConfig
+from labctl.daemon.doctor import LabDoctor
 from labctl.daemon.guard import error_body
 from labctl.dashboard.feed import Feed
 from labctl.deploy.controller import Controller
@@ -47,6 +49,8 @@ class AdminApi:
     login_url: Callable[[], str]
     #: Told of a spec whose secrets the log must not show.
     learn: Callable[[DeploymentSpec], None]
+    #: The lab's doctor (``/api/doctor``).
+    doctor: LabDoctor
 
     def add_routes(self, r: web.UrlDispatcher) -> None:
         r.add_get("/healthz", self.healthz)
@@ -58,6 +62,7 @@ class AdminApi:
         r.add_post("/api/deployments/{name}/rollback", self.rollback)
         r.add_post("/api/deployments/{name}/cancel", self.cancel)
         r.add_get("/api/history", self.history)
+        r.add_get("/api/doctor", self.doctor_report)
         r.add_get("/api/deploys/{ticket}", self.deploy_ticket)
         r.add_get("/api/events", self.stream_events)
         r.add_post("/api/login-link", self.login_link)
@@ -103,6 +108,19 @@ class AdminApi:
     async def history(self, request: web.Request) -> web.Response:
         name = request.query.get("deployment") or None
         return web.json_response({"deploys": self.controller.journal.history(name, limit=100)})
+
+    async def doctor_report(self, request: web.Request) -> web.Response:
+        """The doctor's latest report (``labctl doctor --json``'s document); ``?refresh=1``
+        runs it again first."""
+        refresh = request.query.get("refresh", "0")
+        if refresh not in ("0", "1"):
+            raise api_error(400, f"refresh={refresh[:20]!r}: give 1 to run the doctor again, or 0")
+        try:
+            report = await (self.doctor.run() if refresh == "1" else self.doctor.latest())
+        except TimeoutError:
+            raise api_error(503, f"the doctor has not finished after {self.doctor.timeout:g} s; "
+                            "ask again later") from None  # fmt: skip
+        return web.json_response(report.to_json())
 
     async def stream_events(self, request: web.Request) -> web.StreamResponse:
         return await self.events.serve(request, first={"type": "hello", **self.status_doc()})
@@ -235,5 +253,5 @@ def _wait(body: dict[str, Any]) -> bool:
 
 def api_error(status: int, message: str) -> web.HTTPException:
     cls = {400: web.HTTPBadRequest, 403: web.HTTPForbidden, 404: web.HTTPNotFound,
-           409: web.HTTPConflict}[status]  # fmt: skip
+           409: web.HTTPConflict, 503: web.HTTPServiceUnavailable}[status]  # fmt: skip
     return cls(text=json.dumps(error_body(status, message)), content_type="application/json")

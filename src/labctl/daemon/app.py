@@ -1,14 +1,16 @@
 """``labctl up``: the lab daemon, wired from the services; no logic of its own.
 
-One listener: the gateway (``/v1`` and every API family the engines serve), ``/metrics``
-(GPU and host telemetry, and the daemon's own series from ``daemon/metrics.py``), the
-admin API and probes (``daemon/api.py``) and the dashboard (``dashboard/site.py``), all
-behind the guard (``daemon/guard.py``). The deploy controller publishes each deployment's
-route to the gateway; the sampler is the GPU backend's one reader, for the controller and
-the page alike. On start the journal and the running processes are reconciled
-(``deploy/reconcile.py``). On SIGINT or SIGTERM: deploys stop where they safely can,
-requests in flight get the drain time, then every engine stops at once, all within one
-bound; a second signal kills them.
+One listener (``daemon/listener.py``): the gateway (``/v1`` and every API family the
+engines serve), ``/metrics`` (GPU and host telemetry, and the daemon's own series from
+``daemon/metrics.py``), the admin API and probes (``daemon/api.py``) and the dashboard
+(``dashboard/site.py``), all behind the guard (``daemon/guard.py``). The deploy controller
+publishes each deployment's route to the gateway; the sampler is the GPU backend's one
+reader, for the controller and the page alike. On start the journal and the running
+processes are reconciled (``deploy/reconcile.py``) and the doctor checks the machine
+(``daemon/doctor.py``): its failures are a metric, a panel, an alert, and the reason a
+deploy is refused. On SIGINT or SIGTERM: deploys stop where they safely can, requests in
+flight get the drain time, then every engine stops at once, all within one bound; a
+second signal kills them.
 """
 
 from __future__ import annotations
@@ -27,8 +29,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from labctl.config import LabConfig, check_exposure, check_gpu_indices, check_lab, parse_listen
 from labctl.daemon.api import AdminApi
+from labctl.daemon.doctor import LabDoctor
 from labctl.daemon.faults import crash_point
 from labctl.daemon.guard import Guard, Log, route_logs
+from labctl.daemon.listener import listen
 from labctl.daemon.metrics import DaemonMetrics
 from labctl.dashboard.board import Board, samples
 from labctl.dashboard.feed import Feed, run_ticks
@@ -38,7 +42,6 @@ from labctl.deploy.journal import Journal
 from labctl.deploy.lifecycle import kill_all, shut_down, start_configured
 from labctl.deploy.reconcile import leftovers, reconcile, stop_leftovers
 from labctl.deploy.supervisor import Supervisor
-from labctl.errors import ConfigError
 from labctl.gateway.proxy import Gateway
 from labctl.gpu import open_backend
 from labctl.gpu.host import HostSampler
@@ -76,6 +79,8 @@ class Daemon:
         self.guard = Guard(self.token, self.host, config.allowed_hosts,
                            (k.key for k in gw.keys), gw.read_timeout, self.log)  # fmt: skip
         self.metrics = DaemonMetrics()
+        lab = dataclasses.replace(config, listen=listen or config.listen)  # as it listens
+        self.doctor = LabDoctor(lab, [self.metrics.on_doctor, lambda _: self.site.on_doctor()])
         self.stopping = asyncio.Event()
         self.events = Feed(1000, end_when_full=False, stopping=self.stopping)
         self.url = ""
@@ -91,6 +96,7 @@ class Daemon:
             engine_key=lambda name, rev: derive(self.token, f"labctl engine {name} r{rev}"),
             read_gpus=lambda: self.sampler.fresh(0.0),  # a reading taken after the call
             read_rate=(config.disk_read_mbps or 0) * 1e6 or None, models=config.models,
+            doctor=self.doctor.refusal,
         )  # fmt: skip
         for spec in config.deployments:
             self.controller.add(spec)
@@ -104,10 +110,11 @@ class Daemon:
         self.site = Site(self.board, Feed(100, end_when_full=True, stopping=self.stopping),
                          self._deployments, lambda: self.journal.history(limit=20), self._gpus,
                          lambda: {"url": self.url, "config": config.source,
-                                  "gpu_backend": self.backend.name})  # fmt: skip
+                                  "gpu_backend": self.backend.name},
+                         self.doctor.page)  # fmt: skip
         self.api = AdminApi(self.controller, config, self.sampler.fresh, self.events,
                             self.stopping, self.site.status, self.login_url,
-                            self._learn)  # fmt: skip
+                            self._learn, self.doctor)  # fmt: skip
 
     # -- what the services tell each other ------------------------------------------------
 
@@ -191,23 +198,8 @@ class Daemon:
 
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, on_signal)
-        runner = web.AppRunner(
-            self.app(), access_log=None, handle_signals=False, handler_cancellation=True,
-            keepalive_timeout=self.config.gateway.idle_timeout,
-            lingering_time=1.0,  # after a 408 or 413, read what still comes for 1 s, not 10
-        )  # fmt: skip
-        await runner.setup()
-        try:
-            # a backlog for a burst of hundreds of clients: none waits out a SYN retry
-            await web.TCPSite(runner, self.host, self.port, backlog=1024).start()
-        except OSError as exc:
-            await runner.cleanup()
-            raise ConfigError(
-                f"cannot listen on {self.host}:{self.port}: {exc.strerror or exc}; is another "
-                "labctl up running? Pick another address with --listen"
-            ) from exc
-        bound = runner.addresses[0][1] if runner.addresses else self.port
-        self.url = f"http://{f'[{self.host}]' if ':' in self.host else self.host}:{bound}"
+        runner, self.url = await listen(self.app(), self.host, self.port,
+                                        self.config.gateway.idle_timeout)  # fmt: skip
         write_private(self.home / URL_FILE, self.url + "\n")  # the CLI's token goes here only
         self.sampler.start()
         tasks: list[asyncio.Task[Any]] = []
@@ -217,6 +209,7 @@ class Daemon:
                 self.log(line)
             on_listening(self.url)
             tasks.append(asyncio.create_task(self.metrics.scrape_engines(self.controller)))
+            tasks.append(asyncio.create_task(self.doctor.start(self.log)))
             tasks.append(asyncio.create_task(
                 run_ticks(self.board, self.site.pages, self._deployments, self.log)))  # fmt: skip
             starting = asyncio.create_task(

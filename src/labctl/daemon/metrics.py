@@ -1,5 +1,6 @@
 """The daemon's own series: deployment states, deploy and startup durations, memory release,
-restarts, and each engine's gauges under labctl names (scraped from the engine every 2 s).
+restarts, the doctor's findings, and each engine's gauges under labctl names (scraped from
+the engine every 2 s).
 
 Engines speak their own metric names (vLLM's ``vllm:*``, llama.cpp's ``llamacpp:*``); the
 dashboard and the alert rules read one set, so the few gauges they need are normalised here,
@@ -20,6 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from labctl.deploy.controller import Controller
 from labctl.deploy.deployment import STATES
 from labctl.deploy.journal import OUTCOMES
+from labctl.doctor.finding import SEVERITIES, Report
 from labctl.engines import adapter, adapters
 
 DEPLOY_BUCKETS = (0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1200)
@@ -48,6 +50,9 @@ class DaemonMetrics:
         self.restarts = Counter("labctl_engine_restarts_total",
                                 "Engine restarts outside a deploy, by reason.",
                                 ["deployment", "reason"], registry=r)  # fmt: skip
+        self.doctor = Gauge("labctl_doctor_findings",
+                            "Findings of the lab's latest doctor run, by severity and check.",
+                            ["severity", "code"], registry=r)  # fmt: skip
         for outcome in OUTCOMES:  # each from 0, so increase() sees the first
             for swap in SWAPS:
                 self.deploy.labels(outcome, swap)
@@ -66,6 +71,15 @@ class DaemonMetrics:
         self.restarts.labels(event["deployment"], "exited")  # a 0 from the start
         for state in STATES:
             self.state.labels(event["deployment"], state).set(1 if state == event["state"] else 0)
+
+    def on_doctor(self, report: Report) -> None:
+        """A new doctor report: each check's findings by severity (0 included), the checks it
+        skipped gone."""
+        self.doctor.clear()
+        for code in {f.code for f in report.findings}:
+            for severity in SEVERITIES:
+                n = sum(1 for f in report.findings if (f.code, f.severity) == (code, severity))
+                self.doctor.labels(severity, code).set(n)
 
     def drain(self, observations: list[tuple[str, dict[str, Any]]]) -> None:
         """What the controller timed since the last call, into the histograms."""

@@ -3,7 +3,7 @@
 The rules watch the failures users of local inference actually report (memory
 not released, restart flapping, slow or failed swaps, requests queueing, KV
 saturation, speech falling behind real time, robots' actions missing their deadline,
-throttling, XIDs, a stale exporter),
+throttling, XIDs, a stale exporter, a failure the doctor found),
 on the metric names the daemon exports. Counters are queried with their ``_total``
 names, so they can fire. Annotations use only ``$labels``, so a test can state them
 exactly.
@@ -339,6 +339,25 @@ ALERTS: tuple[Alert, ...] = (
         {"labctl_gpu_up": "0+0x20", "labctl_gpu_sample_age_seconds": "1+0x20"},
         {},
         {"labctl_gpu_up": "1+0x20", "labctl_gpu_sample_age_seconds": "1+0x20"},
+    ),
+    Alert(
+        "LabDoctorFail",
+        # By check: the gauge's own severity label would clash with the alert's.
+        'sum by (code) (labctl_doctor_findings{severity="fail"}) > 0',
+        "1m",
+        "critical",
+        "The doctor found a failure: {{ $labels.code }}",
+        "`labctl doctor --explain {{ $labels.code }}` says what it means and the fix; "
+        "`labctl doctor` (or /api/doctor) shows the evidence. Deploys it explains are refused.",
+        {'labctl_doctor_findings{code="container-no-gpus",severity="fail"}': "1+0x20"},
+        {"code": "container-no-gpus"},
+        {
+            'labctl_doctor_findings{code="container-no-gpus",severity="fail"}': "0+0x20",
+            'labctl_doctor_findings{code="container-no-gpus",severity="ok"}': "1+0x20",
+        },
+        also_quiet=(  # a warning is no failure
+            ({'labctl_doctor_findings{code="shm-small",severity="warn"}': "1+0x20"}, "10m"),
+        ),
     ),
 )
 

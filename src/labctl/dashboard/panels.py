@@ -411,6 +411,17 @@ PANELS: tuple[Panel, ...] = (
         kind="table",
         grafana_only=True,
     ),
+    Panel(
+        "doctor",
+        "Doctor findings",
+        "alerts",
+        "short",
+        (_q('labctl_doctor_findings{severity=~"fail|warn",@i} > 0', "{{severity}} {{code}}"),),
+        "Failures and warnings of the lab's latest doctor run, by check (`labctl doctor "
+        "--explain CODE`); the page lists each with its message and remedy.",
+        kind="table",
+        grafana_only=True,
+    ),
 )
 
 _FILTERS = {

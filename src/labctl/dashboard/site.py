@@ -1,9 +1,9 @@
 """The dashboard as the daemon serves it: the page, its state document and its event
 stream, and ``/api/status``'s document, composed from the board and what the lab reports.
 
-The dashboard knows nothing of the deploy controller or the sampler (services do not import
-each other): the daemon hands it callables that say what the deployments, the deploy
-timeline and the GPUs are now.
+The dashboard knows nothing of the deploy controller, the sampler or the doctor (services do
+not import each other): the daemon hands it callables that say what the deployments, the
+deploy timeline, the GPUs and the doctor's findings are now.
 """
 
 from __future__ import annotations
@@ -37,6 +37,8 @@ class Site:
     gpus: Callable[[], list[dict[str, Any]]]
     #: The lab's URL, config source and GPU backend, as the daemon knows them.
     lab: Callable[[], dict[str, Any]]
+    #: The doctor's panel: the findings that are not ok (None until its first run ends).
+    doctor: Callable[[], dict[str, Any] | None] = lambda: None
 
     def add_routes(self, r: web.UrlDispatcher) -> None:
         r.add_get("/", self.page)
@@ -49,12 +51,17 @@ class Site:
             self.pages.publish({"type": "event", "event": event, "deployments": self.deployments(),
                                 "timeline": self.timeline()})  # fmt: skip
 
+    def on_doctor(self) -> None:
+        """A new doctor report, to every open page."""
+        if self.pages:
+            self.pages.publish({"type": "doctor", "doctor": self.doctor()})
+
     def doc(self) -> dict[str, Any]:
         lab = self.lab()
         return {
             **self.board.snapshot(), "url": lab["url"], "gpu_backend": lab["gpu_backend"],
             "gpus": self.gpus(), "deployments": self.deployments(),
-            "timeline": self.timeline(), "auth": True,
+            "timeline": self.timeline(), "doctor": self.doctor(), "auth": True,
         }  # fmt: skip
 
     def status(self) -> dict[str, Any]:

@@ -79,6 +79,7 @@ class Controller:
         read_gpus: Callable[[], Awaitable[GpuReading]] | None = None,
         read_rate: float | None = None,
         models: ModelsConfig | None = None,
+        doctor: Callable[[DeploymentSpec], Awaitable[str]] | None = None,
     ) -> None:
         self.journal = journal
         self.home = home
@@ -96,7 +97,7 @@ class Controller:
         self.closing = False
         #: Told when a serving engine exits unasked (the supervisor restarts it).
         self.on_exit: Callable[[Deployment, EngineOwner], None] = lambda d, owner: None
-        self.planner = Planner(backend, self.owned_pids, read_gpus)
+        self.planner = Planner(backend, self.owned_pids, read_gpus, doctor)
         #: Starting, probing and stopping engine processes.
         self.engines = Engines(journal, self.planner, home, host, clock, release_timeout,
                                engine_key, self.observations, self._progress,
@@ -212,6 +213,7 @@ class Controller:
     # -- preflight ---------------------------------------------------------------------
 
     async def preflight(self, spec: DeploymentSpec, old: Engine | None) -> Need:
+        await self.planner.check_doctor(spec)
         return await self.check_room(spec, old, await self.planner.plan_need(spec))
 
     async def check_room(self, spec: DeploymentSpec, old: Engine | None, need: Need) -> Need:
@@ -249,7 +251,7 @@ class Controller:
         if dry_run:
             d = self.add(spec)
             self.revisions.remember(spec)
-            need = await self.check_room(spec, d.engine, await self.planner.plan_need(spec))
+            need = await self.preflight(spec, d.engine)
             return {"deployment": spec.name, "dry_run": True, "fits": True, "need": need.summary,
                     "bytes_per_gpu": need.bytes_per_gpu}  # fmt: skip
         ticket = self.submit(spec, kind, revision)

@@ -36,6 +36,7 @@ class Planner:
         backend: GpuBackend,
         owned: Callable[[], dict[int, str]],
         read: Callable[[], Awaitable[GpuReading]] | None = None,
+        doctor: Callable[[DeploymentSpec], Awaitable[str]] | None = None,
     ) -> None:
         self.backend = backend
         #: The processes the lab runs (pid → deployment): the rest are named when in the way.
@@ -44,6 +45,19 @@ class Planner:
         #: backend's one reader (without one, a worker thread reads the backend).
         self.read = read or (lambda: asyncio.to_thread(backend.read))
         self._planning = asyncio.Semaphore(2)
+        #: Why the lab's doctor says a revision's engine cannot start here ("": nothing it
+        #: found stands in the way); the daemon composes it, this layer knows no doctor.
+        self.doctor = doctor
+
+    async def check_doctor(self, spec: DeploymentSpec) -> None:
+        """Refuse ``spec`` when the doctor found a failure that keeps its engine from starting.
+
+        Raises:
+            DeployError: the failure's message and its remedy.
+        """
+        why = await self.doctor(spec) if self.doctor is not None else ""
+        if why:
+            raise DeployError(f"{spec.name}: {why}")
 
     def need(self, spec: DeploymentSpec, reading: GpuReading) -> Need:
         """Bytes the revision takes on each GPU, from the planner where it can say.

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
+import inspect
 import time
 from typing import Any, Literal
 
@@ -90,7 +91,7 @@ def check(
     def register(fn: CheckFn) -> CheckFn:
         if code in REGISTRY:
             raise ValueError(f"check {code} is registered twice")
-        REGISTRY[code] = Check(code, place, title, explain.strip(), fn, tuple(rows))
+        REGISTRY[code] = Check(code, place, title, inspect.cleandoc(explain), fn, tuple(rows))
         return fn
 
     return register
@@ -98,7 +99,7 @@ def check(
 
 def checks() -> dict[str, Check]:
     """Every check, once their modules are imported."""
-    from labctl.doctor import container_checks, gpu_checks, host_checks, lab_checks  # noqa: F401
+    from labctl.doctor import container_checks, driver_checks, gpu_checks, host_checks, lab_checks  # noqa: F401
 
     return REGISTRY
 

@@ -14,9 +14,11 @@ from pathlib import Path
 import resource
 import shutil
 import time
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from labctl.runtime.command import CommandResult, run_command
+
+T = TypeVar("T")
 
 #: Bytes of one file a check may read (kernel logs are read from their end).
 MAX_READ = 1 << 20
@@ -49,6 +51,7 @@ class HostView:
     #: Seconds one external command may take.
     timeout: float = 3.0
     _commands: dict[tuple[str, ...], CommandResult | None] = field(default_factory=dict)
+    _memo: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.nvml is ...:
@@ -90,6 +93,13 @@ class HostView:
 
     def which(self, name: str) -> str | None:
         return shutil.which(name, path=self.path if self.path is not None else self.env.get("PATH"))
+
+    def memo(self, key: str, make: Callable[[], T]) -> T:
+        """``make()``, computed once per view: a reading several checks share (one NVML
+        pass for every GPU check)."""
+        if key not in self._memo:
+            self._memo[key] = make()
+        return cast(T, self._memo[key])
 
     def run(self, argv: Sequence[str], timeout: float | None = None) -> CommandResult | None:
         """Run a command found on the view's PATH (once per view; later calls get the same
