@@ -8,7 +8,11 @@ import hashlib
 import json
 from pathlib import Path
 
+import pytest
+
 from labctl.config import LabConfig, load_config
+from labctl.doctor.finding import Context, Finding, Skip, checks
+from labctl.doctor.host import HostView
 
 NOW = 1_800_000_000.0
 COMMIT = "c0ffee" + "0" * 34
@@ -64,3 +68,24 @@ def hub_repo(
             json.dumps({"format_version": 1, "files": listing})
         )
     return d
+
+
+class Runs:
+    """A fixture machine's checks, run one code at a time (``view()`` is the machine)."""
+
+    def view(self) -> HostView:
+        raise NotImplementedError
+
+    def run(self, code: str, lab: LabConfig | None = None) -> list[Finding]:
+        found = list(checks()[code].run(Context(self.view(), lab)))
+        assert found and all(f.code == code for f in found)
+        return found
+
+    def one(self, code: str, lab: LabConfig | None = None) -> Finding:
+        (f,) = self.run(code, lab)
+        return f
+
+    def skip(self, code: str, lab: LabConfig | None = None) -> str:
+        with pytest.raises(Skip) as info:
+            checks()[code].run(Context(self.view(), lab))
+        return str(info.value)

@@ -113,7 +113,10 @@ class Daemon:
                 d = self.deployment(name)
             except StopIteration:
                 return None
-            return d if d["state"] == state else None
+            # a first start is "ready" through its smoke test, before it is switched in and
+            # has a revision: ready here means serving
+            serving = state != "ready" or d["revision"] is not None
+            return d if d["state"] == state and serving else None
 
         return dict(wait_for(check, timeout, f"{name} to be {state}"))
 

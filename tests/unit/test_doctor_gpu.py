@@ -13,11 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.doctorhost import fake_exe, write
+from tests.doctorhost import Runs, fake_exe, write
 from tests.fakenvml import FakeNvml, gb10_profile, geforce_profile, load_h100
 
 from labctl.config import DeploymentSpec, LabConfig, default_config
-from labctl.doctor.finding import Context, Finding, Skip, checks, run_checks
+from labctl.doctor.finding import Context, Finding, checks, run_checks
 from labctl.doctor.host import HostView
 
 GiB = 2**30
@@ -39,7 +39,7 @@ def h100(shared_dir: Path) -> dict[str, Any]:
     return load_h100(shared_dir)
 
 
-class Machine:
+class Machine(Runs):
     """A fixture host with NVIDIA's driver loaded and the given NVML devices."""
 
     def __init__(self, tmp_path: Path, devices: list[dict[str, Any]] | None) -> None:
@@ -83,20 +83,6 @@ class Machine:
     def view(self) -> HostView:
         return HostView(root=self.root, path=os.pathsep.join(self.path), nvml=self.nvml,
                         env=self.env)  # fmt: skip
-
-    def run(self, code: str, lab: LabConfig | None = None) -> list[Finding]:
-        found = list(checks()[code].run(Context(self.view(), lab)))
-        assert found and all(f.code == code for f in found)
-        return found
-
-    def one(self, code: str, lab: LabConfig | None = None) -> Finding:
-        (f,) = self.run(code, lab)
-        return f
-
-    def skip(self, code: str, lab: LabConfig | None = None) -> str:
-        with pytest.raises(Skip) as info:
-            checks()[code].run(Context(self.view(), lab))
-        return str(info.value)
 
 
 def vllm_lab(backend: str = "nvml", **args: Any) -> LabConfig:

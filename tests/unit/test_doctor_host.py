@@ -11,10 +11,10 @@ from pathlib import Path
 import resource
 
 import pytest
-from tests.doctorhost import NOW, fake_exe, hub_repo, lab_toml, write
+from tests.doctorhost import NOW, Runs, fake_exe, hub_repo, lab_toml, write
 
 from labctl.config import LabConfig
-from labctl.doctor.finding import Context, Finding, Skip, checks
+from labctl.doctor.finding import checks
 from labctl.doctor.host import HostView
 from labctl.home import DaemonLock
 from labctl.units import MiB
@@ -28,7 +28,7 @@ def _home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LABCTL_HOME", str(tmp_path / "state"))
 
 
-class Machine:
+class Machine(Runs):
     """A fixture host: ``root`` for files, ``bin`` for commands, limits by resource."""
 
     def __init__(self, tmp_path: Path) -> None:
@@ -45,20 +45,6 @@ class Machine:
     def view(self) -> HostView:
         return HostView(root=self.root, path=str(self.bin), nvml=None, env=self.env,
                         rlimit=self.limits.__getitem__, clock=lambda: NOW)  # fmt: skip
-
-    def run(self, code: str, lab: LabConfig | None = None) -> list[Finding]:
-        found = list(checks()[code].run(Context(self.view(), lab)))
-        assert found and all(f.code == code for f in found)
-        return found
-
-    def one(self, code: str, lab: LabConfig | None = None) -> Finding:
-        (f,) = self.run(code, lab)
-        return f
-
-    def skip(self, code: str, lab: LabConfig | None = None) -> str:
-        with pytest.raises(Skip) as info:
-            checks()[code].run(Context(self.view(), lab))
-        return str(info.value)
 
 
 @pytest.fixture

@@ -87,7 +87,10 @@ def render(report: Report) -> None:
               for s in ("fail", "warn", "info", "ok")}  # fmt: skip
     if report.skipped:
         out.print("[bold]skipped[/bold]", markup=True)
-        for s in report.skipped:
-            out.print(f"  {s.code}: {escape(s.reason)}", markup=True)
+        by_reason: dict[str, list[str]] = {}
+        for s in report.skipped:  # one line per reason: "no driver" skips a dozen checks
+            by_reason.setdefault(s.reason, []).append(s.code)
+        for reason, codes in by_reason.items():
+            out.print(f"  {', '.join(codes)}: {escape(reason)}", markup=True)
     out.print(", ".join(f"{n} {s}" for s, n in counts.items()) +
               f", {len(report.skipped)} skipped ({report.seconds:.2f} s)")  # fmt: skip
