@@ -33,6 +33,14 @@ def test_a_slow_disk_makes_a_start_disk_bound_and_the_load_phase_is_predicted(
     )
     d = lab.up("--config", str(toml))
     d.wait_state("chat", "ready", timeout=60)
+    # preflight alone says what the start should take, before anything stops
+    dry = labctl("deploy", "chat", "--set", "load_gbps=4", "--set", "time_scale=1", "--dry-run",
+                 "--url", d.url, "--json", home=lab.home, check=True).json()  # fmt: skip
+    assert isinstance(dry, dict) and dry["predicted"]["disk_gbps"] == 4.0
+    assert dry["predicted"]["phases"]["weights"] > 0 and dry["predicted"]["total_s"] > 0
+    said = labctl("deploy", "chat", "--set", "load_gbps=4", "--set", "time_scale=1", "--dry-run",
+                  "--url", d.url, home=lab.home, check=True).out  # fmt: skip
+    assert "a start should take about " in said and "weights read at 4 GB/s" in said, said
     # 4 GB/s: 0.77 s in real time (profile 2 s)
     labctl("deploy", "chat", "--set", "load_gbps=4", "--set", "time_scale=1", "--url", d.url,
            home=lab.home, check=True)  # fmt: skip

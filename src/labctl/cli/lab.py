@@ -291,6 +291,9 @@ def deploy(name: str, model: str | None, settings: tuple[str, ...], dry_run: boo
             emit_json(record)
         else:
             click.echo(f"{name}: fits ({record['need']})")
+            line = loadpath.predicted_line(record.get("predicted"))
+            if line:
+                click.echo(f"  {line}")
         return
     _follow(url, name, "deploy", body, as_json, detach)
 

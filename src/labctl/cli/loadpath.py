@@ -31,3 +31,14 @@ def summary(path: Mapping[str, Any] | None) -> str | None:
     if not path or not path.get("verdict"):
         return None
     return f"last start: {path['verdict']}"
+
+
+def predicted_line(predicted: Any) -> str | None:
+    """A dry run's prediction in one line: the start's total and each phase."""
+    if not isinstance(predicted, dict) or not isinstance(predicted.get("phases"), dict):
+        return None
+    phases = " · ".join(f"{k} {v:.2f} s" for k, v in predicted["phases"].items()
+                        if isinstance(v, (int, float)))  # fmt: skip
+    disk = predicted.get("disk_gbps")
+    read = f"; weights read at {disk:g} GB/s ({predicted.get('disk_basis')})" if disk else ""
+    return f"a start should take about {predicted.get('total_s', 0):.2f} s: {phases}{read}"

@@ -253,7 +253,8 @@ class Controller:
             self.revisions.remember(spec)
             need = await self.preflight(spec, d.engine)
             return {"deployment": spec.name, "dry_run": True, "fits": True, "need": need.summary,
-                    "bytes_per_gpu": need.bytes_per_gpu}  # fmt: skip
+                    "bytes_per_gpu": need.bytes_per_gpu,
+                    "predicted": self._predict(spec, need).doc()}  # fmt: skip
         ticket = self.submit(spec, kind, revision)
         return await asyncio.shield(self.tickets[ticket]["task"])
 
@@ -476,15 +477,24 @@ class Controller:
                 await old.close()
             self._current(d, new)
 
+    def _predict(self, spec: DeploymentSpec, need: Need) -> loadpath.Prediction:
+        """How long a start of ``spec`` should take, phase by phase (``deploy/loadpath.py``)."""
+        return loadpath.plan(
+            spec,
+            need.weight_bytes,
+            self.journal.history(limit=100),
+            self.engines.configured_rate,
+            self.engines.last_rate,
+            self.home,
+        )
+
     async def _bring_up(
         self, spec: DeploymentSpec, revision: int, need: Need, deploy_id: int, step_name: str
     ) -> Engine:
         """Start a revision (journaled as ``step_name``), smoke-test it (as a step of its own
         in a deploy; within the step in a rollback), and stop it again if the test fails."""
         with self.journal.step(deploy_id, step_name, revision=revision) as step:
-            predicted = loadpath.plan(spec, need.weight_bytes, self.journal.history(limit=100),
-                                      self.engines.configured_rate, self.engines.last_rate,
-                                      self.home)  # fmt: skip
+            predicted = self._predict(spec, need)
             step.detail["predicted"] = predicted.doc()  # journaled with the pid, at the spawn
             engine = await self.engines.start(spec, revision, self._spawned(step),
                                               need.recommended, need.bytes_per_gpu,
