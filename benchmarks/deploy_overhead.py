@@ -48,20 +48,10 @@ sim_gpus = "1xrtx-3090"
 engine = "sim"
 model = "Qwen/Qwen3-0.6B"
 stop_grace = 10
-args = { max_model_len = 4096, time_scale = 0.05, load_gbps = 0 }
 """
-SLEEP_CONFIG = """
-[lab]
-gpu_backend = "sim"
-sim_gpus = "1xrtx-3090"
-
-[deployments.chat]
-engine = "sim"
-model = "Qwen/Qwen3-0.6B"
-stop_grace = 10
-sleep = LEVEL
-args = { max_model_len = 4096, time_scale = 1, load_gbps = GBPS }
-"""
+#: The cold swaps' deployment settings, and the sleep comparison's (LEVEL, GBPS filled in).
+COLD_ARGS = "args = { max_model_len = 4096, time_scale = 0.05, load_gbps = 0 }\n"
+SLEEP_ARGS = "sleep = LEVEL\nargs = { max_model_len = 4096, time_scale = 1, load_gbps = GBPS }\n"
 
 
 def deploy(url: str, env: dict[str, str], model: str) -> dict[str, Any]:
@@ -106,7 +96,9 @@ def sleep_swaps(warm: int, level: int, gbps: float, quiet: bool) -> dict[str, An
     large, small = MODELS
     with tempfile.TemporaryDirectory() as tmp:
         config = Path(tmp) / "lab.toml"
-        config.write_text(SLEEP_CONFIG.replace("LEVEL", str(level)).replace("GBPS", str(gbps)))
+        config.write_text(
+            CONFIG + SLEEP_ARGS.replace("LEVEL", str(level)).replace("GBPS", str(gbps))
+        )
         env = dict(os.environ, LABCTL_HOME=str(Path(tmp) / "home"))
         daemon, url = start_lab(config, env, limit=120)
         rows = []
@@ -148,7 +140,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         config = Path(tmp) / "lab.toml"
-        config.write_text(CONFIG)
+        config.write_text(CONFIG + COLD_ARGS)
         env = dict(os.environ, LABCTL_HOME=str(Path(tmp) / "home"))
         daemon, url = start_lab(config, env, limit=60)
         rows = []

@@ -109,18 +109,7 @@ def _parts(e: CacheEntry) -> list[str]:
 
 def execute(removal: Removal) -> list[str]:
     """Carry out a removal; returns what could not be deleted (each a line)."""
-    if removal.strategy is not None:
-        removal.strategy.execute()
-    left = []
-    for f in removal.files:
-        try:
-            f.unlink(missing_ok=True)
-        except OSError as exc:
-            left.append(f"{f}: {exc.strerror or exc}")
-    if removal.strategy is not None:
-        s = removal.strategy
-        left += [f"{p}: still there" for p in sorted(s.repos | s.snapshots | s.blobs) if p.exists()]
-    return left
+    return _delete(removal.strategy, removal.files)
 
 
 @dataclass(frozen=True)
@@ -177,15 +166,20 @@ def plan_prune(
 
 def execute_prune(p: Prune) -> list[str]:
     """Carry out a prune; returns what could not be deleted."""
-    if p.strategy is not None:
-        p.strategy.execute()
+    return _delete(p.strategy, [path for path, _ in p.partial_files])
+
+
+def _delete(strategy: DeleteCacheStrategy | None, files: Sequence[Path]) -> list[str]:
+    """huggingface_hub's deletion, then the loose files; what is left, each a line."""
+    if strategy is not None:
+        strategy.execute()
     left = []
-    for path, _ in p.partial_files:
+    for f in files:
         try:
-            path.unlink(missing_ok=True)
+            f.unlink(missing_ok=True)
         except OSError as exc:
-            left.append(f"{path}: {exc.strerror or exc}")
-    if p.strategy is not None:
-        s = p.strategy
-        left += [f"{q}: still there" for q in sorted(s.snapshots | s.blobs) if q.exists()]
+            left.append(f"{f}: {exc.strerror or exc}")
+    if strategy is not None:
+        s = strategy
+        left += [f"{q}: still there" for q in sorted(s.repos | s.snapshots | s.blobs) if q.exists()]
     return left
