@@ -77,13 +77,13 @@ def round_up(a: int, multiple: int) -> int:
 
 
 def parse_duration(text: str) -> float:
-    """Parse ``"1s"``, ``"250ms"``, ``"2m"`` or a bare number of seconds.
+    """Parse ``"1s"``, ``"250ms"``, ``"2m"``, ``"24h"``, ``"7d"`` or a bare number of seconds.
 
     Raises:
         ValueError: the text is not a duration.
     """
-    m = re.match(r"^\s*([0-9]*\.?[0-9]+)\s*(ms|s|m|h)?\s*$", text)
+    m = re.match(r"^\s*([0-9]*\.?[0-9]+)\s*(ms|s|m|h|d)?\s*$", text)
     if not m:
-        raise ValueError(f"{text!r} is not a duration; write e.g. 500ms, 1s, 2m")
-    scale = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}[m.group(2) or "s"]
+        raise ValueError(f"{text!r} is not a duration; write e.g. 500ms, 1s, 2m, 24h, 7d")
+    scale = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}[m.group(2) or "s"]
     return float(m.group(1)) * scale

@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from labctl.cli.benchrecord import record, record_option
 from labctl.cli.output import console, emit_json, warn
 from labctl.errors import BenchError, UsageError
 
@@ -338,6 +339,7 @@ def _write_json(path: Path, doc: Any) -> None:
 @click.option("--json-out", type=click.Path(path_type=Path), help="write the result JSON here")
 @click.option("--plot", type=click.Path(path_type=Path), help="write a PNG here")
 @click.option("--json", "as_json", is_flag=True, help="print the result JSON on stdout")
+@record_option
 @click.argument("more_slos", nargs=-1, metavar="")
 def bench(**kw: Any) -> None:
     """Measure TTFT, TPOT, ITL and E2EL of an OpenAI-compatible server under load.
@@ -455,7 +457,7 @@ def _finish(
     interrupted: bool,
     printer: Callable[[dict[str, Any]], None] | None,
 ) -> None:
-    """Write and print the result, warn, and exit as the runs went."""
+    """Write, print and record the result, warn, and exit as the runs went."""
     if kw["json_out"] is not None:
         _write_json(kw["json_out"], result)
     if kw["as_json"]:
@@ -465,6 +467,7 @@ def _finish(
     for doc in runs:
         for w in doc["warnings"]:
             warn(w)
+    record(kw, runs, result, interrupted)
     if interrupted:
         sys.exit(130)
     if all(doc["completed"] == 0 for doc in runs):

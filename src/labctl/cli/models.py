@@ -4,7 +4,7 @@ built-in model catalog."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 import sys
 import time
@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from labctl.cache.entry import CacheEntry
     from labctl.cache.inventory import Inventory
     from labctl.cache.verify import Progress, Verification
-    from labctl.cli.modelfit import Fit
+    from labctl.cli.modelfit import Fit, LabGpu
 
 #: Files at least this large show hashing progress on stderr.
 PROGRESS_BYTES = 64 << 20
@@ -107,8 +107,7 @@ def _inventory_view(
     as_json: bool,
 ) -> None:
     from labctl.cache.entry import FORMATS
-    from labctl.cache.inventory import scan, used_by
-    from labctl.cli.modelfit import fits_on, lab_gpus
+    from labctl.cli.modelfit import lab_gpus
 
     if fmt is not None and fmt.lower() not in FORMATS:
         raise UsageError(f"--format {fmt}: use one of {', '.join(FORMATS)}")
@@ -120,32 +119,54 @@ def _inventory_view(
             raise UsageError(f"--min-size: {exc}") from None
     config = _lab(config_path)
     gpus = lab_gpus(config, gpu_ids)
-    inv = scan(config.models)
-    rows = []
-    for e in inv.entries:
-        users = used_by(e, config.deployments)
-        if (fmt and e.format != fmt.lower()) or e.size_bytes < floor or (unused and users):
-            continue
-        rows.append((e, users))
-    fits = fits_on([e for e, _ in rows], gpus)
+
+    def keep(e: CacheEntry, users: list[str]) -> bool:
+        return not ((fmt and e.format != fmt.lower()) or e.size_bytes < floor or (unused and users))
+
+    inv, rows, fits = disk_models(config, gpus, keep)
     if as_json:
-        emit_json(
-            {
-                "models": [
-                    _entry_doc(e, users, f) for (e, users), f in zip(rows, fits, strict=True)
-                ],
-                "cache_dir": str(inv.cache_dir),
-                "ollama": [str(p) for p in inv.ollama],
-                "paths": list(inv.paths),
-                "lab": config.source,
-                "gpus": [g.label for g in gpus],
-                "warnings": list(inv.warnings),
-            }
-        )
+        emit_json(inventory_doc(config, gpus, inv, rows, fits))
         return
     for w in inv.warnings:
         warn(w)
     _render(inv, rows, fits, [g.label for g in gpus])
+
+
+def disk_models(
+    config: LabConfig,
+    gpus: Sequence[LabGpu],
+    keep: Callable[[CacheEntry, list[str]], bool] = lambda e, users: True,
+) -> tuple[Inventory, list[tuple[CacheEntry, list[str]]], list[Fit]]:
+    """The models on disk that ``keep`` keeps, the deployments using each, and where each fits."""
+    from labctl.cache.inventory import scan, used_by
+    from labctl.cli.modelfit import fits_on
+
+    inv = scan(config.models)
+    rows = []
+    for e in inv.entries:
+        users = used_by(e, config.deployments)
+        if keep(e, users):
+            rows.append((e, users))
+    return inv, rows, fits_on([e for e, _ in rows], gpus)
+
+
+def inventory_doc(
+    config: LabConfig,
+    gpus: Sequence[LabGpu],
+    inv: Inventory,
+    rows: Sequence[tuple[CacheEntry, list[str]]],
+    fits: Sequence[Fit],
+) -> dict[str, Any]:
+    """``labctl models --json``'s document."""
+    return {
+        "models": [_entry_doc(e, users, f) for (e, users), f in zip(rows, fits, strict=True)],
+        "cache_dir": str(inv.cache_dir),
+        "ollama": [str(p) for p in inv.ollama],
+        "paths": list(inv.paths),
+        "lab": config.source,
+        "gpus": [g.label for g in gpus],
+        "warnings": list(inv.warnings),
+    }
 
 
 def _entry_doc(e: CacheEntry, users: list[str], fit: Fit) -> dict[str, Any]:

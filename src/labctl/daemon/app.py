@@ -2,15 +2,17 @@
 
 One listener (``daemon/listener.py``): the gateway (``/v1`` and every API family the
 engines serve), ``/metrics`` (GPU and host telemetry, and the daemon's own series from
-``daemon/metrics.py``), the admin API and probes (``daemon/api.py``) and the dashboard
-(``dashboard/site.py``), all behind the guard (``daemon/guard.py``). The deploy controller
+``daemon/metrics.py``), the admin API and probes (``daemon/api.py``), the dashboard
+(``dashboard/site.py``) and the report's records (``daemon/record.py``: alerts, serving
+figures, bench results), all behind the guard (``daemon/guard.py``). The deploy controller
 publishes each deployment's route to the gateway; the sampler is the GPU backend's one
 reader, for the controller and the page alike. On start the journal and the running
 processes are reconciled (``deploy/reconcile.py``) and the doctor checks the machine
 (``daemon/doctor.py``): its failures are a metric, a panel, an alert, and the reason a
-deploy is refused. On SIGINT or SIGTERM: deploys stop where they safely can, requests in
-flight get the drain time, then every engine stops at once, all within one bound; a
-second signal kills them.
+deploy is refused. Under systemd (``daemon/notify.py``) it reports READY=1 once the
+configured deployments have started (or failed to) and STOPPING=1 as the stop begins. On
+SIGINT or SIGTERM: deploys stop where they safely can, requests in flight get the drain
+time, then every engine stops at once, all within one bound; a second signal kills them.
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ from labctl.daemon.faults import crash_point
 from labctl.daemon.guard import Guard, Log, route_logs
 from labctl.daemon.listener import listen
 from labctl.daemon.metrics import DaemonMetrics
+from labctl.daemon.notify import Notifier
+from labctl.daemon.record import Records
 from labctl.dashboard.board import Board, samples
 from labctl.dashboard.feed import Feed, run_ticks
 from labctl.dashboard.site import Site
@@ -76,6 +80,7 @@ class Daemon:
         self.redact = Redactor([self.token, *(k.key for k in gw.keys)])
         self.log = Log(self.redact)
         route_logs(self.log)
+        self.systemd = Notifier(self.log)  # READY=1 and STOPPING=1 under systemd
         self.guard = Guard(self.token, self.host, config.allowed_hosts,
                            (k.key for k in gw.keys), gw.read_timeout, self.log)  # fmt: skip
         self.metrics = DaemonMetrics()
@@ -115,6 +120,8 @@ class Daemon:
         self.api = AdminApi(self.controller, config, self.sampler.fresh, self.events,
                             self.stopping, self.site.status, self.login_url,
                             self._learn, self.doctor)  # fmt: skip
+        self.records = Records(self.journal, self.board, config, self.home, lambda: self.url,
+                               self.sampler.fresh, self._deployments, self.doctor, self.redact)  # fmt: skip
 
     # -- what the services tell each other ------------------------------------------------
 
@@ -164,6 +171,7 @@ class Daemon:
         r = app.router
         self.gateway.add_routes(r)
         self.api.add_routes(r)
+        self.records.add_routes(r)
         self.site.add_routes(r)
         r.add_get("/metrics", self.metrics_page)
         r.add_get("/login", self.guard.login)
@@ -211,13 +219,16 @@ class Daemon:
             tasks.append(asyncio.create_task(self.metrics.scrape_engines(self.controller)))
             tasks.append(asyncio.create_task(self.doctor.start(self.log)))
             tasks.append(asyncio.create_task(
-                run_ticks(self.board, self.site.pages, self._deployments, self.log)))  # fmt: skip
+                run_ticks(self.board, self.site.pages, self._deployments, self.log,
+                          self.records.recorder.on_tick)))  # fmt: skip
             starting = asyncio.create_task(
                 start_configured(self.controller, self.config.deployments, self.log)
             )
             starting.add_done_callback(lambda t: self.started.set())
+            starting.add_done_callback(lambda t: self.systemd.ready(self._deployments()))
             tasks.append(starting)
             await self.stopping.wait()
+            self.systemd.stopping()
             await shut_down(self.controller, self.gateway.drain,
                             self.config.gateway.drain_timeout, self.log)  # fmt: skip
         finally:
@@ -231,13 +242,5 @@ class Daemon:
             await self.gateway.close()
             await runner.cleanup()
             self.sampler.stop()
+            self.records.close()
             self.journal.close()
-
-
-def event_loop() -> asyncio.AbstractEventLoop:
-    """uvloop's event loop where installed (the gateway relays with less CPU), else asyncio's."""
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.new_event_loop()
-    return uvloop.new_event_loop()

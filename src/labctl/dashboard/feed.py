@@ -72,12 +72,13 @@ class Feed:
 
 async def run_ticks(
     board: Board, pages: Feed, deployments: Callable[[], list[dict[str, Any]]],
-    log: Callable[[str], None],
+    log: Callable[[str], None], on_tick: Callable[[dict[str, Any]], None] | None = None,
 ) -> None:  # fmt: skip
-    """Every interval: the board's tick (panels, alerts), sent to every open page; a failing
-    tick or rule is logged once, and the ticks go on."""
+    """Every interval: the board's tick (panels, alerts), sent to every open page and then
+    to ``on_tick`` (the lab's recorder); a failing tick, rule or ``on_tick`` is logged once,
+    and the ticks go on."""
     interval = board.interval
-    failed = False
+    failed = told = False
     reported: dict[str, str] = {}
     while True:
         try:
@@ -94,4 +95,13 @@ async def run_ticks(
             reported = dict(board.errors)
             if pages:
                 pages.publish({"type": "tick", **tick, "deployments": deployments()})
+            try:
+                if on_tick is not None:
+                    on_tick(tick)
+            except Exception as exc:  # nor must a failing record
+                if not told:
+                    log(f"dashboard: recording a tick failed ({type(exc).__name__}: {exc})")
+                told = True
+            else:
+                told = False
         await asyncio.sleep(interval - time.time() % interval)

@@ -6,13 +6,17 @@ got: :meth:`Journal.unfinished` lists those deploys for reconciliation on the
 next start. ``current`` says what each deployment is serving and through which
 engine process (pid and start time, so a reused pid is never adopted).
 
+Besides deploys, it keeps what a lab report needs over a period: alerts that fired, each
+deployment's serving figures by the minute, and bench results run against the lab; those
+are kept :data:`KEEP_S` (35 days) and pruned at open and hourly.
+
 The schema evolves through numbered migrations recorded in ``user_version``; a
 journal written by a newer labctl is refused rather than misread.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 import contextlib
 from dataclasses import dataclass, field
 import json
@@ -68,7 +72,39 @@ MIGRATIONS: tuple[str, ...] = (
         updated REAL NOT NULL
     );
     """,
+    # 2: what a lab report needs besides deploys: alerts that fired, serving figures by the
+    # minute, bench results run against the lab
+    """
+    CREATE TABLE alerts (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL,
+        severity TEXT NOT NULL,
+        labels TEXT NOT NULL,
+        summary TEXT NOT NULL,
+        started REAL NOT NULL,
+        ended REAL
+    );
+    CREATE INDEX alerts_by_end ON alerts (ended);
+    CREATE TABLE serving (
+        t REAL NOT NULL,
+        deployment TEXT NOT NULL,
+        figures TEXT NOT NULL
+    );
+    CREATE INDEX serving_by_time ON serving (t);
+    CREATE TABLE bench (
+        id INTEGER PRIMARY KEY,
+        t REAL NOT NULL,
+        model TEXT NOT NULL,
+        result TEXT NOT NULL
+    );
+    CREATE INDEX bench_by_time ON bench (t);
+    """,
 )
+
+#: How long alerts, serving figures and bench results are kept (seconds): a month's report.
+KEEP_S = 35 * 86400.0
+#: How often they are pruned while the journal is open (seconds), besides at open.
+PRUNE_EVERY_S = 3600.0
 
 #: How a deploy can end.
 OUTCOMES = ("committed", "rolled_back", "refused", "failed", "interrupted")
@@ -80,6 +116,9 @@ SCHEMA = {
     "steps": ("deploy_id", "seq", "name", "started", "finished", "outcome", "error",
               "freed_bytes", "detail"),
     "current": ("deployment", "revision", "engine_pid", "engine_start", "url", "updated"),
+    "alerts": ("id", "name", "severity", "labels", "summary", "started", "ended"),
+    "serving": ("t", "deployment", "figures"),
+    "bench": ("id", "t", "model", "result"),
 }  # fmt: skip
 
 
@@ -144,6 +183,8 @@ class Journal:
             self.db.execute("PRAGMA busy_timeout=5000")
             self._migrate()
             self._check_schema()
+            self._pruned = 0.0
+            self.prune()
         except sqlite3.DatabaseError as exc:
             raise DeployError(
                 f"the journal {path} cannot be opened ({exc}); move it aside to start a new one"
@@ -364,6 +405,107 @@ class Journal:
             "ORDER BY deployment"
         ).fetchall()
         return [Current(*r) for r in rows]
+
+    # -- what a lab report needs ----------------------------------------------------------
+
+    def prune(self, now: float | None = None) -> None:
+        """Forget alerts that ended, serving figures and bench results older than
+        :data:`KEEP_S` (at open, and hourly as figures are added)."""
+        now = self.clock() if now is None else now
+        cutoff = now - KEEP_S
+        with self._tx():
+            self.db.execute("DELETE FROM alerts WHERE ended < ?", (cutoff,))
+            self.db.execute("DELETE FROM serving WHERE t < ?", (cutoff,))
+            self.db.execute("DELETE FROM bench WHERE t < ?", (cutoff,))
+        self._pruned = now
+
+    def alert_fired(
+        self, name: str, severity: str, labels: dict[str, str], summary: str, started: float
+    ) -> int:
+        """Record an alert that began firing at ``started``; returns its id for
+        :meth:`alert_ended`."""
+        cur = self.db.execute(
+            "INSERT INTO alerts (name, severity, labels, summary, started) VALUES (?, ?, ?, ?, ?)",
+            (name, severity, json.dumps(labels, sort_keys=True), summary, started),
+        )
+        assert cur.lastrowid is not None
+        return cur.lastrowid
+
+    def alert_ended(self, alert_id: int, t: float) -> None:
+        self.db.execute(
+            "UPDATE alerts SET ended = MAX(started, ?) WHERE id = ? AND ended IS NULL",
+            (t, alert_id),
+        )
+
+    def close_open_alerts(self, t: float) -> int:
+        """End every alert still open at ``t`` (left firing by a daemon that stopped or was
+        killed: the next daemon evaluates its rules afresh); returns how many."""
+        cur = self.db.execute("UPDATE alerts SET ended = MAX(started, ?) WHERE ended IS NULL", (t,))
+        return cur.rowcount
+
+    def alerts_since(self, t: float, limit: int = 10_000) -> list[dict[str, Any]]:
+        """Alerts that fired and were still firing at or after ``t``, oldest first (the latest
+        ``limit`` of them)."""
+        rows = self.db.execute(
+            "SELECT * FROM alerts WHERE ended IS NULL OR ended >= ? ORDER BY id DESC LIMIT ?",
+            (t, limit),
+        ).fetchall()
+        return [{**dict(r), "labels": _detail(r["labels"])} for r in reversed(rows)]
+
+    def add_serving(self, t: float, figures: dict[str, dict[str, float]]) -> None:
+        """Record each deployment's serving figures at ``t`` (one row per deployment)."""
+        with self._tx():
+            self.db.executemany(
+                "INSERT INTO serving VALUES (?, ?, ?)",
+                [(t, name, json.dumps(f, sort_keys=True)) for name, f in figures.items()],
+            )
+        if t - self._pruned >= PRUNE_EVERY_S:
+            self.prune(t)
+
+    def serving_since(self, t: float, limit: int = 100_000) -> list[dict[str, Any]]:
+        """Serving figures recorded at or after ``t``, oldest first (the latest ``limit``)."""
+        rows = self.db.execute(
+            "SELECT * FROM serving WHERE t >= ? ORDER BY t DESC, rowid DESC LIMIT ?", (t, limit)
+        ).fetchall()
+        return [{"t": r["t"], "deployment": r["deployment"], "figures": _detail(r["figures"])}
+                for r in reversed(rows)]  # fmt: skip
+
+    def add_bench(self, t: float, model: str, result: dict[str, Any]) -> int:
+        """Record a bench result (the JSON ``labctl bench --json`` prints); returns its id."""
+        cur = self.db.execute(
+            "INSERT INTO bench (t, model, result) VALUES (?, ?, ?)", (t, model, json.dumps(result))
+        )
+        assert cur.lastrowid is not None
+        return cur.lastrowid
+
+    def bench_since(self, t: float, limit: int = 1000) -> list[dict[str, Any]]:
+        """Bench results recorded at or after ``t``, oldest first (the latest ``limit``)."""
+        rows = self.db.execute(
+            "SELECT * FROM bench WHERE t >= ? ORDER BY id DESC LIMIT ?", (t, limit)
+        ).fetchall()
+        return [{**dict(r), "result": _detail(r["result"])} for r in reversed(rows)]
+
+    def history_since(self, t: float, limit: int = 2000) -> list[dict[str, Any]]:
+        """Deploys started at or after ``t``, newest first, as :meth:`history` has them."""
+        rows = self.db.execute(
+            "SELECT * FROM deploys WHERE started >= ? ORDER BY id DESC LIMIT ?", (t, limit)
+        )
+        return [self._deploy(r) for r in rows.fetchall()]
+
+    def revisions_of(
+        self, pairs: Iterable[tuple[str, int | None]]
+    ) -> dict[str, dict[str, dict[str, Any]]]:
+        """The specs of these (deployment, revision) pairs: deployment → revision (as a string,
+        as JSON keys are) → spec. Pairs without a revision, or unknown, are left out."""
+        out: dict[str, dict[str, dict[str, Any]]] = {}
+        for deployment, number in sorted({p for p in pairs if p[1] is not None}):
+            row = self.db.execute(
+                "SELECT spec FROM revisions WHERE deployment = ? AND revision = ?",
+                (deployment, number),
+            ).fetchone()
+            if row is not None:
+                out.setdefault(deployment, {})[str(number)] = _detail(row[0])
+        return out
 
 
 def _detail(raw: str) -> dict[str, Any]:

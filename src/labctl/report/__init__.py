@@ -1,0 +1,1 @@
+"""labctl report: the lab's report, public or private."""

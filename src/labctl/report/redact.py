@@ -1,0 +1,606 @@
+"""The public report's redactor: what identifies the machine, its network or its owner goes.
+
+``labctl report --public`` must be safe to paste into a GitHub issue, yet still readable:
+``host-1`` talks to ``net-1.5:port-1`` on ``gpu-0`` reads better than a wall of ``[redacted]``.
+So each private value is replaced by a stable, numbered stand-in (the same original, the same
+stand-in, everywhere in one report, numbered in order of first appearance), in the manner of
+``sos clean``; the map back to the originals is written only to a private file.
+
+The passes run in a fixed order over each string. Each replacement is parked behind a
+placeholder (private-use characters no pattern matches) until the end, so a stand-in is never
+matched again by a later pass. Kept as they are: loopback and unspecified addresses, the
+public hosts a report may name (``huggingface.co``, …), what :class:`Known` says to keep, and
+system paths (``/usr``, ``/lib``, ``/lib32``, ``/lib64``, ``/bin``, ``/sbin``, ``/etc``,
+``/dev``, ``/proc``, ``/sys``, ``/run``) and API routes (``/v1``, ``/api``, ``/vla``,
+``/metrics``, ``/healthz``, …). ``/opt``, ``/var``, ``/tmp``, ``/srv``, ``/data`` and the rest
+are mapped: what sits under them is the site's own. Commit and blob hashes of model revisions
+are shortened to 12 hex digits, never treated as secrets.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+import html
+import ipaddress
+import json
+import math
+from pathlib import Path
+import re
+from typing import Any
+from urllib.parse import quote, quote_plus, unquote
+
+from labctl.home import write_private
+from labctl.secrets import _SECRET_NAME
+
+#: Categories in the order the summary names them, with the noun for one of each.
+NOUNS = {
+    "hostname": "hostname", "address": "address", "mac": "MAC address", "port": "port",
+    "user": "username", "path": "path", "gpu": "GPU id", "serial": "serial",
+    "pci": "PCI bus id", "token": "token",
+}  # fmt: skip
+
+#: Public hosts a report may name as they are.
+PUBLIC_HOSTS = frozenset({
+    "huggingface.co", "hf.co", "cdn-lfs.huggingface.co", "cdn-lfs.hf.co", "github.com",
+    "raw.githubusercontent.com", "objects.githubusercontent.com", "pypi.org",
+    "files.pythonhosted.org", "docs.vllm.ai", "vllm.ai", "blog.vllm.ai", "download.pytorch.org",
+    "pytorch.org", "developer.nvidia.com", "docs.nvidia.com", "nvcr.io", "ghcr.io",
+    "docker.io", "registry-1.docker.io", "hub.docker.com", "ollama.com", "registry.ollama.ai",
+})  # fmt: skip
+#: Top-level labels that make a dotted word of 3 or more labels a host name.
+TLDS = frozenset({
+    "com", "net", "org", "io", "ai", "dev", "app", "cloud", "edu", "gov", "mil", "int", "co",
+    "uk", "de", "fr", "nl", "eu", "us", "ca", "jp", "cn", "kr", "in", "ru", "ch", "se", "no",
+    "fi", "dk", "pl", "it", "es", "au", "br", "info", "biz", "me", "tech", "xyz", "site",
+    "lan", "local", "internal", "home", "corp", "localdomain", "intranet", "private",
+})  # fmt: skip
+#: Top-level labels private to a site: two labels (``gpubox.lan``) already name a host.
+PRIVATE_TLDS = frozenset({
+    "lan", "local", "internal", "home", "corp", "localdomain", "intranet", "private",
+})  # fmt: skip
+_LOOPBACK = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
+#: Single words that precede ``:N`` without being hosts (``cuda:0``, ``rank:3``).
+_NOT_HOSTS = frozenset({
+    "cuda", "cpu", "gpu", "xpu", "npu", "mps", "device", "rank", "step", "line", "epoch",
+    "layer", "worker", "tp", "pp", "dp", "ep", "shard", "http", "https", "tcp", "udp", "unix",
+    "file",
+})  # fmt: skip
+_SYSTEM_DIRS = frozenset({
+    "usr", "lib", "lib32", "lib64", "bin", "sbin", "etc", "dev", "proc", "sys", "run",
+})  # fmt: skip
+_ROUTES = frozenset({
+    "v1", "api", "vla", "metrics", "healthz", "readyz", "health", "ping", "version",
+    "tokenize",
+})  # fmt: skip
+_HASH_KEYS = frozenset({
+    "revision", "commit", "sha", "commit_hash", "blob", "blob_hash", "etag",
+})  # fmt: skip
+#: JSON keys the secret-name rule would take for secret although their values are figures
+#: or model ids (``max_tokens``, ``tokenizer``, ``author``).
+_NOT_SECRET_KEY = re.compile(r"(?i)tokeni[sz]|tokens|author")
+
+# Placeholders: U+E000, the index in U+E100..U+E1FF digits, U+E001. No pattern below matches
+# these characters (they are not word characters, and every negated class excludes them).
+_PH = "\ue000-\ue1ff"
+_PH_RE = re.compile("\ue000([\ue100-\ue1ff]+)\ue001")
+_PH_CHARS = re.compile(f"[{_PH}]")
+
+_KEEP_EDGE = (r"(?<![\w-])", r"(?![\w-])")
+_ENCODED = re.compile(r"%[0-9A-Fa-f]{2}")
+_PERCENT = re.compile(r"[\w.~!*'()+/:?=&@\[\]%-]+")  # a URL-ish run; decoded when it holds %XX
+_PEM = re.compile(
+    r"-----BEGIN [A-Z0-9 +]{1,60}-----[\s\S]*?-----END [A-Z0-9 +]{1,60}-----"
+    r"|-----BEGIN [A-Z0-9 +]{1,60}-----(?:[A-Za-z0-9+/=:,\s-]|\\[nr])*"
+)
+_AUTH_HEADER = re.compile(
+    r"(?i)\b((?:proxy-)?authorization|x-api-key|api-key)(['\"]?\s*[:=]\s*['\"]?)"
+    rf"((?:bearer|basic|token|digest)\s+)?([^\s'\",;{_PH}]+)"
+)
+_COOKIE = re.compile(rf"(?i)\b((?:set-)?cookie)(['\"]?\s*[:=]\s*['\"]?)()([^\r\n'\"{_PH}]+)")
+_BEARER = re.compile(r"\b(Bearer|bearer|BEARER|Basic|basic|Token)\s+([A-Za-z0-9._~+/=:-]{8,})")
+#: ``name=value`` or ``"name": "value"`` where the name ends in a secret word (``HF_TOKEN``).
+_NAMED = re.compile(
+    r"(?i)(?<![a-z0-9])(token|secret|passw(?:or)?d|passphrase|pwd|api[_-]?key|access[_-]?key|"
+    r"secret[_-]?key|private[_-]?key|credentials?|client[_-]?secret)"
+    rf"(['\"]?\s*[:=]\s*)(['\"]?)([^\s'\",;&<>{_PH}]+)"
+)
+_SHAPE = re.compile(
+    r"(?<![\w-])(?:sk-(?:proj-|svcacct-|admin-|ant-(?:api\d\d-)?)?[A-Za-z0-9_-]{20,}"
+    r"|hf_[A-Za-z0-9]{30,}|api_org_[A-Za-z0-9]{30,}|gh[pousr]_[A-Za-z0-9]{30,}"
+    r"|github_pat_[A-Za-z0-9_]{22,}|xox[abposr]-[A-Za-z0-9-]{10,}"
+    r"|(?:A3T[A-Z0-9]|AKIA|ASIA|ABIA|ACCA)[A-Z2-7]{16}"
+    r"|eyJ[A-Za-z0-9_-]{4,}\.eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*)(?![\w-])"
+)
+_AWS_SECRET = re.compile(r"(?<![A-Za-z0-9/+])[A-Za-z0-9/+]{40}(?![A-Za-z0-9/+=])")
+_GPU_ID = re.compile(r"\b(?:MIG-GPU-|MIG-|GPU-)[0-9a-fA-F]{8,}(?:-[0-9a-fA-F]{1,12}){0,4}"
+                     r"(?:/\d+/\d+)?(?![\w-])")  # fmt: skip
+_HASHES = re.compile(r"\b(snapshots/|blobs/|sha256[:-])([0-9a-f]{64}|[0-9a-f]{40})\b")
+_PATH = re.compile(r"(?<![\w\]).~/%-])/(?=[\w@+~-])[\w.@+~-]+(?:/[\w.@+~-]+)*/?")
+_HOME_USER = re.compile(r"(?<![\w\]).~/%-])/(home|Users)/([A-Za-z_][\w.-]{0,31})(?=/|\b)")
+_URL = re.compile(
+    rf"\b([A-Za-z][A-Za-z0-9+.-]{{1,15}})://(?:([^\s/@?#\"'<>]+)@)?"
+    rf"(\[[0-9A-Fa-f:.]+(?:%\w+)?\]|[^\s/:?#\"'<>\[\]\\{_PH}]+)(?::(\d{{1,5}}))?"
+)
+_MAC = re.compile(r"(?<![\w:-])[0-9A-Fa-f]{2}([:-])[0-9A-Fa-f]{2}(?:\1[0-9A-Fa-f]{2}){4}(?![\w:-])")
+_PCI = re.compile(
+    r"(?<![\w:.])(?:[0-9A-Fa-f]{4,8}:)?[0-9A-Fa-f]{2}:[0-9A-Fa-f]{2}\.[0-7](?![\w.:])"
+)
+_HOST_PORT = re.compile(
+    r"(?<![\w.:/-])(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9](?:[A-Za-z0-9.-]{0,253}[A-Za-z0-9])?)"
+    r":(\d{1,5})(?![\w.:])"
+)
+_IPV6 = re.compile(r"(?<![\w:.])(?=[0-9A-Fa-f:]*::|(?:[0-9A-Fa-f]{1,4}:){2})"
+                   r"((?:[0-9A-Fa-f]{0,4}:){2,7}(?:[0-9A-Fa-f]{0,4}|\d{1,3}(?:\.\d{1,3}){3}))"
+                   r"(/\d{1,3})?(?![\w:.])")  # fmt: skip
+_IPV4 = re.compile(r"(?<![\w.])((?:\d{1,3}\.){3}\d{1,3})(/\d{1,2})?(?![\w]|\.\d)")
+_PORT = re.compile(r"(?i)(--port[= ]|\bport['\"]?\s*[:=]\s*['\"]?)(\d{1,5})\b")
+_SERIAL = re.compile(r"(?i)\b(serial(?:[ _]?number)?['\"]?[ :=#]+['\"]?)"
+                     r"(?=[A-Za-z]*\d)([A-Za-z0-9]{6,})\b")  # fmt: skip
+_FQDN = re.compile(r"(?<![\w.@-])((?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+"
+                   rf"(?i:{'|'.join(sorted(TLDS, key=len, reverse=True))}))"
+                   r"(?![\w-]|\.[A-Za-z0-9]|\()")  # fmt: skip
+_HEX = re.compile(
+    r"(?<![\w+/-])(?=[0-9a-fA-F]*[a-fA-F])(?=[0-9a-fA-F]*\d)[0-9a-fA-F]{24,}(?![\w+/-])"
+)
+_RUN = re.compile(r"(?<![A-Za-z0-9+/=_-])[A-Za-z0-9+/=_-]{20,}")
+_WORDS = re.compile(r"[A-Z]?[a-z]+|[A-Z]+(?![a-z])|\d+")
+_HEX_VALUE = re.compile(r'"?([0-9a-f]{64}|[0-9a-f]{40})"?')
+
+
+@dataclass
+class Known:
+    """What the lab knows is private or must be kept, gathered from its sources."""
+
+    hostnames: set[str] = field(default_factory=set)  # the machine's names, lab.toml hosts
+    usernames: set[str] = field(default_factory=set)  # the user running the lab, home owners
+    secrets: set[str] = field(default_factory=set)  # exact secret values (tokens, keys)
+    keep: set[str] = field(default_factory=set)  # never touched: model ids, GPU names, …
+    gpu_uuids: dict[str, int] = field(default_factory=dict)  # "GPU-…" → its index: gpu-<index>
+    cache_roots: dict[str, str] = field(default_factory=dict)  # absolute dir → shown name
+
+
+def entropy(s: str) -> float:
+    """Shannon entropy of ``s`` in bits per character."""
+    n = len(s)
+    counts: dict[str, int] = {}
+    for ch in s:
+        counts[ch] = counts.get(ch, 0) + 1
+    return -sum(c / n * math.log2(c / n) for c in counts.values())
+
+
+def looks_random(run: str) -> bool:
+    """Whether a run of ``[A-Za-z0-9+/=_-]`` reads as a random secret, not an identifier.
+
+    Letters and digits mixed and at least 4.0 bits of entropy a character, like
+    detect-secrets; but identifiers made of short pieces (``Qwen3-30B-A3B-Instruct-2507``,
+    ``max_num_batched_tokens``) and camel-cased words (``Qwen2VLForConditionalGeneration``)
+    are names, whatever their entropy.
+    """
+    if not (re.search(r"[A-Za-z]", run) and re.search(r"\d", run)) or entropy(run) < 4.0:
+        return False
+    pieces = [p for p in re.split(r"[-_/+=.]+", run) if p]
+    if len(pieces) >= 3 and max(map(len, pieces)) <= 12:
+        return False
+    words = _WORDS.findall(run)
+    return sum(map(len, words)) / len(words) <= 4.5
+
+
+def _ph_index(i: int) -> str:
+    digits = []
+    while True:
+        i, d = divmod(i, 256)
+        digits.append(chr(0xE100 + d))
+        if not i:
+            return "\ue000" + "".join(reversed(digits)) + "\ue001"
+
+
+class _Parked:
+    """The replacements of one string, parked behind placeholders until the last pass."""
+
+    def __init__(self) -> None:
+        self.parts: list[str] = []
+
+    def park(self, shown: str) -> str:
+        self.parts.append(shown)
+        return _ph_index(len(self.parts) - 1)
+
+    def resolve(self, text: str) -> str:
+        def back(m: re.Match[str]) -> str:
+            i = 0
+            for ch in m[1]:
+                i = i * 256 + ord(ch) - 0xE100
+            return self.parts[i]
+
+        return _PH_RE.sub(back, text)
+
+
+class Scrubber:
+    """Replaces what is private in a report by consistent stand-ins and remembers the map."""
+
+    def __init__(self, known: Known, credentials_only: bool = False) -> None:
+        self.known = known
+        #: Only credentials (the operator's own report keeps hosts, addresses and paths).
+        self.steps = self._credential_steps if credentials_only else self._steps
+        self._map: dict[str, dict[str, str]] = {c: {} for c in NOUNS}
+        self._keys: dict[str, dict[str, str]] = {c: {} for c in NOUNS}  # normalised → shown
+        self._nets: dict[str, int] = {}  # IPv4 /24 network → N of net-N
+        self._nets6: dict[str, int] = {}  # IPv6 address → N of ip6-N
+        self._users = {u for u in known.usernames if _usable_user(u)}
+        self._users_re: re.Pattern[str] | None = None
+        self._paths_seen: dict[str, str] = {}  # path → shown: a path's stand-in, once
+        self._gpu_next = max(known.gpu_uuids.values(), default=-1) + 1
+        self._gpus = {u.lower(): i for u, i in known.gpu_uuids.items()}
+        self._roots = sorted(known.cache_roots.items(), key=lambda kv: -len(kv[0]))
+        self._keep = _alternation(known.keep, *_KEEP_EDGE)
+        self._secrets = _alternation(
+            {e for s in known.secrets if len(s) >= 4 for e in _encodings(s)}, "", ""
+        )
+        hosts = {h for h in known.hostnames if h and not _is_ip(h)}
+        self._hosts = _alternation(hosts, r"(?<![\w-])", r"(?![\w-])", re.IGNORECASE)
+
+    # -- public ---------------------------------------------------------------------------
+
+    def text(self, s: str) -> str:
+        """One free-text string, scrubbed."""
+        self._learn(s)
+        return self._scrub(s, decode=True)
+
+    def value(self, obj: Any) -> Any:
+        """A JSON-like tree, scrubbed into a new tree: strings as text, dict keys too, and the
+        values of keys whose names say what they hold (ports, serials, bus ids, secrets,
+        revision hashes) by that name."""
+        self._learn_tree(obj)
+        return self._value(obj)
+
+    def counts(self) -> dict[str, int]:
+        """Category → how many distinct values were replaced so far (categories with none left out)."""
+        return {c: len(m) for c, m in self._map.items() if m}
+
+    def mapping(self) -> dict[str, dict[str, str]]:
+        """Category → {original: replacement}: private, it undoes the redaction."""
+        return {c: dict(m) for c, m in self._map.items() if m}
+
+    def summary(self) -> str:
+        """One line for the report: ``redacted 2 hostnames, 1 address, 3 tokens``."""
+        parts = [f"{n} {_plural(NOUNS[c], n)}" for c, n in self.counts().items()]
+        return "redacted " + ", ".join(parts) if parts else "nothing to redact"
+
+    def write_map(self, path: Path) -> None:
+        """The mapping as JSON, readable by its owner only (it holds the originals)."""
+        write_private(path, json.dumps(self.mapping(), indent=2, sort_keys=True) + "\n")
+
+    # -- the tree -------------------------------------------------------------------------
+
+    def _learn_tree(self, obj: Any) -> None:
+        if isinstance(obj, str):
+            self._learn(obj)
+        elif isinstance(obj, dict):
+            for k, v in obj.items():
+                self._learn_tree(k)
+                self._learn_tree(v)
+        elif isinstance(obj, list | tuple):
+            for v in obj:
+                self._learn_tree(v)
+
+    def _value(self, obj: Any) -> Any:
+        if isinstance(obj, str):
+            return self._scrub(obj, decode=True)
+        if isinstance(obj, list | tuple):
+            return [self._value(v) for v in obj]
+        if isinstance(obj, dict):
+            return {
+                self._scrub(str(k), decode=True): self._keyed(str(k), v) for k, v in obj.items()
+            }
+        return obj
+
+    def _keyed(self, key: str, v: Any) -> Any:
+        name = key.lower()
+        scalar = isinstance(v, str | int) and not isinstance(v, bool)
+        if scalar and (name == "port" or name.endswith("_port")) and str(v).strip().isdigit():
+            return self._stand("port", str(int(v)), str(v), lambda n: f"port-{n}")
+        if scalar and (name == "serial" or name.endswith("_serial")) and str(v).strip():
+            return self._stand("serial", str(v), str(v), lambda n: f"serial-{n}")
+        if isinstance(v, str) and name in ("pci_bus_id", "bus_id") and v.strip():
+            return self._stand("pci", v.lower(), v, lambda n: f"pci-{n}")
+        if isinstance(v, str) and name in _HASH_KEYS and (m := _HEX_VALUE.fullmatch(v)):
+            return m[1][:12]
+        if (
+            isinstance(v, str) and v and v not in self.known.keep
+            and _SECRET_NAME.search(key) and not _NOT_SECRET_KEY.search(key)
+        ):  # fmt: skip
+            return self._token(v)
+        return self._value(v)
+
+    # -- the passes -----------------------------------------------------------------------
+
+    def _learn(self, s: str) -> None:
+        """Users named by home paths anywhere are replaced everywhere, as words too."""
+        for m in _HOME_USER.finditer(s):
+            if _usable_user(m[2]) and m[2] not in self._users:
+                self._users.add(m[2])
+                self._users_re = None
+
+    def _scrub(self, s: str, decode: bool) -> str:
+        s = _PH_CHARS.sub("\ufffd", s)
+        p = _Parked()
+        if decode and _ENCODED.search(s):
+            s = _PERCENT.sub(lambda m: self._percent(m[0], p), s)
+        if self._keep:
+            s = self._keep.sub(lambda m: p.park(m[0]), s)
+        for step in self.steps:
+            s = step(self, s, p)
+        return p.resolve(s)
+
+    def _percent(self, run: str, p: _Parked) -> str:
+        if not _ENCODED.search(run):
+            return run
+        plain = unquote(run)
+        scrubbed = self._scrub(plain, decode=False)
+        if scrubbed == plain:
+            return run
+        literal = "".join(set(_ENCODED.sub("", run)))  # encoded as it was
+        return p.park(quote(scrubbed, safe=literal))
+
+    def _known_secrets(self, s: str, p: _Parked) -> str:
+        return self._secrets.sub(lambda m: p.park(self._token(m[0])), s) if self._secrets else s
+
+    def _pem(self, s: str, p: _Parked) -> str:
+        return _PEM.sub(lambda m: p.park(self._token(m[0])), s)
+
+    def _auth(self, s: str, p: _Parked) -> str:
+        low = s.lower()
+        if not any(word in low for word in ("auth", "key", "cookie", "bearer", "basic", "token")):
+            return s
+        for header in (_AUTH_HEADER, _COOKIE):
+            s = header.sub(
+                lambda m: m[1] + m[2] + (m[3] or "") + p.park(self._token(m[4].rstrip())), s
+            )
+        return _BEARER.sub(lambda m: self._bearer(m, p), s)
+
+    def _bearer(self, m: re.Match[str], p: _Parked) -> str:
+        v = m[2]
+        if v.isalpha() and v.islower():  # prose: "basic configuration"
+            return m[0]
+        return f"{m[1]} {p.park(self._token(v))}"
+
+    def _named(self, s: str, p: _Parked) -> str:
+        return _NAMED.sub(lambda m: m[1] + m[2] + m[3] + p.park(self._token(m[4])), s)
+
+    def _shapes(self, s: str, p: _Parked) -> str:
+        s = _SHAPE.sub(lambda m: p.park(self._token(m[0])), s)
+        return _AWS_SECRET.sub(lambda m: p.park(self._token(m[0])) if _mixed(m[0]) else m[0], s)
+
+    def _gpu_ids(self, s: str, p: _Parked) -> str:
+        return _GPU_ID.sub(lambda m: p.park(self._gpu(m[0])), s)
+
+    def _paths(self, s: str, p: _Parked) -> str:
+        return _PATH.sub(lambda m: p.park(self._path(m[0])), s)
+
+    def _hashes(self, s: str, p: _Parked) -> str:
+        return _HASHES.sub(lambda m: p.park(m[1] + m[2][:12]), s)
+
+    def _home_users(self, s: str, p: _Parked) -> str:
+        s = _HOME_USER.sub(lambda m: self._home(m, p), s)
+        if self._users and self._users_re is None:
+            self._users_re = _alternation(self._users, r"(?<![\w-])", r"(?![\w-])")
+        if self._users_re is None:
+            return s
+        return self._users_re.sub(lambda m: p.park(self._user(m[0])), s)
+
+    def _home(self, m: re.Match[str], p: _Parked) -> str:
+        if not _usable_user(m[2]):
+            return m[0]
+        return f"/{m[1]}/" + p.park(self._user(m[2]))
+
+    def _urls(self, s: str, p: _Parked) -> str:
+        return _URL.sub(lambda m: self._url(m, p), s)
+
+    def _url(self, m: re.Match[str], p: _Parked) -> str:
+        out = m[1] + "://"
+        if m[2]:
+            out += (m[2] if not _PH_CHARS.sub("", m[2]) else p.park(self._token(m[2]))) + "@"
+        out += p.park(self._host(m[3], strict=False))
+        if m[4]:
+            out += ":" + p.park(self._port(m[4]))
+        return out
+
+    def _host_ports(self, s: str, p: _Parked) -> str:
+        return _HOST_PORT.sub(lambda m: self._host_port(m, p), s)
+
+    def _host_port(self, m: re.Match[str], p: _Parked) -> str:
+        host, port = m[1], m[2]
+        bare = host.strip("[]")
+        if host.startswith("[") and not _is_ip(bare):
+            return m[0]
+        if not (_is_ip(bare) or self._hostlike(host)) or not 0 < int(port) < 65536:
+            return m[0]
+        if "." not in host and not host.startswith("[") and int(port) < 10:
+            return m[0]
+        shown = self._host(bare, strict=False)
+        if host.startswith("["):
+            shown = f"[{shown}]"
+        return p.park(shown) + ":" + p.park(self._port(port))
+
+    def _hostlike(self, host: str) -> bool:
+        if "." in host:
+            return (
+                _fqdn(host)
+                or host.lower() in PUBLIC_HOSTS
+                or bool(self._hosts and self._hosts.fullmatch(host))
+            )
+        return (
+            not host.isdigit()
+            and host.lower() not in _NOT_HOSTS
+            and not re.fullmatch(r"[0-9A-Fa-f]+", host)
+        )
+
+    def _macs(self, s: str, p: _Parked) -> str:
+        return _MAC.sub(lambda m: p.park(self._stand("mac", m[0].lower().replace("-", ":"),
+                                                      m[0], lambda n: f"mac-{n}")), s)  # fmt: skip
+
+    def _pcis(self, s: str, p: _Parked) -> str:
+        return _PCI.sub(lambda m: p.park(self._stand("pci", m[0].lower(), m[0],
+                                                     lambda n: f"pci-{n}")), s)  # fmt: skip
+
+    def _ipv6s(self, s: str, p: _Parked) -> str:
+        return _IPV6.sub(lambda m: self._ip(m, p), s)
+
+    def _ipv4s(self, s: str, p: _Parked) -> str:
+        return _IPV4.sub(lambda m: self._ip(m, p), s)
+
+    def _ip(self, m: re.Match[str], p: _Parked) -> str:
+        if not _is_ip(m[1]):
+            return m[0]
+        return p.park(self._address(m[1], m[2] or ""))
+
+    def _ports(self, s: str, p: _Parked) -> str:
+        return _PORT.sub(lambda m: m[1] + p.park(self._port(m[2])), s)
+
+    def _serials(self, s: str, p: _Parked) -> str:
+        return _SERIAL.sub(
+            lambda m: m[1] + p.park(self._stand("serial", m[2], m[2], lambda n: f"serial-{n}")), s
+        )
+
+    def _hostnames(self, s: str, p: _Parked) -> str:
+        if self._hosts:
+            s = self._hosts.sub(lambda m: p.park(self._host(m[0], strict=False)), s)
+        return _FQDN.sub(lambda m: p.park(self._host(m[1], strict=True)), s)
+
+    def _randoms(self, s: str, p: _Parked) -> str:
+        s = _HEX.sub(lambda m: p.park(self._token(m[0])), s)
+        return _RUN.sub(lambda m: p.park(self._token(m[0])) if looks_random(m[0]) else m[0], s)
+
+    _steps: tuple[Callable[[Scrubber, str, _Parked], str], ...] = (
+        _known_secrets, _pem, _auth, _named, _shapes, _gpu_ids, _paths, _hashes, _home_users,
+        _urls, _macs, _pcis, _host_ports, _ipv6s, _ipv4s, _ports, _serials, _hostnames, _randoms,
+    )  # fmt: skip
+    _credential_steps: tuple[Callable[[Scrubber, str, _Parked], str], ...] = (
+        _known_secrets, _pem, _auth, _named, _shapes, _randoms,
+    )  # fmt: skip
+
+    # -- the stand-ins --------------------------------------------------------------------
+
+    def _stand(self, cat: str, key: str, original: str, make: Callable[[int], str]) -> str:
+        keys = self._keys[cat]
+        if key not in keys:
+            keys[key] = make(len(keys) + 1)
+        self._map[cat].setdefault(original, keys[key])
+        return keys[key]
+
+    def _token(self, v: str) -> str:
+        return self._stand("token", v, v, lambda n: f"[secret-{n}]")
+
+    def _port(self, v: str) -> str:
+        return self._stand("port", str(int(v)), v, lambda n: f"port-{n}")
+
+    def _user(self, v: str) -> str:
+        return self._stand("user", v, v, lambda n: f"user-{n}")
+
+    def _gpu(self, v: str) -> str:
+        low = v.lower()
+        index = self._gpus.get(low)
+        if index is None:
+            index = next((i for u, i in self._gpus.items() if u.startswith(low)), None)
+        if index is None:
+            index = self._gpu_next
+            self._gpu_next += 1
+            self._gpus[low] = index
+        shown = f"gpu-{index}"
+        self._map["gpu"].setdefault(v, shown)
+        return shown
+
+    def _address(self, ip: str, prefix: str) -> str:
+        addr = ipaddress.ip_address(ip.split("%")[0])
+        if addr.is_loopback or addr.is_unspecified:
+            return ip + prefix
+        if addr.version == 6:
+            return self._stand("address", addr.compressed + prefix, ip + prefix,
+                               lambda _: f"ip6-{_number(self._nets6, addr.compressed)}{prefix}")  # fmt: skip
+        net, _, last = ip.rpartition(".")
+        return self._stand("address", ip + prefix, ip + prefix,
+                           lambda _: f"net-{_number(self._nets, net)}.{last}{prefix}")  # fmt: skip
+
+    def _host(self, host: str, strict: bool) -> str:
+        """A host's stand-in; ``strict`` (a bare word, not a URL's or ``host:port``'s host)
+        also lets through what does not look like a host name after all."""
+        low = host.lower().rstrip(".")
+        if _is_ip(host.strip("[]")):
+            return self._address(host.strip("[]"), "")
+        if low in _LOOPBACK or low in PUBLIC_HOSTS or host in self.known.keep:
+            return host
+        if strict and not (_fqdn(host) or (self._hosts and self._hosts.fullmatch(host))):
+            return host
+        return self._stand("hostname", low, host, lambda n: f"host-{n}")
+
+    def _path(self, path: str) -> str:
+        if path not in self._paths_seen:
+            self._paths_seen[path] = self._new_path(path)
+        return self._paths_seen[path]
+
+    def _new_path(self, path: str) -> str:
+        for root, shown in self._roots:
+            if path == root or path.startswith(root.rstrip("/") + "/"):
+                return shown + _HASHES.sub(
+                    lambda m: m[1] + m[2][:12], path[len(root.rstrip("/")) :]
+                )
+        trail = "/" if path.endswith("/") and len(path) > 1 else ""
+        parts = path.rstrip("/").split("/")[1:]
+        if parts[0] in _SYSTEM_DIRS or parts[0] in _ROUTES:
+            return path
+        if len(parts) == 1:
+            return "/" + self._scrub(parts[0], decode=False) + trail
+        base = self._scrub(parts[-1], decode=False)
+        if len(parts) == 2 and parts[0] == "root":
+            return path
+        if len(parts) <= 3 and parts[0] in ("home", "Users") and _usable_user(parts[1]):
+            user = self._user(parts[1])
+            return f"/{parts[0]}/{user}" + (f"/{base}" if len(parts) == 3 else "") + trail
+        directory = "/" + "/".join(parts[:-1])
+        return self._stand("path", directory, directory, lambda n: f"dir-{n}") + f"/{base}{trail}"
+
+
+def _mixed(s: str) -> bool:
+    return not (s.isupper() or s.islower()) and any(c.isdigit() for c in s)
+
+
+def _number(numbers: dict[str, int], key: str) -> int:
+    return numbers.setdefault(key, len(numbers) + 1)
+
+
+def _usable_user(name: str) -> bool:
+    return len(name) >= 3 and name != "root"
+
+
+def _is_ip(s: str) -> bool:
+    try:
+        ipaddress.ip_address(s.split("%")[0])
+    except ValueError:
+        return False
+    return True
+
+
+def _fqdn(word: str) -> bool:
+    labels = word.lower().rstrip(".").split(".")
+    if len(labels) < 2 or not labels[-1].isalpha():
+        return False
+    return (len(labels) >= 3 and labels[-1] in TLDS) or labels[-1] in PRIVATE_TLDS
+
+
+def _plural(noun: str, n: int) -> str:
+    if n == 1:
+        return noun
+    return noun + ("es" if noun.endswith("ss") else "s")
+
+
+def _encodings(s: str) -> set[str]:
+    return {s, quote(s, safe=""), quote(s), quote_plus(s), html.escape(s), json.dumps(s)[1:-1]}
+
+
+def _alternation(
+    values: set[str], before: str, after: str, flags: int = 0
+) -> re.Pattern[str] | None:
+    if not values:
+        return None
+    words = "|".join(re.escape(v) for v in sorted(values, key=len, reverse=True))
+    return re.compile(f"{before}(?:{words}){after}", flags)
