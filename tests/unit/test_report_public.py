@@ -121,3 +121,12 @@ def mapping_of(mapping: dict[str, dict[str, str]], original: str) -> str | None:
         if original in cat:
             return cat[original]
     return None
+
+
+def test_a_model_given_as_a_path_is_redacted_like_any_path() -> None:
+    src, disk = sources(deployments=1, deploys=2, minutes=3)
+    src["deployments"][0]["model"] = "/home/alice/models/secret-project-70b.gguf"
+    doc, _ = build(src, disk, PLANS, public=True, env={})
+    page = render_html(doc) + render_markdown(doc) + json.dumps(doc)
+    assert "alice" not in page and "/home/alice" not in page
+    assert "secret-project-70b.gguf" in page  # the file's name is what it is

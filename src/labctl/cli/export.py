@@ -1,8 +1,9 @@
-"""``labctl export prometheus|grafana --out DIR``: monitoring for a running lab."""
+"""``labctl export prometheus|grafana --out DIR``: monitoring for a running lab; the\ngroup the other exports join."""
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 import urllib.parse
 
@@ -31,38 +32,52 @@ scrape_configs:
 """
 
 
-@click.command()
-@click.argument("what", type=click.Choice(["prometheus", "grafana"]))
-@click.option(
+@click.group()
+def export() -> None:
+    """Write what runs or watches the lab elsewhere: monitoring (prometheus, grafana), the
+    lab as a systemd unit (systemd), its deployments as Kubernetes manifests (kubernetes)."""
+
+
+_out = click.option(
     "--out", "out", required=True, type=click.Path(path_type=Path), help="folder to write"
 )
+
+
+@export.command()
+@_out
 @click.option("--url", envvar="LABCTL_URL", default=DEFAULT_URL, show_default=True,
-              help="the lab daemon to scrape (prometheus) [env LABCTL_URL]")  # fmt: skip
+              help="the lab daemon to scrape [env LABCTL_URL]")  # fmt: skip
 @click.option("--scrape-interval", default="5s", show_default=True,
-              help="Prometheus's scrape and rule evaluation interval (prometheus)")  # fmt: skip
+              help="Prometheus's scrape and rule evaluation interval")  # fmt: skip
 @click.option("--alert-for-scale", type=click.FloatRange(min=0), default=1.0, show_default=True,
               help="multiply every rule's for: (0 fires at once; for tests and demos)")  # fmt: skip
+def prometheus(out: Path, url: str, scrape_interval: str, alert_for_scale: float) -> None:
+    """A Prometheus configuration that scrapes the daemon and every engine, the alert rules
+    and their promtool tests; check them with `promtool check config OUT/prometheus.yml` and
+    `promtool test rules OUT/labctl-rules.test.yml`."""
+    make_out(out)
+    _prometheus(out, url, scrape_interval, alert_for_scale)
+
+
+@export.command()
+@_out
 @click.option("--prometheus-url", default="http://127.0.0.1:9090", show_default=True,
-              help="where Grafana reaches Prometheus (grafana)")  # fmt: skip
-def export(what: str, out: Path, url: str, scrape_interval: str, alert_for_scale: float,
-           prometheus_url: str) -> None:  # fmt: skip
-    """Write monitoring for a lab to OUT.
+              help="where Grafana reaches Prometheus")  # fmt: skip
+def grafana(out: Path, prometheus_url: str) -> None:
+    """The Grafana dashboard (the built-in page's panels, with instance, GPU and deployment
+    variables) and provisioning files for its data source and folder."""
+    make_out(out)
+    _grafana(out, prometheus_url)
 
-    prometheus: a configuration that scrapes the daemon and every engine, the alert
-    rules and their promtool tests; check them with `promtool check config
-    OUT/prometheus.yml` and `promtool test rules OUT/labctl-rules.test.yml`.
 
-    grafana: the dashboard (the built-in page's panels, with instance, GPU and
-    deployment variables) and provisioning files for its data source and folder.
-    """
+def make_out(out: Path) -> None:
+    """``--out``, made if missing; a file there, or no right to write, is a usage error."""
     try:
         out.mkdir(parents=True, exist_ok=True)
-        if what == "prometheus":
-            _prometheus(out, url, scrape_interval, alert_for_scale)
-        else:
-            _grafana(out, prometheus_url)
     except OSError as exc:
         raise UsageError(f"--out {out}: {exc.strerror or exc}") from exc
+    if not os.access(out, os.W_OK):
+        raise UsageError(f"--out {out}: not writable")
 
 
 def _prometheus(out: Path, url: str, interval: str, for_scale: float) -> None:

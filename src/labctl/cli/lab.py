@@ -79,7 +79,8 @@ class NoLab(LabError):
 @click.option("--listen", help="HOST:PORT for the daemon (default: lab.listen, 127.0.0.1:8080)")
 def up(config_path: Path | None, listen: str | None) -> None:
     """Run the lab: its deployments, telemetry and admin API, until Ctrl-C."""
-    from labctl.daemon.app import Daemon, event_loop
+    from labctl.daemon.app import Daemon
+    from labctl.daemon.listener import event_loop
 
     config = load_config(config_path)
     if config.models.hf_cache:  # the cache the lab checks is the one its engines read

@@ -58,11 +58,10 @@ def _register() -> None:
     from labctl.cli import doctor as doctor_cmd
     from labctl.cli import export as export_cmd
     from labctl.cli import exporter as exporter_cmd
-    from labctl.cli import exportsystemd
+    from labctl.cli import exportk8s, exportsystemd, modeldisk, modelpull
     from labctl.cli import fit as fit_cmd
     from labctl.cli import gpus as gpus_cmd
     from labctl.cli import lab as lab_cmd
-    from labctl.cli import modeldisk, modelpull
     from labctl.cli import models as models_cmd
     from labctl.cli import report as report_cmd
     from labctl.cli import sim as sim_cmd
@@ -71,6 +70,7 @@ def _register() -> None:
     cli.add_command(bench_cmd.bench)
     cli.add_command(export_cmd.export)
     export_cmd.export.add_command(exportsystemd.systemd)
+    export_cmd.export.add_command(exportk8s.kubernetes)
     for command in (lab_cmd.up, lab_cmd.down, lab_cmd.status, lab_cmd.ps, lab_cmd.deploy,
                     lab_cmd.cancel, lab_cmd.rollback, lab_cmd.history, lab_cmd.dashboard):  # fmt: skip
         cli.add_command(command)

@@ -86,6 +86,9 @@ class DeploymentSpec:
     #: with a sleep mode): ``"auto"`` (level 1 when host RAM holds its weights, else 2), 1 or
     #: 2; None: stop it. A later deploy of the same settings wakes it (a warm swap).
     sleep: str | int | None = None
+    #: The container image ``labctl export kubernetes`` runs it in (None: the engine's
+    #: official image; ``command`` and ``openvla`` deployments have none and need one).
+    image: str | None = None
 
     @property
     def served(self) -> str:
@@ -222,6 +225,12 @@ class DeploymentSpec:
                 "at most 256 characters each"
             )
         served = _text(doc, "served_model_name", at, "a model id", 256)
+        image = _text(doc, "image", at, "a container image, e.g. ghcr.io/me/server:1.0", 512)
+        if image is not None and any(c.isspace() for c in image):
+            raise ConfigError(
+                f"{at}.image = {_show(image)}: an image reference has no spaces; give e.g. "
+                "ghcr.io/me/server:1.0"
+            )
         floor = doc.get("rtfx_floor")
         if floor is not None and (
             isinstance(floor, bool) or not isinstance(floor, (int, float))
@@ -250,6 +259,7 @@ class DeploymentSpec:
             max_concurrency=limit, queue_size=queue, serves=_serves(doc, at, engine),
             rtfx_floor=None if floor is None else float(floor),
             control_hz=None if hz is None else float(hz), sleep=_sleep(doc, at, engine),
+            image=image,
         )  # fmt: skip
 
 

@@ -1,7 +1,9 @@
 """The daemon's one listener: the gateway, the admin API, ``/metrics`` and the page, on one
-address, and the URL it answers on."""
+address, and the URL it answers on; and the event loop it runs on."""
 
 from __future__ import annotations
+
+import asyncio
 
 from aiohttp import web
 
@@ -34,3 +36,12 @@ async def listen(
         ) from exc
     bound = runner.addresses[0][1] if runner.addresses else port
     return runner, f"http://{f'[{host}]' if ':' in host else host}:{bound}"
+
+
+def event_loop() -> asyncio.AbstractEventLoop:
+    """uvloop's event loop where installed (the gateway relays with less CPU), else asyncio's."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()

@@ -85,8 +85,9 @@ def known_from(
             k.gpu_uuids[g["uuid"]] = g["index"]
         if isinstance(g.get("name"), str):
             k.keep.add(g["name"])
-    for d in src.get("deployments") or []:
-        k.keep |= {str(v) for v in (d.get("name"), d.get("model"), d.get("served_model")) if v}
+    for d in src.get("deployments") or []:  # a model given as a path is no id to keep
+        k.keep |= {str(v) for v in (d.get("name"), d.get("model"), d.get("served_model"))
+                   if v and not str(v).startswith(("/", "~", "."))}  # fmt: skip
     if models:
         for m in models.get("models") or []:
             if isinstance(m.get("repo_id"), str) and not m["repo_id"].startswith("/"):

@@ -1,0 +1,1 @@
+"""labctl export: the lab run by systemd or Kubernetes."""
