@@ -56,7 +56,9 @@ _QK_NORM = frozenset(
 )
 _QWEN35 = frozenset({"qwen3_5", "qwen3_5_moe", "qwen3_5_text", "qwen3_5_moe_text", "qwen3_next"})
 _GEMMA = frozenset({"gemma", "gemma2", "gemma3", "gemma3_text", "gemma4", "gemma4_text"})
-_MLA = frozenset({"deepseek_v2", "deepseek_v3", "kimi_k2", "kimi_vl", "deepseek_vl_v2"})
+_MLA = frozenset(
+    {"deepseek_v2", "deepseek_v3", "deepseek_v32", "kimi_k2", "kimi_vl", "deepseek_vl_v2"}
+)
 
 
 # ---------------------------------------------------------------------------
@@ -125,7 +127,7 @@ def _layer_types(text: ConfigView, model_type: str, n_layers: int) -> list[str]:
 def _moe_layers(text: ConfigView, model_type: str, n_layers: int, n_experts: int) -> list[bool]:
     if not n_experts:
         return [False] * n_layers
-    if model_type in _MLA:
+    if model_type in _MLA or model_type == "glm4_moe":
         first_dense = text.int("first_k_dense_replace", 0)
         freq = text.int("moe_layer_freq", 1, minimum=1)
         return [i >= first_dense and i % freq == 0 for i in range(n_layers)]

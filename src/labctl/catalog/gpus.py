@@ -17,6 +17,7 @@ read from a datasheet.
 from __future__ import annotations
 
 from dataclasses import dataclass
+import re
 
 from labctl.errors import CatalogError, did_you_mean
 from labctl.units import GiB, MiB
@@ -112,6 +113,58 @@ GPUS: tuple[GpuSpec, ...] = (
         interconnect_gbs=25,
     ),
     GpuSpec(
+        "rtx-4070-ti",
+        "NVIDIA GeForce RTX 4070 Ti",
+        ("RTX 4070 Ti",),
+        12282 * MiB,
+        _gib(11.56),
+        "12 GB GDDR6X",
+        504,
+        80.2,
+        160.4,
+        None,
+        (8, 9),
+        True,
+        False,
+        derived=("cuda_total_bytes", "bf16_tflops", "fp8_tflops"),
+        sources=(
+            "NVIDIA GeForce RTX 4070 Ti specifications (504 GB/s, 7,680 CUDA cores, 285 W)",
+            "NVML total 12,282 MiB from published nvidia-smi output",
+            "tensor rates: 641 AI TOPS (FP8 sparse, FP16 accumulate) / 2 for dense, / 2 for FP32 "
+            "accumulate, / 2 again for BF16",
+            "CUDA total: NVML less the RTX 4090's driver reservation (0.44 GiB)",
+        ),
+        sm_count=60,
+        power_limit_w=285,
+        ecc=False,
+        interconnect_gbs=25,
+    ),
+    GpuSpec(
+        "rtx-4080",
+        "NVIDIA GeForce RTX 4080",
+        ("RTX 4080",),
+        16376 * MiB,
+        _gib(15.55),
+        "16 GB GDDR6X",
+        716.8,
+        97.5,
+        194.9,
+        None,
+        (8, 9),
+        True,
+        False,
+        derived=("nvml_total_bytes", "cuda_total_bytes"),
+        sources=(
+            "NVIDIA Ada GPU architecture whitepaper, RTX 4080 column (dense, FP32 accumulate)",
+            "NVML total 16,376 MiB as nvidia-smi reports for the RTX 4080 SUPER (same 16 GB)",
+            "CUDA total: NVML less the RTX 4090's driver reservation (0.44 GiB)",
+        ),
+        sm_count=76,
+        power_limit_w=320,
+        ecc=False,
+        interconnect_gbs=25,
+    ),
+    GpuSpec(
         "rtx-5090",
         "NVIDIA GeForce RTX 5090",
         ("RTX 5090",),
@@ -154,6 +207,32 @@ GPUS: tuple[GpuSpec, ...] = (
         interconnect_gbs=25,
     ),
     GpuSpec(
+        "a10g",
+        "NVIDIA A10G",
+        ("A10G",),
+        23028 * MiB,
+        _gib(22.05),
+        "24 GB GDDR6",
+        600,
+        125,
+        None,
+        None,
+        (8, 6),
+        False,
+        False,
+        derived=("cuda_total_bytes", "bf16_tflops"),
+        sources=(
+            "AWS G5 instances (A10G: 24 GB, 600 GB/s); NVML total 23,028 MiB and 300 W from "
+            "published nvidia-smi output",
+            "no NVIDIA datasheet: tensor rate taken as the A10's (same GA102, 72 SMs)",
+            "CUDA total as the A10's (same NVML total)",
+        ),
+        sm_count=72,
+        power_limit_w=300,
+        ecc=True,
+        interconnect_gbs=25,
+    ),
+    GpuSpec(
         "l4",
         "NVIDIA L4",
         ("L4",),
@@ -191,6 +270,56 @@ GPUS: tuple[GpuSpec, ...] = (
         sources=(_SEC28,),
         sm_count=142,
         power_limit_w=350,
+        ecc=True,
+        interconnect_gbs=25,
+    ),
+    GpuSpec(
+        "l40",
+        "NVIDIA L40",
+        ("L40",),
+        46068 * MiB,
+        _gib(44.39),
+        "48 GB GDDR6",
+        864,
+        181.05,
+        362.05,
+        None,
+        (8, 9),
+        True,
+        False,
+        derived=("cuda_total_bytes",),
+        sources=(
+            "NVIDIA L40 datasheet (dense BF16 181.05, FP8 362.05 TFLOPS; 300 W)",
+            "NVML total 46,068 MiB from published nvidia-smi output; CUDA total as the L40S's",
+        ),
+        sm_count=142,
+        power_limit_w=300,
+        ecc=True,
+        interconnect_gbs=25,
+    ),
+    GpuSpec(
+        "rtx-6000-ada",
+        "NVIDIA RTX 6000 Ada Generation",
+        ("RTX 6000 Ada",),
+        49140 * MiB,
+        _gib(47.39),
+        "48 GB GDDR6",
+        960,
+        364.2,
+        728.5,
+        None,
+        (8, 9),
+        True,
+        False,
+        derived=("cuda_total_bytes", "fp8_tflops"),
+        sources=(
+            "NVIDIA RTX 6000 Ada datasheet (960 GB/s; 1,457 AI TFLOPS FP8 sparse, halved for "
+            "dense; BF16 half of that; 300 W)",
+            "NVML total 49,140 MiB from published nvidia-smi output",
+            "CUDA total: NVML less the L40S's driver reservation (0.6 GiB)",
+        ),
+        sm_count=142,
+        power_limit_w=300,
         ecc=True,
         interconnect_gbs=25,
     ),
@@ -301,6 +430,85 @@ GPUS: tuple[GpuSpec, ...] = (
         interconnect_gbs=450,
     ),
     GpuSpec(
+        "h100-nvl",
+        "NVIDIA H100 NVL",
+        ("H100 NVL",),
+        95830 * MiB,
+        _gib(93.13),
+        "94 GB HBM3",
+        3900,
+        835.5,
+        1670.5,
+        None,
+        (9, 0),
+        True,
+        False,
+        derived=("cuda_total_bytes", "bf16_tflops", "fp8_tflops"),
+        sources=(
+            "NVIDIA H100 NVL datasheet (3.9 TB/s; BF16 1,671 and FP8 3,341 TFLOPS sparse, halved "
+            "for dense; NVLink bridge 600 GB/s)",
+            "NVML total 95,830 MiB and 400 W from published nvidia-smi output",
+            "CUDA total: NVML less the H100 SXM's driver reservation (0.46 GiB)",
+        ),
+        sm_count=132,
+        power_limit_w=400,
+        ecc=True,
+        interconnect_gbs=300,
+    ),
+    GpuSpec(
+        "gh200-96gb",
+        "NVIDIA GH200 96GB",
+        ("GH200", "GH200 480GB", "GH200 120GB", "GH200-96GB"),
+        97871 * MiB,
+        _gib(95.12),
+        "96 GB HBM3",
+        4000,
+        989,
+        1979,
+        None,
+        (9, 0),
+        True,
+        False,
+        derived=("cuda_total_bytes",),
+        sources=(
+            "NVIDIA GH200 Grace Hopper Superchip datasheet (96 GB HBM3, 4 TB/s; H100 tensor rates)",
+            "NVML total 97,871 MiB and 900 W from published nvidia-smi output ('GH200 480GB')",
+            "CUDA total: NVML less the H100 SXM's driver reservation (0.46 GiB)",
+            "interconnect: NVLink between superchips (nvidia-smi topo NV18, 450 GB/s a direction)",
+        ),
+        sm_count=132,
+        power_limit_w=900,
+        ecc=True,
+        interconnect_gbs=450,
+    ),
+    GpuSpec(
+        "gh200-144gb",
+        "NVIDIA GH200 144GB HBM3e",
+        ("GH200 144G",),
+        153008209920 + 480 * MiB,
+        153008209920,
+        "144 GB HBM3e",
+        4900,
+        989,
+        1979,
+        None,
+        (9, 0),
+        True,
+        False,
+        derived=("nvml_total_bytes", "power_limit_w"),
+        sources=(
+            "NVIDIA GH200 Grace Hopper Superchip datasheet (144 GB HBM3e, 4.9 TB/s; H100 tensor "
+            "rates)",
+            "CUDA total 153,008,209,920 bytes as a public device check reads it; NVML total that "
+            "plus the H100 SXM's driver reservation; power limit as the 96 GB part's",
+            "interconnect: NVLink between superchips (nvidia-smi topo NV18, 450 GB/s a direction)",
+        ),
+        sm_count=132,
+        power_limit_w=900,
+        ecc=True,
+        interconnect_gbs=450,
+    ),
+    GpuSpec(
         "h200",
         "NVIDIA H200",
         ("H200",),
@@ -337,6 +545,32 @@ GPUS: tuple[GpuSpec, ...] = (
         sources=(_SEC28, "aiconfigurator b200_sxm"),
         sm_count=148,
         power_limit_w=1000,
+        ecc=True,
+        interconnect_gbs=900,
+    ),
+    GpuSpec(
+        "gb200",
+        "NVIDIA GB200",
+        ("GB200",),
+        189471 * MiB,
+        _gib(184.32),
+        "186 GB HBM3e",
+        8000,
+        2500,
+        5000,
+        10000,
+        (10, 0),
+        True,
+        True,
+        derived=("cuda_total_bytes", "bandwidth_gbs", "bf16_tflops", "fp8_tflops", "fp4_tflops"),
+        sources=(
+            "NVIDIA GB200 NVL72 datasheet, per GPU: 576 TB/s HBM3e / 72; FP16/BF16 360, FP8 720, "
+            "FP4 1,440 PFLOPS sparse / 72 / 2 for dense; NVLink 5 1.8 TB/s",
+            "NVML total 189,471 MiB and 1,200 W from published nvidia-smi output",
+            "CUDA total: NVML less the B200's driver reservation (0.71 GiB)",
+        ),
+        sm_count=148,
+        power_limit_w=1200,
         ecc=True,
         interconnect_gbs=900,
     ),
@@ -418,3 +652,26 @@ def match_nvml_name(name: str, total_bytes: int | None = None) -> GpuSpec | None
     if best is not None and best.id.startswith("a100") and total_bytes:
         return _BY_ID["a100-80gb" if total_bytes > 50 * GiB else "a100-40gb"]
     return best
+
+
+def match_published(name: str) -> GpuSpec:
+    """The catalog GPU a published benchmark names ("8x NVIDIA H100 SXM", "DGX Spark (GB10)",
+    "NVIDIA A100 80GB (form factor not stated)").
+
+    A leading GPU count ("8x ") is dropped; notes in parentheses are read with the name; an
+    A100 whose memory the text does not state is taken as the 80 GB part, the one published
+    serving benchmarks use.
+
+    Raises:
+        CatalogError: no catalog GPU matches; the message lists the catalog.
+    """
+    text = re.sub(r"^\s*\d+\s*[x×]\s*", "", name)
+    if "A100" in text.upper():  # before the name hints: "A10" is a part of "A100"
+        forty = re.search(r"40\s*GB", text, re.IGNORECASE)
+        return _BY_ID["a100-40gb" if forty else "a100-80gb"]
+    spec = match_nvml_name(text)
+    if spec is None:
+        raise CatalogError(
+            f"no catalog GPU matches {name[:80]!r}; name one of: {', '.join(_BY_ID)}"
+        )
+    return spec

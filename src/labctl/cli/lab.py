@@ -176,6 +176,8 @@ def status(url: str, as_json: bool) -> None:
             f"{_num(s.get('requests_queued')):>6}{'-' if kv is None else f'{kv:.0%}':>6}  "
             f"{ttft + ' ms':<16}{itl + ' ms':<15}{_num(s.get('tokens_completion')):>7}"
         )
+        if b := d.get("bottleneck"):
+            out.print(f"  bottleneck: {b['class']} · {b['evidence']}")
         sp = doc.get("speech", {}).get(d["name"])
         if sp:
             p95 = ", ".join(f"{length} {_ms(v.get('p95'))} ms"

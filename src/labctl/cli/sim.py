@@ -129,6 +129,11 @@ def _engine_options(f: Any, gpu_help: str) -> Any:
         click.option("--enforce-eager", is_flag=True, help="no CUDA graphs (slower steps)"),
         click.option("--enable-prefix-caching", is_flag=True),
         click.option("--served-model-name", help="the name clients use (default: --model)"),
+        click.option(
+            "--vllm-version",
+            metavar="X.Y.Z",
+            help="the vLLM release to behave as: its defaults and overheads (default: latest)",
+        ),
     ]
     for option in reversed(options):
         f = option(f)
@@ -152,6 +157,7 @@ def twin_config(kw: dict[str, Any], default_gpu: str = DEFAULT_GPU) -> Any:
         enforce_eager=kw.pop("enforce_eager"),
         enable_prefix_caching=kw.pop("enable_prefix_caching"),
         served_model_name=kw.pop("served_model_name"),
+        **({"vllm_version": v} if (v := kw.pop("vllm_version")) else {}),
     )
 
 
@@ -393,7 +399,7 @@ def serve(**kw: Any) -> None:
 _VLLM_DEFAULTS = {"tensor_parallel_size": 1, "pipeline_parallel_size": 1, "max_model_len": None,
                   "max_num_seqs": None, "max_num_batched_tokens": None,
                   "gpu_memory_utilization": 0.9, "kv_cache_dtype": "auto", "quantization": None,
-                  "enable_prefix_caching": False}  # fmt: skip
+                  "enable_prefix_caching": False, "vllm_version": None}  # fmt: skip
 
 
 def _vla_serving(kw: dict[str, Any], vla: dict[str, Any], oft: bool, faults: Any) -> Any:

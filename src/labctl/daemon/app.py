@@ -149,6 +149,10 @@ class Daemon:
         elif event["type"] == "deploy" and event["phase"] not in ("queued", "begin"):
             self._drain()  # its timings into the histograms as it ends
 
+    def _tick(self, tick: dict[str, Any]) -> None:
+        self.metrics.on_bottlenecks(self.site.classify())  # what limits each deployment now
+        self.records.recorder.on_tick(tick)
+
     async def _engine_gone(self, name: str) -> bool:
         return await self.supervisor.engine_gone(name)
 
@@ -219,8 +223,8 @@ class Daemon:
             tasks.append(asyncio.create_task(self.metrics.scrape_engines(self.controller)))
             tasks.append(asyncio.create_task(self.doctor.start(self.log)))
             tasks.append(asyncio.create_task(
-                run_ticks(self.board, self.site.pages, self._deployments, self.log,
-                          self.records.recorder.on_tick)))  # fmt: skip
+                run_ticks(self.board, self.site.pages, self.site.annotated, self.log,
+                          self._tick)))  # fmt: skip
             starting = asyncio.create_task(
                 start_configured(self.controller, self.config.deployments, self.log)
             )

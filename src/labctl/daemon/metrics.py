@@ -18,6 +18,7 @@ import aiohttp
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.parser import text_string_to_metric_families
 
+from labctl.dashboard.bottleneck import CLASSES
 from labctl.deploy.controller import Controller
 from labctl.deploy.deployment import STATES
 from labctl.deploy.journal import OUTCOMES
@@ -35,6 +36,9 @@ class DaemonMetrics:
         r = self.registry = CollectorRegistry(auto_describe=True)
         self.state = Gauge("labctl_deployment_state", "1 for the state each deployment is in.",
                            ["deployment", "state"], registry=r)  # fmt: skip
+        self.bottleneck = Gauge("labctl_deployment_bottleneck",
+                                "1 for what limits each deployment now (its bottleneck class).",
+                                ["deployment", "class"], registry=r)  # fmt: skip
         self.deploy = Histogram("labctl_deploy_duration_seconds",
                                 "Time a deploy took, by outcome and kind of swap (warm: it "
                                 "woke a sleeping revision; cold: anything else).",
@@ -71,6 +75,14 @@ class DaemonMetrics:
         self.restarts.labels(event["deployment"], "exited")  # a 0 from the start
         for state in STATES:
             self.state.labels(event["deployment"], state).set(1 if state == event["state"] else 0)
+
+    def on_bottlenecks(self, classes: dict[str, str]) -> None:
+        """Each deployment's bottleneck class this tick (1; its other classes 0), the
+        deployments that are gone dropped."""
+        self.bottleneck.clear()
+        for name, now in classes.items():
+            for cls in CLASSES:
+                self.bottleneck.labels(name, cls).set(1 if cls == now else 0)
 
     def on_doctor(self, report: Report) -> None:
         """A new doctor report: each check's findings by severity (0 included), the checks it

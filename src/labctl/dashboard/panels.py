@@ -282,6 +282,16 @@ PANELS: tuple[Panel, ...] = (
         kind="state",
     ),
     Panel(
+        "dep_bottleneck",
+        "Bottleneck",
+        "deployment",
+        "short",
+        (_q("labctl_deployment_bottleneck{@dep} == 1", "{{deployment}} {{class}}"),),
+        "What limits the deployment now: prefill compute, decode bandwidth, KV capacity, "
+        "the gateway's admission limit, its clients, throttled clocks, its start, or nothing.",
+        kind="state",
+    ),
+    Panel(
         "dep_requests",
         "Requests running and waiting",
         "deployment",

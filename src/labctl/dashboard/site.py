@@ -9,13 +9,14 @@ deploy timeline, the GPUs and the doctor's findings are now.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 import os
 from typing import Any
 
 from aiohttp import web
 
 from labctl.dashboard.board import Board
+from labctl.dashboard.bottleneck import Tracker
 from labctl.dashboard.feed import Feed, compact
 from labctl.dashboard.page import page_html
 
@@ -39,6 +40,8 @@ class Site:
     lab: Callable[[], dict[str, Any]]
     #: The doctor's panel: the findings that are not ok (None until its first run ends).
     doctor: Callable[[], dict[str, Any] | None] = lambda: None
+    #: Each deployment's bottleneck now and over the history window (``bottleneck.py``).
+    bottlenecks: Tracker = field(default_factory=Tracker)
 
     def add_routes(self, r: web.UrlDispatcher) -> None:
         r.add_get("/", self.page)
@@ -47,8 +50,9 @@ class Site:
 
     def on_event(self, event: dict[str, Any]) -> None:
         """A lab event, to every open page (with what it changed)."""
+        self.bottlenecks.on_event(event)
         if self.pages:
-            self.pages.publish({"type": "event", "event": event, "deployments": self.deployments(),
+            self.pages.publish({"type": "event", "event": event, "deployments": self.annotated(),
                                 "timeline": self.timeline()})  # fmt: skip
 
     def on_doctor(self) -> None:
@@ -56,11 +60,27 @@ class Site:
         if self.pages:
             self.pages.publish({"type": "doctor", "doctor": self.doctor()})
 
+    def classify(self) -> dict[str, str]:
+        """Each deployment's bottleneck from the board's latest tick: deployment → class."""
+        self.bottlenecks.points = self.board.points
+        self.bottlenecks.window = max(1, round(60 / self.board.interval))  # the [1m] rates
+        gpus = {g["index"]: {**g, **self.board.gpu_now(g["index"])} for g in self.gpus()}
+        return self.bottlenecks.update(self.deployments(), self.board.serving_now(), gpus,
+                                       self.timeline())  # fmt: skip
+
+    def annotated(self) -> list[dict[str, Any]]:
+        """The deployments, each with its ``bottleneck`` (class, evidence, roofline fraction)
+        and ``bottleneck_history`` (its class at each tick of the window, oldest first)."""
+        now, history = self.bottlenecks.now, self.bottlenecks.history
+        return [{**d, "bottleneck": now.get(d["name"]),
+                 "bottleneck_history": list(history.get(d["name"], ()))}
+                for d in self.deployments()]  # fmt: skip
+
     def doc(self) -> dict[str, Any]:
         lab = self.lab()
         return {
             **self.board.snapshot(), "url": lab["url"], "gpu_backend": lab["gpu_backend"],
-            "gpus": self.gpus(), "deployments": self.deployments(),
+            "gpus": self.gpus(), "deployments": self.annotated(),
             "timeline": self.timeline(), "doctor": self.doctor(), "auth": True,
         }  # fmt: skip
 
@@ -68,7 +88,7 @@ class Site:
         """``/api/status`` and ``labctl status``: GPUs, deployments, serving (and speech and
         VLA, for the deployments that serve them), alerts."""
         return {
-            **self.lab(), "pid": os.getpid(), "deployments": self.deployments(),
+            **self.lab(), "pid": os.getpid(), "deployments": self.annotated(),
             "gpus": [{**g, **self.board.gpu_now(g["index"])} for g in self.gpus()],
             "serving": self.board.serving_now(), "speech": self.board.speech_now(),
             "vla": self.board.vla_now(),

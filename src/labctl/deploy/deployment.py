@@ -90,6 +90,9 @@ class Deployment:
             "startup_phases": dict(e.phases) if e else {},
             "load_path": e.load_path or None if e else None,
             "deploying": self.ticket,
+            # the flags the bottleneck's roofline reads (dashboard/bottleneck.py)
+            "roofline_args": {k: v for k, v in self.spec.args.items()
+                              if k in ("max_model_len", "enforce_eager", "time_scale")},
             "asleep": [p.status() for p in self.sleeping.values()
                        if p.owner.state == State.SLEEPING],
         }  # fmt: skip

@@ -6,7 +6,7 @@ the same model, GPU and flags: the same planner computes it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from labctl.cache.resolve import resolve_model
 from labctl.catalog.arch import ModelArch
@@ -16,6 +16,7 @@ from labctl.fit.plan import FitRequest, FitResult, plan
 from labctl.fit.vllm import LATEST
 from labctl.sim.perf import PerfModel
 from labctl.sim.scheduler import Scheduler
+from labctl.sim.versions import EngineTiming, check_version, engine_timing
 from labctl.units import GiB
 
 
@@ -46,6 +47,7 @@ class Twin:
     gpu: GpuSpec
     fit: FitResult
     perf: PerfModel
+    timing: EngineTiming
 
     @property
     def model_name(self) -> str:
@@ -77,6 +79,7 @@ class Twin:
             window=self.perf.window,
             prefix_caching=self.config.enable_prefix_caching and not positions,
             encoder_budget=max(fit.max_num_batched_tokens, positions) if positions else 0,
+            chunked_prefill=self.timing.chunked_prefill,
         )
 
 
@@ -103,9 +106,10 @@ def build_twin(config: TwinConfig) -> Twin:
 
     Raises:
         CatalogError: unknown model or GPU.
-        UsageError: a flag value cannot work.
+        UsageError: a flag value cannot work, or the vLLM version is not one labctl models.
         EngineError: the model does not fit; the message is vLLM's.
     """
+    check_version(config.vllm_version)
     arch = resolve_model(config.model)
     spec = gpu(config.gpu)
     req = FitRequest.on_gpu(
@@ -125,4 +129,10 @@ def build_twin(config: TwinConfig) -> Twin:
     fit = plan(arch, req, suggest=False)
     if not fit.fits:
         raise EngineError(not_fitting_message(fit))
-    return Twin(config, arch, spec, fit, PerfModel.build(arch, fit, spec))
+    timing = engine_timing(arch, fit, spec)
+    perf = replace(
+        PerfModel.build(arch, fit, spec),
+        overhead_factor=timing.overhead_factor,
+        eager_prefill=timing.eager_prefill,
+    )
+    return Twin(config, arch, spec, fit, perf, timing)

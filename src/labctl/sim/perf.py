@@ -229,6 +229,11 @@ class PerfModel:
     #: Cross-attention K/V bytes per encoder position (encoder-decoder models).
     cross_kv_bytes_per_token: float = 0.0
     encoder: EncoderSpec | None = None
+    #: The vLLM version's multiple of the fixed per-step and per-sequence costs (V0's
+    #: engine loop costs more than V1's; ``sim.versions``).
+    overhead_factor: float = 1.0
+    #: Steps with prefill tokens run without CUDA graphs (V0 captures decode batches only).
+    eager_prefill: bool = False
 
     @classmethod
     def build(cls, arch: ModelArch, fit: FitResult, gpu: GpuSpec) -> PerfModel:
@@ -331,11 +336,11 @@ class PerfModel:
                 2 * (self.tp - 1) / self.tp * size / (self.gpu.interconnect_gbs * 1e9)
             )
             stage += 2 * (self.layers / self.pp) * per_reduce
-        if self.eager:
+        if self.eager or (self.eager_prefill and cost.tokens > cost.sequences):
             stage += EAGER_PER_LAYER_S * self.layers / self.pp
         overhead = (
-            STEP_OVERHEAD_S
+            STEP_OVERHEAD_S * self.overhead_factor
             + RANK_OVERHEAD_S * (self.tp * self.pp - 1)
-            + PER_SEQUENCE_S * cost.sequences
+            + PER_SEQUENCE_S * self.overhead_factor * cost.sequences
         )
         return self.pp * stage + (self.pp - 1) * PP_HANDOFF_S + overhead

@@ -18,6 +18,10 @@ A step starts at most ``encoder_budget`` positions of encoding (vLLM's encoder
 compute budget, ``max(max_num_batched_tokens, positions of one item)``): one
 1,500-position clip per step at 2,048 batched tokens, four at 6,144.
 
+With chunked prefill off (vLLM V0's default below 32K of context), a prompt
+runs whole, and a step that can admit one runs prefills only, ahead of the
+decodes of running requests, as V0's scheduler does.
+
 The same scheduler drives the live twin (in real time) and ``labctl sim run``
 (as a discrete-event simulation); it has no clock of its own.
 """
@@ -97,6 +101,7 @@ class Scheduler:
         window: int = 0,
         prefix_caching: bool = False,
         encoder_budget: int = 0,
+        chunked_prefill: bool = True,
     ) -> None:
         if num_blocks <= 0 or block_size <= 0:
             raise ValueError("the KV cache needs at least one block")
@@ -107,6 +112,8 @@ class Scheduler:
         self.window = window
         self.prefix_caching = prefix_caching
         self.encoder_budget = encoder_budget
+        #: Off (vLLM V0's default): prompts run whole, in prefill-only steps ahead of decodes.
+        self.chunked_prefill = chunked_prefill
         self.free_blocks = num_blocks
         self.waiting: deque[SimRequest] = deque()
         self.running: list[SimRequest] = []
@@ -176,6 +183,10 @@ class Scheduler:
     # -- one step -----------------------------------------------------------------
 
     def schedule(self, now: float) -> Batch:
+        if not self.chunked_prefill:
+            prefills = self._admit(now, self.max_num_batched_tokens, [])
+            if prefills:
+                return Batch(prefills, self._cost(prefills), [])
         budget = self.max_num_batched_tokens
         items: list[tuple[SimRequest, int]] = []
         preempted: list[SimRequest] = []
@@ -200,30 +211,39 @@ class Scheduler:
                 i += 1
                 continue
             break  # the request itself was preempted
-        if not preempted:
-            encode = max(self.encoder_budget, 0)
-            while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
-                req = self.waiting[0]
-                if req.computed == 0:
-                    req.computed = req.cached_tokens = self._prefix_hit(req)
-                n = min(req.total_len - req.computed, budget)
-                # An encoder-decoder request: its whole decoder prompt, and its clip's encoding
-                # within what is left of this step's encoder budget.
-                if req.encoder_positions and (
-                    n < req.total_len - req.computed or req.encoder_positions > encode
-                ):
-                    break
-                if not self._grow(req, req.computed + n):
-                    break
-                if req.encoder_positions:
-                    encode -= req.encoder_positions
-                self.waiting.popleft()
-                if req.admitted is None:
-                    req.admitted = now
-                self.running.append(req)
-                items.append((req, n))
-                budget -= n
+        if not preempted and self.chunked_prefill:
+            items = self._admit(now, budget, items)
         return Batch(items, self._cost(items), preempted)
+
+    def _admit(
+        self, now: float, budget: int, items: list[tuple[SimRequest, int]]
+    ) -> list[tuple[SimRequest, int]]:
+        """Admit waiting requests in arrival order within ``budget`` more tokens, after ``items``."""
+        encode = max(self.encoder_budget, 0)
+        while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
+            req = self.waiting[0]
+            if req.computed == 0:
+                req.computed = req.cached_tokens = self._prefix_hit(req)
+            n = min(req.total_len - req.computed, budget)
+            # Without chunking (and for an encoder-decoder request) the whole prompt runs in
+            # one step; an encoder-decoder request's clip is encoded within what is left of
+            # this step's encoder budget.
+            whole = req.encoder_positions or not self.chunked_prefill
+            if whole and n < req.total_len - req.computed:
+                break
+            if req.encoder_positions and req.encoder_positions > encode:
+                break
+            if not self._grow(req, req.computed + n):
+                break
+            if req.encoder_positions:
+                encode -= req.encoder_positions
+            self.waiting.popleft()
+            if req.admitted is None:
+                req.admitted = now
+            self.running.append(req)
+            items.append((req, n))
+            budget -= n
+        return items
 
     def _cost(self, items: list[tuple[SimRequest, int]]) -> StepCost:
         tokens = attended = kv = win = clips = cross = 0

@@ -1,0 +1,114 @@
+"""The bottleneck answer, end to end: a lab driven into each class shows it on /api/status
+and as ``labctl_deployment_bottleneck`` within two ticks."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+import re
+import subprocess
+import time
+from typing import Any
+
+import pytest
+
+from tests.integration.lab import Daemon, Lab, get, lab_toml, wait_for
+
+TICK = 0.5
+DASH = f"[dashboard]\ninterval = {TICK}\n"
+
+
+def _metric(d: Daemon, cls: str) -> bool:
+    text = get(d.url + "/metrics")
+    return bool(re.search(
+        rf'^labctl_deployment_bottleneck\{{(?=[^}}]*class="{cls}")(?=[^}}]*deployment="chat")'
+        r"[^}]*\} 1\.0$", text, re.M))  # fmt: skip
+
+
+def _see(d: Daemon, cls: str, timeout: float = 40.0) -> dict[str, Any]:
+    """Wait for ``chat`` to be in ``cls`` on /api/status; then the metric within two ticks."""
+
+    def now() -> dict[str, Any] | None:
+        b = d.deployment("chat").get("bottleneck")
+        return b if b and b["class"] == cls else None
+
+    b: dict[str, Any] = wait_for(now, timeout, f"bottleneck {cls}")
+    seen = time.monotonic()
+    wait_for(lambda: _metric(d, cls), 2 * TICK + 1.0, f"the metric to say {cls}")
+    assert time.monotonic() - seen <= 2 * TICK + 1.0
+    assert b["evidence"]
+    return b
+
+
+def _bench(lab: Lab, d: Daemon, *shape: str) -> subprocess.Popen[str]:
+    return lab.start("bench", "--base-url", d.url, "--model", "chat", "--no-record", *shape)
+
+
+def _lab(lab: Lab, tmp_path: Any, args: str, extra: str = "") -> Daemon:
+    path = lab_toml(tmp_path, args, extra=extra)
+    path.write_text(path.read_text() + "\n" + DASH)
+    d = lab.up("--config", str(path))
+    return d
+
+
+TWIN = "{ max_model_len = 8192, time_scale = 1, load_gbps = 0, enforce_eager = true }"
+
+
+@pytest.mark.integration
+def test_idle_decode_then_client(lab: Lab, labctl: Callable[..., Any], tmp_path: Any) -> None:
+    d = _lab(lab, tmp_path, TWIN)
+    d.wait_state("chat", "ready")
+    _see(d, "idle")
+    bench = _bench(lab, d, "--input-len", "16", "--output-len", "512", "--num-prompts", "48",
+                   "--max-concurrency", "16")  # fmt: skip
+    _see(d, "decode_bandwidth")
+
+    def measured() -> dict[str, Any] | None:  # once the tokens' rate has two samples
+        b = d.deployment("chat")["bottleneck"]
+        return b if b["class"] == "decode_bandwidth" and b["roofline_fraction"] else None
+
+    b = wait_for(measured, 10, "a roofline fraction")
+    assert 0 < b["roofline_fraction"] < 2
+    assert "of the bandwidth roofline" in b["evidence"]
+    bench.wait(120)
+    _see(d, "client")
+    assert "bottleneck: client" in labctl("status", "--url", d.url, check=True).out
+    doc = d.api("GET", "/api/status")
+    chat = next(x for x in doc["deployments"] if x["name"] == "chat")
+    assert {"decode_bandwidth", "client"} <= set(chat["bottleneck_history"])
+
+
+#: Small KV room (12% of the card) with long outputs: the cache, not the GPU, limits.
+SMALL_KV = ("{ max_model_len = 4096, time_scale = 1, load_gbps = 0, enforce_eager = true, "
+            "gpu_memory_utilization = 0.12 }")  # fmt: skip
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(
+    ("args", "extra", "load", "cls", "words"),
+    [
+        (TWIN, "", ("4096", "1", "400", "8"), "prefill_compute", "compute roofline"),
+        (TWIN, "max_concurrency = 1\n", ("16", "256", "40", "8"), "admission",
+         "queued at the gateway"),
+        (SMALL_KV, "", ("512", "1024", "64", "32"), "kv_capacity", "KV cache"),
+    ],
+    ids=["prefill", "admission", "kv_capacity"],
+)  # fmt: skip
+def test_a_load_puts_the_deployment_in_its_class(
+    lab: Lab, tmp_path: Any, args: str, extra: str, load: tuple[str, ...], cls: str, words: str
+) -> None:
+    d = _lab(lab, tmp_path, args, extra=extra)
+    d.wait_state("chat", "ready")
+    inputs, outputs, prompts, concurrency = load
+    bench = _bench(lab, d, "--input-len", inputs, "--output-len", outputs, "--num-prompts",
+                   prompts, "--max-concurrency", concurrency)  # fmt: skip
+    b = _see(d, cls)
+    assert words in b["evidence"]
+    bench.kill()
+
+
+@pytest.mark.integration
+def test_slow_disk_start(lab: Lab, tmp_path: Any) -> None:
+    args = "{ max_model_len = 4096, time_scale = 1, load_gbps = 0.15, enforce_eager = true }"
+    d = _lab(lab, tmp_path, args)
+    b = _see(d, "starting", timeout=15)
+    assert "disk-bound" in b["evidence"] and "not disk-bound" not in b["evidence"]

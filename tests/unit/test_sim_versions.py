@@ -1,0 +1,95 @@
+"""``--vllm-version``: the twin takes the version's scheduling defaults and overheads."""
+
+from __future__ import annotations
+
+from click.testing import CliRunner
+import pytest
+
+from labctl.cli.main import cli
+from labctl.errors import UsageError
+from labctl.fit.vllm import LATEST
+from labctl.sim.engine import TwinConfig, build_twin
+from labctl.sim.offline import simulate
+from labctl.sim.perf import StepCost
+from labctl.sim.scheduler import Scheduler, SimRequest
+from labctl.sim.versions import V0_OVERHEAD_FACTOR, check_version, known_series
+from labctl.sim.workload import synthetic
+
+MODEL = "Qwen/Qwen3-4B"
+
+
+def test_known_series_run_from_the_oldest_to_the_planners_latest() -> None:
+    series = known_series()
+    assert series[0] == "0.5" and LATEST.startswith(series[-1] + ".")
+    assert check_version("v0.11.0").key == (0, 11, 0)
+    assert check_version("0.10.1.1 (V1)").key == (0, 10, 1)
+
+
+@pytest.mark.parametrize("text", ["0.99.0", "1.0.0", "0.4.3", "banana"])
+def test_unknown_versions_are_refused_with_the_known_range(text: str) -> None:
+    with pytest.raises(UsageError, match=r"use a release from 0\.5\.x to 0\.\d+\.x"):
+        check_version(text)
+
+
+def test_the_default_version_keeps_v1_timing() -> None:
+    twin = build_twin(TwinConfig(MODEL, "h100-sxm", max_model_len=8192))
+    assert twin.config.vllm_version == LATEST
+    assert not twin.timing.v0 and twin.timing.chunked_prefill
+    assert twin.perf.overhead_factor == 1.0 and not twin.perf.eager_prefill
+    assert twin.scheduler().chunked_prefill
+
+
+def test_v0_runs_whole_prompts_with_its_defaults_and_overheads() -> None:
+    v1 = build_twin(TwinConfig(MODEL, "h100-sxm", max_model_len=8192))
+    v0 = build_twin(TwinConfig(MODEL, "h100-sxm", max_model_len=8192, vllm_version="0.7.3"))
+    assert v0.timing.v0 and not v0.timing.chunked_prefill
+    # V0 sizes a step to the whole context and caps sequences at 256; V1 on an H100 8,192/1,024.
+    assert (v0.fit.max_num_batched_tokens, v0.fit.max_num_seqs) == (8192, 256)
+    assert (v1.fit.max_num_batched_tokens, v1.fit.max_num_seqs) == (8192, 1024)
+    assert v0.perf.overhead_factor == V0_OVERHEAD_FACTOR and v0.perf.eager_prefill
+    # A step with prefill tokens launches its kernels eagerly on V0; decode steps replay graphs.
+    decode, prefill = StepCost(8, 8, 800, 800), StepCost(1, 512, 131328, 512)
+    assert v0.perf.step_seconds(decode) > v1.perf.step_seconds(decode)
+    assert v0.perf.step_seconds(prefill) - v1.perf.step_seconds(prefill) > 0.005
+
+
+def test_v0_chunks_long_contexts_as_the_planner_says() -> None:
+    v0_long = build_twin(TwinConfig(MODEL, "h100-sxm", vllm_version="0.7.3"))
+    assert v0_long.fit.max_model_len > 32768 and v0_long.timing.chunked_prefill
+
+
+def test_without_chunking_a_prompt_runs_whole_in_a_prefill_only_step() -> None:
+    s = Scheduler(num_blocks=100, block_size=16, max_num_seqs=4, max_num_batched_tokens=200,
+                  chunked_prefill=False)  # fmt: skip
+    first = SimRequest(0, prompt_len=150, max_tokens=3, arrival=0.0)
+    s.add(first)
+    batch = s.schedule(0.0)
+    assert [(r.id, n) for r, n in batch.items] == [(0, 150)]
+    s.complete(batch, 1.0)
+    second = SimRequest(1, prompt_len=100, max_tokens=3, arrival=1.0)
+    s.add(second)
+    batch = s.schedule(1.0)  # V0: the waiting prefill goes first, alone
+    assert [(r.id, n) for r, n in batch.items] == [(1, 100)]
+    s.complete(batch, 2.0)
+    batch = s.schedule(2.0)
+    assert sorted((r.id, n) for r, n in batch.items) == [(0, 1), (1, 1)]
+
+
+def test_v0_serves_a_long_prompt_load_more_slowly() -> None:
+    rows = {}
+    for version in (LATEST, "0.7.3"):
+        twin = build_twin(TwinConfig(MODEL, "h100-sxm", max_model_len=8192, vllm_version=version))
+        summary, _ = simulate(twin, synthetic(64, 3000, 64), [0.0] * 64, max_concurrency=32)
+        rows[version] = summary
+    assert rows["0.7.3"]["completed"] == rows[LATEST]["completed"] == 64
+    # V0's prefill-only steps stall the running decodes, and its steps cost more.
+    assert rows["0.7.3"]["p99_itl_ms"] > 2 * rows[LATEST]["p99_itl_ms"]
+    assert rows["0.7.3"]["output_throughput"] < rows[LATEST]["output_throughput"]
+
+
+def test_sim_run_refuses_an_unknown_version_in_one_line() -> None:
+    result = CliRunner().invoke(
+        cli, ["sim", "run", "--model", MODEL, "--gpu", "h100-sxm", "--vllm-version", "0.99.1"]
+    )
+    assert result.exit_code != 0
+    assert "--vllm-version '0.99.1' is not a vLLM release labctl models" in result.output
