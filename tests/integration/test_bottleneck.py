@@ -15,6 +15,8 @@ from tests.integration.lab import Daemon, Lab, get, lab_toml, wait_for
 
 TICK = 0.5
 DASH = f"[dashboard]\ninterval = {TICK}\n"
+#: The daemon's GPU sampler reads the GPUs once a second.
+GPU_SAMPLE = 1.0
 
 
 def _metric(d: Daemon, cls: str) -> bool:
@@ -112,3 +114,27 @@ def test_slow_disk_start(lab: Lab, tmp_path: Any) -> None:
     d = _lab(lab, tmp_path, args)
     b = _see(d, "starting", timeout=15)
     assert "disk-bound" in b["evidence"] and "not disk-bound" not in b["evidence"]
+
+
+@pytest.mark.integration
+def test_a_throttled_gpu(lab: Lab, labctl: Callable[..., Any], tmp_path: Any) -> None:
+    d = _lab(lab, tmp_path, TWIN)
+    d.wait_state("chat", "ready")
+    _see(d, "idle")
+    throttle = lab.start("sim", "throttle", "0", "sw_thermal_slowdown,sw_power_cap")
+    assert throttle.stdout is not None
+    assert throttle.stdout.readline().startswith("READY "), throttle.stderr
+    started = time.monotonic()
+    b = _see(d, "throttled")
+    assert time.monotonic() - started <= GPU_SAMPLE + 2 * TICK + 1.0  # a GPU read, two ticks
+    assert "clocks held back: sw_power_cap, sw_thermal_slowdown" in b["evidence"]
+    (g,) = d.api("GET", "/api/status")["gpus"]  # the clock event panel's latest values
+    assert g["throttle_reasons"] == ["sw_power_cap", "sw_thermal_slowdown"]
+    assert g["temperature_c"] == 88.0 and g["power_watts"] == 350
+    out = labctl("status", "--url", d.url, check=True).out
+    assert "throttled: sw_power_cap, sw_thermal_slowdown" in out
+    assert "bottleneck: throttled" in out
+    throttle.terminate()
+    assert throttle.wait(10) != 0
+    _see(d, "idle")
+    assert "throttled: none" in labctl("status", "--url", d.url, check=True).out

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from labctl.catalog.gpus import GPUS
 from tests.integration.conftest import Run
 from tests.tinymodels import TINY_LLAMA, write_gguf, write_hf_dir
 
@@ -177,7 +178,7 @@ def test_gpus_lists_the_simulated_gpus_and_the_catalog(labctl: Labctl) -> None:
     doc = labctl("gpus", "--json", "--gpu-backend", "sim", check=True).json()
     assert isinstance(doc, dict)
     ids = [g["id"] for g in doc["catalog"]]
-    assert "gb10" in ids and len(ids) == 15
+    assert "gb10" in ids and "gh200-144gb" in ids and ids == [g.id for g in GPUS]
     (dev,) = doc["devices"]  # the embedded default: one simulated RTX 3090
     assert dev["catalog_id"] == "rtx-3090" and dev["used_bytes"] == 0 and dev["processes"] == []
     human = labctl("gpus", "--gpu-backend", "sim", check=True)

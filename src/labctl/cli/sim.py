@@ -79,6 +79,42 @@ def hold(index: int, memory: str, worker: bool, orphan_worker: bool, duration: s
         sys.exit(130)
 
 
+@sim.command()
+@click.argument("index", metavar="GPU", type=int)
+@click.argument("reasons", metavar="REASON[,REASON…]")
+@click.option(
+    "--for", "duration", metavar="DURATION", help="end after this long (default: until killed)"
+)
+def throttle(index: int, reasons: str, duration: str | None) -> None:
+    """Make a simulated GPU (GPU: its index in `labctl gpus`) report clock event reasons
+    until killed, as a power cap or a hot card does: sw_power_cap, hw_slowdown,
+    sw_thermal_slowdown, hw_thermal_slowdown, hw_power_brake_slowdown (or any other NVML
+    reason name).
+
+    Prints "READY <this pid>" once the GPU reports them. They end when this process
+    exits, however it exits, or after --for.
+    """
+    from labctl.gpu.sim import SimMachine, clock_event_bits
+    from labctl.gpu.sim import throttle as hold_reasons
+
+    bits = clock_event_bits(reasons)
+    seconds = None
+    if duration is not None:
+        try:
+            seconds = parse_duration(duration)
+        except ValueError as exc:
+            raise UsageError(f"--for: {exc}") from exc
+
+    def ready(pid: int) -> None:
+        click.echo(f"READY {pid}")
+        sys.stdout.flush()
+
+    try:
+        hold_reasons(SimMachine(state_dir()), index, bits, seconds=seconds, on_ready=ready)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
 def machine_gpu(machine: SimMachine, asked: str | None, index: int) -> str | None:
     """The catalog GPU a twin on simulated GPU ``index`` runs as: that GPU's. A home with no
     simulated machine yet gets one of ``asked`` (``index`` + 1 of them, so that ``index``
@@ -186,6 +222,10 @@ def twin_config(kw: dict[str, Any], default_gpu: str = DEFAULT_GPU) -> Any:
 @click.argument("more_audio_files", nargs=-1, metavar="[FILES]...")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--timeline-interval", default="1s", show_default=True, help="KV/queue sampling")
+@click.option(
+    "--explain", is_flag=True,
+    help="the bottleneck over the run: each interval classified as the lab's dashboard does",
+)  # fmt: skip
 @click.option("--json", "as_json", is_flag=True, help="print one JSON document")
 def run(**kw: Any) -> None:
     """What-if: replay a workload through the twin as a discrete-event simulation.
@@ -193,12 +233,14 @@ def run(**kw: Any) -> None:
     Prints `vllm bench serve`'s fields for the run (TTFT, TPOT, ITL, E2EL,
     throughputs) plus KV cache usage, queue length and preemptions over time.
     A speech model (Whisper) takes audio instead of prompts: --audio-seconds or
-    --audio-files, and the run reports rtfx and audio_seconds.
+    --audio-files, and the run reports rtfx and audio_seconds. --explain adds what
+    limited the run over time: spans of one bottleneck class, per --timeline-interval.
     """
     from pathlib import Path
 
     from labctl.cli.output import console, emit_json
     from labctl.sim.engine import build_twin
+    from labctl.sim.explain import explain, time_per_class
     from labctl.sim.offline import simulate
     from labctl.sim.workload import (
         arrival_times,
@@ -209,7 +251,7 @@ def run(**kw: Any) -> None:
         synthetic,
     )
 
-    as_json = kw.pop("as_json")
+    as_json, explaining = kw.pop("as_json"), kw.pop("explain")
     n, seed = kw.pop("num_prompts"), kw.pop("seed")
     if n < 1:
         raise UsageError(f"--num-prompts {n} must be at least 1")
@@ -242,9 +284,13 @@ def run(**kw: Any) -> None:
     send = arrival_times(n, kw.pop("request_rate"), kw.pop("burstiness"), seed)
     twin = build_twin(twin_config(kw))
     summary, timeline = simulate(twin, items, send, conc, interval=max(interval, 1e-3))
+    spans = explain(timeline, twin.perf, twin.fit.kv_cache_tokens) if explaining else None
     if as_json:
+        extra = {} if spans is None else {"explain": [s.to_json() for s in spans]}
         emit_json(
-            summary | {"model": twin.model_name, "gpu": twin.gpu.id, "timeline": timeline.to_json()}
+            summary
+            | {"model": twin.model_name, "gpu": twin.gpu.id, "timeline": timeline.to_json()}
+            | extra
         )
         return
     out = console()
@@ -275,6 +321,17 @@ def run(**kw: Any) -> None:
         ]
     for name, value in rows:
         out.print(f"  {name:<20}{value}")
+    if spans is None:
+        return
+    out.print("bottleneck over the run:", highlight=False)
+    width = max(len(f"{s.end:.1f}") for s in spans) if spans else 1
+    for s in spans:
+        out.print(f"  {s.start:>{width}.1f}–{s.end:>{width}.1f} s  {s.cls:<16} {s.evidence}",
+                  highlight=False, markup=False)  # fmt: skip
+    took = time_per_class(spans)
+    total = sum(took.values()) or 1.0
+    out.print("  time per class: " + ", ".join(f"{c} {t:.1f} s ({t / total:.0%})"
+                                               for c, t in took.items()), highlight=False)  # fmt: skip
 
 
 @sim.command()

@@ -8,6 +8,10 @@ process dies, as the NVIDIA driver releases a dead process's memory. A process
 can also hold memory through a worker child that outlives it: the orphaned
 worker of a killed engine, which real deployments hit.
 
+A process can likewise provoke clock event reasons on a GPU (a power cap, a thermal
+slowdown), kept beside the memory ledger under its pid with an optional expiry: the
+reasons last while the process lives and until the expiry, never beyond.
+
 The readings a simulated card offers follow its kind: a GeForce card reports no
 ECC counters and no remapped rows, a unified-memory GB10 reports its memory as
 the host's. Fields the simulation does not model (clocks, PCIe) are ``None``.
@@ -32,7 +36,7 @@ from labctl.catalog.gpus import GpuSpec, gpu
 from labctl.config import sim_gpu_ids
 from labctl.errors import ConfigError, GpuError, UsageError
 from labctl.gpu.procs import read_stat
-from labctl.gpu.sample import DeviceSample, GpuProcess, GpuReading
+from labctl.gpu.sample import CLOCK_EVENT_REASONS, DeviceSample, GpuProcess, GpuReading
 from labctl.home import private_dir, write_private
 from labctl.units import format_bytes
 
@@ -97,6 +101,43 @@ class Holding:
     name: str
 
 
+@dataclass(frozen=True)
+class ClockEvents:
+    """One process's provoked clock event reasons: NVML bits per GPU index, until it exits
+    or ``until`` (``time.time()``) passes."""
+
+    pid: int
+    start: float
+    reasons: dict[int, int]
+    until: float | None
+
+
+#: The power cap (``sw_power_cap``) holds the clocks back: the card then draws at its limit.
+POWER_REASONS = 0x4
+#: Heat holds the clocks back (``hw_slowdown``, ``sw_/hw_thermal_slowdown``): the card runs hot.
+THERMAL_REASONS = 0x8 | 0x20 | 0x40
+#: The temperature a card shows while a thermal reason holds its clocks back, °C.
+SLOWDOWN_TEMP_C = 88.0
+
+
+def clock_event_bits(text: str) -> int:
+    """``sw_power_cap,hw_slowdown``: the NVML clock event reason bits of these names.
+
+    Raises:
+        UsageError: an empty list or a name that is no clock event reason.
+    """
+    names = {name: bit for bit, name in CLOCK_EVENT_REASONS}
+    bits = 0
+    for name in (n.strip() for n in text.split(",")):
+        if name not in names:
+            raise UsageError(
+                f"{name!r} is not a clock event reason; name one or more of "
+                f"{', '.join(names)}, separated by commas"
+            )
+        bits |= names[name]
+    return bits
+
+
 def _process_start(pid: int) -> float | None:
     """When ``pid`` started, or ``None`` if it is gone or a zombie (its memory is freed)."""
     st = read_stat(pid)
@@ -113,6 +154,7 @@ class SimMachine:
     def __init__(self, state_dir: Path) -> None:
         self.dir = state_dir / "sim-gpus"
         self.ledger = self.dir / "ledger"
+        self.events = self.dir / "clock-events"
 
     # -- devices ---------------------------------------------------------------
 
@@ -302,6 +344,76 @@ class SimMachine:
         with contextlib.suppress(FileNotFoundError):
             (self.ledger / f"{pid}.json").unlink()
 
+    # -- clock event reasons ------------------------------------------------------
+
+    def clock_events(self) -> list[ClockEvents]:
+        """Live entries; those of dead processes, or past their expiry, are removed."""
+        out = []
+        try:
+            files = list(os.scandir(self.events))
+        except FileNotFoundError:
+            return []
+        now = time.time()
+        for entry in files:
+            if not entry.name.endswith(".json"):
+                continue
+            try:
+                doc = json.loads(Path(entry.path).read_text())
+                until = doc.get("until")
+                e = ClockEvents(
+                    pid=int(doc["pid"]),
+                    start=float(doc["start"]),
+                    reasons={int(k): int(v) for k, v in doc["reasons"].items()},
+                    until=None if until is None else float(until),
+                )
+            except FileNotFoundError:
+                continue  # ended while we listed
+            except (ValueError, KeyError, TypeError, AttributeError):
+                continue  # a hand-edited file is ignored
+            started = _process_start(e.pid)
+            if started is None or started != e.start or (e.until is not None and now >= e.until):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(entry.path)
+                continue
+            out.append(e)
+        return sorted(out, key=lambda e: e.pid)
+
+    def provoke(
+        self, index: int, bits: int, seconds: float | None = None, pid: int | None = None
+    ) -> None:
+        """Make GPU ``index`` report the clock event reasons ``bits`` while ``pid`` (default:
+        this process) lives, and for ``seconds`` at most; replaces what ``pid`` provoked before.
+
+        Raises:
+            GpuError: no such GPU, or ``pid`` is not running.
+            UsageError: no reason, or a duration that is not positive.
+        """
+        pid = os.getpid() if pid is None else pid
+        devices = self.devices()
+        if not 0 <= index < len(devices):
+            raise GpuError(
+                f"there is no simulated GPU {index}; this machine has GPUs 0–{len(devices) - 1} "
+                f"({', '.join(d.spec.id for d in devices)})"
+            )
+        if bits <= 0:
+            raise UsageError("name at least one clock event reason, e.g. sw_power_cap")
+        if seconds is not None and seconds <= 0:
+            raise UsageError(f"a clock event must last a positive time, not {seconds} s")
+        started = _process_start(pid)
+        if started is None:
+            raise GpuError(f"process {pid} is not running; only a live process can throttle")
+        until = None if seconds is None else time.time() + seconds
+        _write_atomic(
+            self.events / f"{pid}.json",
+            {"pid": pid, "start": started, "reasons": {str(index): bits}, "until": until},
+        )
+
+    def calm(self, pid: int | None = None) -> None:
+        """End the clock event reasons ``pid`` provoked (what its exit does anyway)."""
+        pid = os.getpid() if pid is None else pid
+        with contextlib.suppress(FileNotFoundError):
+            (self.events / f"{pid}.json").unlink()
+
     def _write(
         self,
         pid: int,
@@ -341,15 +453,23 @@ class SimBackend:
     def read(self) -> GpuReading:
         devices = self.machine.devices()
         holdings = self.machine.holdings()
+        provoked: dict[int, int] = {}
+        for e in self.machine.clock_events():
+            for index, bits in e.reasons.items():
+                provoked[index] = provoked.get(index, 0) | bits
         now = self._clock()
         dt = 0.0 if self._last is None else max(0.0, now - self._last)
         self._last = now
         out = []
         for d in devices:
-            out.append(self._device(d, holdings, dt))
+            out.append(self._device(d, holdings, dt, provoked.get(d.index, 0)))
         return GpuReading(self.name, tuple(out), driver_version=None)
 
-    def _device(self, d: SimDevice, holdings: list[Holding], dt: float) -> DeviceSample:
+    def _device(
+        self, d: SimDevice, holdings: list[Holding], dt: float, provoked: int
+    ) -> DeviceSample:
+        """One device's sample; ``provoked``: the clock event reasons a process set on it
+        (a power cap draws at the limit, a thermal slowdown runs hot)."""
         spec = d.spec
         procs = tuple(GpuProcess(h.pid, h.memory[d.index]) for h in holdings if d.index in h.memory)
         used = sum(p.used_bytes or 0 for p in procs)
@@ -358,11 +478,14 @@ class SimBackend:
         power = None
         if limit is not None:
             idle = 0.1 * limit
-            power = idle + (limit - idle) * 0.9 * busy
+            power = limit if provoked & POWER_REASONS else idle + (limit - idle) * 0.9 * busy
             self._energy_mj[d.index] = self._energy_mj.get(d.index, 0.0) + power * dt * 1000
         geforce = "GeForce" in spec.name
         reserved = d.reserved_bytes
         remap = spec.ecc and spec.compute_capability >= (8, 0) and "HBM" in spec.memory_type
+        temperature = 32 + 50 * busy
+        if provoked & THERMAL_REASONS:
+            temperature = max(temperature, SLOWDOWN_TEMP_C)
         return DeviceSample(
             index=d.index,
             name=spec.name,
@@ -378,9 +501,9 @@ class SimBackend:
             power_watts=round(power, 2) if power is not None else None,
             power_limit_watts=limit,
             energy_millijoules=round(self._energy_mj.get(d.index, 0.0)) if limit else None,
-            temperature_c=round(32 + 50 * busy, 1),
+            temperature_c=round(temperature, 1),
             fan_percent=round(30 + 50 * busy, 1) if geforce else None,
-            clock_event_reasons=0x1 if busy == 0 else 0,
+            clock_event_reasons=(0x1 if busy == 0 else 0) | provoked,
             pstate=8 if geforce and busy == 0 and used == 0 else 0,
             ecc_corrected_volatile=0 if spec.ecc else None,
             ecc_uncorrected_volatile=0 if spec.ecc else None,
@@ -441,6 +564,31 @@ def hold(
         os.waitpid(child, 0)
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def throttle(
+    machine: SimMachine,
+    index: int,
+    bits: int,
+    *,
+    seconds: float | None = None,
+    on_ready: Callable[[int], None] = lambda pid: None,
+) -> None:
+    """Hold the clock event reasons ``bits`` on simulated GPU ``index`` until killed (or for
+    ``seconds``); they end when this process exits, however it exits. ``on_ready`` receives
+    this pid once the GPU reports them."""
+    machine.provoke(index, bits, seconds)
+
+    def leave(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, leave)
+    try:
+        on_ready(os.getpid())
+        _sleep(seconds)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        machine.calm()
 
 
 def _sleep(seconds: float | None) -> None:

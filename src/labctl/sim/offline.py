@@ -24,14 +24,23 @@ from labctl.errors import UsageError
 from labctl.sim.engine import Twin
 from labctl.sim.perf import FRONTEND_S, MEL_FEATURES_S
 from labctl.sim.report import Outcome, summarize
-from labctl.sim.scheduler import SimRequest, block_keys
+from labctl.sim.scheduler import Batch, SimRequest, block_keys
 from labctl.sim.whisper import mel_frames, plan_chunk
 from labctl.sim.workload import Item
 
 
 @dataclass
 class Timeline:
-    """Engine state sampled once per simulated ``interval`` seconds."""
+    """Engine state sampled once per simulated ``interval`` seconds, and the work done in each
+    interval (from its sample's time to the next one's, or to ``end``).
+
+    The samples (``kv_cache_usage``, ``running``, ``waiting``, ``preemptions``) are the state
+    when the step that crosses the sample's time ends; ``waiting`` counts, besides the
+    engine's queue, requests the client holds back under ``--max-concurrency``. The
+    per-interval figures are over the steps' time in the interval: tokens computed, and
+    time-weighted means of the batch, the KV cache usage and the engine's queue (idle time
+    counts as none), which the bottleneck classifier reads (``sim/explain.py``).
+    """
 
     interval: float
     time: list[float] = field(default_factory=list)
@@ -39,6 +48,24 @@ class Timeline:
     running: list[int] = field(default_factory=list)
     waiting: list[int] = field(default_factory=list)
     preemptions: list[int] = field(default_factory=list)
+    #: Prompt tokens computed in each interval (prefill chunks, and recomputation after a
+    #: preemption).
+    prompt_tokens: list[float] = field(default_factory=list)
+    #: Tokens generated in each interval.
+    generation_tokens: list[float] = field(default_factory=list)
+    #: Mean sequences in the running batch over each interval.
+    mean_batch: list[float] = field(default_factory=list)
+    #: Mean KV cache usage (0–1) over each interval.
+    mean_kv_cache_usage: list[float] = field(default_factory=list)
+    #: Mean requests waiting in the engine (not the client's) over each interval.
+    mean_waiting: list[float] = field(default_factory=list)
+    #: When the run's last step ended (s); the last interval ends there.
+    end: float = 0.0
+
+    def span(self, k: int) -> tuple[float, float]:
+        """Interval ``k``: from its sample's time to the next one's, or to the run's end."""
+        start = self.time[k]
+        return start, min(start + self.interval, max(self.end, start))
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -48,6 +75,12 @@ class Timeline:
             "num_requests_running": self.running,
             "num_requests_waiting": self.waiting,
             "num_preemptions_total": self.preemptions,
+            "prompt_tokens": self.prompt_tokens,
+            "generation_tokens": self.generation_tokens,
+            "mean_batch": self.mean_batch,
+            "mean_kv_cache_usage": self.mean_kv_cache_usage,
+            "mean_num_requests_waiting": self.mean_waiting,
+            "end_s": self.end,
         }
 
 
@@ -91,6 +124,9 @@ def simulate(
     free_at: list[float] = [0.0] * max_concurrency if max_concurrency else []
     timeline = Timeline(interval)
     next_sample = 0.0
+    #: Per interval: prompt tokens, generated tokens, and seconds × (sequences, KV usage,
+    #: requests waiting) of the steps in it.
+    work: list[list[float]] = []
     now = 0.0
     nxt = next(order, None)
     ids = iter(range(1, 2**62))
@@ -139,6 +175,32 @@ def simulate(
         while inbound and inbound[0][0] <= until:
             sched.add(reqs[heapq.heappop(inbound)[1]][-1])
 
+    def account(t0: float, t1: float, batch: Batch) -> None:
+        """Spread one step's work (``t0`` to ``t1``) over the intervals it overlaps."""
+        prompt, generated = batch.cost.tokens, 0
+        for req, n in batch.items:
+            if req.computed + n >= req.prompt_len + req.generated:  # a token comes out
+                generated += 1
+                if n == 1 and req.generated:  # a decode step, not the end of a prefill
+                    prompt -= 1
+        seqs, kv, waiting = len(batch.items), sched.usage, len(sched.waiting)
+        k = int(t0 // interval)
+        while True:
+            while len(work) <= k:
+                work.append([0.0] * 5)
+            hi = (k + 1) * interval
+            seconds = max(min(t1, hi) - max(t0, k * interval), 0.0)
+            share = seconds / (t1 - t0) if t1 > t0 else 1.0
+            w = work[k]
+            w[0] += prompt * share
+            w[1] += generated * share
+            w[2] += seqs * seconds
+            w[3] += kv * seconds
+            w[4] += waiting * seconds
+            if t1 <= hi:
+                return
+            k += 1
+
     done = 0
     total = len(items)
     while done + len(rejected) < total:
@@ -156,7 +218,8 @@ def simulate(
         batch = sched.schedule(now)
         if not batch.items:
             raise RuntimeError("the scheduler found nothing to run; the KV cache is too small")
-        now += perf.step_seconds(batch.cost)
+        began, now = now, now + perf.step_seconds(batch.cost)
+        account(began, now, batch)
         for req in sched.complete(batch, now):
             i = owner[req.id]
             if len(reqs[i]) < len(items[i].audio):
@@ -172,6 +235,16 @@ def simulate(
             timeline.waiting.append(len(sched.waiting) + len(ready))
             timeline.preemptions.append(sched.preemptions_total)
             next_sample += interval
+    timeline.end = round(now, 6)
+    for k in range(len(timeline.time)):
+        w_prompt, w_generated, w_seqs, w_kv, w_waiting = work[k] if k < len(work) else [0.0] * 5
+        start, end = timeline.span(k)
+        length = end - start if end > start else interval
+        timeline.prompt_tokens.append(round(w_prompt, 3))
+        timeline.generation_tokens.append(round(w_generated, 3))
+        timeline.mean_batch.append(round(w_seqs / length, 4))
+        timeline.mean_kv_cache_usage.append(round(w_kv / length, 4))
+        timeline.mean_waiting.append(round(w_waiting / length, 4))
     outcomes = []
     audio_s = 0.0
     for i, item in enumerate(items):
