@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 import hashlib
 import json
+import os
 from pathlib import Path
 import shutil
 import subprocess
@@ -147,8 +148,11 @@ def _killed_download(cache: Path, url: str, repo_id: str) -> int:
     kill it; return the bytes of partial download left behind."""
     code = ("import sys\nfrom huggingface_hub import snapshot_download\n"
             "snapshot_download(sys.argv[1], cache_dir=sys.argv[2], endpoint=sys.argv[3])")  # fmt: skip
-    proc = subprocess.Popen([sys.executable, "-c", code, repo_id, str(cache), url],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    # The held file sends nothing more: the client's read timeout (10 s by default) must not
+    # end the download first on a loaded machine.
+    env = dict(os.environ, HF_HUB_DOWNLOAD_TIMEOUT="300", HF_HUB_ETAG_TIMEOUT="60")
+    proc = subprocess.Popen([sys.executable, "-c", code, repo_id, str(cache), url], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
     repo = cache / ("models--" + repo_id.replace("/", "--"))
     try:
         deadline = time.monotonic() + 60
@@ -162,15 +166,16 @@ def _killed_download(cache: Path, url: str, repo_id: str) -> int:
             ):
                 break
             if proc.poll() is not None:
+                err = proc.stderr.read().decode(errors="replace")[-2000:] if proc.stderr else ""
                 raise AssertionError(
-                    f"the download of {repo_id} ended ({proc.returncode}) before it was held"
+                    f"the download of {repo_id} ended ({proc.returncode}) before it was held: {err}"
                 )
             time.sleep(0.05)
         else:
             raise AssertionError(f"the download of {repo_id} did not reach its hold in 60 s")
     finally:
         proc.kill()
-        proc.wait()
+        proc.communicate()
     return sum(p.stat().st_size for p in repo.glob("blobs/*.incomplete"))
 
 

@@ -176,8 +176,6 @@ def status(url: str, as_json: bool) -> None:
             f"{_num(s.get('requests_queued')):>6}{'-' if kv is None else f'{kv:.0%}':>6}  "
             f"{ttft + ' ms':<16}{itl + ' ms':<15}{_num(s.get('tokens_completion')):>7}"
         )
-        if b := d.get("bottleneck"):
-            out.print(f"  bottleneck: {b['class']} · {b['evidence']}")
         sp = doc.get("speech", {}).get(d["name"])
         if sp:
             p95 = ", ".join(f"{length} {_ms(v.get('p95'))} ms"
@@ -193,6 +191,8 @@ def status(url: str, as_json: bool) -> None:
                       f"{_ms(vla.get('latency_p50'))}/{_ms(vla.get('latency_p99'))} ms "
                       f"(deadline {_ms(vla.get('deadline_seconds'))} ms) · "
                       f"{_pct(vla.get('deadline_miss_ratio'))} of answers late")  # fmt: skip
+        if bn := d.get("bottleneck"):  # under the speech and robot lines, which follow the row
+            out.print(f"  bottleneck: {bn['class']} · {bn['evidence']}")
         if start := loadpath.summary(d.get("load_path")):
             out.print(f"  {start}")
         for p in d.get("asleep") or []:  # revisions kept asleep for a warm swap back

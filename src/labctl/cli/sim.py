@@ -54,12 +54,7 @@ def hold(index: int, memory: str, worker: bool, orphan_worker: bool, duration: s
         nbytes = parse_size(memory)
     except ValueError as exc:
         raise UsageError(f"--memory: {exc}") from exc
-    seconds = None
-    if duration is not None:
-        try:
-            seconds = parse_duration(duration)
-        except ValueError as exc:
-            raise UsageError(f"--for: {exc}") from exc
+    seconds = _for(duration)
 
     def ready(holder: int) -> None:
         click.echo(f"READY {os.getpid()} {holder}")
@@ -98,12 +93,7 @@ def throttle(index: int, reasons: str, duration: str | None) -> None:
     from labctl.gpu.sim import throttle as hold_reasons
 
     bits = clock_event_bits(reasons)
-    seconds = None
-    if duration is not None:
-        try:
-            seconds = parse_duration(duration)
-        except ValueError as exc:
-            raise UsageError(f"--for: {exc}") from exc
+    seconds = _for(duration)
 
     def ready(pid: int) -> None:
         click.echo(f"READY {pid}")
@@ -113,6 +103,16 @@ def throttle(index: int, reasons: str, duration: str | None) -> None:
         hold_reasons(SimMachine(state_dir()), index, bits, seconds=seconds, on_ready=ready)
     except KeyboardInterrupt:
         sys.exit(130)
+
+
+def _for(duration: str | None) -> float | None:
+    """``--for``: seconds, or None (until killed)."""
+    if duration is None:
+        return None
+    try:
+        return parse_duration(duration)
+    except ValueError as exc:
+        raise UsageError(f"--for: {exc}") from exc
 
 
 def machine_gpu(machine: SimMachine, asked: str | None, index: int) -> str | None:

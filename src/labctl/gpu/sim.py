@@ -538,17 +538,7 @@ def hold(
     """
     if not worker and not orphan:
         machine.allocate(index, nbytes)
-
-        def leave(signum: int, frame: object) -> None:
-            raise SystemExit(128 + signum)
-
-        previous = signal.signal(signal.SIGTERM, leave)
-        try:
-            on_ready(os.getpid())
-            _sleep(seconds)
-        finally:
-            signal.signal(signal.SIGTERM, previous)
-            machine.release()
+        _until_stopped(seconds, on_ready, machine.release)
         return
     child = machine.hold_in_worker(index, nbytes, seconds=seconds)
 
@@ -578,6 +568,14 @@ def throttle(
     ``seconds``); they end when this process exits, however it exits. ``on_ready`` receives
     this pid once the GPU reports them."""
     machine.provoke(index, bits, seconds)
+    _until_stopped(seconds, on_ready, machine.calm)
+
+
+def _until_stopped(
+    seconds: float | None, on_ready: Callable[[int], None], done: Callable[[], None]
+) -> None:
+    """Tell ``on_ready`` this pid, then wait for SIGTERM (or ``seconds``); ``done`` runs
+    however the wait ends."""
 
     def leave(signum: int, frame: object) -> None:
         raise SystemExit(128 + signum)
@@ -588,7 +586,7 @@ def throttle(
         _sleep(seconds)
     finally:
         signal.signal(signal.SIGTERM, previous)
-        machine.calm()
+        done()
 
 
 def _sleep(seconds: float | None) -> None:
