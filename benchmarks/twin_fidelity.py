@@ -52,8 +52,10 @@ import time
 from typing import Any
 
 # The twin resolves model ids through the hub as a last resort; a benchmark must not wait
-# on the network, and an id only the hub knows counts as "not in the catalog".
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# on the network, and an id only the hub knows counts as "not in the catalog". Only when run:
+# a test that imports this module must not turn the rest of its process offline.
+if __name__ == "__main__":
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from labctl.catalog import gpus as gpu_catalog
 from labctl.errors import LabError

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import os
 from pathlib import Path
 import sys
 from types import ModuleType
@@ -24,6 +25,7 @@ def _load() -> ModuleType:
     return module
 
 
+OFFLINE_BEFORE = os.environ.get("HF_HUB_OFFLINE")
 tf = _load()
 
 
@@ -91,3 +93,9 @@ def test_map_gpu_reads_published_names() -> None:
     assert tf.map_gpu("NVIDIA A100 SXM (doc: 'A single NVIDIA A100 SXM GPU')") == "a100-80gb"
     assert tf.map_gpu("NVIDIA GeForce RTX 4090 (24GB)") == "rtx-4090"
     assert tf.map_gpu("Some Unknown Accelerator") is None
+
+
+def test_importing_the_benchmark_leaves_the_environment_alone() -> None:
+    # the benchmark runs offline; a test importing it must not turn the rest of the suite
+    # offline (the model-cache tests download from a local hub in the same process's children)
+    assert os.environ.get("HF_HUB_OFFLINE") == OFFLINE_BEFORE
