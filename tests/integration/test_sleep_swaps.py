@@ -87,7 +87,8 @@ def test_ten_swaps_through_sleep_and_wake_under_bench_load_lose_no_request(
         bench.send_signal(signal.SIGINT)  # it stops sending and writes what it measured
         assert bench.wait(60) == 130  # Ctrl-C's status
     doc = json.loads(out.read_text())
-    assert doc["interrupted"] and doc["failed"] == 0 and doc["completed"] >= 50
+    assert doc["interrupted"] and doc["completed"] >= 50
+    assert doc["failed"] == 0, doc["errors_by_reason"]
     assert all(steps(r)["sleep"]["outcome"] == "ok" for r in records)  # none was stopped
     assert [r["to_revision"] for r in records] == [2, 1] * 5  # one revision per model
     assert "start" in steps(records[0]) and "wake" not in steps(records[0])  # B's first: cold

@@ -11,6 +11,9 @@ import time
 
 from labctl.sim.report import percentile
 
+#: The error of a request that Ctrl-C cut short: counted as ``cut``, never as ``failed``.
+INTERRUPTED = "interrupted"
+
 
 @dataclass
 class Progress:
@@ -20,6 +23,8 @@ class Progress:
     sent: int = 0
     completed: int = 0
     failed: int = 0
+    #: In flight when the run was interrupted: neither completed nor failed.
+    cut: int = 0
     finished_at: list[float] = field(default_factory=list)
     ttfts: list[float] = field(default_factory=list)
     phase: str = "starting"
@@ -31,7 +36,7 @@ class Progress:
 
     @property
     def in_flight(self) -> int:
-        return self.sent - self.completed - self.failed
+        return self.sent - self.completed - self.failed - self.cut
 
     def rate(self, window: float = 5.0) -> float:
         """Completions per second over the last ``window`` seconds (or since the start)."""

@@ -38,7 +38,7 @@ from labctl.bench.control import Answer, meets, summarize
 from labctl.bench.frames import Frame
 from labctl.bench.http import Endpoint, RequestFailed
 from labctl.bench.options import BenchConfig
-from labctl.bench.progress import Progress
+from labctl.bench.progress import INTERRUPTED, Progress
 from labctl.bench.run import Runner
 from labctl.bench.selfcheck import CLIENT_LAG_LIMIT_S, TimedSelector, _ms
 from labctl.bench.stream import _clip, _message, reason
@@ -153,7 +153,7 @@ class RobotRunner(Runner):
         except TimeoutError:
             error = f"no answer in {self.config.timeout:g} s (--timeout)"
         except asyncio.CancelledError:
-            answer.error = "interrupted"
+            answer.error = INTERRUPTED
             raise
         finally:
             if conn is not None:
@@ -167,6 +167,8 @@ class RobotRunner(Runner):
                     p.completed += 1
                     p.latencies.append(answer.latency or 0.0)
                     p.misses += answer.missed(self.period)
+                elif answer.error == INTERRUPTED:
+                    p.cut += 1
                 else:
                     p.failed += 1
                 p.finished_at.append(time.perf_counter())
@@ -299,7 +301,7 @@ class RobotRunner(Runner):
     def control_report(self, duration: float, selector: TimedSelector | None) -> dict[str, Any]:
         """The run's result: what was asked, the control-loop figures, and the client's check."""
         c = self.config
-        answers = self.answers
+        answers = [a for a in self.answers if a.error != INTERRUPTED]  # cut short, not failed
         sizes = {f.size for f in self.frames}
         doc: dict[str, Any] = {
             "date": dt.datetime.now().strftime("%Y%m%d-%H%M%S"),
@@ -318,7 +320,8 @@ class RobotRunner(Runner):
             "instruction": c.instruction,
             "unnorm_key": c.unnorm_key,
             "interrupted": self.stop.is_set(),
-            "not_sent": c.num_prompts - len(answers) if c.duration is None else 0,
+            "not_sent": c.num_prompts - len(self.answers) if c.duration is None else 0,
+            "cut": len(self.answers) - len(answers),
         }
         doc |= summarize(answers, c.robots, c.target_hz, max(duration, 1e-9))
         doc["slo_ms"] = c.slo

@@ -40,7 +40,7 @@ from labctl.bench.audio import Clip, estimate_tokens
 from labctl.bench.frames import Frame
 from labctl.bench.http import Client, Connection, Endpoint, LagRecorder, RequestFailed, call_json
 from labctl.bench.options import BACKENDS, DETAIL_FIELDS, BenchConfig
-from labctl.bench.progress import Progress
+from labctl.bench.progress import INTERRUPTED, Progress
 from labctl.bench.selfcheck import (
     CLIENT_LAG_LIMIT_S,
     TimedSelector,
@@ -119,7 +119,7 @@ class Runner:
         except TimeoutError:
             error = f"no complete answer in {self.config.timeout:g} s (--timeout)"
         except asyncio.CancelledError:
-            error = "interrupted"
+            error = INTERRUPTED
         finally:
             if conn is not None:
                 if error is None:
@@ -297,6 +297,8 @@ class Runner:
                     p.completed += 1
                     if r.outcome.ttft is not None:
                         p.ttfts.append(r.outcome.ttft)
+                elif r.outcome.error == INTERRUPTED:
+                    p.cut += 1
                 else:
                     p.failed += 1
                 p.finished_at.append(time.perf_counter())
@@ -377,6 +379,8 @@ class Runner:
         selector: TimedSelector | None,
     ) -> dict[str, Any]:
         c = self.config
+        cut = sum(1 for r in done if r.outcome.error == INTERRUPTED)
+        done = [r for r in done if r.outcome.error != INTERRUPTED]  # cut short, not failed
         outcomes = [r.outcome for r in done]
         doc: dict[str, Any] = {
             "date": dt.datetime.now().strftime("%Y%m%d-%H%M%S"),
@@ -415,7 +419,8 @@ class Runner:
             "url": str(self.endpoint),
             "endpoint": self.path,
             "interrupted": self.stop.is_set(),
-            "not_sent": c.num_prompts - len(done),
+            "not_sent": c.num_prompts - len(done) - cut,
+            "cut": cut,
             "total_chunks": chunks,
             "chunk_throughput": chunks / duration if duration > 0 else 0.0,
             "errors_by_reason": dict(reasons.most_common()),

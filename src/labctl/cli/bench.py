@@ -150,6 +150,8 @@ def _print_report(doc: dict[str, Any]) -> None:
         ("Successful requests:", doc["completed"]),
         ("Failed requests:", doc["failed"]),
     ]
+    if doc.get("cut"):
+        rows.append(("Cut short by the interrupt:", doc["cut"]))
     if doc.get("max_concurrency") is not None:
         rows.append(("Maximum request concurrency:", doc["max_concurrency"]))
     if doc["request_rate"] != "inf":
