@@ -8,7 +8,11 @@ stand-in, everywhere in one report, numbered in order of first appearance), in t
 
 The passes run in a fixed order over each string. Each replacement is parked behind a
 placeholder (private-use characters no pattern matches) until the end, so a stand-in is never
-matched again by a later pass. Kept as they are: loopback and unspecified addresses, the
+matched again by a later pass. The credential passes (PEM blocks, authorization headers,
+``name=value`` secrets, tokens in their issuers' shapes, random-looking runs) are in
+:mod:`labctl.report.shapes`; this module holds the scrubber, the pass order, the pass for the
+secrets the lab knows by value, and the passes for what identifies the machine. Kept as they
+are: loopback and unspecified addresses, the
 public hosts a report may name (``huggingface.co``, …), what :class:`Known` says to keep, and
 system paths (``/usr``, ``/lib``, ``/lib32``, ``/lib64``, ``/bin``, ``/sbin``, ``/etc``,
 ``/dev``, ``/proc``, ``/sys``, ``/run``) and API routes (``/v1``, ``/api``, ``/vla``,
@@ -24,14 +28,18 @@ from dataclasses import dataclass, field
 import html
 import ipaddress
 import json
-import math
 from pathlib import Path
 import re
 from typing import Any
 from urllib.parse import quote, quote_plus, unquote
 
 from labctl.home import write_private
+from labctl.report import shapes
+from labctl.report.shapes import PARKED, entropy, looks_random
 from labctl.secrets import _SECRET_NAME
+
+__all__ = ["NOUNS", "PRIVATE_TLDS", "PUBLIC_HOSTS", "TLDS", "Known", "Scrubber", "entropy",
+           "looks_random"]  # fmt: skip
 
 #: Categories in the order the summary names them, with the noun for one of each.
 NOUNS = {
@@ -80,39 +88,15 @@ _HASH_KEYS = frozenset({
 #: or model ids (``max_tokens``, ``tokenizer``, ``author``).
 _NOT_SECRET_KEY = re.compile(r"(?i)tokeni[sz]|tokens|author")
 
-# Placeholders: U+E000, the index in U+E100..U+E1FF digits, U+E001. No pattern below matches
-# these characters (they are not word characters, and every negated class excludes them).
-_PH = "\ue000-\ue1ff"
+# Placeholders: U+E000, the index in U+E100..U+E1FF digits, U+E001, all in PARKED. No pattern
+# here or in shapes matches these characters (they are not word characters, and every negated
+# class excludes them).
 _PH_RE = re.compile("\ue000([\ue100-\ue1ff]+)\ue001")
-_PH_CHARS = re.compile(f"[{_PH}]")
+_PH_CHARS = re.compile(f"[{PARKED}]")
 
 _KEEP_EDGE = (r"(?<![\w-])", r"(?![\w-])")
 _ENCODED = re.compile(r"%[0-9A-Fa-f]{2}")
 _PERCENT = re.compile(r"[\w.~!*'()+/:?=&@\[\]%-]+")  # a URL-ish run; decoded when it holds %XX
-_PEM = re.compile(
-    r"-----BEGIN [A-Z0-9 +]{1,60}-----[\s\S]*?-----END [A-Z0-9 +]{1,60}-----"
-    r"|-----BEGIN [A-Z0-9 +]{1,60}-----(?:[A-Za-z0-9+/=:,\s-]|\\[nr])*"
-)
-_AUTH_HEADER = re.compile(
-    r"(?i)\b((?:proxy-)?authorization|x-api-key|api-key)(['\"]?\s*[:=]\s*['\"]?)"
-    rf"((?:bearer|basic|token|digest)\s+)?([^\s'\",;{_PH}]+)"
-)
-_COOKIE = re.compile(rf"(?i)\b((?:set-)?cookie)(['\"]?\s*[:=]\s*['\"]?)()([^\r\n'\"{_PH}]+)")
-_BEARER = re.compile(r"\b(Bearer|bearer|BEARER|Basic|basic|Token)\s+([A-Za-z0-9._~+/=:-]{8,})")
-#: ``name=value`` or ``"name": "value"`` where the name ends in a secret word (``HF_TOKEN``).
-_NAMED = re.compile(
-    r"(?i)(?<![a-z0-9])(token|secret|passw(?:or)?d|passphrase|pwd|api[_-]?key|access[_-]?key|"
-    r"secret[_-]?key|private[_-]?key|credentials?|client[_-]?secret)"
-    rf"(['\"]?\s*[:=]\s*)(['\"]?)([^\s'\",;&<>{_PH}]+)"
-)
-_SHAPE = re.compile(
-    r"(?<![\w-])(?:sk-(?:proj-|svcacct-|admin-|ant-(?:api\d\d-)?)?[A-Za-z0-9_-]{20,}"
-    r"|hf_[A-Za-z0-9]{30,}|api_org_[A-Za-z0-9]{30,}|gh[pousr]_[A-Za-z0-9]{30,}"
-    r"|github_pat_[A-Za-z0-9_]{22,}|xox[abposr]-[A-Za-z0-9-]{10,}"
-    r"|(?:A3T[A-Z0-9]|AKIA|ASIA|ABIA|ACCA)[A-Z2-7]{16}"
-    r"|eyJ[A-Za-z0-9_-]{4,}\.eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*)(?![\w-])"
-)
-_AWS_SECRET = re.compile(r"(?<![A-Za-z0-9/+])[A-Za-z0-9/+]{40}(?![A-Za-z0-9/+=])")
 _GPU_ID = re.compile(r"\b(?:MIG-GPU-|MIG-|GPU-)[0-9a-fA-F]{8,}(?:-[0-9a-fA-F]{1,12}){0,4}"
                      r"(?:/\d+/\d+)?(?![\w-])")  # fmt: skip
 _HASHES = re.compile(r"\b(snapshots/|blobs/|sha256[:-])([0-9a-f]{64}|[0-9a-f]{40})\b")
@@ -120,7 +104,7 @@ _PATH = re.compile(r"(?<![\w\]).~/%-])/(?=[\w@+~-])[\w.@+~-]+(?:/[\w.@+~-]+)*/?"
 _HOME_USER = re.compile(r"(?<![\w\]).~/%-])/(home|Users)/([A-Za-z_][\w.-]{0,31})(?=/|\b)")
 _URL = re.compile(
     rf"\b([A-Za-z][A-Za-z0-9+.-]{{1,15}})://(?:([^\s/@?#\"'<>]+)@)?"
-    rf"(\[[0-9A-Fa-f:.]+(?:%\w+)?\]|[^\s/:?#\"'<>\[\]\\{_PH}]+)(?::(\d{{1,5}}))?"
+    rf"(\[[0-9A-Fa-f:.]+(?:%\w+)?\]|[^\s/:?#\"'<>\[\]\\{PARKED}]+)(?::(\d{{1,5}}))?"
 )
 _MAC = re.compile(r"(?<![\w:-])[0-9A-Fa-f]{2}([:-])[0-9A-Fa-f]{2}(?:\1[0-9A-Fa-f]{2}){4}(?![\w:-])")
 _PCI = re.compile(
@@ -140,11 +124,6 @@ _SERIAL = re.compile(r"(?i)\b(serial(?:[ _]?number)?['\"]?[ :=#]+['\"]?)"
 _FQDN = re.compile(r"(?<![\w.@-])((?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+"
                    rf"(?i:{'|'.join(sorted(TLDS, key=len, reverse=True))}))"
                    r"(?![\w-]|\.[A-Za-z0-9]|\()")  # fmt: skip
-_HEX = re.compile(
-    r"(?<![\w+/-])(?=[0-9a-fA-F]*[a-fA-F])(?=[0-9a-fA-F]*\d)[0-9a-fA-F]{24,}(?![\w+/-])"
-)
-_RUN = re.compile(r"(?<![A-Za-z0-9+/=_-])[A-Za-z0-9+/=_-]{20,}")
-_WORDS = re.compile(r"[A-Z]?[a-z]+|[A-Z]+(?![a-z])|\d+")
 _HEX_VALUE = re.compile(r'"?([0-9a-f]{64}|[0-9a-f]{40})"?')
 
 
@@ -158,32 +137,6 @@ class Known:
     keep: set[str] = field(default_factory=set)  # never touched: model ids, GPU names, …
     gpu_uuids: dict[str, int] = field(default_factory=dict)  # "GPU-…" → its index: gpu-<index>
     cache_roots: dict[str, str] = field(default_factory=dict)  # absolute dir → shown name
-
-
-def entropy(s: str) -> float:
-    """Shannon entropy of ``s`` in bits per character."""
-    n = len(s)
-    counts: dict[str, int] = {}
-    for ch in s:
-        counts[ch] = counts.get(ch, 0) + 1
-    return -sum(c / n * math.log2(c / n) for c in counts.values())
-
-
-def looks_random(run: str) -> bool:
-    """Whether a run of ``[A-Za-z0-9+/=_-]`` reads as a random secret, not an identifier.
-
-    Letters and digits mixed and at least 4.0 bits of entropy a character, like
-    detect-secrets; but identifiers made of short pieces (``Qwen3-30B-A3B-Instruct-2507``,
-    ``max_num_batched_tokens``) and camel-cased words (``Qwen2VLForConditionalGeneration``)
-    are names, whatever their entropy.
-    """
-    if not (re.search(r"[A-Za-z]", run) and re.search(r"\d", run)) or entropy(run) < 4.0:
-        return False
-    pieces = [p for p in re.split(r"[-_/+=.]+", run) if p]
-    if len(pieces) >= 3 and max(map(len, pieces)) <= 12:
-        return False
-    words = _WORDS.findall(run)
-    return sum(map(len, words)) / len(words) <= 4.5
 
 
 def _ph_index(i: int) -> str:
@@ -213,6 +166,16 @@ class _Parked:
             return self.parts[i]
 
         return _PH_RE.sub(back, text)
+
+
+def _hiding(find: Callable[[str, shapes.Hide], str]) -> Callable[[Scrubber, str, _Parked], str]:
+    """A pass of :mod:`labctl.report.shapes` as a scrubber's step: each secret it finds is
+    replaced by its token stand-in, parked."""
+
+    def step(self: Scrubber, s: str, p: _Parked) -> str:
+        return find(s, lambda v: p.park(self._token(v)))
+
+    return step
 
 
 class Scrubber:
@@ -345,31 +308,11 @@ class Scrubber:
     def _known_secrets(self, s: str, p: _Parked) -> str:
         return self._secrets.sub(lambda m: p.park(self._token(m[0])), s) if self._secrets else s
 
-    def _pem(self, s: str, p: _Parked) -> str:
-        return _PEM.sub(lambda m: p.park(self._token(m[0])), s)
-
-    def _auth(self, s: str, p: _Parked) -> str:
-        low = s.lower()
-        if not any(word in low for word in ("auth", "key", "cookie", "bearer", "basic", "token")):
-            return s
-        for header in (_AUTH_HEADER, _COOKIE):
-            s = header.sub(
-                lambda m: m[1] + m[2] + (m[3] or "") + p.park(self._token(m[4].rstrip())), s
-            )
-        return _BEARER.sub(lambda m: self._bearer(m, p), s)
-
-    def _bearer(self, m: re.Match[str], p: _Parked) -> str:
-        v = m[2]
-        if v.isalpha() and v.islower():  # prose: "basic configuration"
-            return m[0]
-        return f"{m[1]} {p.park(self._token(v))}"
-
-    def _named(self, s: str, p: _Parked) -> str:
-        return _NAMED.sub(lambda m: m[1] + m[2] + m[3] + p.park(self._token(m[4])), s)
-
-    def _shapes(self, s: str, p: _Parked) -> str:
-        s = _SHAPE.sub(lambda m: p.park(self._token(m[0])), s)
-        return _AWS_SECRET.sub(lambda m: p.park(self._token(m[0])) if _mixed(m[0]) else m[0], s)
+    # the credential passes of shapes, each secret they find hidden as a token
+    _pem = _hiding(shapes.pem)
+    _auth = _hiding(shapes.auth)
+    _named = _hiding(shapes.named)
+    _shapes = _hiding(shapes.token_shapes)
 
     def _gpu_ids(self, s: str, p: _Parked) -> str:
         return _GPU_ID.sub(lambda m: p.park(self._gpu(m[0])), s)
@@ -467,9 +410,7 @@ class Scrubber:
             s = self._hosts.sub(lambda m: p.park(self._host(m[0], strict=False)), s)
         return _FQDN.sub(lambda m: p.park(self._host(m[1], strict=True)), s)
 
-    def _randoms(self, s: str, p: _Parked) -> str:
-        s = _HEX.sub(lambda m: p.park(self._token(m[0])), s)
-        return _RUN.sub(lambda m: p.park(self._token(m[0])) if looks_random(m[0]) else m[0], s)
+    _randoms = _hiding(shapes.randoms)
 
     _steps: tuple[Callable[[Scrubber, str, _Parked], str], ...] = (
         _known_secrets, _pem, _auth, _named, _shapes, _gpu_ids, _paths, _hashes, _home_users,
@@ -558,10 +499,6 @@ class Scrubber:
             return f"/{parts[0]}/{user}" + (f"/{base}" if len(parts) == 3 else "") + trail
         directory = "/" + "/".join(parts[:-1])
         return self._stand("path", directory, directory, lambda n: f"dir-{n}") + f"/{base}{trail}"
-
-
-def _mixed(s: str) -> bool:
-    return not (s.isupper() or s.islower()) and any(c.isdigit() for c in s)
 
 
 def _number(numbers: dict[str, int], key: str) -> int:
