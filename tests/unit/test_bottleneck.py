@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+from concurrent.futures import wait
+import threading
+import time
 from typing import Any
 
 import pytest
 
 from labctl.dashboard.bottleneck import (
+    Built,
+    PerfKey,
+    Perfs,
     Roofline,
     Signals,
     Tracker,
+    build_perf,
     classify,
     deployment_roofline,
 )
@@ -114,6 +121,8 @@ def test_the_roofline_is_for_the_mean_batch_of_the_tokens_window() -> None:
     dep = [{"name": "chat", "state": "ready", "gpus": [0], "model": "Qwen/Qwen3-0.6B",
             "engine": "vllm"}]  # fmt: skip
     gpus = {0: {"name": "NVIDIA GeForce RTX 3090", "throttle_reasons": []}}
+    t.warm(dep, gpus)  # as a start does: the roofline built by the time it serves
+    wait(list(t.perfs.building.values()), timeout=30)
     for running in (60.0, 60.0, 60.0, 1.0):
         serving = {"chat": {"requests_running": running, "tokens_completion": 3000.0,
                             "tokens_prompt": 100.0, "kv": 0.2}}  # fmt: skip
@@ -121,3 +130,86 @@ def test_the_roofline_is_for_the_mean_batch_of_the_tokens_window() -> None:
     now = t.now["chat"]
     assert now["class"] == "decode_bandwidth" and "mean batch 45.2" in now["evidence"]
     assert 0 < now["roofline_fraction"] < 1.0
+
+
+def _busy(running: float = 4.0) -> dict[str, dict[str, float]]:
+    return {"chat": {"requests_running": running, "tokens_completion": 3000.0,
+                     "tokens_prompt": 100.0, "kv": 0.2}}  # fmt: skip
+
+
+CHAT = [{"name": "chat", "state": "ready", "gpus": [0], "model": "Qwen/Qwen3-0.6B",
+         "engine": "vllm"}]  # fmt: skip
+RTX = {0: {"name": "NVIDIA GeForce RTX 3090", "throttle_reasons": []}}
+
+
+def _until(t: Tracker, done: Any, timeout: float = 10.0) -> dict[str, Any]:
+    """Tick ``t`` every 50 ms until ``done(now)``; the last class."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        t.update(CHAT, _busy(), RTX, [])
+        if done(t.now["chat"]):
+            return t.now["chat"]
+        time.sleep(0.05)
+    raise AssertionError(f"not within {timeout} s: {t.now['chat']}")
+
+
+def test_a_tick_never_waits_for_the_roofline() -> None:
+    # the planner and the perf model take long: the tick classifies without them meanwhile
+    builds: list[PerfKey] = []
+
+    def slow(key: PerfKey) -> Built | None:
+        builds.append(key)
+        time.sleep(0.5)
+        return build_perf(key)
+
+    t = Tracker(perfs=Perfs(build=slow))
+    for _ in range(3):  # ticks while it builds: each prompt, one build only
+        took = time.monotonic()
+        t.update(CHAT, _busy(), RTX, [])
+        assert time.monotonic() - took < 0.1
+        now = t.now["chat"]
+        assert now["class"] == "decode_bandwidth" and now["roofline_fraction"] is None
+        assert "no roofline" in now["evidence"]
+    now = _until(t, lambda b: b["roofline_fraction"] is not None)
+    assert now["class"] == "decode_bandwidth" and "of the bandwidth roofline" in now["evidence"]
+    assert builds == [("Qwen/Qwen3-0.6B", "NVIDIA GeForce RTX 3090", 1, None, False)]
+
+
+def test_warm_builds_at_the_start_once_and_only_what_may_serve() -> None:
+    release = threading.Event()
+    builds: list[PerfKey] = []
+
+    def build(key: PerfKey) -> Built | None:
+        builds.append(key)
+        release.wait(5)
+        return None
+
+    t = Tracker(perfs=Perfs(build=build))
+    t.warm([{**CHAT[0], "state": "stopped"}, {**CHAT[0], "state": "ready", "model": None}], RTX)
+    t.warm([{**CHAT[0], "state": "starting"}], {})  # no GPU read yet: nothing to build for
+    t.update([{**CHAT[0], "state": "stopped"}], {}, RTX, [])  # a stopped one builds nothing
+    assert not t.perfs.building and not t.perfs.built
+    t.warm([{**CHAT[0], "state": "starting"}], RTX)
+    t.warm([{**CHAT[0], "state": "starting"}, *CHAT], RTX)  # the same key: the same build
+    t.update(CHAT, _busy(), RTX, [])
+    assert len(t.perfs.building) == 1
+    release.set()
+    wait(list(t.perfs.building.values()), timeout=5)
+    _until(t, lambda b: not t.perfs.building)
+    assert len(builds) == 1 and list(t.perfs.built.values()) == [None]
+
+
+def test_a_failing_build_is_logged_once_and_the_ticks_go_on() -> None:
+    lines: list[str] = []
+
+    def broken(key: PerfKey) -> Built | None:
+        raise RuntimeError("planner bug")
+
+    t = Tracker(perfs=Perfs(build=broken, log=lines.append))
+    t.update(CHAT, _busy(), RTX, [])
+    wait(list(t.perfs.building.values()), timeout=5)
+    for _ in range(3):
+        assert t.update(CHAT, _busy(), RTX, []) == {"chat": "decode_bandwidth"}
+    assert len(lines) == 1
+    assert "Qwen/Qwen3-0.6B" in lines[0] and "RuntimeError: planner bug" in lines[0]
+    assert t.now["chat"]["roofline_fraction"] is None

@@ -42,6 +42,12 @@ class Site:
     doctor: Callable[[], dict[str, Any] | None] = lambda: None
     #: Each deployment's bottleneck now and over the history window (``bottleneck.py``).
     bottlenecks: Tracker = field(default_factory=Tracker)
+    #: The daemon's log (a roofline that failed to build).
+    log: Callable[[str], None] | None = None
+
+    def __post_init__(self) -> None:
+        if self.log is not None:
+            self.bottlenecks.perfs.log = self.log
 
     def add_routes(self, r: web.UrlDispatcher) -> None:
         r.add_get("/", self.page)
@@ -51,6 +57,8 @@ class Site:
     def on_event(self, event: dict[str, Any]) -> None:
         """A lab event, to every open page (with what it changed)."""
         self.bottlenecks.on_event(event)
+        if event.get("type") == "state":  # a start: its roofline built before it serves
+            self.bottlenecks.warm(self.deployments(), {g["index"]: g for g in self.gpus()})
         if self.pages:
             self.pages.publish({"type": "event", "event": event, "deployments": self.annotated(),
                                 "timeline": self.timeline()})  # fmt: skip
