@@ -31,6 +31,12 @@ REPO = Path(__file__).resolve().parents[2]
 #: after 12 MB has 10 MiB on disk to resume from.
 BIG = dict(TINY_LLAMA, vocab_size=32768, hidden_size=128)
 HOLD_AT = 12_000_000
+#: What every engine's environment names for gpus = [0] (``engines/base.py`` ``gpu_env``).
+GPU0 = {
+    "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
+    "CUDA_VISIBLE_DEVICES": "0",
+    "NVIDIA_VISIBLE_DEVICES": "0",
+}
 
 
 @dataclass
@@ -331,7 +337,7 @@ def test_a_vllm_deploy_of_a_repo_not_in_the_cache_is_refused_with_the_pull_to_ru
     steps = refused["steps"]
     assert isinstance(steps, list)
     assert [(s["name"], s["outcome"]) for s in steps] == [("preflight", "failed")]
-    assert refused["env"] == {"CUDA_VISIBLE_DEVICES": "0"}  # no snapshot: vLLM may go online
+    assert refused["env"] == GPU0  # no snapshot: vLLM may go online
     pulled = deploy_probe(env, tmp_path, "--pull")
     assert pulled["error"] is None
     steps = pulled["steps"]
@@ -343,7 +349,6 @@ def test_a_vllm_deploy_of_a_repo_not_in_the_cache_is_refused_with_the_pull_to_ru
     events = pulled["events"]
     assert isinstance(events, list) and events and events[-1]["phase"] == "pull"
     assert events[-1]["pulled_bytes"] == events[-1]["pull_bytes"] == size
-    assert pulled["env"] == {"CUDA_VISIBLE_DEVICES": "0", "HF_HUB_OFFLINE": "1",
-                             "HF_HUB_CACHE": f"{tmp_path}/hf/hub"}  # fmt: skip
+    assert pulled["env"] == GPU0 | {"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": f"{tmp_path}/hf/hub"}
     again = deploy_probe(env, tmp_path)  # whole now: nothing to refuse, nothing to pull
     assert again["error"] is None and again["steps"] == []

@@ -211,4 +211,6 @@ def test_a_deploy_of_a_missing_repo_is_refused_naming_the_pull_and_a_whole_one_r
     whole = DeploymentSpec.from_dict("chat", {"engine": "vllm", "model": "acme/tiny"})
     asyncio.run(files.prepare(whole, journal.begin("chat", "deploy", None, 2)))
     env = adapter("vllm").launch(whole.to_dict(), "127.0.0.1", 9000, [0]).env
-    assert env == {"CUDA_VISIBLE_DEVICES": "0", "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache)}
+    assert env == {"CUDA_DEVICE_ORDER": "PCI_BUS_ID", "CUDA_VISIBLE_DEVICES": "0",
+                   "NVIDIA_VISIBLE_DEVICES": "0", "HF_HUB_OFFLINE": "1",
+                   "HF_HUB_CACHE": str(cache)}  # fmt: skip

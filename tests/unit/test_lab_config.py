@@ -140,7 +140,9 @@ def test_adapters_build_each_engines_command_line() -> None:
                                   "127.0.0.1", 9000, [0, 1])  # fmt: skip
     assert vllm.argv == ["vllm", "serve", "Qwen/Qwen3-8B", "--host", "127.0.0.1", "--port", "9000",
                          "--served-model-name", "Qwen/Qwen3-8B", "--max-model-len", "4096"]  # fmt: skip
-    assert vllm.env == {"CUDA_VISIBLE_DEVICES": "0,1"} and vllm.served_model == "Qwen/Qwen3-8B"
+    assert vllm.env == {"CUDA_DEVICE_ORDER": "PCI_BUS_ID", "CUDA_VISIBLE_DEVICES": "0,1",
+                        "NVIDIA_VISIBLE_DEVICES": "0,1"}  # fmt: skip
+    assert vllm.served_model == "Qwen/Qwen3-8B"
     planned = adapter("vllm").launch(
         {"name": "chat", "model": "m", "args": {"max_model_len": 4096},
          "recommended_args": ["--max-model-len", "8192", "--gpu-memory-utilization", "0.9",
@@ -482,7 +484,7 @@ def test_the_example_documents_every_key_and_loads() -> None:
     config = load_config(EXAMPLE, check_host=False)
     assert {d.engine for d in config.deployments} == set(ENGINES)  # every engine shown
     text = EXAMPLE.read_text()
-    skip = {"name", "deployments", "source", "gateway", "dashboard", "models"}
+    skip = {"name", "deployments", "source", "gateway", "dashboard", "models", "gpu_names"}
     for f in [*fields(DeploymentSpec), *fields(DashboardConfig), *fields(GatewayConfig),
               *fields(LabConfig), *fields(ModelsConfig)]:  # fmt: skip
         if f.name not in skip:

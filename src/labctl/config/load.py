@@ -74,7 +74,8 @@ def check_exposure(host: str, gateway: GatewayConfig, key: str) -> None:
 
 
 def check_gpu_indices(config: LabConfig, count: int) -> None:
-    """Every deployment's GPUs exist on a machine with ``count`` GPUs.
+    """Every deployment's GPUs exist on a machine with ``count`` GPUs (those named by UUID or
+    bus id are checked as they are resolved, in :mod:`labctl.gpu.identity`).
 
     Raises:
         ConfigError: naming the deployment, its gpus and the indices there are.
@@ -89,7 +90,8 @@ def check_gpu_indices(config: LabConfig, count: int) -> None:
                     else "the lab's GPUs: it has none"
                 )
                 raise ConfigError(
-                    f"deployments.{d.name}.gpus = {list(d.gpus)}: GPU {g} is beyond {there}"
+                    f"deployments.{d.name}.gpus = {list(d.gpu_names or d.gpus)}: GPU {g} is "
+                    f"beyond {there}"
                 )
 
 

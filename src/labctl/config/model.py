@@ -34,6 +34,7 @@ from labctl.config.values import (
     _text,
     _whole,
     check_flag,
+    gpu_list,
 )
 from labctl.errors import ConfigError
 
@@ -54,6 +55,8 @@ class DeploymentSpec:
     name: str
     engine: str
     model: str | None = None
+    #: NVML indices (numbered in PCI bus order, as engines see them with the environment their
+    #: adapters give them); -1 for a GPU named by UUID or bus id until the lab resolves it.
     gpus: tuple[int, ...] = (0,)
     port: int = 0
     served_model_name: str | None = None
@@ -89,6 +92,9 @@ class DeploymentSpec:
     #: The container image ``labctl export kubernetes`` runs it in (None: the engine's
     #: official image; ``command`` and ``openvla`` deployments have none and need one).
     image: str | None = None
+    #: ``gpus`` as lab.toml gives them where any is named by UUID or PCI bus id (empty: all
+    #: are indices); the lab resolves them at start and at each deploy, and journals these.
+    gpu_names: tuple[int | str, ...] = ()
 
     @property
     def served(self) -> str:
@@ -102,12 +108,13 @@ class DeploymentSpec:
     def to_dict(self) -> dict[str, Any]:
         doc = {f.name: getattr(self, f.name) for f in fields(self)}
         doc["gpus"], doc["aliases"], doc["command"] = (
-            list(self.gpus),
+            list(self.gpu_names or self.gpus),
             list(self.aliases),
             list(self.command),
         )
         doc["args"], doc["env"] = dict(self.args), dict(self.env)
         doc["serves"] = list(self.serves) or None
+        del doc["gpu_names"]  # written as gpus: a revision names its GPUs as lab.toml did
         return doc
 
     @classmethod
@@ -132,7 +139,7 @@ class DeploymentSpec:
         if not isinstance(doc, Mapping):
             hint = "" if where else f", e.g. [deployments.{_key(name)}] on a line of its own"
             raise ConfigError(f"{at} = {_show(doc)}: give a table of settings{hint}")
-        known = {f.name for f in fields(cls)} - {"name"}
+        known = {f.name for f in fields(cls)} - {"name", "gpu_names"}
         for key in doc:
             if key not in known and key != "name":
                 raise ConfigError(
@@ -158,21 +165,7 @@ class DeploymentSpec:
             raise ConfigError(f"{at}.model is required for engine {engine!r}")
         for i, part in enumerate(command):
             _check_placeholders(part, f"{at}.command[{i}]")
-        gpus = doc.get("gpus", [0])
-        if (
-            not isinstance(gpus, list)
-            or not 1 <= len(gpus) <= MAX_GPUS
-            or not all(_whole(g) and 0 <= g < MAX_GPUS for g in gpus)
-        ):
-            raise ConfigError(
-                f"{at}.gpus = {_show(gpus)}: give a list of GPU indices (0 to {MAX_GPUS - 1}), "
-                "e.g. [0] or [0, 1]"
-            )
-        if len(set(gpus)) != len(gpus):
-            twice = next(g for g in gpus if gpus.count(g) > 1)
-            raise ConfigError(
-                f"{at}.gpus = {gpus}: GPU {twice} is listed twice; list each GPU once"
-            )
+        gpus, gpu_names = gpu_list(doc.get("gpus", [0]), at)
         port = doc.get("port", 0)
         if not _whole(port) or not 0 <= port <= 65535:
             raise ConfigError(f"{at}.port = {_show(port)}: use 1–65535, or 0 to pick a free port")
@@ -182,7 +175,7 @@ class DeploymentSpec:
                 f"{at}.args = {_show(args)}: give a table of at most 256 engine flags, e.g. "
                 "{ max_model_len = 8192 }"
             )
-        _check_args(args, f"{at}.args", engine, gpus)
+        _check_args(args, f"{at}.args", engine, list(gpu_names or gpus))
         env = doc.get("env", {})
         if not isinstance(env, Mapping) or len(env) > 256:
             # Not shown: environment values are often credentials.
@@ -249,7 +242,7 @@ class DeploymentSpec:
                 "1000, e.g. 5 (OpenVLA) or 25 (an action chunk per second)"
             )
         return cls(
-            name=name, engine=engine, model=model, gpus=tuple(gpus), port=port,
+            name=name, engine=engine, model=model, gpus=gpus, gpu_names=gpu_names, port=port,
             served_model_name=served, aliases=tuple(aliases), args=dict(args), command=command,
             health_path=health, env=dict(env),
             binary=_text(doc, "binary", at, "an executable's name or path", 4096),
@@ -533,7 +526,7 @@ def _serves(doc: Mapping[str, Any], at: str, engine: str) -> tuple[str, ...]:
     return tuple(value)
 
 
-def _check_args(args: Mapping[Any, Any], at: str, engine: str, gpus: list[int]) -> None:
+def _check_args(args: Mapping[Any, Any], at: str, engine: str, gpus: list[int | str]) -> None:
     """Every flag's shape; for vLLM and the twin, the ranges of the flags labctl plans with."""
     seen: dict[str, str] = {}
     for name, value in args.items():

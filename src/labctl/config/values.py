@@ -151,6 +151,62 @@ def sim_gpu_ids(text: str, prefix: str) -> list[str]:
     return ids
 
 
+#: A GPU named by UUID, as ``nvidia-smi -L`` prints it (``GPU-3f2a…``; a MIG instance
+#: ``MIG-…``, or the older ``MIG-GPU-…/gi/ci``): a unique prefix is enough, as ``nvidia-smi
+#: -i`` takes one.
+_GPU_UUID = re.compile(r"(?:GPU-|MIG-(?:GPU-)?)[0-9a-f][0-9a-f/-]{0,99}", re.IGNORECASE)
+#: A GPU named by PCI bus id: ``0000:01:00.0``, or NVML's form with an 8-digit domain.
+_PCI_BUS_ID = re.compile(r"([0-9a-f]{4}|[0-9a-f]{8}):([0-9a-f]{2}):([0-9a-f]{2})\.([0-7])",
+                         re.IGNORECASE)  # fmt: skip
+
+
+def gpu_key(name: str) -> str | None:
+    """A GPU's UUID (or its prefix) or PCI bus id as the lab compares them: lower case, a bus
+    id in NVML's form (``00000000:01:00.0``), so any spelling of one GPU is one key (None:
+    ``name`` is neither)."""
+    if m := _PCI_BUS_ID.fullmatch(name):
+        return f"{int(m[1], 16):08x}:{m[2]}:{m[3]}.{m[4]}".lower()
+    return name.lower() if _GPU_UUID.fullmatch(name) else None
+
+
+def gpu_list(value: object, at: str) -> tuple[tuple[int, ...], tuple[int | str, ...]]:
+    """A deployment's ``gpus``: NVML indices, UUIDs or PCI bus ids, each GPU once.
+
+    Returns the indices (-1 for a GPU named by UUID or bus id, until the lab resolves it
+    against its GPUs) and, where any entry is such a name, the entries as given (else ``()``).
+
+    Raises:
+        ConfigError: not a list of 1 to 64 of them, an entry of neither shape, or a repeat.
+    """
+    if (
+        not isinstance(value, list)
+        or not 1 <= len(value) <= MAX_GPUS
+        or not all((_whole(g) and 0 <= g < MAX_GPUS) or isinstance(g, str) for g in value)
+    ):
+        raise ConfigError(
+            f"{at}.gpus = {_show(value)}: give a list of GPU indices (0 to {MAX_GPUS - 1}), "
+            'e.g. [0] or [0, 1], or of UUIDs ("GPU-3f2a…") or PCI bus ids ("0000:01:00.0")'
+        )
+    keys: list[int | str] = []
+    for g in value:
+        key = g if isinstance(g, int) else gpu_key(g)
+        if key is None:
+            raise ConfigError(
+                f"{at}.gpus = {_show(value)}: {_show(g)} is not a GPU index, UUID or PCI bus id; "
+                f"give an index (0 to {MAX_GPUS - 1}), a UUID as `nvidia-smi -L` prints it "
+                '("GPU-…", a '
+                'unique prefix will do; "MIG-…" for a MIG instance) or a bus id ("0000:01:00.0")'
+            )
+        keys.append(key)
+    if len(set(keys)) != len(keys):
+        twice = next(g for g, k in zip(value, keys, strict=True) if keys.count(k) > 1)
+        raise ConfigError(
+            f"{at}.gpus = {value}: GPU {_show(twice)} is listed twice; list each GPU once"
+        )
+    named = not all(isinstance(g, int) for g in value)
+    return tuple(g if isinstance(g, int) else -1 for g in value), tuple(value) if named else ()
+
+
 def _check_placeholders(part: str, at: str) -> None:
     """``{host}``, ``{port}``, ``{model}``, ``{name}`` and ``{{ }}``, nothing else."""
     problem = None

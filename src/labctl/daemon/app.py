@@ -29,7 +29,7 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from labctl.config import LabConfig, check_exposure, check_gpu_indices, check_lab, parse_listen
+from labctl.config import LabConfig, check_exposure, check_lab, parse_listen
 from labctl.daemon.api import AdminApi
 from labctl.daemon.doctor import LabDoctor
 from labctl.daemon.faults import crash_point
@@ -49,6 +49,7 @@ from labctl.deploy.supervisor import Supervisor
 from labctl.gateway.proxy import Gateway
 from labctl.gpu import open_backend
 from labctl.gpu.host import HostSampler
+from labctl.gpu.identity import resolve_lab
 from labctl.gpu.sim import parse_sim_gpus
 from labctl.home import URL_FILE, DaemonLock, ensure_token, prepare, write_private
 from labctl.secrets import Redactor, derive
@@ -58,7 +59,6 @@ from labctl.telemetry.sampler import Sampler
 
 class Daemon:
     def __init__(self, config: LabConfig, home: Path, listen: str | None = None) -> None:
-        self.config = config
         self.home = prepare(home)
         # first: a second `labctl up` on this home must change nothing in it before it stops
         self.lock = DaemonLock(self.home)
@@ -84,14 +84,14 @@ class Daemon:
         self.guard = Guard(self.token, self.host, config.allowed_hosts,
                            (k.key for k in gw.keys), gw.read_timeout, self.log)  # fmt: skip
         self.metrics = DaemonMetrics()
+        sims = parse_sim_gpus(config.sim_gpus) if config.sim_gpus else None
+        self.backend = open_backend(config.gpu_backend, self.home, sims)
+        self.config = config = resolve_lab(config, self.backend.read().devices)  # UUID → index
         lab = dataclasses.replace(config, listen=listen or config.listen)  # as it listens
         self.doctor = LabDoctor(lab, [self.metrics.on_doctor, lambda _: self.site.on_doctor()])
         self.stopping = asyncio.Event()
         self.events = Feed(1000, end_when_full=False, stopping=self.stopping)
         self.url = ""
-        sims = parse_sim_gpus(config.sim_gpus) if config.sim_gpus else None
-        self.backend = open_backend(config.gpu_backend, self.home, sims)
-        check_gpu_indices(config, len(self.backend.read().devices))
         #: Set once the configured deployments have started (fault injection waits for it).
         self.started = threading.Event()
         self.journal = Journal(self.home / "journal.db", on_step=crash_point(self.started))
@@ -116,7 +116,7 @@ class Daemon:
                          self._deployments, lambda: self.journal.history(limit=20), self._gpus,
                          lambda: {"url": self.url, "config": config.source,
                                   "gpu_backend": self.backend.name},
-                         self.doctor.page)  # fmt: skip
+                         self.doctor.page, log=self.log)  # fmt: skip
         self.api = AdminApi(self.controller, config, self.sampler.fresh, self.events,
                             self.stopping, self.site.status, self.login_url,
                             self._learn, self.doctor)  # fmt: skip

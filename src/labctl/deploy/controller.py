@@ -249,7 +249,7 @@ class Controller:
             DeployError: refused at preflight, or failed and rolled back (or could not).
         """
         if dry_run:
-            d = self.add(spec)
+            d = self.add(spec := await self.planner.resolve(spec))
             self.revisions.remember(spec)
             need = await self.preflight(spec, d.engine)
             return {"deployment": spec.name, "dry_run": True, "fits": True, "need": need.summary,
@@ -350,6 +350,7 @@ class Controller:
     async def _deploy(
         self, d: Deployment, spec: DeploymentSpec, kind: str, revision: int | None, ticket: str
     ) -> dict[str, Any]:
+        spec = await self.planner.resolve(spec)  # GPUs named by UUID or bus id: their indices
         gpus = sorted(set(spec.gpus) | set(d.spec.gpus))
         async with contextlib.AsyncExitStack() as locks:
             for g in gpus:  # one deploy at a time on any GPU, taken in order (no deadlock)
@@ -471,6 +472,7 @@ class Controller:
             self.observations.append(("startup", dict(engine.phases)))
         with self.journal.step(deploy_id, "switch", **identity(engine.process)):
             d.revision, d.spec = revision, spec
+            self.journal.ran_on(deploy_id, self.planner.uuids(spec.gpus))
             self.journal.set_current(d.name, revision, engine.process.pid,
                                      engine.process.start_time, engine.url)  # fmt: skip
             if old is not None and old is not new and old.state != State.SLEEPING:

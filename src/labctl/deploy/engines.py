@@ -31,7 +31,8 @@ from labctl.deploy.journal import Journal
 from labctl.deploy.loadpath import WEIGHTS_BEGIN, weights_seconds
 from labctl.deploy.preflight import Planner
 from labctl.engines import Health, adapter
-from labctl.errors import DeployError, EngineError
+from labctl.errors import DeployError, EngineError, LabError
+from labctl.gpu.identity import misplaced
 from labctl.runtime.process import ENGINE_MARK, EngineProcess, startup_budget
 from labctl.units import GiB
 
@@ -178,6 +179,7 @@ class Engines:
                         weight_bytes)  # fmt: skip
         try:
             await self._wait_ready(engine, launch.health, launch.served_model, tail)
+            await self._confirm_gpus(engine)
             if last is not None:  # it answers as soon as it logs that: let the tail catch up
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(logged.wait(), 4 * LOG_POLL_S)
@@ -192,6 +194,26 @@ class Engines:
             await self.await_release(spec.name, spec.gpus, set(process.members), self.clock())
             raise
         return engine
+
+    async def _confirm_gpus(self, engine: Engine) -> None:
+        """The GPU identity check of a ready engine: no process of its tree holds memory on a
+        GPU it was not planned for (an engine that picked its own device would be sized, watched
+        and released on the wrong one). Skipped where the GPUs cannot be read now.
+
+        Raises:
+            EngineError: a process of it on another GPU, naming both.
+        """
+        spec = engine.spec
+        engine.process.track()  # the workers it forked hold the memory (vLLM's EngineCore)
+        try:
+            reading = await self.planner.read()
+        except LabError:
+            return
+        if why := misplaced(reading, spec.gpus, set(engine.process.members)):
+            raise EngineError(
+                f"{spec.name} revision {engine.revision}: {why}; it chose its device itself: "
+                "check the deployment's env (CUDA_VISIBLE_DEVICES) and args (a device flag)"
+            )
 
     def _startup_timeout(self, engine: Engine) -> float:
         """The deployment's ``startup_timeout``, else a fixed allowance per startup phase of

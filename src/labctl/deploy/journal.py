@@ -99,6 +99,10 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX bench_by_time ON bench (t);
     """,
+    # 3: the physical GPUs (UUIDs, a JSON list) the revision a deploy switched in ran on
+    """
+    ALTER TABLE deploys ADD COLUMN gpu_uuids TEXT;
+    """,
 )
 
 #: How long alerts, serving figures and bench results are kept (seconds): a month's report.
@@ -112,7 +116,7 @@ OUTCOMES = ("committed", "rolled_back", "refused", "failed", "interrupted")
 SCHEMA = {
     "revisions": ("deployment", "revision", "spec", "created"),
     "deploys": ("id", "deployment", "kind", "from_revision", "to_revision", "started",
-                "finished", "outcome", "error"),
+                "finished", "outcome", "error", "gpu_uuids"),
     "steps": ("deploy_id", "seq", "name", "started", "finished", "outcome", "error",
               "freed_bytes", "detail"),
     "current": ("deployment", "revision", "engine_pid", "engine_start", "url", "updated"),
@@ -327,6 +331,13 @@ class Journal:
             (self.clock(), outcome, error, deploy_id),
         )
 
+    def ran_on(self, deploy_id: int, uuids: list[str]) -> None:
+        """Record the GPUs (UUIDs) the revision that ``deploy_id`` switches in runs on: what
+        stays true of it when indices move (a card added or removed)."""
+        self.db.execute(
+            "UPDATE deploys SET gpu_uuids = ? WHERE id = ?", (json.dumps(uuids), deploy_id)
+        )
+
     def unfinished(self) -> list[dict[str, Any]]:
         """Deploys that never finished: the daemon stopped in the middle of them."""
         rows = self.db.execute("SELECT * FROM deploys WHERE finished IS NULL ORDER BY id")
@@ -350,6 +361,7 @@ class Journal:
 
     def _deploy(self, row: sqlite3.Row) -> dict[str, Any]:
         doc = dict(row)
+        doc["gpu_uuids"] = _uuids(doc["gpu_uuids"])
         doc["duration_s"] = None if doc["finished"] is None else doc["finished"] - doc["started"]
         steps = self.db.execute(
             "SELECT * FROM steps WHERE deploy_id = ? ORDER BY seq", (doc["id"],)
@@ -515,6 +527,16 @@ def _detail(raw: str) -> dict[str, Any]:
     except (ValueError, RecursionError, TypeError):
         return {"unreadable": str(raw)[:200]}
     return doc if isinstance(doc, dict) else {"unreadable": str(raw)[:200]}
+
+
+def _uuids(raw: str | None) -> list[str] | None:
+    """A deploy's GPU UUIDs (None: not recorded, as before schema 3 or for a deploy that
+    switched nothing in)."""
+    try:
+        doc = json.loads(raw) if raw is not None else None
+    except ValueError:
+        return None
+    return [str(u) for u in doc] if isinstance(doc, list) else None
 
 
 def _pids(detail: dict[str, Any]) -> dict[int, float]:

@@ -15,9 +15,10 @@ from collections.abc import Awaitable, Callable, Sequence, Set
 
 from labctl.config import DeploymentSpec
 from labctl.engines import Estimate, adapter
-from labctl.errors import DeployError, LabError
+from labctl.errors import ConfigError, DeployError, LabError
+from labctl.gpu.identity import resolve, uuids
 from labctl.gpu.procs import cmdline, read_stat
-from labctl.gpu.sample import GpuBackend, GpuReading
+from labctl.gpu.sample import DeviceSample, GpuBackend, GpuReading
 from labctl.units import GiB
 
 #: Seconds the planner may take for one preflight before the deploy is refused.
@@ -48,6 +49,28 @@ class Planner:
         #: Why the lab's doctor says a revision's engine cannot start here ("": nothing it
         #: found stands in the way); the daemon composes it, this layer knows no doctor.
         self.doctor = doctor
+        #: The GPUs as the backend first read them: their indices, UUIDs and bus ids, which
+        #: do not change while it is open (what resolves GPUs named by UUID or bus id).
+        self.devices: tuple[DeviceSample, ...] | None = None
+
+    async def resolve(self, spec: DeploymentSpec) -> DeploymentSpec:
+        """``spec`` with the GPUs it names by UUID or PCI bus id as the backend's indices.
+
+        Raises:
+            DeployError: a GPU it names is not here (the GPUs there are).
+        """
+        if not spec.gpu_names:
+            return spec  # by index: nothing to read (no await: a deploy takes its locks first)
+        if self.devices is None:
+            self.devices = (await self.read()).devices
+        try:
+            return resolve(spec, self.devices)
+        except ConfigError as exc:
+            raise DeployError(str(exc)) from None
+
+    def uuids(self, gpus: Sequence[int]) -> list[str]:
+        """The UUIDs of the GPUs at ``gpus`` (empty before a resolve or a plan first read them)."""
+        return uuids(self.devices or (), gpus)
 
     async def check_doctor(self, spec: DeploymentSpec) -> None:
         """Refuse ``spec`` when the doctor found a failure that keeps its engine from starting.
@@ -86,6 +109,7 @@ class Planner:
         async with self._planning:  # at most two plans at once, whatever the API is sent
             try:
                 reading = await self.read()
+                self.devices = self.devices or reading.devices  # their identity, for uuids()
                 return await asyncio.wait_for(
                     asyncio.to_thread(self.need, spec, reading), PLAN_TIMEOUT_S
                 )

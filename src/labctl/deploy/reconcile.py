@@ -71,7 +71,9 @@ async def reconcile(controller: Controller, home: Path, wanted: set[str]) -> lis
                 engine = EngineProcess.adopt(cur.engine_pid, cur.engine_start, log)
         spec = None
         with contextlib.suppress(LabError, KeyError):
-            spec = controller.revisions.restore(cur.deployment, cur.revision)
+            spec = await controller.planner.resolve(  # GPUs named by UUID: their index now
+                controller.revisions.restore(cur.deployment, cur.revision)
+            )
         found = None
         if engine is not None and spec is not None and cur.url is not None:
             found = Engine(cur.revision, spec, engine, cur.url,

@@ -453,6 +453,11 @@ def context_too_long(ctx: Context) -> list[Finding]:
 def _plan(ctx: Context, d: DeploymentSpec, gpus: dict[int, GpuChoice]) -> Finding:
     place, model = f"lab: deployment {d.name}", str(d.model)
     index = d.gpus[0] if d.gpus else 0
+    if index < 0:  # named by UUID or bus id: the lab resolves it when it starts
+        return Finding("context-too-long", "info", place,
+                       f"not planned: GPU {d.gpu_names[0]} is named by UUID or PCI bus id",
+                       "the lab resolves it when it starts; `labctl fit --gpu` plans for a "
+                       "card by name")  # fmt: skip
     if index not in gpus:
         return Finding("context-too-long", "info", place, f"not planned: GPU {index} is not here",
                        f"GPUs here: {', '.join(v[0] for v in gpus.values()) or 'none'}")  # fmt: skip

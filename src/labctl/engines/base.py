@@ -274,4 +274,19 @@ def model_file(settings: Mapping[str, Any], what: str) -> Path | None:
 
 
 def gpu_env(gpus: Sequence[int]) -> dict[str, str]:
-    return {"CUDA_VISIBLE_DEVICES": ",".join(str(g) for g in gpus)}
+    """The environment that puts an engine on the GPUs at NVML indices ``gpus``.
+
+    NVML numbers GPUs in PCI bus order, the CUDA runtime fastest first unless
+    ``CUDA_DEVICE_ORDER=PCI_BUS_ID``: without it, on a machine with two different cards,
+    ``CUDA_VISIBLE_DEVICES=0`` can be the card the lab does not plan for or watch (vLLM's
+    docs ask for the same). ``NVIDIA_VISIBLE_DEVICES`` is what the NVIDIA container runtime
+    reads for an engine that runs in a container (a process on the host ignores it).
+
+    llama.cpp's Vulkan build selects devices with ``GGML_VK_VISIBLE_DEVICES`` instead, by
+    Vulkan's own enumeration (which counts integrated and software devices, in the driver's
+    order), so an NVML index is not one there and is not given: a deployment of a Vulkan
+    build sets it in its ``env``, and the identity check after its start catches a mismatch.
+    """
+    visible = ",".join(str(g) for g in gpus)
+    return {"CUDA_DEVICE_ORDER": "PCI_BUS_ID", "CUDA_VISIBLE_DEVICES": visible,
+            "NVIDIA_VISIBLE_DEVICES": visible}  # fmt: skip
