@@ -12,15 +12,14 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-import signal
 import subprocess
 import sys
 import time
-import urllib.request
 
 import pytest
 
 from labctl.gpu.nvml import read_devices
+from tests.gpu.conftest import running_lab
 
 pytestmark = pytest.mark.gpu
 
@@ -79,24 +78,7 @@ def test_a_swap_of_two_cuda_engines_waits_for_nvml_to_show_the_memory_free(tmp_p
         f'command = ["{sys.executable}", "{script}", "{{port}}", "{share}", "cuda"]\n'
         'served_model_name = "cuda"\nstop_grace = 10\n'
     )
-    port = 18080 + os.getpid() % 1000
-    url = f"http://127.0.0.1:{port}"
-    env = dict(os.environ, LABCTL_HOME=str(lab_dir / "home"))
-    daemon = subprocess.Popen(
-        [sys.executable, "-m", "labctl", "up", "--config", str(config), "--listen", f"127.0.0.1:{port}"],
-        env=env, stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                with urllib.request.urlopen(url + "/readyz", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                time.sleep(0.5)
-        else:
-            pytest.fail("the CUDA engine did not become ready")
+    with running_lab(config, lab_dir / "home", 18080 + os.getpid() % 1000) as (url, env):
         before = read_devices()[0].memory_used_bytes or 0
         t0 = time.monotonic()
         out = subprocess.run(
@@ -115,6 +97,3 @@ def test_a_swap_of_two_cuda_engines_waits_for_nvml_to_show_the_memory_free(tmp_p
         assert abs(after - before) < 0.2 * share * 2**30  # one revision's worth, not two
         print(f"\nswap {swap_s:.2f} s; NVML showed {release['freed_bytes'] / 2**30:.2f} GiB free "
               f"{release['detail']['release_seconds'] * 1000:.0f} ms after the old engine exited")  # fmt: skip
-    finally:
-        daemon.send_signal(signal.SIGINT)
-        daemon.wait(60)

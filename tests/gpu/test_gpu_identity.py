@@ -14,45 +14,18 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-import signal
 import subprocess
 import sys
-import time
 import urllib.request
 
 import pytest
 
 from labctl.gpu.nvml import read_devices
+from tests.gpu.conftest import running_lab
 
 pytestmark = pytest.mark.gpu
 
-SERVER = """
-import http.server, json, os, sys
-import torch
-x = torch.zeros(1, device="cuda")
-torch.cuda.synchronize()
-with open(sys.argv[2], "w") as f:
-    json.dump({k: v for k, v in os.environ.items() if "DEVICE" in k}, f)
-
-class H(http.server.BaseHTTPRequestHandler):
-    def _send(self, doc):
-        body = json.dumps(doc).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-    def do_GET(self):
-        self._send({"object": "list", "data": [{"id": "cuda", "object": "model"}]}
-                   if self.path == "/v1/models" else {"status": "ok"})
-    def do_POST(self):
-        self.rfile.read(int(self.headers.get("Content-Length", 0)))
-        self._send({"choices": [{"index": 0, "text": "x", "finish_reason": "length"}]})
-    def log_message(self, *a):
-        pass
-
-http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
-"""
+SERVER = Path(__file__).resolve().parents[1] / "integration" / "env_server.py"
 
 
 def test_the_cuda_process_started_for_gpu_0_is_the_one_nvml_shows_on_gpu_0(
@@ -60,32 +33,15 @@ def test_the_cuda_process_started_for_gpu_0_is_the_one_nvml_shows_on_gpu_0(
 ) -> None:
     pytest.importorskip("torch")
     gpu0 = read_devices()[0]
-    script, seen = tmp_path / "cuda_server.py", tmp_path / "env.json"
-    script.write_text(SERVER)
+    seen = tmp_path / "env.json"
     config = tmp_path / "lab.toml"
     config.write_text(
         '[lab]\ngpu_backend = "nvml"\n\n[deployments.cuda]\nengine = "command"\n'
-        f'command = ["{sys.executable}", "{script}", "{{port}}", "{seen}"]\n'
+        f'command = ["{sys.executable}", "{SERVER}", "--host", "{{host}}", "--port", "{{port}}", '
+        f'"--out", "{seen}", "--cuda"]\n'
         f'gpus = ["{gpu0.uuid[:12]}"]\nserved_model_name = "cuda"\nstop_grace = 10\n'
     )
-    port = 19080 + os.getpid() % 1000
-    url = f"http://127.0.0.1:{port}"
-    env = dict(os.environ, LABCTL_HOME=str(tmp_path / "home"))
-    daemon = subprocess.Popen(
-        [sys.executable, "-m", "labctl", "up", "--config", str(config), "--listen", f"127.0.0.1:{port}"],
-        env=env, stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                with urllib.request.urlopen(url + "/readyz", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                time.sleep(0.5)
-        else:
-            pytest.fail("the CUDA engine did not become ready")
+    with running_lab(config, tmp_path / "home", 19080 + os.getpid() % 1000) as (url, env):
         engine_env = json.loads(seen.read_text())
         assert engine_env["CUDA_DEVICE_ORDER"] == "PCI_BUS_ID"
         assert engine_env["CUDA_VISIBLE_DEVICES"] == "0"  # GPU 0's UUID, resolved by the lab
@@ -103,6 +59,3 @@ def test_the_cuda_process_started_for_gpu_0_is_the_one_nvml_shows_on_gpu_0(
         on = {d.uuid: [p.pid for p in d.processes] for d in read_devices()}
         assert pid in on[gpu0.uuid], on  # NVML shows the lab's engine on GPU 0, by UUID
         assert not [u for u, pids in on.items() if pid in pids and u != gpu0.uuid], on
-    finally:
-        daemon.send_signal(signal.SIGINT)
-        daemon.wait(60)

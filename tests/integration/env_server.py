@@ -3,9 +3,10 @@
 It writes ``os.environ`` as JSON to ``--out`` before it listens, answers ``/health``,
 ``/v1/models`` and a one-word completion (the lab's smoke test). With ``--hold-gpu N`` it
 first takes memory on simulated GPU ``N`` in the ledger under ``$LABCTL_HOME``, whatever
-``CUDA_VISIBLE_DEVICES`` says: an engine that picks its own device.
+``CUDA_VISIBLE_DEVICES`` says: an engine that picks its own device. With ``--cuda`` (the GPU
+tier) it takes a CUDA context and a tensor on the device CUDA gives it, as an engine would.
 
-    python env_server.py --host H --port P --out FILE [--hold-gpu N]
+    python env_server.py --host H --port P --out FILE [--hold-gpu N] [--cuda]
 """
 
 from __future__ import annotations
@@ -44,7 +45,13 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--out", required=True)
     parser.add_argument("--hold-gpu", type=int)
+    parser.add_argument("--cuda", action="store_true")
     args = parser.parse_args()
+    if args.cuda:
+        import torch
+
+        torch.zeros(1, device="cuda")  # its CUDA context and cached block stay while it serves
+        torch.cuda.synchronize()
     if args.hold_gpu is not None:
         from labctl.gpu.sim import SimMachine
 
