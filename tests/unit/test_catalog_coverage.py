@@ -15,10 +15,7 @@ from labctl.fit.plan import FitRequest, plan
 
 POINT_FILES = ("vllm-perf-points.jsonl", "vllm-perf-points-2.jsonl")
 #: Models the published points name that the catalog cannot build yet, and why.
-NOT_YET = {
-    "Nemotron-3-Super-120B-A12B-NVFP4": "hybrid Mamba-2/attention MoE (nemotron_h)",
-    "nvidia/NVIDIA-Nemotron-3-Nano-30B-A3B-FP8": "hybrid Mamba-2/attention MoE (nemotron_h)",
-}
+NOT_YET: dict[str, str] = {}
 
 
 def published_points(shared_dir: Path) -> list[dict[str, object]]:

@@ -31,6 +31,7 @@ from labctl.catalog.configview import (
     model_type_of,
 )
 from labctl.catalog.formats import DTYPE_BYTES
+from labctl.catalog.hybrid import nemotron_h
 from labctl.catalog.limits import check_arch, show
 from labctl.catalog.quantconfig import check_pattern_work, parse_quantization_config
 from labctl.catalog.towers import (
@@ -524,6 +525,8 @@ def build_arch(config: Config, name: str, where: str = "config.json") -> ModelAr
         arch = whisper(cfg, name, w)
     elif outer_type in ("openvla", "prismatic"):
         arch = _openvla(cfg, name, w)
+    elif outer_type == "nemotron_h":
+        arch = nemotron_h(cfg, name, w)
     else:
         text, vision = _text_config(cfg)
         arch = _decoder(cfg, text, name, w)
