@@ -7,18 +7,22 @@ points with structured fields mapped generically) through the twin
 prediction under three sets of step-model constants (``labctl.sim.perf``):
 
 - shipped: the constants in the source tree;
-- calibrated: the free constants (:data:`PARAMS`) fitted on all points;
+- calibrated: the free constants (:data:`PARAMS`) fitted on all points, from :data:`PRIOR`
+  (the shipped constants are this fit's, rounded);
 - cross-validated: for each point, the constants fitted without its source's
   points (k-fold by source document: a blog post or doc page cannot fit itself).
 
 The fit minimises the mean |log(predicted/published)| over all compared figures.
 Simulating every point for every candidate is too slow, so the fit runs on a
-log-linear surrogate: each point is simulated at the shipped constants and once
+log-linear surrogate: each point is simulated at the prior constants and once
 per free constant scaled by :data:`PERTURB`, which gives the sensitivity of each
 figure's log to each constant's log; coordinate descent over multiplicative steps
 then searches the surrogate within each constant's bounds. Every error printed
 comes from a real simulation at the fitted constants, never from the surrogate.
-``--rounds 2`` re-linearises once at the calibrated constants (twice the time).
+Each round of a fit may move a constant by :data:`TRUST` at most; the next round
+simulates the fit's training points where it landed, re-linearises there and goes on only if
+the simulations improved (``--rounds``, 2 by default; every fold runs its own rounds on its
+training points, so no held-out point steers its fit).
 
 Where a source gave only means, means are compared. ShareGPT runs use the twin's
 built-in ShareGPT-like lengths (215 prompt / 198 output tokens on average; the
@@ -37,7 +41,7 @@ Targets (issue 22): cross-validated median |error| ≤ 10% and 90th percentile
 from __future__ import annotations
 
 import argparse
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence, Set
 import contextlib
 from dataclasses import dataclass, field, replace
 import json
@@ -45,6 +49,7 @@ import math
 import multiprocessing
 import os
 from pathlib import Path
+import random
 import re
 import statistics
 import sys
@@ -93,6 +98,10 @@ class Point:
     ref: str = ""
     #: How the replay departs from the source (aliases, assumed values).
     notes: tuple[str, ...] = ()
+    #: Output tokens per request the source's run produced, where its requests ended before
+    #: ``output_len`` (a random dataset without ``--ignore-eos``: the model's end-of-text);
+    #: the replay spreads its output lengths up to ``output_len`` around this mean.
+    output_mean: float | None = None
 
 
 #: One entry per line of vllm-perf-points.jsonl, in order; the workload read off each source's notes.
@@ -140,8 +149,9 @@ HAND_POINTS = [
            "tpot": (20.94, "median")},
           n=30, input_len=16000, output_len=200, concurrency=1, rate=1.0,
           flags={"enforce_eager": True, "max_model_len": 32768}),
-    Point("Nemotron-3-Super-120B-A12B-NVFP4", "gb10", {"itl": (43.7, "derived")},
-          skip="model not in the catalog (hybrid Mamba/attention LatentMoE, config unverified)"),
+    Point("nvidia/NVIDIA-Nemotron-3-Super-120B-A12B-NVFP4", "gb10",
+          {"ttft": (3840.0, "median"), "itl": (43.7, "derived")},
+          n=3, input_len=7234, output_len=124, concurrency=1, flags={"max_num_seqs": 4}),
     Point("openai/gpt-oss-120b", "gb10", {"decode_throughput": (59.0, "median")},
           n=4, input_len=256, output_len=512, concurrency=1,
           flags={"kv_cache_dtype": "fp8", "max_model_len": 8192}),
@@ -163,6 +173,9 @@ QUANT_SUFFIXES = {"-FP8": "fp8", "-AWQ": "awq"}
 #: Requests a source's conclusion table ran where it states the lengths but not the count
 #: (gpustack's performance lab: "--num-prompts 500" in its example command).
 DEFAULT_NUM_PROMPTS = 500
+#: A random-dataset run whose requests averaged under this share of ``output_len`` stopped
+#: early (end-of-text): its replay spreads output lengths to the same mean.
+EARLY_STOP = 0.95
 #: Published columns → (metric, statistic), in the order they are compared.
 COLUMNS = (
     ("ttft_ms_median", "ttft", "median"),
@@ -258,6 +271,13 @@ def point_from_row(row: Mapping[str, Any], ref: str) -> Point:
         source=str(row["source"]),
         ref=ref,
     )
+    out_rate, req_rate = _number(row.get("output_tok_s")), _number(row.get("request_s"))
+    if point.output_len and out_rate and req_rate:
+        made = out_rate / req_rate  # output tokens per request, as the run counted them
+        if made < EARLY_STOP * point.output_len:
+            point = replace(point, output_mean=made)
+            notes.append(f"{made:.0f} output tokens per request on average (output tok/s ÷ "
+                         f"req/s): outputs spread up to {point.output_len}")  # fmt: skip
     gpu = map_gpu(str(row["gpu"]))
     if gpu is None:
         return replace(point, skip=f"unknown GPU {row['gpu']!r}", notes=tuple(notes))
@@ -371,6 +391,10 @@ def run_point(p: Point, seed: int = 0) -> dict[str, Any]:
     else:
         assert p.input_len and p.output_len
         items = synthetic(p.n, p.input_len, p.output_len, p.range_ratio, seed=seed)
+        if p.output_mean is not None:  # ended early: uniform lengths with the run's mean
+            rng, top = random.Random(seed), p.output_len
+            low = max(1, min(top, round(2 * p.output_mean - top)))
+            items = [replace(it, output_len=rng.randint(low, top)) for it in items]
     summary, _ = simulate(twin, items, arrival_times(p.n, p.rate, seed=seed), p.concurrency)
     return summary
 
@@ -423,9 +447,24 @@ PARAMS = (
     Param("PER_SEQUENCE_S", 1e-6, 500e-6, "the per-sequence step overhead"),
     Param("RANK_OVERHEAD_S", 20e-6, 5e-3, "the per-rank TP overhead"),
     Param("ALLREDUCE_LATENCY_S[nvlink]", 2e-6, 200e-6, "TP all-reduce latency"),
+    Param("FRONTEND_S", 2e-3, 80e-3, "the API server's per-request latency"),
+    Param("INTAKE_S", 0.1e-3, 20e-3, "the API server's serial intake (bursts)"),
+    Param("MOE_EFFICIENCY", 0.1, 1.0, "the fused MoE kernels (expert GEMMs)"),
 )  # fmt: skip
 #: Factor each constant is scaled by to measure the figures' sensitivity to it.
 PERTURB = 0.8
+#: Furthest factor a round of the fit may move a constant from where it was linearised.
+TRUST = 2.5
+#: Where every fit starts: the step model's constants as first set from datasheets and
+#: kernel measurements, before any published point was fitted (a fold's fit must not start
+#: from constants that saw its held-out points, so not from the shipped ones, which are the
+#: calibration on all points).
+PRIOR = {
+    "BW_EFFICIENCY[HBM]": 0.88, "BW_EFFICIENCY[GDDR]": 0.90, "MFU": 0.55, "MFU_HALF_TOKENS": 32.0,
+    "STEP_OVERHEAD_S": 1.2e-3, "PER_SEQUENCE_S": 25e-6, "RANK_OVERHEAD_S": 0.6e-3,
+    "ALLREDUCE_LATENCY_S[nvlink]": 25e-6, "FRONTEND_S": 15e-3, "INTAKE_S": 1e-3,
+    "MOE_EFFICIENCY": 1.0,
+}  # fmt: skip
 
 
 def shipped_constants(params: Sequence[Param] = PARAMS) -> dict[str, float]:
@@ -512,10 +551,12 @@ def fit_constants(
     sweeps: int = 30,
 ) -> dict[str, float]:
     """Constants minimising :func:`objective` over ``figures``' surrogates: coordinate
-    descent in log space, each step size until no constant improves, within bounds."""
+    descent in log space, each step size until no constant improves, within bounds and
+    within :data:`TRUST` of ``base`` (the surrogate is linear in logs: far from where it was
+    measured it extrapolates, and a fit that follows it there is fitting the surrogate)."""
     shift = [0.0] * len(params)
-    logs_lo = [math.log(p.lo / base[p.name]) for p in params]
-    logs_hi = [math.log(p.hi / base[p.name]) for p in params]
+    logs_lo = [max(math.log(p.lo / base[p.name]), -math.log(TRUST)) for p in params]
+    logs_hi = [min(math.log(p.hi / base[p.name]), math.log(TRUST)) for p in params]
 
     def cost(s: Sequence[float]) -> float:
         return objective([f.surrogate(s) for f in figures])
@@ -561,12 +602,15 @@ def run_jobs(
 
 
 def linearise(
-    points: Sequence[Point], base: Mapping[str, float], processes: int
+    points: Sequence[Point],
+    base: Mapping[str, float],
+    processes: int,
+    only: Set[int] | None = None,
 ) -> tuple[list[Figure], dict[int, str]]:
-    """Every compared figure with its log error at ``base`` and its slopes, and the points
-    that could not run (index → why)."""
+    """Every compared figure (of the points ``only`` names, else all) with its log error at
+    ``base`` and its slopes, and the points that could not run (index → why)."""
     jobs: list[tuple[Point, Mapping[str, float]]] = []
-    todo = [i for i, p in enumerate(points) if not p.skip]
+    todo = [i for i, p in enumerate(points) if not p.skip and (only is None or i in only)]
     for p in (points[i] for i in todo):
         jobs.append((p, base))
         jobs += [(p, {**base, q.name: base[q.name] * PERTURB}) for q in PARAMS]
@@ -614,8 +658,8 @@ def cause(fig: Figure, ratio: float, notes: Sequence[str], burst: int = 0) -> st
     off = max(ratio, 1 / ratio)
     head = f"{fig.metric} {off:.2f}× {direction}"
     if fig.metric == "ttft" and burst:
-        why = (f"a burst of {burst} requests: TTFT is queueing, and the twin's API server "
-               "takes requests in parallel, not one after another")  # fmt: skip
+        why = (f"a burst of {burst} requests: TTFT is queueing (the API server's serial "
+               "intake, then the engine's batch and KV limits)")  # fmt: skip
     elif abs(fig.slopes[j]) < 0.25:
         why = "barely moved by any step constant: set by scheduling, queueing or the workload"
     else:
@@ -623,30 +667,51 @@ def cause(fig: Figure, ratio: float, notes: Sequence[str], burst: int = 0) -> st
     return "; ".join([f"{head} — {why}", *notes])
 
 
+def fit_rounds(
+    points: Sequence[Point],
+    first: Sequence[Figure],
+    prior: Mapping[str, float],
+    train: Set[int],
+    rounds: int,
+    processes: int,
+) -> dict[str, float]:
+    """Constants fitted on the points ``train`` names alone, from ``prior`` (where ``first``
+    was linearised): each round fits the surrogate, simulates the training points there and
+    re-linearises, and stops where the simulations say a round did not help."""
+    figures = [f for f in first if f.point in train]
+    base, fitted = dict(prior), fit_constants(figures, prior)
+    for _ in range(rounds - 1):
+        moved, _ = linearise(points, fitted, processes, only=train)
+        if objective([f.log_error for f in moved]) >= objective([f.log_error for f in figures]):
+            return base  # the surrogate's step made the training points worse
+        figures, base = moved, fitted
+        fitted = fit_constants(figures, fitted)
+    return fitted
+
+
 def evaluate(points: Sequence[Point], folds_k: int, rounds: int, processes: int) -> dict[str, Any]:
     """Fit, cross-validate and compare; the JSON document the benchmark prints."""
     started = time.monotonic()
     shipped = shipped_constants()
-    figures, failed = linearise(points, shipped, processes)
-    calibrated = fit_constants(figures, shipped)
-    lin_base = shipped
-    for _ in range(rounds - 1):
-        figures_cal, _ = linearise(points, calibrated, processes)
-        figures, lin_base = figures_cal, calibrated
-        calibrated = fit_constants(figures, calibrated)
+    prior = dict(PRIOR)
+    figures, failed = linearise(points, prior, processes)  # one first round for every fit
     runnable = sorted({f.point for f in figures})
     groups = {i: source_group(points[i].source) for i in runnable}
     fold_of_group = assign_folds([groups[i] for i in runnable], folds_k)
     fold = {i: fold_of_group[groups[i]] for i in runnable}
-    per_fold = {
-        f: fit_constants([x for x in figures if fold[x.point] != f], lin_base)
-        for f in sorted(set(fold.values()))
-    }
-    jobs = [(points[i], calibrated) for i in runnable]
+    calibrated = fit_rounds(points, figures, prior, set(runnable), rounds, processes)
+    per_fold = {}
+    for f in sorted(set(fold.values())):
+        train = {i for i in runnable if fold[i] != f}
+        per_fold[f] = fit_rounds(points, figures, prior, train, rounds, processes)
+    jobs = [(points[i], shipped) for i in runnable]
+    jobs += [(points[i], calibrated) for i in runnable]
     jobs += [(points[i], per_fold[fold[i]]) for i in runnable]
     out = run_jobs(jobs, processes)
-    cal_pred = dict(zip(runnable, out[: len(runnable)], strict=True))
-    cv_pred = dict(zip(runnable, out[len(runnable) :], strict=True))
+    n = len(runnable)
+    shipped_pred = dict(zip(runnable, out[:n], strict=True))
+    cal_pred = dict(zip(runnable, out[n : 2 * n], strict=True))
+    cv_pred = dict(zip(runnable, out[2 * n :], strict=True))
 
     entries: list[dict[str, Any]] = []
     by_set: dict[str, dict[str, list[float]]] = {s: {c: [] for c in CATEGORIES} for s in SETS}
@@ -666,9 +731,8 @@ def evaluate(points: Sequence[Point], folds_k: int, rounds: int, processes: int)
         entry["fold"] = fold[i]
         for metric, (value, stat) in p.published.items():
             fig = fig_index[(i, metric)]
-            shipped_pred = value * math.exp(fig.log_error) if lin_base is shipped else None
             preds: dict[str, float | None] = {
-                "shipped": shipped_pred,
+                "shipped": _get(shipped_pred[i], metric),
                 "calibrated": _get(cal_pred[i], metric),
                 "cross_validated": _get(cv_pred[i], metric),
             }
@@ -787,7 +851,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     ap.add_argument("--data-dir", type=Path, default=DATA_DIR)
     ap.add_argument("--folds", type=int, default=5, help="k of the k-fold by source (5)")
-    ap.add_argument("--rounds", type=int, default=1, help="linearisations of the fit (1)")
+    ap.add_argument("--rounds", type=int, default=2, help="linearisations of each fit (2)")
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="worker processes")
     ap.add_argument("--json", action="store_true", help="print one JSON document")
     args = ap.parse_args(argv)

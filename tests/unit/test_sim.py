@@ -188,3 +188,34 @@ def test_sim_live_engine_reports_its_busy_share_once_a_second() -> None:
 
     asyncio.run(go())
     assert reports == [pytest.approx(0.75), 0.0]
+
+
+def test_sim_a_burst_reaches_the_engine_one_request_at_a_time_offline_and_live(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The API server takes a burst serially (``perf.INTAKE_S`` each): the n-th of a burst
+    waits n turns before the engine sees it, in the offline run and the live twin alike."""
+    import asyncio
+    import time
+
+    from labctl.sim import perf
+    from labctl.sim.live import LiveEngine
+
+    monkeypatch.setattr(perf, "INTAKE_S", 0.02)
+    monkeypatch.setattr(perf, "FRONTEND_S", 0.0)
+    twin = build_twin(TwinConfig(LLAMA, "h100-sxm", max_model_len=8192))
+    burst, _ = simulate(twin, synthetic(40, 16, 4), [0.0] * 40)
+    alone, _ = simulate(twin, synthetic(1, 16, 4), [0.0])
+    # the last of 40 waits 40 turns (0.8 s): the median about half that, beyond the step time
+    assert burst["median_ttft_ms"] - alone["median_ttft_ms"] == pytest.approx(410, abs=40)
+    spaced, _ = simulate(twin, synthetic(40, 16, 4), [i * 0.05 for i in range(40)])
+    assert spaced["median_ttft_ms"] == pytest.approx(alone["median_ttft_ms"], rel=0.1)
+
+    async def live() -> float:
+        engine = LiveEngine(twin, time_scale=0.5)
+        t0 = time.monotonic()
+        await asyncio.gather(*(engine.submit(16, 4) for _ in range(10)))  # all queued
+        return time.monotonic() - t0
+
+    took = asyncio.run(live())
+    assert 10 * 0.02 * 0.5 <= took < 10 * 0.02 * 0.5 + 0.08  # ten turns, at the time scale

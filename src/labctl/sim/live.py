@@ -14,8 +14,8 @@ import time
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from labctl.sim import perf as costs
 from labctl.sim.engine import Twin
-from labctl.sim.perf import FRONTEND_S
 from labctl.sim.scheduler import Scheduler, SimRequest, block_keys
 
 TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5,
@@ -196,6 +196,8 @@ class LiveEngine:
         self.on_busy: Callable[[float], None] = lambda busy: None
         self._busy_s = 0.0
         self._busy_since = clock()
+        #: When the simulated API server is free to take the next request (clock time).
+        self._intake_free = clock()
 
     async def submit(
         self,
@@ -203,16 +205,22 @@ class LiveEngine:
         max_tokens: int,
         prompt_tokens: Sequence[object] = (),
         audio: AudioInput | None = None,
-        frontend_s: float = FRONTEND_S,
+        frontend_s: float | None = None,
     ) -> Stream:
         """Queue a request; tokens arrive on the returned stream's queue (``None`` ends it).
 
         ``audio`` makes it a speech chunk: its clip is encoded when it is admitted.
         ``frontend_s`` is the API server's share of the latency, before the engine sees it
-        (a transcription's first chunk pays its whole request's; later chunks none).
+        (default: a text request's, ``perf.FRONTEND_S`` after its turn at the API server's
+        serial intake, ``perf.INTAKE_S`` each, as the offline run has it; a transcription's
+        first chunk pays its whole request's; later chunks none).
         """
         arrival = self.clock()
-        if self.time_scale and frontend_s > 0:
+        if self.time_scale and frontend_s is None:
+            begin = max(arrival, self._intake_free)
+            self._intake_free = begin + costs.INTAKE_S * self.time_scale
+            await asyncio.sleep(self._intake_free - arrival + costs.FRONTEND_S * self.time_scale)
+        elif self.time_scale and frontend_s:
             await asyncio.sleep(frontend_s * self.time_scale)
         self._next_id += 1
         keys = block_keys(prompt_tokens, self.sched.block_size) if self.sched.prefix_caching else ()

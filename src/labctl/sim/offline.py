@@ -21,8 +21,8 @@ from typing import Any
 
 from labctl.audio import SAMPLE_RATE
 from labctl.errors import UsageError
+from labctl.sim import perf as costs
 from labctl.sim.engine import Twin
-from labctl.sim.perf import FRONTEND_S, MEL_FEATURES_S
 from labctl.sim.report import Outcome, summarize
 from labctl.sim.scheduler import Batch, SimRequest, block_keys
 from labctl.sim.whisper import mel_frames, plan_chunk
@@ -128,6 +128,8 @@ def simulate(
     #: requests waiting) of the steps in it.
     work: list[list[float]] = []
     now = 0.0
+    #: When the API server is free to take the next request.
+    intake_free = 0.0
     nxt = next(order, None)
     ids = iter(range(1, 2**62))
 
@@ -153,7 +155,7 @@ def simulate(
 
     def feed(until: float) -> None:
         """Send every request whose time has come and that has a free slot."""
-        nonlocal nxt
+        nonlocal nxt, intake_free
         while nxt is not None and send_times[nxt] <= until:
             heapq.heappush(ready, (send_times[nxt], nxt))
             nxt = next(order, None)
@@ -168,9 +170,15 @@ def simulate(
                 if max_concurrency:
                     heapq.heappush(free_at, start)
                 continue
-            # The API server reads, tokenizes and queues it (and computes each audio chunk's
-            # features) before the engine sees it.
-            req = engine_request(i, start + FRONTEND_S + len(item.audio) * MEL_FEATURES_S)
+            # The API server takes requests one at a time, then reads, tokenizes and queues
+            # each (and computes each audio chunk's features) before the engine sees it.
+            # (Speech requests' API-server costs are the speech twin's own calibration.)
+            if item.audio:
+                at = start + costs.SPEECH_FRONTEND_S + len(item.audio) * costs.MEL_FEATURES_S
+            else:
+                intake_free = max(start, intake_free) + costs.INTAKE_S
+                at = intake_free + costs.FRONTEND_S
+            req = engine_request(i, at)
             heapq.heappush(inbound, (req.arrival, i))
         while inbound and inbound[0][0] <= until:
             sched.add(reqs[heapq.heappop(inbound)[1]][-1])

@@ -21,7 +21,7 @@ Each phase costs the larger of
 
 - its device time: FLOPs at the GPU's dense BF16 rate × ``MFU`` (scaled down for small
   GEMMs, ``MFU_HALF_ROWS``), or the bytes it reads (weights, KV) at the datasheet bandwidth
-  × the memory technology's efficiency (``labctl.sim.perf.BW_EFFICIENCY``), plus any
+  × the memory technology's efficiency (``BW_EFFICIENCY``), plus any
   separate dequantisation pass over the weights; and
 - its host time: eager PyTorch dispatches every op from Python (``HOST_OP_S`` each), and at
   batch 1 on a fast GPU the ~1,600 ops of one Llama forward take longer to launch than the
@@ -70,7 +70,6 @@ from dataclasses import dataclass
 import math
 
 from labctl.catalog.gpus import GpuSpec
-from labctl.sim.perf import BW_EFFICIENCY
 
 __all__ = ["ACTION_DIM", "OFT_CHUNK", "Phase", "Setup", "VlaForward", "action_seconds",
            "forward", "memory_bytes", "robots_at", "weight_bytes"]  # fmt: skip
@@ -166,6 +165,9 @@ GENERATE_SETUP_S = 3e-3
 #: large sizes, and the GEMM rows at which that halves (small GEMMs do not fill the GPU).
 MFU = 0.45
 MFU_HALF_ROWS = 32
+#: Achievable share of datasheet bandwidth by memory technology for the policy's forward
+#: (the VLA twin's own, calibrated on its points in ``benchmarks/twin_vla.py``).
+BW_EFFICIENCY = {"HBM": 0.88, "GDDR": 0.90, "LPDDR": 0.62}
 #: Bytes per weight by bits: bf16; int8 with a scale per row; NF4 with an fp32 absmax per
 #: 64 weights (HF's default, no double quantisation).
 BYTES_PER_WEIGHT = {16: 2.0, 8: 1.0, 4: 0.5 + 4 / 64}
