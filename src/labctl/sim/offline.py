@@ -174,7 +174,7 @@ def simulate(
             # each (and computes each audio chunk's features) before the engine sees it.
             # (Speech requests' API-server costs are the speech twin's own calibration.)
             if item.audio:
-                at = start + costs.SPEECH_FRONTEND_S + len(item.audio) * costs.MEL_FEATURES_S
+                at = start + costs.speech_frontend_s(len(item.audio))
             else:
                 intake_free = max(start, intake_free) + costs.INTAKE_S
                 at = intake_free + costs.FRONTEND_S

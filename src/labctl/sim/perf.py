@@ -99,6 +99,14 @@ SPEECH_FRONTEND_S = 15e-3
 #: Whisper's log-mel features of the padded window (3,000 frames of a 400-point FFT and a
 #: 128-band filter bank, in NumPy on one core).
 MEL_FEATURES_S = 10e-3
+
+
+def speech_frontend_s(chunks: int) -> float:
+    """The API server's share of a speech request: the request itself, then the features of
+    every chunk, all before its first chunk reaches the engine."""
+    return SPEECH_FRONTEND_S + chunks * MEL_FEATURES_S
+
+
 #: Pipeline-parallel hand-off between stages.
 PP_HANDOFF_S = 0.4e-3
 #: Output tile (rows × columns) of the large tensor-core GEMM kernels from Ampere to Hopper.

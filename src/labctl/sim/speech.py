@@ -46,7 +46,7 @@ from multidict import MultiDictProxy
 from labctl import audio
 from labctl.sim.envelope import error_response
 from labctl.sim.live import FILLER, AudioInput, LiveEngine, Stream
-from labctl.sim.perf import MEL_FEATURES_S, SPEECH_FRONTEND_S
+from labctl.sim.perf import speech_frontend_s as frontend_s
 from labctl.sim.whisper import (
     Chunk,
     chunk_text,
@@ -372,12 +372,6 @@ class SpeechApi:
                 self.engine.cancel(stream)  # the client went away: stop generating for it
             raise
         return resp
-
-
-def frontend_s(chunks: int) -> float:
-    """The API server's share of a speech request: the request itself, then the features of
-    every chunk, all before its first chunk reaches the engine."""
-    return SPEECH_FRONTEND_S + chunks * MEL_FEATURES_S
 
 
 def _usage(prompt: int, completion: int) -> dict[str, int]:
