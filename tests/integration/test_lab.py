@@ -7,6 +7,7 @@ import json
 import os
 from pathlib import Path
 import signal
+import time
 from typing import Any
 import urllib.request
 
@@ -150,6 +151,41 @@ def test_an_orphaned_worker_of_the_old_revision_is_killed_before_the_new_one_sta
     history = d.api("GET", "/api/history?deployment=chat")["deploys"]
     stops = [s for r in history for s in r["steps"] if s["name"] == "stop"]
     assert any(str(worker) in s["detail"]["processes"] for s in stops)
+
+
+def test_a_deploy_after_a_crash_is_not_undone_by_the_pending_restart(
+    lab: Lab, labctl: Callable[..., Run], tmp_path: Path
+) -> None:
+    half = (
+        "{ max_model_len = 4096, time_scale = 0.05, load_gbps = 0, gpu_memory_utilization = 0.4 }"
+    )
+    other = f'[deployments.other]\nengine = "sim"\nmodel = "Qwen/Qwen3-0.6B"\nargs = {half}\n'
+    d = lab.up("--config", str(lab_toml(tmp_path, half, other)))
+    old = d.wait_state("chat", "ready")
+    d.wait_state("other", "ready")
+
+    # a slow deploy of `other` holds the GPU; chat's deploy waits behind it, and chat's
+    # engine dies meanwhile: its restart is queued behind the deploy that replaces it
+    def deploy(name: str, settings: dict[str, Any]) -> str:
+        body = {"set": settings, "wait": False}
+        return str(d.api("POST", f"/api/deployments/{name}/deploy", body)["ticket"])
+
+    def done(ticket: str) -> dict[str, Any]:
+        doc = wait_for(lambda: (t := d.api("GET", f"/api/deploys/{ticket}"))["state"] == "done"
+                       and t, what="the deploy to end", timeout=120)  # fmt: skip
+        return dict(doc)
+
+    slow = deploy("other", {"time_scale": 1})
+    wait_for(lambda: d.deployment("other")["state"] == "starting", what="the slow deploy")
+    ticket = deploy("chat", {"max_model_len": 2048})
+    os.kill(old["pid"], signal.SIGKILL)
+    assert "error" not in done(ticket) and "error" not in done(slow)
+    time.sleep(2)  # a restart queued behind the deploy would have run by now
+    now = d.deployment("chat")
+    assert (now["revision"], now["state"]) == (2, "ready"), now
+    kinds = [r["kind"] for r in d.api("GET", "/api/history?deployment=chat")["deploys"]]
+    assert kinds[0] == "deploy", kinds  # nothing ran after the deploy
+    assert complete(d)["choices"]
 
 
 def test_memory_held_by_an_unrelated_process_is_named_in_the_refusal(
@@ -308,6 +344,24 @@ def test_an_engine_that_dies_outside_a_deploy_is_restarted(lab: Lab, tmp_path: P
     assert 'labctl_engine_restarts_total{deployment="chat",reason="exited"} 1.0' in metrics
     kinds = [r["kind"] for r in d.api("GET", "/api/history?deployment=chat")["deploys"]]
     assert kinds[0] == "restart"
+
+
+def test_a_deploy_during_a_restart_backoff_serves_at_once(lab: Lab, tmp_path: Path) -> None:
+    d = lab.up("--config", str(lab_toml(tmp_path)))
+    for restarts in (1, 2, 3):  # backoffs of 1, 2 and 4 s: the next one is 8 s
+        pid = d.wait_state("chat", "ready", timeout=20)["pid"]
+        os.kill(pid, signal.SIGKILL)
+        wait_for(lambda n=restarts: d.deployment("chat")["restarts"] == n, what="a restart")
+    pid = d.wait_state("chat", "ready", timeout=20)["pid"]
+    os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: d.deployment("chat")["restarts"] == 4, what="the fourth restart's backoff")
+    begun = time.monotonic()
+    d.api("POST", "/api/deployments/chat/deploy", {"set": {"max_model_len": 2048}})
+    assert complete(d)["choices"]  # served by the new revision, not held for the backoff
+    assert time.monotonic() - begun < 6, "held for the restart's backoff"
+    time.sleep(8 - (time.monotonic() - begun))
+    now = d.deployment("chat")
+    assert (now["revision"], now["state"], now["pid"] != pid) == (2, "ready", True), now
 
 
 def test_a_start_that_stops_logging_is_stalled_and_rolled_back(

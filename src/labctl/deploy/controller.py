@@ -88,7 +88,7 @@ class Controller:
         self.clock = clock
         self.on_event = on_event
         self.deployments: dict[str, Deployment] = {}
-        self._locks: dict[frozenset[int], asyncio.Lock] = {}
+        self._locks: dict[int, asyncio.Lock] = {}
         #: Durations of the last deploys' parts, for the daemon's metrics.
         self.observations: list[tuple[str, dict[str, Any]]] = []
         #: Revisions as journaled, their secret settings held apart.
@@ -121,9 +121,6 @@ class Controller:
             if owner is not None:
                 await owner.close()
         await self.engines.close()
-
-    def _lock(self, gpu: int) -> asyncio.Lock:
-        return self._locks.setdefault(frozenset((gpu,)), asyncio.Lock())
 
     def owned_pids(self) -> dict[int, str]:
         """Every process of every engine the lab runs (starting and stopping too) → its
@@ -184,6 +181,7 @@ class Controller:
         the gateway lets go of the requests it held."""
         shown = d.state
         d.owner = owner
+        d.replaced.set()
         if settled:
             d.swapping = False
         if d.state != shown:
@@ -354,9 +352,11 @@ class Controller:
         gpus = sorted(set(spec.gpus) | set(d.spec.gpus))
         async with contextlib.AsyncExitStack() as locks:
             for g in gpus:  # one deploy at a time on any GPU, taken in order (no deadlock)
-                await locks.enter_async_context(self._lock(g))
+                await locks.enter_async_context(self._locks.setdefault(g, asyncio.Lock()))
             if self.closing:
                 raise DeployCancelled(f"{spec.name}: the lab is shutting down")
+            if kind == "restart" and (d.revision != revision or d.state == State.READY):
+                raise DeployCancelled(f"{spec.name}: a deploy replaced it before its restart")
             d.deploying, d.cancel_requested, d.ticket = asyncio.current_task(), False, ticket
             self.tickets[ticket]["state"] = "running"
             try:

@@ -50,6 +50,8 @@ class Deployment:
     restarts: int = 0
     #: Its engine died and a restart is on its way (the gateway holds its requests).
     restart_pending: bool = False
+    #: Set each time another owner becomes the current one (a pending restart gives way).
+    replaced: asyncio.Event = field(default_factory=asyncio.Event)
     #: A swap is in progress: the gateway holds its new requests until it ends.
     swapping: bool = False
     #: Sequences its engine runs at once, as planned (the gateway's default limit).

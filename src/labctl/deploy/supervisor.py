@@ -3,7 +3,9 @@
 A serving engine that exits (a crash, an OOM kill, a SIGKILL) is seen by its owner
 (``deploy/owner.py``), which moves to ``failed`` and says so; the supervisor then
 restarts it as a deploy of the same revision, with a backoff when it keeps dying
-(1, 2, 4 … 60 s; a run of five minutes resets it). From the moment its death is seen
+(1, 2, 4 … 60 s; a run of five minutes resets it). A deploy that replaces the dead
+revision first makes its restart moot: the restart is dropped, whether it was still in its
+backoff or already queued behind that deploy. From the moment its death is seen
 until the restart ends, the gateway holds the deployment's new requests, as it does
 through a swap, so that only the requests the engine was answering fail. The gateway
 itself reports an engine that refuses connections, which catches a death between two
@@ -43,6 +45,7 @@ class Supervisor:
     def _exited(self, d: Deployment, owner: EngineOwner) -> None:
         if not d.restart_pending and not self.stopping.is_set():  # one restart at a time
             d.restart_pending = True  # new requests wait for the restart instead of failing
+            d.replaced.clear()
             self.controller.publish(d)
             task = asyncio.create_task(self._restart(d, owner))
             self._tasks.add(task)
@@ -80,9 +83,10 @@ class Supervisor:
             delay = self.backoff.setdefault(d.name, Backoff()).next_delay(
                 time.monotonic() - engine.process.started_at
             )
-            await asyncio.sleep(delay)
+            with contextlib.suppress(TimeoutError):  # or until a deploy replaces it
+                await asyncio.wait_for(d.replaced.wait(), delay)
             if d.owner is not dead or self.stopping.is_set():
-                return
+                return  # replaced meanwhile: its requests go to the new revision at once
             with contextlib.suppress(LabError):
                 await self.controller.deploy(d.spec, kind="restart", revision=d.revision)
         finally:
