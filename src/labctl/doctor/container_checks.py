@@ -18,6 +18,7 @@ from labctl.config import DeploymentSpec, LabConfig
 from labctl.doctor.finding import Context, Finding, Severity, Skip, check
 from labctl.doctor.host import HostView
 from labctl.doctor.nvidia import GPU_ENGINES, nvidia
+from labctl.runtime.container import image_cuda
 from labctl.units import GiB
 
 #: The engine images the lab's engines are published as (vLLM, llama.cpp, whisper.cpp).
@@ -27,8 +28,6 @@ SHM_FLOOR = 1 * GiB
 #: Where CDI specs live (the toolkit writes one; ``nvidia-cdi-refresh`` keeps the second).
 CDI_DIRS = ("/etc/cdi", "/var/run/cdi")
 _CONTAINER_CGROUP = re.compile(r"docker|containerd|kubepods|libpod|crio")
-_REQUIRE = re.compile(r"cuda>=(\d+)\.(\d+)")
-_VERSION = re.compile(r"^(\d+)\.(\d+)")
 
 TOOLKIT_FIX = "sudo nvidia-ctk runtime configure --runtime=docker && sudo systemctl restart docker"
 GPUS_FIX = (
@@ -204,20 +203,6 @@ def driver_cuda(host: HostView) -> tuple[tuple[int, int], str] | None:
     if m is None:
         return None
     return (int(m.group(1)), int(m.group(2))), f"nvidia-smi: {m.group(0)}"
-
-
-def image_cuda(env: list[str]) -> tuple[tuple[int, int], str] | None:
-    """The CUDA an image needs, and the variable that says so: ``NVIDIA_REQUIRE_CUDA`` (what
-    the container runtime checks), else ``CUDA_VERSION``; None when it names none or turns
-    the check off (``NVIDIA_DISABLE_REQUIRE``)."""
-    values = dict(e.partition("=")[::2] for e in env if isinstance(e, str))
-    if values.get("NVIDIA_DISABLE_REQUIRE", "").lower() in ("1", "true", "yes"):
-        return None
-    for key, pattern in (("NVIDIA_REQUIRE_CUDA", _REQUIRE), ("CUDA_VERSION", _VERSION)):
-        m = pattern.search(values.get(key, ""))
-        if m:
-            return (int(m.group(1)), int(m.group(2))), f"{key}={values[key]}"[:120]
-    return None
 
 
 def engine_images(host: HostView) -> dict[str, str]:
