@@ -8,11 +8,15 @@ from collections.abc import Iterator
 import dataclasses
 import json
 from pathlib import Path
+import re
 from typing import Any
 
 from click.testing import CliRunner
 import jsonschema
 import kubernetes_validate
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
 import pytest
 from tests.tinygguf import write_tiny_llama
 from tests.tinywhisper import write_model
@@ -23,8 +27,9 @@ from labctl.catalog.gpus import gpu
 from labctl.cli.exportk8s import workloads
 from labctl.cli.main import cli
 from labctl.config import DeploymentSpec, LabConfig, default_config
-from labctl.dashboard.alerts import ALERTS, rules_yaml
+from labctl.dashboard.alerts import ALERTS, RuleEngine, rule_groups, rules_yaml
 from labctl.dashboard.grafana import dashboard_json
+from labctl.dashboard.promql import Store, metric_names
 from labctl.deploy.loadpath import plan as predict
 from labctl.errors import ConfigError
 from labctl.export.k8s import Manifest, Options, Workload, engines, object_name, startup_budget
@@ -32,6 +37,7 @@ from labctl.export.k8sout import manifests, parse_version
 from labctl.export.k8splan import MARGIN
 from labctl.export.k8syaml import dump
 from labctl.fit.plan import FitRequest, plan
+from labctl.sim.live import TwinMetrics
 
 CRDS = Path(__file__).resolve().parents[1] / "data" / "crds"
 SEEDS = ("google/gemma-4-31B-it", "google/gemma-4-26B-A4B-it",
@@ -79,8 +85,7 @@ def mixed_lab(tmp_path_factory: pytest.TempPathFactory) -> LabConfig:
 def export(lab: LabConfig, opts: Options | None = None) -> tuple[list[Workload], list[Manifest]]:
     """The lab's workloads (sized on its simulated GPUs) and every object of its export."""
     sized = workloads(lab, None, False, False)
-    groups = yaml.safe_load(rules_yaml())["groups"]
-    return sized, manifests(sized, groups, dashboard_json(), opts or Options())
+    return sized, manifests(sized, rule_groups(), dashboard_json(), opts or Options())
 
 
 def labs(mixed: LabConfig) -> Iterator[tuple[str, LabConfig]]:
@@ -205,6 +210,108 @@ def test_the_prometheus_rule_carries_the_rules_promtool_tests() -> None:
     doc = yaml.safe_load(dump(of_kind(objects, "PrometheusRule")[0]))
     assert doc["spec"]["groups"] == yaml.safe_load(rules_yaml())["groups"]
     assert len(doc["spec"]["groups"][0]["rules"]) == len(ALERTS)
+
+
+def test_the_command_writes_the_rules_promtool_tests(tmp_path: Path) -> None:
+    """The PrometheusRule the command itself writes (not one built here from
+    ``rules_yaml()``): the same groups, expressions, ``for:`` and labels as the rules file
+    ``promtool test rules`` passes, under the operator's metadata."""
+    out = tmp_path / "k8s"
+    result = CliRunner().invoke(cli, ["export", "kubernetes", "--out", str(out),
+                                      "--namespace", "lab", "--release", "prom"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    doc = yaml.safe_load((out / "prometheusrule.yaml").read_text())
+    assert doc["metadata"]["labels"]["release"] == "prom"
+    assert doc["metadata"]["namespace"] == "lab"
+    tested = yaml.safe_load(rules_yaml())["groups"]
+    assert doc["spec"]["groups"] == tested
+    rules = [r for g in doc["spec"]["groups"] for r in g["rules"]]
+    assert [(r["alert"], r["expr"], r["for"], r["labels"]) for r in rules] == [
+        (a.name, a.expr, a.for_, {"severity": a.severity}) for a in ALERTS
+    ]
+
+
+def _relabel(configs: list[dict[str, Any]], labels: dict[str, str]) -> dict[str, str]:
+    """Prometheus's relabelling, for the action the export uses (``replace``): the source
+    labels joined, the regex anchored, ``$1`` in the replacement the first group."""
+    out = dict(labels)
+    for c in configs:
+        assert c.get("action", "replace") == "replace", c
+        value = c.get("separator", ";").join(out.get(k, "") for k in c.get("sourceLabels", []))
+        m = re.fullmatch(c.get("regex", "(.*)"), value)
+        if m:
+            replacement = re.sub(r"\$\{?(\w+)\}?", r"\\g<\1>", c.get("replacement", "$1"))
+            out[c["targetLabel"]] = m.expand(replacement)
+    return out
+
+
+def scraped(monitor: dict[str, Any], service: dict[str, Any], exposition: str) -> list[Sample]:
+    """The samples Prometheus stores when ``monitor`` scrapes ``exposition`` from the pod
+    behind ``service``: the endpoint's relabelings on the target's labels, then its
+    metricRelabelings on each sample."""
+    (endpoint,) = monitor["spec"]["endpoints"]
+    meta = {"__meta_kubernetes_service_label_" + re.sub(r"[^A-Za-z0-9_]", "_", k): v
+            for k, v in service["metadata"]["labels"].items()}  # fmt: skip
+    target = _relabel(endpoint.get("relabelings", []), {**meta, "instance": "10.0.0.7:8000"})
+    target = {k: v for k, v in target.items() if not k.startswith("__")}
+    out = []
+    for family in text_string_to_metric_families(exposition):
+        for s in family.samples:
+            labels = _relabel(endpoint.get("metricRelabelings", []),
+                              {**s.labels, **target, "__name__": s.name})  # fmt: skip
+            name = labels.pop("__name__")
+            out.append(Sample(name, labels, s.value))
+    return out
+
+
+def test_the_monitor_gives_a_vllm_engine_the_series_the_rules_read() -> None:
+    """On a cluster Prometheus scrapes vLLM itself, not the daemon: the monitor renames the
+    engine's series to the lab's and labels them ``deployment``, so every engine series a
+    rule reads exists there, and the KV rule fires on a saturated engine."""
+    lab = LabConfig(deployments=(DeploymentSpec(name="Chat.1", engine="vllm",
+                                                model="Qwen/Qwen3-0.6B"),))  # fmt: skip
+    sized = workloads(lab, "h100-sxm", False, False)
+    objects = manifests(sized, rule_groups(), dashboard_json(), Options())
+    (service,) = of_kind(objects, "Service")
+    tags = service["metadata"]["labels"]
+    (monitor,) = [m for m in of_kind(objects, "ServiceMonitor")
+                  if m["spec"]["selector"]["matchLabels"].items() <= tags.items()]  # fmt: skip
+    crd_validator("ServiceMonitor").validate(monitor)
+    twin = TwinMetrics("Qwen/Qwen3-0.6B", 4096)  # vLLM's own names and labels
+    twin.kv_usage.set(0.99)
+    twin.waiting.set(5)
+    samples = scraped(monitor, service, generate_latest(twin.registry).decode())
+    have = {s.name for s in samples if s.labels.get("deployment") == "Chat.1"}
+    rules = [r for g in of_kind(objects, "PrometheusRule")[0]["spec"]["groups"]
+             for r in g["rules"]]  # fmt: skip
+    # The engine's series; the restart counter is the daemon's own (README: daemon-only).
+    wanted = {n for r in rules for n in metric_names(r["expr"])
+              if n.startswith("labctl_engine_") and n != "labctl_engine_restarts_total"}  # fmt: skip
+    assert {"labctl_engine_kv_cache_usage_ratio", "labctl_engine_requests_waiting"} <= wanted
+    assert wanted <= have, wanted - have
+    assert "vllm:kv_cache_usage_perc" not in have  # renamed, not copied
+    assert "vllm:prompt_tokens_total" in have  # the others keep vLLM's names
+    (kv,) = [a for a in ALERTS if a.name == "LabKvCacheSaturated"]
+    store = Store()
+    store.add(0.0, [(s.name, s.labels, s.value) for s in samples])
+    firing = RuleEngine((kv,), for_scale=0).evaluate(store, 0.0)
+    assert [f.labels["deployment"] for f in firing if f.state == "firing"] == ["Chat.1"]
+
+
+def test_the_readme_names_the_rules_a_cluster_can_fire(mixed_lab: LabConfig) -> None:
+    """On a cluster the series are the engines' (as the monitors rename them) and
+    dcgm-exporter's; a rule that reads any other series cannot fire there."""
+    _, objects = export(mixed_lab)
+    renamed = {c["replacement"] for m in of_kind(objects, "ServiceMonitor")
+               for c in m["spec"]["endpoints"][0]["metricRelabelings"]}  # fmt: skip
+    fire = sorted(a.name for a in ALERTS
+                  if all(n in renamed or n.startswith("DCGM_FI_") for n in metric_names(a.expr)))  # fmt: skip
+    assert fire == ["LabGpuMemoryNearFull", "LabKvCacheSaturated"]
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text("utf-8")
+    section = readme.split("## When one machine is not enough", 1)[1].split("\n## ", 1)[0]
+    assert f"Of the {len(ALERTS)} rules, two can fire there" in " ".join(section.split())
+    assert f"The other {len(ALERTS) - 2} read series only the daemon" in " ".join(section.split())
+    assert all(f"`{name}`" in section for name in fire)
 
 
 def test_a_vllm_pod(mixed_lab: LabConfig) -> None:

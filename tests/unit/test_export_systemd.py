@@ -54,7 +54,7 @@ def test_the_unit_has_every_key_the_issue_names() -> None:
     assert unit["ExecStart"] == ["/opt/labctl/bin/labctl up --config /etc/labctl/lab.toml"]
     assert unit["KillMode"] == ["mixed"] and unit["Restart"] == ["on-failure"]
     assert unit["After"] == ["network-online.target nvidia-persistenced.service"]
-    assert unit["Wants"] == ["network-online.target"]
+    assert unit["Wants"] == ["network-online.target nvidia-persistenced.service"]
     assert unit["LimitNOFILE"] == ["1048576"] and unit["LimitMEMLOCK"] == ["infinity"]
     assert unit["Environment"] == ["LABCTL_HOME=/var/lib/labctl"]
     assert unit["WantedBy"] == ["multi-user.target"]
@@ -117,3 +117,16 @@ def test_a_line_break_is_refused_with_one_line() -> None:
 def test_search_path_keeps_absolute_folders_once() -> None:
     assert search_path("/a:.:bin::/b:/a:~/x") == "/a:/b"
     assert search_path("") == ""
+
+
+def test_the_readmes_unit_is_the_one_written() -> None:
+    """The README's unit (alice's paths, the embedded default's timeouts) is what
+    ``unit_text`` writes for that lab, line for line."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text("utf-8")
+    section = readme.split("### Surviving reboots: the lab as a systemd unit", 1)[1]
+    shown = section.split("```ini\n", 1)[1].split("```", 1)[0]
+    config = dataclasses.replace(default_config(), source="/home/alice/lab/lab.toml")
+    host = Host(command=("/home/alice/.venv/bin/labctl", "up", "--config", config.source),
+                home=Path("/home/alice/.local/state/labctl"), user="alice", env={})  # fmt: skip
+    written = unit_text(config, host)
+    assert shown == written[written.index("[Unit]") :]

@@ -8,7 +8,6 @@ the model's weights and the lab's disk figure, as before a first start).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import click
 
@@ -46,10 +45,10 @@ def kubernetes(config_path: Path | None, out: Path, namespace: str, release: str
     """Kubernetes manifests for the lab's deployments: a Deployment and a Service each (the
     engine's official image, the planner's flags, GPU limits, probes sized to the predicted
     start, Recreate where two copies do not fit), the alert rules as a PrometheusRule, a
-    ServiceMonitor, the Grafana dashboard as a ConfigMap, and a kustomization: `kubectl
+    ServiceMonitor per engine (its series under the lab's names), the Grafana dashboard as a ConfigMap, and a kustomization: `kubectl
     apply -k OUT`."""
     from labctl.cache.location import hub_cache_dir
-    from labctl.dashboard.alerts import ALERTS
+    from labctl.dashboard.alerts import rule_groups
     from labctl.dashboard.grafana import dashboard_json
     from labctl.export.k8s import check_namespace, object_name, secret_env
     from labctl.export.k8sout import manifests, parse_version, validate, write
@@ -61,8 +60,7 @@ def kubernetes(config_path: Path | None, out: Path, namespace: str, release: str
                    model_cache=model_cache, hub_cache=str(hub_cache_dir(lab.models)),
                    storage_class=storage_class)  # fmt: skip
     sized = workloads(lab, gpu_id, pre_pulled, model_cache == "hostpath")
-    groups = [{"name": "labctl", "rules": [_rule(a) for a in ALERTS]}]
-    objects = manifests(sized, groups, dashboard_json(), opts)
+    objects = manifests(sized, rule_groups(), dashboard_json(), opts)
     checked = validate(objects, version)
     make_out(out)
     header = (f"labctl export kubernetes: {lab.source}, for Kubernetes {version} and later.\n"
@@ -82,13 +80,6 @@ def kubernetes(config_path: Path | None, out: Path, namespace: str, release: str
     click.echo(f"wrote {len(files)} files to {out} ({check}); a Hugging Face token goes in "
                f"`kubectl -n {namespace} create secret generic {opts.hf_token_secret} "
                "--from-literal=token=…`")  # fmt: skip
-
-
-def _rule(alert: Any) -> dict[str, Any]:
-    """One alert as ``rules_yaml()`` writes it."""
-    return {"alert": alert.name, "expr": alert.expr, "for": alert.for_,
-            "labels": {"severity": alert.severity},
-            "annotations": {"summary": alert.summary, "runbook": alert.runbook}}  # fmt: skip
 
 
 def workloads(

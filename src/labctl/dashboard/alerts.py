@@ -366,21 +366,29 @@ def _q(text: str) -> str:
     return json.dumps(text)  # a JSON string is a valid YAML double-quoted scalar
 
 
+def rule_groups(for_scale: float = 1.0) -> list[dict[str, Any]]:
+    """The rule groups, as ``rules_yaml()`` writes them and a PrometheusRule carries them
+    (``labctl export kubernetes``); ``for_scale`` as for :func:`rules_yaml`."""
+    rules = [{"alert": a.name, "expr": a.expr,
+              "for": a.for_ if for_scale == 1 else scaled_for(a, for_scale),
+              "labels": {"severity": a.severity},
+              "annotations": {"summary": a.summary, "runbook": a.runbook}}
+             for a in ALERTS]  # fmt: skip
+    return [{"name": "labctl", "rules": rules}]
+
+
 def rules_yaml(for_scale: float = 1.0) -> str:
-    """The rules file; ``for_scale`` multiplies each rule's ``for`` (as lab.toml's
-    ``dashboard.alert_for_scale`` does for the daemon's own evaluation)."""
-    lines = ["groups:", "  - name: labctl", "    rules:"]
-    for a in ALERTS:
-        lines += [
-            f"      - alert: {a.name}",
-            f"        expr: {_q(a.expr)}",
-            f"        for: {a.for_ if for_scale == 1 else scaled_for(a, for_scale)}",
-            "        labels:",
-            f"          severity: {a.severity}",
-            "        annotations:",
-            f"          summary: {_q(a.summary)}",
-            f"          runbook: {_q(a.runbook)}",
-        ]
+    """The rules file (:func:`rule_groups`); ``for_scale`` multiplies each rule's ``for``
+    (as lab.toml's ``dashboard.alert_for_scale`` does for the daemon's own evaluation)."""
+    lines = ["groups:"]
+    for group in rule_groups(for_scale):
+        lines += [f"  - name: {group['name']}", "    rules:"]
+        for r in group["rules"]:
+            lines += [f"      - alert: {r['alert']}", f"        expr: {_q(r['expr'])}",
+                      f"        for: {r['for']}", "        labels:"]  # fmt: skip
+            lines += [f"          {k}: {v}" for k, v in r["labels"].items()]
+            lines += ["        annotations:"]
+            lines += [f"          {k}: {_q(v)}" for k, v in r["annotations"].items()]
     return "\n".join(lines) + "\n"
 
 

@@ -87,7 +87,7 @@ def unit_text(config: LabConfig, host: Host) -> str:
 [Unit]
 Description=labctl lab ({source})
 After=network-online.target nvidia-persistenced.service
-Wants=network-online.target
+Wants=network-online.target nvidia-persistenced.service
 
 [Service]
 Type=notify
