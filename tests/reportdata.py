@@ -3,13 +3,15 @@ deployments and deploys, a bench sweep, a minute's serving figures for hours, al
 doctor's findings, engine log tails and the models on disk.
 
 Every free-text place a source has is a parameter (``plant``), so a test can put a secret
-into each: lab.toml, a deploy's error, an engine log line, a bench result, the doctor's
-evidence, a model's path, a metric label.
+into each: lab.toml (as a valid TOML string, beside a secret-named key), a deploy's error, an
+engine log line, a bench result (the fields the report shows: its model, backend and
+headline), the doctor's evidence, a model's path, a metric label.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+import json
 import random
 from typing import Any
 
@@ -33,6 +35,7 @@ class Plant:
     label: str = ""
     alert: str = ""
     step: str = ""
+    password: str = ""  # lab.toml's ``my_password`` (a secret by its key's name only)
     extra: dict[str, str] = field(default_factory=dict)
 
 
@@ -54,7 +57,9 @@ def sources(
         'sim_gpus = "rtx-3090"', "[gateway]", 'admin_token = "adm-0f9e8d7c6b5a4f3e2d1c"',
         *(f'[[deployments]]\nname = "{n}"\nengine = "sim"\nmodel = "{models[i % 3]}"'
           for i, n in enumerate(names)),
-        p.config,
+        *(["[lab.extra]"] if p.config or p.password else []),
+        *([f"note = {json.dumps(p.config)}"] if p.config else []),
+        *([f"my_password = {json.dumps(p.password)}"] if p.password else []),
     ])  # fmt: skip
     deploy_docs = []
     for i in range(deploys):
@@ -98,9 +103,11 @@ def sources(
                        "request_rate": "inf", "completed": 100, "failed": 0,
                        "request_throughput": 2.0 * c, "output_throughput": 250.0 * c,
                        "median_ttft_ms": 30.0 + c, "p99_ttft_ms": 90.0 + 3 * c,
-                       "median_tpot_ms": 8.0 + c / 4, "median_itl_ms": 8.0, "p99_itl_ms": 20.0,
-                       "warnings": [p.bench] if p.bench else []}
+                       "median_tpot_ms": 8.0 + c / 4, "median_itl_ms": 8.0, "p99_itl_ms": 20.0}
                       for c in (1, 4, 16)]}  # fmt: skip
+    if p.bench:  # the fields of a bench result the report shows
+        sweep["headline"] = p.bench
+        sweep["runs"][0]["backend"] = f"openai {p.bench}"
     src = {
         "generated": until, "since": T0 - 60,
         "lab": {"url": "http://10.20.30.40:8080", "config": "/home/alice/lab/lab.toml",
@@ -125,7 +132,8 @@ def sources(
                     "summary": f"KV cache of {names[0]} at 95% {p.alert}".strip(),
                     "started": T0 + 600, "ended": T0 + 900}],
         "serving": serving,
-        "bench": [{"id": 1, "t": T0 + 1200, "model": models[0], "result": sweep}],
+        "bench": [{"id": 1, "t": T0 + 1200, "model": f"{models[0]} {p.bench}".strip(),
+                   "result": sweep}],
         "doctor": {"findings": [
             {"code": "host-memory", "severity": "info", "place": "host",
              "message": "memory: 23.11 GiB available", "evidence": f"/proc/meminfo {p.doctor}",

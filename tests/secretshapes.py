@@ -3,8 +3,10 @@
 Every value is drawn at random (characters from the kind's alphabet, seeded by Hypothesis so a
 failure replays), in the shape real sources hold: gitleaks' rules for the token kinds, NVML's
 formats for the GPU ids. ``planted`` gives the text a source would hold for kinds that only
-mean something in context (a port, a home path's owner, a serial); ``secret_part`` says what
-must not survive redaction; ``encodings`` lists the forms it must not survive in either.
+mean something in context (a port, a home path's owner, a serial, a bare name that a URL or
+a home path elsewhere says is a host's or a user's: :data:`TAUGHT_BY`); ``secret_part`` says
+what must not survive redaction; ``encodings`` lists the forms it must not survive in either.
+``PASSWORD`` is a secret of no shape at all, private only by lab.toml's key for it.
 ``NON_SECRETS`` are values that look technical but must come through untouched.
 """
 
@@ -17,7 +19,7 @@ import ipaddress
 import json
 import random
 import string
-from urllib.parse import quote, quote_plus
+from urllib.parse import quote, quote_plus, urlsplit
 
 from hypothesis import strategies as st
 
@@ -120,6 +122,28 @@ def _username(r: random.Random) -> str:
     return r.choice(LOWER) + _chars(r, LOWER, r.randrange(3, 8)) + _chars(r, string.digits, 2)
 
 
+def _machine(r: random.Random) -> str:
+    """A machine's bare name: letters then two digits (``dgx07``)."""
+    return _chars(r, LOWER, r.randrange(3, 7)) + _chars(r, string.digits, 2)
+
+
+def _private_url(r: random.Random) -> str:
+    """A private endpoint: an address with a port, a site's own name, or a bare machine name."""
+    route = r.choice(["/v1", "/v1/models", "/x", "/metrics", ""])
+    pick = r.randrange(3)
+    if pick == 0:
+        return f"http://{_ipv4(r)}:{r.randrange(1024, 65536)}{route}"
+    if pick == 1:
+        host = f"{_label(r)}-{_label(r)}.{r.choice(['internal', 'lan', 'local', 'corp'])}"
+        return f"https://{host}{route}"
+    return f"http://{_machine(r)}:{r.randrange(1024, 65536)}{route}"
+
+
+def _ipv6_subnet(r: random.Random) -> str:
+    groups = _ipv6(r).split("::")[0].split(":")[: r.choice([2, 3, 4])]
+    return ":".join(groups) + "::/" + str(r.choice([32, 48, 56, 64]))
+
+
 def _abs_path(r: random.Random) -> str:
     top = r.choice(["data", "srv", "mnt", "scratch", "opt", "var/lib", "tmp", "workspace"])
     dirs = "/".join(_label(r, 4, 12) for _ in range(r.randrange(1, 4)))
@@ -190,8 +214,16 @@ KINDS: dict[str, st.SearchStrategy[str]] = {
     ),
     # an IPv6 address (global, unique local or link-local), compressed
     "ipv6": _drawn(_ipv6),
+    # an IPv6 network in CIDR form
+    "ipv6_subnet": _drawn(_ipv6_subnet),
+    # a private endpoint's URL: http://10.1.2.3:8000/v1, https://gpu-box.internal/x
+    "private_url": _drawn(_private_url),
     # a host name: an FQDN (node7.corp.example.com) or a name on a private TLD (gpubox.lan)
     "hostname": _drawn(_hostname),
+    # a machine's bare name (dgx07), which only a URL elsewhere in the report says is a host
+    "bare_host": _drawn(_machine),
+    # a login name standing alone, which only a home path elsewhere says is a user's
+    "bare_user": _drawn(_username),
     # a TCP port above the figures a report holds
     "port": _drawn(lambda r: str(r.randrange(10000, 65536))),
     # a login name: letters then two digits
@@ -206,10 +238,26 @@ def secret_values() -> st.SearchStrategy[tuple[str, str]]:
     return st.sampled_from(sorted(KINDS)).flatmap(lambda k: KINDS[k].map(lambda v: (k, v)))
 
 
-def planted(kind: str, value: str) -> str:
-    """The text a source would hold with ``value`` in it."""
+#: Kinds private only because the same report says so elsewhere: what says so.
+TAUGHT_BY: dict[str, Callable[[str], str]] = {
+    "bare_host": lambda v: f"peer http://{v}:8000/v1 joined",
+    "bare_user": lambda v: f"/home/{v}/models/x.gguf",
+}
+
+#: A password of no known shape: private only because lab.toml holds it under a secret's name.
+PASSWORD = _drawn(lambda r: r.choice(string.ascii_uppercase) + _chars(r, LOWER, 7)
+                  + _chars(r, string.digits, 2))  # fmt: skip
+
+
+def planted(kind: str, value: str, taught: bool = True) -> str:
+    """The text a source would hold with ``value`` in it; for the kinds of :data:`TAUGHT_BY`,
+    with what says it is private first (``taught``), or alone (taught elsewhere)."""
+    if kind in TAUGHT_BY:
+        bare = f"then {value} went quiet"
+        return f"{TAUGHT_BY[kind](value)} ; {bare}" if taught else bare
     if kind == "port":
-        return f"listening on 0.0.0.0:{value}"
+        return (f"listening on 0.0.0.0:{value}", f"serving on port {value}",
+                f"listening on :{value}")[int(value) % 3]  # fmt: skip
     if kind == "username":
         return f"/home/{value}/models/x.gguf"
     if kind == "serial":
@@ -219,13 +267,15 @@ def planted(kind: str, value: str) -> str:
 
 def secret_part(kind: str, value: str) -> str:
     """What of ``value`` must not survive: the bearer token, a path's directories, a
-    network's address, otherwise the whole value."""
+    network's address, a private URL's host, otherwise the whole value."""
     if kind == "bearer_header":
         return value.rpartition(" ")[2]
     if kind == "abs_path":
         return value.rpartition("/")[0]
-    if kind == "ipv4_subnet":
+    if kind in ("ipv4_subnet", "ipv6_subnet"):
         return value.partition("/")[0]
+    if kind == "private_url":
+        return urlsplit(value).hostname or value
     return value
 
 

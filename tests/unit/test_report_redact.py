@@ -55,6 +55,11 @@ def scrubber(**known: object) -> Scrubber:
         ("--port 8000 --port=8001 port = 8002", "--port port-1 --port=port-2 port = port-3"),
         ('"port": 9000, "max_tokens": 4096', '"port": port-1, "max_tokens": 4096'),
         ("cuda:0 on line:42 at 12:30:45", "cuda:0 on line:42 at 12:30:45"),
+        ("serving on port 8000, listening on :8001 (:8002)",
+         "serving on port port-1, listening on :port-2 (:port-3)"),
+        ("at 12:30 and 07:00:01, ratio 3:1024, 1:8000 and a:b :80 :1023 [1:4096] (:70000)",
+         "at 12:30 and 07:00:01, ratio 3:1024, 1:8000 and a:b :80 :1023 [1:4096] (:70000)"),
+        ("from fe80::1 and ::8000 to [::1]:8000", "from ip6-1 and ip6-2 to [::1]:port-1"),
         # users and paths
         ("/home/alice/x", "/home/user-1/x"),
         ("/srv/lab/home/journal.db-wal and journal.db-wal", "dir-1/journal.db-wal and journal.db-wal"),
@@ -64,6 +69,11 @@ def scrubber(**known: object) -> Scrubber:
         (f"{HF}/models--Qwen--Qwen3-8B/snapshots/{COMMIT}/config.json",
          "<hf-cache>/models--Qwen--Qwen3-8B/snapshots/0123456789ab/config.json"),
         (f"blobs/{BLOB}", "blobs/fedcba987654"),
+        # revision hashes in free text: shortened, as structured ones are, never secrets
+        (f"model Qwen/Qwen3-8B revision {COMMIT}, commit: {COMMIT} sha={BLOB} Revision '{COMMIT}'",
+         "model Qwen/Qwen3-8B revision 0123456789ab, commit: 0123456789ab sha=fedcba987654 "
+         "Revision '0123456789ab'"),
+        (f"key {COMMIT}", "key [secret-1]"),
         # tokens: shapes, headers, assignments, URL userinfo, entropy, hex
         ("Authorization: Bearer abc.DEF-123_x", "Authorization: Bearer [secret-1]"),
         ("HF_TOKEN=hf_x api_key: y1 password='p w'", "HF_TOKEN=[secret-1] api_key: [secret-2] password='[secret-3] w'"),
@@ -92,6 +102,42 @@ def test_scrubber_known_values_and_keep() -> None:
     assert s.text(text) == (
         "host-1 ran user-1's job; ab and root stay; [secret-1] %5Bsecret-1%5D "
         "acme/secret-model-7f3a9c2e1b4d5f6a7b8c9d0e"
+    )
+
+
+def test_scrubber_hosts_learned_from_urls_are_replaced_bare_too() -> None:
+    """A name a URL or host:port shows is a host's is replaced wherever it stands alone, and
+    the same name on a domain of its own (dgx01.lan) by the same stand-in."""
+    s = scrubber()
+    out = s.value(
+        [
+            "peer http://dgx01:8000/v1",
+            "dgx01 is down",
+            "DGX01.lan and dgx01.corp.acme.com",
+            "ssh gpu-box7:2222",
+            "then gpu-box7 and https://ml.acme-corp.com/x",
+            "ml and x",
+        ]
+    )
+    assert out == [
+        "peer http://host-1:port-1/v1",
+        "host-1 is down",
+        "host-1 and host-1",
+        "ssh host-2:port-2",
+        "then host-2 and https://host-3/x",
+        "ml and x",
+    ]
+    assert s.mapping()["hostname"]["dgx01"] == s.mapping()["hostname"]["DGX01.lan"] == "host-1"
+    assert s.text("http://dgx02:8000 and dgx02") == "http://host-4:port-1 and host-4"
+    # nothing learned from what is no host of the site's own
+    s = scrubber(keep={"chat"})
+    text = (
+        "http://localhost:8000 https://huggingface.co/x http://10.0.0.5:80 chat:8000 "
+        "cuda:1234 http://cuda:8000 | localhost huggingface.co chat cuda:0 cuda"
+    )
+    assert s.text(text) == (
+        "http://localhost:port-1 https://huggingface.co/x http://net-1.5:port-2 chat:port-1 "
+        "cuda:1234 http://host-1:port-1 | localhost huggingface.co chat cuda:0 cuda"
     )
 
 
@@ -223,3 +269,11 @@ def test_scrubber_two_megabytes_complete() -> None:
     assert "10.0.0.5" not in out and "alice" not in out
     assert elapsed < 30  # a sanity bound only; the benchmark-style figure is printed
     print(f"2 MB scrubbed in {elapsed:.2f} s")
+
+
+def test_words_before_a_number_are_not_learned_as_hosts() -> None:
+    """``error:1234`` or ``llama-server:8080`` in a log line does not make every later
+    "error" or "llama-server" in the report a host's stand-in."""
+    out = scrubber().value(["error:1234 then", "llama-server:8080", "an error occurred",
+                            "the llama-server crashed", "step:12 and rank:3"])  # fmt: skip
+    assert out[2:] == ["an error occurred", "the llama-server crashed", "step:12 and rank:3"]

@@ -45,6 +45,7 @@ def build(
     if not public:  # credentials only: a path or a host is the operator's to see
         return Scrubber(known, credentials_only=True).value(doc), None
     scrubber = Scrubber(known)
+    scrubber.learn([src, models])  # what the report cuts short may still name a host
     out = scrubber.value(doc)
     out["redaction"] = {"summary": scrubber.summary(), "counts": scrubber.counts()}
     return out, scrubber

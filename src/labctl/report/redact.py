@@ -10,15 +10,18 @@ The passes run in a fixed order over each string. Each replacement is parked beh
 placeholder (private-use characters no pattern matches) until the end, so a stand-in is never
 matched again by a later pass. The credential passes (PEM blocks, authorization headers,
 ``name=value`` secrets, tokens in their issuers' shapes, random-looking runs) are in
-:mod:`labctl.report.shapes`; this module holds the scrubber, the pass order, the pass for the
-secrets the lab knows by value, and the passes for what identifies the machine. Kept as they
-are: loopback and unspecified addresses, the
+:mod:`labctl.report.shapes`, what names a host in :mod:`labctl.report.hosts`; this module holds
+the scrubber, the pass order, the pass for the secrets the lab knows by value, and the passes
+for what identifies the machine. Kept as they are: loopback and unspecified addresses, the
 public hosts a report may name (``huggingface.co``, …), what :class:`Known` says to keep, and
 system paths (``/usr``, ``/lib``, ``/lib32``, ``/lib64``, ``/bin``, ``/sbin``, ``/etc``,
 ``/dev``, ``/proc``, ``/sys``, ``/run``) and API routes (``/v1``, ``/api``, ``/vla``,
 ``/metrics``, ``/healthz``, …). ``/opt``, ``/var``, ``/tmp``, ``/srv``, ``/data`` and the rest
 are mapped: what sits under them is the site's own. Commit and blob hashes of model revisions
-are shortened to 12 hex digits, never treated as secrets.
+(in cache paths, or after ``revision``, ``commit`` or ``sha``) are shortened to 12 hex digits,
+never treated as secrets. A name a URL or ``host:port`` shows to be a host's, like a user a
+home path names, is replaced wherever it stands alone too, and on a domain (``dgx01.lan``)
+by the machine's own stand-in.
 """
 
 from __future__ import annotations
@@ -35,6 +38,18 @@ from urllib.parse import quote, quote_plus, unquote
 
 from labctl.home import write_private
 from labctl.report import shapes
+from labctl.report.hosts import (
+    DOMAIN,
+    FQDN,
+    LOOPBACK,
+    NOT_HOSTS,
+    PRIVATE_TLDS,
+    PUBLIC_HOSTS,
+    TLDS,
+    fqdn,
+    is_ip,
+    learnable,
+)  # fmt: skip
 from labctl.report.shapes import PARKED, entropy, looks_random
 from labctl.secrets import _SECRET_NAME
 
@@ -48,32 +63,6 @@ NOUNS = {
     "pci": "PCI bus id", "token": "token",
 }  # fmt: skip
 
-#: Public hosts a report may name as they are.
-PUBLIC_HOSTS = frozenset({
-    "huggingface.co", "hf.co", "cdn-lfs.huggingface.co", "cdn-lfs.hf.co", "github.com",
-    "raw.githubusercontent.com", "objects.githubusercontent.com", "pypi.org",
-    "files.pythonhosted.org", "docs.vllm.ai", "vllm.ai", "blog.vllm.ai", "download.pytorch.org",
-    "pytorch.org", "developer.nvidia.com", "docs.nvidia.com", "nvcr.io", "ghcr.io",
-    "docker.io", "registry-1.docker.io", "hub.docker.com", "ollama.com", "registry.ollama.ai",
-})  # fmt: skip
-#: Top-level labels that make a dotted word of 3 or more labels a host name.
-TLDS = frozenset({
-    "com", "net", "org", "io", "ai", "dev", "app", "cloud", "edu", "gov", "mil", "int", "co",
-    "uk", "de", "fr", "nl", "eu", "us", "ca", "jp", "cn", "kr", "in", "ru", "ch", "se", "no",
-    "fi", "dk", "pl", "it", "es", "au", "br", "info", "biz", "me", "tech", "xyz", "site",
-    "lan", "local", "internal", "home", "corp", "localdomain", "intranet", "private",
-})  # fmt: skip
-#: Top-level labels private to a site: two labels (``gpubox.lan``) already name a host.
-PRIVATE_TLDS = frozenset({
-    "lan", "local", "internal", "home", "corp", "localdomain", "intranet", "private",
-})  # fmt: skip
-_LOOPBACK = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
-#: Single words that precede ``:N`` without being hosts (``cuda:0``, ``rank:3``).
-_NOT_HOSTS = frozenset({
-    "cuda", "cpu", "gpu", "xpu", "npu", "mps", "device", "rank", "step", "line", "epoch",
-    "layer", "worker", "tp", "pp", "dp", "ep", "shard", "http", "https", "tcp", "udp", "unix",
-    "file",
-})  # fmt: skip
 _SYSTEM_DIRS = frozenset({
     "usr", "lib", "lib32", "lib64", "bin", "sbin", "etc", "dev", "proc", "sys", "run",
 })  # fmt: skip
@@ -99,7 +88,9 @@ _ENCODED = re.compile(r"%[0-9A-Fa-f]{2}")
 _PERCENT = re.compile(r"[\w.~!*'()+/:?=&@\[\]%-]+")  # a URL-ish run; decoded when it holds %XX
 _GPU_ID = re.compile(r"\b(?:MIG-GPU-|MIG-|GPU-)[0-9a-fA-F]{8,}(?:-[0-9a-fA-F]{1,12}){0,4}"
                      r"(?:/\d+/\d+)?(?![\w-])")  # fmt: skip
-_HASHES = re.compile(r"\b(snapshots/|blobs/|sha256[:-])([0-9a-f]{64}|[0-9a-f]{40})\b")
+#: A revision's commit or blob hash: in a cache path, or named as one in free text.
+_HASHES = re.compile(r"\b(snapshots/|blobs/|sha256[:-]|(?i:revision|commit|sha)(?:_?hash|_id)?"
+                     r"['\"]?\s*[:=]?\s*['\"]?)([0-9a-f]{64}|[0-9a-f]{40})\b")  # fmt: skip
 _PATH = re.compile(r"(?<![\w\]).~/%-])/(?=[\w@+~-])[\w.@+~-]+(?:/[\w.@+~-]+)*/?")
 _HOME_USER = re.compile(r"(?<![\w\]).~/%-])/(home|Users)/([A-Za-z_][\w.-]{0,31})(?=/|\b)")
 _URL = re.compile(
@@ -118,12 +109,11 @@ _IPV6 = re.compile(r"(?<![\w:.])(?=[0-9A-Fa-f:]*::|(?:[0-9A-Fa-f]{1,4}:){2})"
                    r"((?:[0-9A-Fa-f]{0,4}:){2,7}(?:[0-9A-Fa-f]{0,4}|\d{1,3}(?:\.\d{1,3}){3}))"
                    r"(/\d{1,3})?(?![\w:.])")  # fmt: skip
 _IPV4 = re.compile(r"(?<![\w.])((?:\d{1,3}\.){3}\d{1,3})(/\d{1,2})?(?![\w]|\.\d)")
-_PORT = re.compile(r"(?i)(--port[= ]|\bport['\"]?\s*[:=]\s*['\"]?)(\d{1,5})\b")
+_PORT = re.compile(r"(?i)(--port[= ]|\bport(?:['\"]?\s*[:=]\s*['\"]?|\s+))(\d{1,5})\b")
+#: ``:N`` standing alone (``listening on :8000``): not a time's or a ratio's (``12:30``).
+_BARE_PORT = re.compile(r"(?<![\w:.\])\[-])(:)(\d{4,5})(?![\w:.]|/\d)")
 _SERIAL = re.compile(r"(?i)\b(serial(?:[ _]?number)?['\"]?[ :=#]+['\"]?)"
                      r"(?=[A-Za-z]*\d)([A-Za-z0-9]{6,})\b")  # fmt: skip
-_FQDN = re.compile(r"(?<![\w.@-])((?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+"
-                   rf"(?i:{'|'.join(sorted(TLDS, key=len, reverse=True))}))"
-                   r"(?![\w-]|\.[A-Za-z0-9]|\()")  # fmt: skip
 _HEX_VALUE = re.compile(r'"?([0-9a-f]{64}|[0-9a-f]{40})"?')
 
 
@@ -199,8 +189,8 @@ class Scrubber:
         self._secrets = _alternation(
             {e for s in known.secrets if len(s) >= 4 for e in _encodings(s)}, "", ""
         )
-        hosts = {h for h in known.hostnames if h and not _is_ip(h)}
-        self._hosts = _alternation(hosts, r"(?<![\w-])", r"(?![\w-])", re.IGNORECASE)
+        self._host_names = {h.lower() for h in known.hostnames if h and not is_ip(h)}
+        self._hosts_re: re.Pattern[str] | None = None
 
     # -- public ---------------------------------------------------------------------------
 
@@ -208,6 +198,12 @@ class Scrubber:
         """One free-text string, scrubbed."""
         self._learn(s)
         return self._scrub(s, decode=True)
+
+    def learn(self, obj: Any) -> None:
+        """Learn the hosts and users a tree names (URLs, ``host:port``, home paths) without
+        scrubbing it: a report's sources, so a name said only where the report cuts a text
+        short is still replaced where the report shows it."""
+        self._learn_tree(obj)
 
     def value(self, obj: Any) -> Any:
         """A JSON-like tree, scrubbed into a new tree: strings as text, dict keys too, and the
@@ -278,11 +274,37 @@ class Scrubber:
     # -- the passes -----------------------------------------------------------------------
 
     def _learn(self, s: str) -> None:
-        """Users named by home paths anywhere are replaced everywhere, as words too."""
-        for m in _HOME_USER.finditer(s):
-            if _usable_user(m[2]) and m[2] not in self._users:
-                self._users.add(m[2])
-                self._users_re = None
+        """Users named by home paths and hosts named by URLs or ``host:port`` anywhere are
+        replaced everywhere, as words too."""
+        for t in (s, unquote(s)) if _ENCODED.search(s) else (s,):
+            for m in _HOME_USER.finditer(t):
+                if _usable_user(m[2]) and m[2] not in self._users:
+                    self._users.add(m[2])
+                    self._users_re = None
+            for m in _URL.finditer(t):
+                self._learn_host(m[3].rstrip(".,;)"))
+            for m in _HOST_PORT.finditer(t):  # a word before a port: a host's name only if
+                if self._hostlike(m[1]) and (
+                    "." in m[1]
+                    or (  # it looks like a machine's
+                        1024 <= int(m[2]) < 65536 and any(c.isdigit() for c in m[1])
+                    )
+                ):
+                    self._learn_host(m[1])
+
+    def _learn_host(self, host: str) -> None:
+        low = host.lower().rstrip(".")
+        if low in self._host_names or host in self.known.keep or not learnable(low):
+            return
+        self._host_names.add(low)
+        self._hosts_re = None
+
+    def _hosts(self) -> re.Pattern[str] | None:
+        """The hosts known or learned, with any domain after them (``dgx01.lan``)."""
+        if self._hosts_re is None and self._host_names:
+            self._hosts_re = _alternation(self._host_names, r"(?<![\w-])",
+                                          rf"{DOMAIN}(?![\w-])", re.IGNORECASE)  # fmt: skip
+        return self._hosts_re
 
     def _scrub(self, s: str, decode: bool) -> str:
         s = _PH_CHARS.sub("\ufffd", s)
@@ -354,9 +376,9 @@ class Scrubber:
     def _host_port(self, m: re.Match[str], p: _Parked) -> str:
         host, port = m[1], m[2]
         bare = host.strip("[]")
-        if host.startswith("[") and not _is_ip(bare):
+        if host.startswith("[") and not is_ip(bare):
             return m[0]
-        if not (_is_ip(bare) or self._hostlike(host)) or not 0 < int(port) < 65536:
+        if not (is_ip(bare) or self._hostlike(host)) or not 0 < int(port) < 65536:
             return m[0]
         if "." not in host and not host.startswith("[") and int(port) < 10:
             return m[0]
@@ -368,13 +390,13 @@ class Scrubber:
     def _hostlike(self, host: str) -> bool:
         if "." in host:
             return (
-                _fqdn(host)
+                fqdn(host)
                 or host.lower() in PUBLIC_HOSTS
-                or bool(self._hosts and self._hosts.fullmatch(host))
+                or bool((known := self._hosts()) and known.fullmatch(host))
             )
         return (
             not host.isdigit()
-            and host.lower() not in _NOT_HOSTS
+            and host.lower() not in NOT_HOSTS
             and not re.fullmatch(r"[0-9A-Fa-f]+", host)
         )
 
@@ -393,12 +415,15 @@ class Scrubber:
         return _IPV4.sub(lambda m: self._ip(m, p), s)
 
     def _ip(self, m: re.Match[str], p: _Parked) -> str:
-        if not _is_ip(m[1]):
+        if not is_ip(m[1]):
             return m[0]
         return p.park(self._address(m[1], m[2] or ""))
 
     def _ports(self, s: str, p: _Parked) -> str:
-        return _PORT.sub(lambda m: m[1] + p.park(self._port(m[2])), s)
+        s = _PORT.sub(lambda m: m[1] + p.park(self._port(m[2])), s)
+        return _BARE_PORT.sub(
+            lambda m: m[1] + p.park(self._port(m[2])) if 1024 <= int(m[2]) < 65536 else m[0], s
+        )
 
     def _serials(self, s: str, p: _Parked) -> str:
         return _SERIAL.sub(
@@ -406,9 +431,9 @@ class Scrubber:
         )
 
     def _hostnames(self, s: str, p: _Parked) -> str:
-        if self._hosts:
-            s = self._hosts.sub(lambda m: p.park(self._host(m[0], strict=False)), s)
-        return _FQDN.sub(lambda m: p.park(self._host(m[1], strict=True)), s)
+        if known := self._hosts():
+            s = known.sub(lambda m: p.park(self._host(m[0], strict=False)), s)
+        return FQDN.sub(lambda m: p.park(self._host(m[1], strict=True)), s)
 
     _randoms = _hiding(shapes.randoms)
 
@@ -466,13 +491,15 @@ class Scrubber:
         """A host's stand-in; ``strict`` (a bare word, not a URL's or ``host:port``'s host)
         also lets through what does not look like a host name after all."""
         low = host.lower().rstrip(".")
-        if _is_ip(host.strip("[]")):
+        if is_ip(host.strip("[]")):
             return self._address(host.strip("[]"), "")
-        if low in _LOOPBACK or low in PUBLIC_HOSTS or host in self.known.keep:
+        if low in LOOPBACK or low in PUBLIC_HOSTS or host in self.known.keep:
             return host
-        if strict and not (_fqdn(host) or (self._hosts and self._hosts.fullmatch(host))):
+        if strict and not (fqdn(host) or ((known := self._hosts()) and known.fullmatch(host))):
             return host
-        return self._stand("hostname", low, host, lambda n: f"host-{n}")
+        first = low.partition(".")[0]  # a known machine's FQDN: the machine's stand-in
+        key = first if first != low and first in self._host_names else low
+        return self._stand("hostname", key, host, lambda n: f"host-{n}")
 
     def _path(self, path: str) -> str:
         if path not in self._paths_seen:
@@ -507,21 +534,6 @@ def _number(numbers: dict[str, int], key: str) -> int:
 
 def _usable_user(name: str) -> bool:
     return len(name) >= 3 and name != "root"
-
-
-def _is_ip(s: str) -> bool:
-    try:
-        ipaddress.ip_address(s.split("%")[0])
-    except ValueError:
-        return False
-    return True
-
-
-def _fqdn(word: str) -> bool:
-    labels = word.lower().rstrip(".").split(".")
-    if len(labels) < 2 or not labels[-1].isalpha():
-        return False
-    return (len(labels) >= 3 and labels[-1] in TLDS) or labels[-1] in PRIVATE_TLDS
 
 
 def _plural(noun: str, n: int) -> str:
