@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from concurrent.futures import wait
+from pathlib import Path
 import threading
 import time
 from typing import Any
@@ -213,3 +214,16 @@ def test_a_failing_build_is_logged_once_and_the_ticks_go_on() -> None:
     assert len(lines) == 1
     assert "Qwen/Qwen3-0.6B" in lines[0] and "RuntimeError: planner bug" in lines[0]
     assert t.now["chat"]["roofline_fraction"] is None
+
+
+def test_a_model_too_small_to_cost_a_flop_has_no_roofline_rather_than_a_failed_tick(
+    tmp_path: Path,
+) -> None:
+    """A tiny GGUF model (the tests' llama.cpp engine) rounds to 0 FLOPs per token: the tick
+    classifies it without a roofline instead of failing for every deployment."""
+    from tests.tinygguf import write_tiny_llama
+
+    model = write_tiny_llama(tmp_path / "tiny.gguf", seed=3)
+    d = {"model": str(model), "engine": "llamacpp", "gpus": [0], "roofline_args": {}}
+    got = deployment_roofline(d, {0: "NVIDIA GeForce RTX 3090"}, 1, 0.0)
+    assert got is None or (got.prefill_tps >= 0 and got.decode_tps >= 0)

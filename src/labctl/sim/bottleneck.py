@@ -142,11 +142,14 @@ def classify(s: Signals) -> dict[str, Any]:
 
 
 def roofline(perf: PerfModel, batch: float, kv_tokens: float, time_scale: float = 1.0) -> Roofline:
-    """The twin's limits for ``batch`` running sequences holding ``kv_tokens`` in the cache."""
+    """The twin's limits for ``batch`` running sequences holding ``kv_tokens`` in the cache
+    (zero, meaning none known, for a model whose weights or FLOPs round to nothing)."""
     seqs = max(1.0, batch)
     read = (perf.dense_bytes + perf.expert_bytes * perf.experts_touched(int(seqs))
             + perf.full_kv_bytes_per_token * kv_tokens
             + perf.state_bytes_per_sequence * seqs)  # fmt: skip
+    if read <= 0 or perf.flops_per_token <= 0:  # a toy model: no limit the twin can name
+        return Roofline(0.0, 0.0)
     decode = seqs / (read / perf.bandwidth)
     prefill = perf.peak_flops * MFU / perf.flops_per_token
     scale = time_scale if time_scale > 0 else 1.0
