@@ -43,7 +43,8 @@ def test_an_engine_container_runs_is_found_by_label_and_stops_to_nothing(tmp_pat
         assert (found.name, found.deployment, found.revision, found.running) == (name, "chat", 7,
                                                                                  True)  # fmt: skip
         assert found.image.endswith("labctl-test-llama:rt")
-        pids = runtime.host_pids(name)
+        cid, pids = runtime.host_pids(name)
+        assert cid == found.id
         assert any("llama-server" in Path(f"/proc/{p}/cmdline").read_bytes().decode(errors="replace")
                    for p in pids)  # fmt: skip
         runtime.stop(name, grace=5)

@@ -37,6 +37,11 @@ BAD: list[tuple[str, str, str]] = [
     ('[lab]\nallowed_hosts = ["https://gpu-box"]\n', "lab.allowed_hosts[0]", "'https://gpu-box'"),
     ("[lab]\napi_commands = 1\n", "lab.api_commands", "= 1"),
     ('[lab]\ncolour = "blue"\n', "lab.colour", "colour"),
+    ('[lab]\ncontainer_run_flags = "--ulimit"\n', "lab.container_run_flags", "'--ulimit'"),
+    ("[lab]\ncontainer_global_flags = [1]\n", "lab.container_global_flags", "[1]"),
+    (VLLM + 'runtime = "lxc"\nimage = "vllm/vllm-openai:v0.11.0"\n', "deployments.chat.runtime",
+     "'lxc'"),
+    (VLLM + 'runtime = "podman"\n', "deployments.chat.runtime", "'podman'"),
     ('lab = "x"\n', "lab", "'x'"),
     ("[[dashboard]]\n", "dashboard", "[{}]"),
     # gateway.* and gateway.keys[*].*
@@ -233,3 +238,15 @@ def test_disk_read_rate_is_checked_and_kept(tmp_path: Path) -> None:
             load_config(path, check_host=False)
     path.write_text("[lab]\ndisk_read_mbps = 2000\n")
     assert load_config(path, check_host=False).disk_read_mbps == 2000.0
+
+
+def test_container_settings_are_kept(tmp_path: Path) -> None:
+    path = tmp_path / "lab.toml"
+    path.write_text('[lab]\ncontainer_global_flags = ["--runtime", "runc"]\n'
+                    'container_run_flags = ["--ulimit", "nofile=16384:16384"]\n' + VLLM
+                    + 'runtime = "podman"\nimage = "vllm/vllm-openai:v0.11.0"\n')  # fmt: skip
+    config = load_config(path, check_host=True)  # the image holds vllm: PATH is not asked
+    assert config.containers == (("--runtime", "runc"), ("--ulimit", "nofile=16384:16384"))
+    (spec,) = config.deployments
+    assert (spec.runtime, spec.image) == ("podman", "vllm/vllm-openai:v0.11.0")
+    assert DeploymentSpec.from_dict("chat", spec.to_dict()) == spec  # journaled and restored

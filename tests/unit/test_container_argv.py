@@ -34,7 +34,7 @@ def test_podman_gets_gpus_by_cdi_and_the_flags_where_they_go() -> None:
 
 def test_docker_gets_gpus_by_uuid_and_a_planned_shm() -> None:
     out = argv("docker", gpu_uuids=["GPU-a", "GPU-b"], shm_bytes=2**30, stop_grace=12.4)
-    assert out[out.index("--gpus") + 1] == "device=GPU-a,GPU-b"
+    assert out[out.index("--gpus") + 1] == '"device=GPU-a,GPU-b"'  # docker reads it as CSV
     assert f"--shm-size={2**30}b" in out and "--ipc=host" not in out
     assert "--stop-timeout=12" in out and "labctl.revision=2" in out
 

@@ -87,3 +87,20 @@ def test_check_restore_refuses_rolling_back_to_a_command_lab_toml_no_longer_name
         check_restore(SIM, COMMAND, LAB, [])
     assert err.value.status == 403 and "rolling back" in str(err.value)
     check_restore(SIM, dataclasses.replace(SIM, args={"max_model_len": 2048}), LAB, [])
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        ({"runtime": "podman", "image": "evil/vllm:latest"}, "changing image"),
+        ({"image": "evil/vllm:latest"}, "changing image"),
+    ],
+)
+def test_requested_spec_refuses_a_container_image_the_file_did_not_name(
+    change: dict[str, Any], named: str
+) -> None:
+    """An image is code the lab would run: only lab.toml (or lab.api_commands) may pick one."""
+    assert named in refused(VLLM, {"set": change})
+    if "runtime" in change:  # (on the host, the lab would look for vllm on PATH first)
+        allowed = dataclasses.replace(LAB, api_commands=True)
+        assert requested_spec(VLLM, {"set": change}, allowed, []).image == "evil/vllm:latest"

@@ -72,7 +72,7 @@ def test_the_embedded_default_is_one_twin_on_a_simulated_3090() -> None:
         ('[lab]\ngpu_backend = "rocm"\n', "lab.gpu_backend = 'rocm': use one of auto, nvml, sim"),
         (
             '[lab]\ncolour = "blue"\n',
-            "lab.colour is not a setting; use one of allowed_hosts, api_commands, disk_read_mbps, gpu_backend, listen, sim_gpus",
+            "lab.colour is not a setting; use one of allowed_hosts, api_commands, container_global_flags, container_run_flags, disk_read_mbps, gpu_backend, listen, sim_gpus",
         ),
         ("[routes]\n", "[routes] is not a section"),
         (
@@ -484,13 +484,23 @@ def test_the_example_documents_every_key_and_loads() -> None:
     config = load_config(EXAMPLE, check_host=False)
     assert {d.engine for d in config.deployments} == set(ENGINES)  # every engine shown
     text = EXAMPLE.read_text()
-    skip = {"name", "deployments", "source", "gateway", "dashboard", "models", "gpu_names"}
+    skip = {
+        "name",
+        "deployments",
+        "source",
+        "gateway",
+        "dashboard",
+        "models",
+        "gpu_names",
+        "containers",
+    }  # containers: lab.container_global_flags and container_run_flags
     for f in [*fields(DeploymentSpec), *fields(DashboardConfig), *fields(GatewayConfig),
               *fields(LabConfig), *fields(ModelsConfig)]:  # fmt: skip
         if f.name not in skip:
             assert f"\n{f.name} =" in text or f"\n# {f.name} =" in text, f.name
-    for key in ("rate_per_minute", "models"):
+    for key in ("rate_per_minute", "models", "container_global_flags", "container_run_flags"):
         assert f"{key} =" in text
+    assert config.containers[0] == ("--runtime", "runc", "--cgroup-manager", "cgroupfs")
 
 
 def test_flags_refuse_what_no_engine_cli_can_take() -> None:

@@ -246,10 +246,14 @@ def ps(url: str, as_json: bool) -> None:
         emit_json(doc)
         return
     out = console()
-    out.print(f"{'DEPLOYMENT':<14}{'REV':>4}  {'PID':>8}  {'ROLE':<8}GPU MEMORY")
+    boxed = any(p.get("container") for p in doc["processes"])
+    extra = "  CONTAINER ID (IMAGE)" if boxed else ""
+    out.print(f"{'DEPLOYMENT':<14}{'REV':>4}  {'PID':>8}  {'ROLE':<10}{'GPU MEMORY':>10}{extra}")
     for p in doc["processes"]:
-        out.print(f"{p['deployment']:<14}{p['revision'] or '-':>4}  {p['pid']:>8}  {p['role']:<8}"
-                  f"{p['gpu_memory_bytes'] / 2**30:.2f} GiB")  # fmt: skip
+        box = (f"  {p['container']} {(p.get('container_id') or '')[:12]} ({p['image']})"
+               if p.get("container") else "")  # fmt: skip
+        out.print(f"{p['deployment']:<14}{p['revision'] or '-':>4}  {p['pid']:>8}  {p['role']:<10}"
+                  f"{p['gpu_memory_bytes'] / 2**30:>6.2f} GiB{box}")  # fmt: skip
 
 
 def _value(text: str) -> Any:

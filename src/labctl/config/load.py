@@ -180,6 +180,8 @@ def check_host(spec: DeploymentSpec, at: str) -> None:
             f"{at}.model = {_show(model)}: no such file or directory; give an existing model "
             "directory or file, or a Hugging Face id such as Qwen/Qwen3-8B"
         )
+    if spec.runtime:
+        return  # its executable is the image's; the runtime and the image are checked at start
     if spec.engine == "openvla" and (spec.binary or _OPENVLA_SCRIPT).endswith(".py"):
         script = spec.binary or _OPENVLA_SCRIPT
         if not _path(script).is_file():
@@ -303,7 +305,7 @@ def _lab(
     models: ModelsConfig,
 ) -> LabConfig:
     known = {"listen", "gpu_backend", "sim_gpus", "allowed_hosts", "api_commands",
-             "disk_read_mbps"}  # fmt: skip
+             "disk_read_mbps", "container_global_flags", "container_run_flags"}  # fmt: skip
     for key in doc:
         if key not in known:
             raise ConfigError(
@@ -359,11 +361,23 @@ def _lab(
             f"lab.disk_read_mbps = {_show(rate)}: give the disk's read rate in MB/s, "
             "1 to 1000000 (e.g. 2000 for an NVMe drive, 150 for a hard disk)"
         )
+    flags = {}
+    for key in ("container_global_flags", "container_run_flags"):
+        value = doc.get(key, [])
+        if (
+            not isinstance(value, list)
+            or len(value) > 64
+            or not all(isinstance(f, str) and f.isprintable() and 0 < len(f) <= 1024 for f in value)
+        ):
+            raise ConfigError(f"lab.{key} = {_show(value)}: give a list of the container "
+                              'runtime\'s flags, e.g. ["--runtime", "runc"]')  # fmt: skip
+        flags[key] = tuple(value)
     return LabConfig(
         listen=listen, gpu_backend=backend, sim_gpus=sim_gpus, deployments=specs, source=source,
         gateway=gateway, dashboard=dashboard, allowed_hosts=tuple(allowed),
         api_commands=api_commands, disk_read_mbps=float(rate) if rate is not None else None,
-        models=models,
+        models=models, containers=(flags["container_global_flags"],
+                                   flags["container_run_flags"]),
     )  # fmt: skip
 
 

@@ -20,6 +20,7 @@ from labctl.config.values import (
     FAMILIES,
     MAX_GPUS,
     MAX_KEYS,
+    RUNTIMES,
     SLEEP_ENGINES,
     WEEK,
     _check_placeholders,
@@ -92,6 +93,9 @@ class DeploymentSpec:
     #: The container image ``labctl export kubernetes`` runs it in (None: the engine's
     #: official image; ``command`` and ``openvla`` deployments have none and need one).
     image: str | None = None
+    #: Run the engine in ``image`` through this container runtime (``podman`` or ``docker``)
+    #: instead of as a host process (None: on the host).
+    runtime: str | None = None
     #: ``gpus`` as lab.toml gives them where any is named by UUID or PCI bus id (empty: all
     #: are indices); the lab resolves them at start and at each deploy, and journals these.
     gpu_names: tuple[int | str, ...] = ()
@@ -224,6 +228,13 @@ class DeploymentSpec:
                 f"{at}.image = {_show(image)}: an image reference has no spaces; give e.g. "
                 "ghcr.io/me/server:1.0"
             )
+        runtime = doc.get("runtime")
+        if runtime is not None and runtime not in RUNTIMES:
+            raise ConfigError(f"{at}.runtime = {_show(runtime)}: use one of {', '.join(RUNTIMES)}, "
+                              "or leave it out to run the engine on the host")  # fmt: skip
+        if runtime is not None and image is None:
+            raise ConfigError(f"{at}.runtime = {_show(runtime)} needs {at}.image, pinned by tag or "
+                              "digest, e.g. vllm/vllm-openai:v0.11.0")  # fmt: skip
         floor = doc.get("rtfx_floor")
         if floor is not None and (
             isinstance(floor, bool) or not isinstance(floor, (int, float))
@@ -252,7 +263,7 @@ class DeploymentSpec:
             max_concurrency=limit, queue_size=queue, serves=_serves(doc, at, engine),
             rtfx_floor=None if floor is None else float(floor),
             control_hz=None if hz is None else float(hz), sleep=_sleep(doc, at, engine),
-            image=image,
+            image=image, runtime=runtime,
         )  # fmt: skip
 
 
@@ -330,6 +341,8 @@ class LabConfig:
     #: The model disk's read rate in MB/s, for engines' startup timeouts until a start has
     #: measured one (None: 250 MB/s).
     disk_read_mbps: float | None = None
+    #: Flags for the container runtime: before its subcommand, and after ``run``.
+    containers: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())
     models: ModelsConfig = ModelsConfig()
 
     def deployment(self, name: str) -> DeploymentSpec:

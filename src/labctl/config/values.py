@@ -21,6 +21,8 @@ from labctl.errors import ConfigError
 
 ENGINES = ("vllm", "llamacpp", "whispercpp", "openvla", "sim", "command")
 #: The engines with a sleep mode (a deployment's ``sleep``); their adapters say ``sleeps``.
+#: Container runtimes a deployment may run its engine through (``runtime``).
+RUNTIMES = ("podman", "docker")
 SLEEP_ENGINES = ("vllm", "sim")
 #: The API families a ``command`` engine may say it serves (``serves``); the engines layer
 #: routes each by its registry.

@@ -98,11 +98,16 @@ class AdminApi:
         for name, revision, e, role in engines:
             if e is None:
                 continue
-            for st in [None, *e.process.track()]:
-                pid = e.process.pid if st is None else st.pid
-                rows.append({"deployment": name, "revision": revision, "pid": pid,
-                             "role": role if st is None else "worker",
-                             "gpu_memory_bytes": memory.get(pid or -1, 0)})  # fmt: skip
+            box = e.container or {}
+            listed = [(e.process.pid, role), *((st.pid, "worker") for st in e.process.track())]
+            if box:  # its processes under their host pids (children of the runtime's monitor)
+                listed += [(p, "container") for p in e.process.alive_members()
+                           if p not in {q for q, _ in listed}]  # fmt: skip
+            rows += [{"deployment": name, "revision": revision, "pid": pid, "role": kind,
+                      "gpu_memory_bytes": memory.get(pid or -1, 0),
+                      "container": box.get("name"), "container_id": box.get("id"),
+                      "image": box.get("image")}
+                     for pid, kind in listed]  # fmt: skip
         return web.json_response({"processes": rows})
 
     async def history(self, request: web.Request) -> web.Response:

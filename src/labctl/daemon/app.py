@@ -101,7 +101,7 @@ class Daemon:
             engine_key=lambda name, rev: derive(self.token, f"labctl engine {name} r{rev}"),
             read_gpus=lambda: self.sampler.fresh(0.0),  # a reading taken after the call
             read_rate=(config.disk_read_mbps or 0) * 1e6 or None, models=config.models,
-            doctor=self.doctor.refusal,
+            doctor=self.doctor.refusal, containers=config.containers,
         )  # fmt: skip
         for spec in config.deployments:
             self.controller.add(spec)

@@ -80,6 +80,7 @@ class Controller:
         read_rate: float | None = None,
         models: ModelsConfig | None = None,
         doctor: Callable[[DeploymentSpec], Awaitable[str]] | None = None,
+        containers: tuple[tuple[str, ...], tuple[str, ...]] = ((), ()),
     ) -> None:
         self.journal = journal
         self.home = home
@@ -97,11 +98,11 @@ class Controller:
         self.closing = False
         #: Told when a serving engine exits unasked (the supervisor restarts it).
         self.on_exit: Callable[[Deployment, EngineOwner], None] = lambda d, owner: None
-        self.planner = Planner(backend, self.owned_pids, read_gpus, doctor)
+        self.planner = Planner(backend, self.owned_pids, read_gpus, doctor, containers)
         #: Starting, probing and stopping engine processes.
         self.engines = Engines(journal, self.planner, home, host, clock, release_timeout,
                                engine_key, self.observations, self._progress,
-                               read_rate)  # fmt: skip
+                               read_rate, containers)  # fmt: skip
         #: Revisions kept asleep and woken (warm swaps; ``deploy/sleep.py``).
         self.sleep = Sleeper(journal, self.engines, self.planner, self.deployments, clock)
         #: A deploy's model files: whole in the hub cache, or pulled (``deploy/modelfiles.py``).

@@ -27,6 +27,7 @@ from typing import Any
 import aiohttp
 
 from labctl.config import DeploymentSpec
+from labctl.deploy import containers
 from labctl.deploy.journal import Journal
 from labctl.deploy.loadpath import WEIGHTS_BEGIN, weights_seconds
 from labctl.deploy.preflight import Planner
@@ -63,6 +64,8 @@ class Engine:
     weights_from: float | None = None
     #: Its start against the prediction (``deploy/loadpath.py``): phases, dominant, bound.
     load_path: dict[str, Any] = field(default_factory=dict)
+    #: In a container: its name, image and runtime (None: a host process).
+    container: dict[str, Any] | None = None
 
     def headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.key}"} if self.key else {}
@@ -81,8 +84,11 @@ class Engines:
         observations: list[tuple[str, dict[str, Any]]] | None = None,
         progress: Callable[[str, dict[str, Any]], None] = lambda name, doc: None,
         read_rate: float | None = None,
+        containers: tuple[tuple[str, ...], tuple[str, ...]] = ((), ()),
     ) -> None:
         self.journal = journal
+        #: The container runtime's flags on this machine (``[lab] container_*_flags``).
+        self.containers = containers
         self.planner = planner
         self.home = home
         self.host = host
@@ -131,12 +137,18 @@ class Engines:
         port = spec.port or free_port(self.host)
         settings = spec.to_dict() | {"recommended_args": list(recommended)}
         kind = adapter(spec.engine)
-        launch = kind.launch(settings, self.host, port, spec.gpus)
-        env = dict(os.environ) | launch.env | dict(spec.env) | {"LABCTL_HOME": str(self.home)}
-        env |= {ENGINE_MARK: str(self.home), "LABCTL_DEPLOYMENT": spec.name}
+        inside = "0.0.0.0" if spec.runtime else self.host  # in a container: its own interfaces
+        launch = kind.launch(settings, inside, port, spec.gpus)
+        own = launch.env | dict(spec.env)
         key = self.key_for(spec, revision)
         if key is not None and kind.key_env:
-            env[kind.key_env] = key
+            own[kind.key_env] = key
+        argv, box = launch.argv, None
+        if spec.runtime:
+            box = await self._box(spec, revision, launch.argv, own, port)
+            argv, own = box.argv, box.env
+        env = dict(os.environ) | own | {"LABCTL_HOME": str(self.home)}
+        env |= {ENGINE_MARK: str(self.home), "LABCTL_DEPLOYMENT": spec.name}
         phases: dict[str, float] = {}
         tail: list[str] = []
         mark = [self.clock()]
@@ -170,15 +182,18 @@ class Engines:
                 })  # fmt: skip
 
         log = self.home / "logs" / f"{spec.name}-r{revision}.log"
-        process = EngineProcess(launch.argv, log, env=env, on_line=on_line, clock=self.clock)
+        process = EngineProcess(argv, log, env=env, on_line=on_line, clock=self.clock)
         await process.start()
         on_spawn(process)
         mark[0] = process.started_at
         url = f"http://{self.host}:{port}"
         engine = Engine(revision, spec, process, url, phases, tuple(recommended), need_bytes, key,
                         weight_bytes)  # fmt: skip
+        if box is not None:
+            engine.container = {"name": box.name, "image": box.image, "runtime": box.runtime}
         try:
             await self._wait_ready(engine, launch.health, launch.served_model, tail)
+            await self.container_pids(engine)
             await self._confirm_gpus(engine)
             if last is not None:  # it answers as soon as it logs that: let the tail catch up
                 with contextlib.suppress(TimeoutError):
@@ -189,11 +204,42 @@ class Engines:
                 self.read_rate = self.last_rate = weight_bytes / took
         except BaseException:
             with contextlib.suppress(EngineError):
+                await self._stop_box(engine)
                 await process.stop(grace=spec.stop_grace)
             # what comes next (a rollback) needs its memory back first
             await self.await_release(spec.name, spec.gpus, set(process.members), self.clock())
             raise
         return engine
+
+    async def _box(
+        self, spec: DeploymentSpec, revision: int, argv: list[str], env: dict[str, str], port: int
+    ) -> containers.Boxed:
+        """The engine's command run in its image (a container of the same name left by a
+        daemon that died goes first)."""
+        real = self.planner.backend.name != "sim"  # simulated GPUs: none to give it
+        box = containers.wrap(spec, revision, argv, env, lab=self.home, port=port, host=self.host,
+                              gpu_uuids=self.planner.uuids(spec.gpus) if real else (),
+                              flags=self.containers)  # fmt: skip
+        await box.runtime.astop(box.name, 1)
+        return box
+
+    async def container_pids(self, engine: Engine) -> None:
+        """Remember a container engine's processes under their host pids (its runtime's client
+        is not their parent): its release is waited for as any engine's tree's."""
+        if engine.container is not None:
+            cid, pids = await asyncio.to_thread(engine.container["runtime"].host_pids,
+                                                engine.container["name"])  # fmt: skip
+            engine.container["id"] = cid or engine.container.get("id")
+            for pid, start in pids.items():
+                engine.process.members.setdefault(pid, start)
+
+    async def _stop_box(self, engine: Engine) -> None:
+        """A container engine's container stopped through its runtime (SIGTERM, SIGKILL after
+        the stop grace) and removed; nothing for a host process."""
+        if engine.container is not None:
+            await self.container_pids(engine)
+            await engine.container["runtime"].astop(engine.container["name"],
+                                                    engine.spec.stop_grace)  # fmt: skip
 
     async def _confirm_gpus(self, engine: Engine) -> None:
         """The GPU identity check of a ready engine: no process of its tree holds memory on a
@@ -326,10 +372,12 @@ class Engines:
         if deploy_id is not None:
             noted = {"why": why} if why else {}
             with self.journal.step(deploy_id, "stop", **noted, **identity(engine.process)) as step:
+                await self._stop_box(engine)
                 report = await engine.process.stop(grace=engine.spec.stop_grace)
                 step.detail |= {"graceful": report.graceful, "exit_code": report.exit_code,
                                 "orphans_killed": list(report.orphans_killed)}  # fmt: skip
         else:
+            await self._stop_box(engine)
             report = await engine.process.stop(grace=engine.spec.stop_grace)
         pids |= set(engine.process.members)
         exited = self.clock()

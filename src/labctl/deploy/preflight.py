@@ -14,11 +14,13 @@ import asyncio
 from collections.abc import Awaitable, Callable, Sequence, Set
 
 from labctl.config import DeploymentSpec
+from labctl.deploy.containers import runtime_for
 from labctl.engines import Estimate, adapter
 from labctl.errors import ConfigError, DeployError, LabError
 from labctl.gpu.identity import resolve, uuids
 from labctl.gpu.procs import cmdline, read_stat
 from labctl.gpu.sample import DeviceSample, GpuBackend, GpuReading
+from labctl.runtime.container import image_cuda
 from labctl.units import GiB
 
 #: Seconds the planner may take for one preflight before the deploy is refused.
@@ -38,8 +40,11 @@ class Planner:
         owned: Callable[[], dict[int, str]],
         read: Callable[[], Awaitable[GpuReading]] | None = None,
         doctor: Callable[[DeploymentSpec], Awaitable[str]] | None = None,
+        containers: tuple[tuple[str, ...], tuple[str, ...]] = ((), ()),
     ) -> None:
         self.backend = backend
+        #: The container runtime's flags on this machine (``[lab] container_*_flags``).
+        self.containers = containers
         #: The processes the lab runs (pid → deployment): the rest are named when in the way.
         self.owned = owned
         #: A fresh reading of the GPUs, off the event loop: the daemon's sampler, which is the
@@ -81,6 +86,35 @@ class Planner:
         why = await self.doctor(spec) if self.doctor is not None else ""
         if why:
             raise DeployError(f"{spec.name}: {why}")
+        await self.check_image(spec)
+
+    async def check_image(self, spec: DeploymentSpec) -> None:
+        """Refuse a container deployment whose image is not here, or needs a newer CUDA than
+        the driver runs (``NVIDIA_REQUIRE_CUDA``, else ``CUDA_VERSION``, against NVML's
+        ``nvmlSystemGetCudaDriverVersion``): it would fail at its start, after the old
+        revision had stopped.
+
+        Raises:
+            DeployError: naming the image's CUDA and the driver's, and the fix.
+        """
+        if not spec.runtime or spec.image is None:
+            return
+        try:
+            env = await asyncio.to_thread(runtime_for(spec, self.containers).image_env, spec.image)
+        except LabError as exc:
+            raise DeployError(f"{spec.name}: {exc}") from None
+        need, have = image_cuda(env), (await self.read()).cuda_driver_version
+        if need is None or have is None:
+            return  # the image names no CUDA, or the GPUs are simulated (no driver to ask)
+        driver = (have // 1000, have % 1000 // 10)
+        if need[0] > driver:
+            want, runs = "{}.{}".format(*need[0]), "{}.{}".format(*driver)
+            raise DeployError(
+                f"{spec.name}: image {spec.image} needs CUDA {want} ({need[1]}), but the "
+                f"driver runs CUDA {runs} at most (nvmlSystemGetCudaDriverVersion = {have}); "
+                f"upgrade the NVIDIA driver to one for CUDA {want}, or use a tag of the image "
+                f"built for CUDA {runs} or older"
+            )
 
     def need(self, spec: DeploymentSpec, reading: GpuReading) -> Need:
         """Bytes the revision takes on each GPU, from the planner where it can say.

@@ -6,20 +6,25 @@ is recorded when it is switched in. And the processes themselves: the runtime ma
 every engine it starts (``ENGINE_MARK`` in its environment, which its workers
 inherit), so an engine spawned the instant before its daemon was killed, or a
 worker that outlived its engine, is found even where no row names it. A pid is
-acted on only with its start time, so a reused pid is never mistaken for the lab's.
+acted on only with its start time, so a reused pid is never mistaken for the lab's. A
+container engine's container is found by its labels: one no adopted engine runs in is
+stopped and removed.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from pathlib import Path
 
+from labctl.deploy.containers import runtime_for
 from labctl.deploy.controller import Controller
 from labctl.deploy.engines import Engine
 from labctl.deploy.journal import Journal
 from labctl.engines import adapter
 from labctl.errors import LabError
 from labctl.gpu.procs import marked, read_stat
+from labctl.runtime.container import Runtime, container_name
 from labctl.runtime.process import ENGINE_MARK, EngineProcess
 
 
@@ -53,6 +58,26 @@ async def stop_leftovers(
     return done
 
 
+async def stop_containers(controller: Controller, home: Path) -> list[str]:
+    """Stop and remove the lab's containers (found by their ``labctl.lab`` label) that no
+    adopted engine runs in: those whose runtime's client died with the daemon, or before."""
+    adopted = {d.engine.container["name"] for d in controller.deployments.values()
+               if d.engine is not None and d.engine.container}  # fmt: skip
+    done = []
+    for kind in sorted({d.spec.runtime for d in controller.deployments.values() if d.spec.runtime}):
+        runtime = Runtime(kind, *controller.engines.containers)
+        try:
+            found = await asyncio.to_thread(runtime.containers, str(home))
+        except LabError as exc:
+            done.append(f"could not list {kind} containers: {exc}")
+            continue
+        for c in found:
+            if c.name not in adopted:
+                await runtime.astop(c.name, 5.0)
+                done.append(f"removed container {c.name} ({c.image}), left by an earlier daemon")
+    return done
+
+
 async def reconcile(controller: Controller, home: Path, wanted: set[str]) -> list[str]:
     """Make the journal and the running processes agree after a start; returns what was done.
 
@@ -61,6 +86,7 @@ async def reconcile(controller: Controller, home: Path, wanted: set[str]) -> lis
     interrupted); every other process of the lab's is stopped, its whole tree.
     """
     journal = controller.journal
+    flags = controller.engines.containers
     done: list[str] = []
     serving: dict[str, int] = {}
     for cur in journal.current():
@@ -88,6 +114,10 @@ async def reconcile(controller: Controller, home: Path, wanted: set[str]) -> lis
             journal.clear_current(cur.deployment)
             continue  # its engine, if alive, is stopped with the other leftovers below
         found.process.track()
+        if (adopted := found.spec).runtime:  # in a container: it, and its processes' host pids
+            found.container = {"name": container_name(adopted.name, cur.revision),
+                               "image": adopted.image, "runtime": runtime_for(adopted, flags)}  # fmt: skip
+            await controller.engines.container_pids(found)
         controller.adopt(found.spec, found)
         serving[cur.deployment] = cur.revision
         rec = journal.begin(cur.deployment, "reconcile", cur.revision, cur.revision)
@@ -112,6 +142,7 @@ async def reconcile(controller: Controller, home: Path, wanted: set[str]) -> lis
             done.append(f"closed deploy {pending['id']} of {name} as interrupted")
     for line in await stop_leftovers(stray, home):
         done.append(f"{line}, left running by an earlier daemon")
+    done += await stop_containers(controller, home)
     if done:
         rec = journal.begin("*", "reconcile", None, 0)
         with journal.step(rec, "cleanup", actions=list(done)):

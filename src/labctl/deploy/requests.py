@@ -23,7 +23,7 @@ from labctl.config import DeploymentSpec, LabConfig, check_host, check_lab
 from labctl.errors import ConfigError, DeployError
 
 #: Settings that only lab.toml may change (unless it sets ``lab.api_commands``).
-COMMAND_SETTINGS = ("binary", "command")
+COMMAND_SETTINGS = ("binary", "command", "image", "runtime")
 #: Engine flags the API may change, by engine: capacity and performance only. Flags that load
 #: code or touch files (vLLM's --trust-remote-code, --config, --middleware, tool-parser
 #: plugins, --allowed-local-media-path; llama-server's --log-file, --path, --slot-save-path)

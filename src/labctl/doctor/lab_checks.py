@@ -163,10 +163,13 @@ def engines(ctx: Context) -> list[Finding]:
     specs = [
         s
         for s in lab.deployments
-        if s.engine != "sim" and not (s.engine == "command" and "{" in executable(s)[0])
+        if s.engine != "sim"
+        and not s.runtime  # in a container: the image holds it
+        and not (s.engine == "command" and "{" in executable(s)[0])
     ]
     if not specs:
-        raise Skip("no deployment runs an external engine (the twin is built in)")
+        raise Skip("no deployment runs an external engine on the host (the twin is built in, "
+                   "a container's is in its image)")  # fmt: skip
     return [_engine(ctx, spec) for spec in specs]
 
 

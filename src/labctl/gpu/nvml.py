@@ -87,6 +87,8 @@ class NvmlBackend:
                 nvml.nvmlDeviceGetHandleByIndex(i) for i in range(nvml.nvmlDeviceGetCount())
             ]
             self._driver = self._opt(nvml.nvmlSystemGetDriverVersion)
+            cuda = getattr(nvml, "nvmlSystemGetCudaDriverVersion_v2", None)
+            self._cuda = self._opt(cuda or nvml.nvmlSystemGetCudaDriverVersion)
         except nvml.NVMLError as exc:
             self.close()
             raise GpuUnavailable(f"NVML could not list the GPUs ({exc})") from exc
@@ -258,7 +260,8 @@ class NvmlBackend:
             devices = tuple(self._device(i, h) for i, h in enumerate(self._handles))
         except self._nvml.NVMLError as exc:
             raise GpuError(f"NVML read failed: {exc}") from exc
-        return GpuReading(self.name, devices, _text(self._driver) if self._driver else None)
+        return GpuReading(self.name, devices, _text(self._driver) if self._driver else None,
+                          int(self._cuda) if isinstance(self._cuda, int) else None)  # fmt: skip
 
     def close(self) -> None:
         if not self._open:

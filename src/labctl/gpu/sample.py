@@ -96,6 +96,8 @@ class GpuReading:
     backend: str
     devices: tuple[DeviceSample, ...]
     driver_version: str | None = None
+    #: The newest CUDA the driver runs, as NVML encodes it (12040: 12.4); None: not known.
+    cuda_driver_version: int | None = None
 
 
 class GpuBackend(Protocol):

@@ -31,11 +31,11 @@ from pathlib import Path
 import re
 import shutil
 
+from labctl.config.values import RUNTIMES
 from labctl.errors import EngineError
 from labctl.gpu.procs import read_stat, tree
 from labctl.runtime.command import CommandResult, run_command
 
-RUNTIMES = ("podman", "docker")
 #: Labels that say whose a container is.
 LAB, DEPLOYMENT, REVISION = "labctl.lab", "labctl.deployment", "labctl.revision"
 #: Seconds a runtime query (ps, inspect) may take; a stop adds the container's own grace.
@@ -119,7 +119,7 @@ class Runtime:
         *,
         name: str,
         labels: Mapping[str, str],
-        env: Mapping[str, str],
+        env: Mapping[str, str | None],
         port: int,
         host: str = "127.0.0.1",
         gpu_uuids: Sequence[str] = (),
@@ -137,13 +137,13 @@ class Runtime:
         out += [f"--stop-timeout={max(1, round(stop_grace))}", "-p", f"{host}:{port}:{port}"]
         for key, value in sorted(labels.items()):
             out += ["--label", f"{key}={value}"]
-        for key, value in sorted(env.items()):
-            out += ["--env", f"{key}={value}"]
+        for key, val in sorted(env.items()):  # None: the client's own value, not shown
+            out += ["--env", key if val is None else f"{key}={val}"]
         out += ["--ipc=host"] if shm_bytes is None else [f"--shm-size={shm_bytes}b"]
         if gpu_uuids and self.kind == "podman":
             out += [x for u in gpu_uuids for x in ("--device", f"nvidia.com/gpu={u}")]
         elif gpu_uuids:
-            out += ["--gpus", "device=" + ",".join(gpu_uuids)]
+            out += ["--gpus", '"device=' + ",".join(gpu_uuids) + '"']  # quoted: a CSV field
         for m in mounts:
             out += ["-v", f"{m.source}:{m.target}" + (":ro" if m.read_only else "")]
         return [*out, image, *argv]
@@ -198,19 +198,20 @@ class Runtime:
                                  state.startswith(("running", "up"))))  # fmt: skip
         return out
 
-    def host_pids(self, name: str) -> dict[int, float]:
-        """The container's processes under their host pids (its init and what it forked) →
-        their start times; empty when it is not running."""
+    def host_pids(self, name: str) -> tuple[str | None, dict[int, float]]:
+        """The container's id, and its processes under their host pids (its init and what it
+        forked) → their start times; (None, {}) when it is not there, no pids when it is not
+        running."""
         try:
-            res = self._run("inspect", "--format", "{{.State.Pid}}", name)
+            res = self._run("inspect", "--format", "{{.Id}} {{.State.Pid}}", name)
         except EngineError:
-            return {}
-        text = res.stdout.strip()
+            return None, {}
+        cid, _, text = res.stdout.strip().partition(" ")
         pid = int(text) if text.isdigit() else 0
         st = read_stat(pid) if pid > 0 else None
         if st is None or not st.alive:
-            return {}
-        return {pid: st.start} | {s.pid: s.start for s in tree(pid)}
+            return cid or None, {}
+        return cid or None, {pid: st.start} | {s.pid: s.start for s in tree(pid)}
 
     def stop(self, name: str, grace: float) -> None:
         """Stop the container (SIGTERM, SIGKILL after ``grace`` s), then remove it; a container
