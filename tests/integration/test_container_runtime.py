@@ -22,7 +22,7 @@ def test_an_engine_container_runs_is_found_by_label_and_stops_to_nothing(tmp_pat
     runtime = podman()
     need = {"NVIDIA_REQUIRE_CUDA": "cuda>=12.4 brand=tesla,driver>=470,driver<471"}
     image = llama_image(runtime, llama_server_binary(), "labctl-test-llama:rt", tmp_path, need)
-    assert image_cuda(runtime.image_env(image)) == ((12, 4), "NVIDIA_REQUIRE_CUDA=" + need[
+    assert image_cuda(*runtime.image_config(image)) == ((12, 4), "NVIDIA_REQUIRE_CUDA=" + need[
         "NVIDIA_REQUIRE_CUDA"])  # fmt: skip
     (tmp_path / "m").mkdir()
     model = write_tiny_llama(tmp_path / "m" / "tiny.gguf", seed=3)
@@ -60,4 +60,4 @@ def test_an_engine_container_runs_is_found_by_label_and_stops_to_nothing(tmp_pat
 def test_an_image_that_is_not_here_is_named_with_the_pull_to_run() -> None:
     runtime = podman()
     with pytest.raises(EngineError, match=r"not available here.*podman pull localhost/nope:1"):
-        runtime.image_env("localhost/nope:1")
+        runtime.image_config("localhost/nope:1")

@@ -10,6 +10,7 @@ import json
 import os
 from pathlib import Path
 import signal
+import time
 from typing import Any
 
 import pytest
@@ -72,16 +73,26 @@ def test_a_container_engine_swaps_with_a_host_process_and_back_under_load(
     assert (box["name"], box["image"]) == ("labctl-small-r1", image) and len(box["id"]) == 64
     assert f"labctl-small-r1 {box['id'][:12]} ({image})" in table
     assert all(r["container_id"] == box["id"] for r in rows)
+    server = next(p for p in boxed if b"llama-server" in Path(f"/proc/{p}/cmdline").read_bytes())
+    os.kill(server, signal.SIGKILL)  # the engine dies inside its container: restarted
+    wait_for(lambda: d.deployment("small")["restarts"] == 1, 30, "the restart")
+    again = d.wait_state("small", "ready", timeout=60)
+    assert again["container"]["id"] != box["id"] and ours(lab.home) == ["labctl-small-r1"]
+    assert complete(d, "small")["choices"]
+    boxed = [r["pid"] for r in d.api("GET", "/api/ps")["processes"] if r["role"] == "container"]
     out = tmp_path / "bench.json"
     bench = lab.start("bench", "--base-url", d.url, "--model", "small", "--request-rate", "10",
                       "--num-prompts", "2000", "--input-len", "8", "--output-len", "8",
                       "--json-out", str(out))  # fmt: skip
     wait_for(lambda: 'code="200",model="small"' in get(d.url + "/metrics"), 30, "the load")
+    time.sleep(1)  # requests run on the container, then through each swap
     host = deploy(d, {"runtime": None, "image": None, "binary": llama_server_binary()})
     assert ours(lab.home) == [] and not any(alive(p) for p in boxed)
     assert bench.poll() is None and complete(d, "small")["choices"]
+    time.sleep(1)
     back = deploy(d, {"runtime": "podman", "image": image, "binary": None})
     assert ours(lab.home) == [f"labctl-small-r{back['to_revision']}"]
+    time.sleep(1)
     assert bench.poll() is None, "both swaps ran under load"
     bench.send_signal(signal.SIGINT)
     assert bench.wait(60) == 130

@@ -42,6 +42,12 @@ BAD: list[tuple[str, str, str]] = [
     (VLLM + 'runtime = "lxc"\nimage = "vllm/vllm-openai:v0.11.0"\n', "deployments.chat.runtime",
      "'lxc'"),
     (VLLM + 'runtime = "podman"\n', "deployments.chat.runtime", "'podman'"),
+    (VLLM + 'runtime = "docker"\nimage = "vllm/vllm-openai"\n', "deployments.chat.image",
+     "'vllm/vllm-openai'"),
+    (VLLM + 'runtime = "docker"\nimage = "vllm/vllm-openai:latest"\n', "deployments.chat.image",
+     "'vllm/vllm-openai:latest'"),
+    (VLLM + 'runtime = "docker"\nimage = "localhost:5000/vllm"\n', "deployments.chat.image",
+     "'localhost:5000/vllm'"),
     ('lab = "x"\n', "lab", "'x'"),
     ("[[dashboard]]\n", "dashboard", "[{}]"),
     # gateway.* and gateway.keys[*].*
@@ -250,3 +256,6 @@ def test_container_settings_are_kept(tmp_path: Path) -> None:
     (spec,) = config.deployments
     assert (spec.runtime, spec.image) == ("podman", "vllm/vllm-openai:v0.11.0")
     assert DeploymentSpec.from_dict("chat", spec.to_dict()) == spec  # journaled and restored
+    for pinned in ("localhost:5000/vllm:v1", "vllm/vllm-openai@sha256:" + "a" * 64):
+        doc = spec.to_dict() | {"image": pinned}
+        assert DeploymentSpec.from_dict("chat", doc).image == pinned

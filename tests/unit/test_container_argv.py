@@ -49,7 +49,10 @@ def test_an_unknown_runtime_is_refused_naming_the_known() -> None:
     (["CUDA_VERSION=12.4.1"], (12, 4)),
     (["NVIDIA_REQUIRE_CUDA=cuda>=12.8", "NVIDIA_DISABLE_REQUIRE=true"], None),
     (["PATH=/bin"], None),
+    (["PATH=/bin", "LABEL:com.nvidia.cuda.version=12.6.2"], (12, 6)),
+    (["CUDA_VERSION=12.4.1", "LABEL:com.nvidia.cuda.version=12.6.2"], (12, 4)),
 ])  # fmt: skip
 def test_image_cuda_reads_what_the_image_requires(env: list[str], need: object) -> None:
-    got = image_cuda(env)
+    labels = {e[6:].partition("=")[0]: e.partition("=")[2] for e in env if e.startswith("LABEL:")}
+    got = image_cuda([e for e in env if not e.startswith("LABEL:")], labels)
     assert (got[0] if got else None) == need

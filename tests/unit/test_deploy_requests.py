@@ -92,8 +92,8 @@ def test_check_restore_refuses_rolling_back_to_a_command_lab_toml_no_longer_name
 @pytest.mark.parametrize(
     ("change", "named"),
     [
-        ({"runtime": "podman", "image": "evil/vllm:latest"}, "changing image"),
-        ({"image": "evil/vllm:latest"}, "changing image"),
+        ({"runtime": "podman", "image": "evil/vllm:v1"}, "changing image"),
+        ({"image": "evil/vllm:v1"}, "changing image"),
     ],
 )
 def test_requested_spec_refuses_a_container_image_the_file_did_not_name(
@@ -103,4 +103,4 @@ def test_requested_spec_refuses_a_container_image_the_file_did_not_name(
     assert named in refused(VLLM, {"set": change})
     if "runtime" in change:  # (on the host, the lab would look for vllm on PATH first)
         allowed = dataclasses.replace(LAB, api_commands=True)
-        assert requested_spec(VLLM, {"set": change}, allowed, []).image == "evil/vllm:latest"
+        assert requested_spec(VLLM, {"set": change}, allowed, []).image == "evil/vllm:v1"

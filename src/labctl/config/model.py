@@ -235,6 +235,14 @@ class DeploymentSpec:
         if runtime is not None and image is None:
             raise ConfigError(f"{at}.runtime = {_show(runtime)} needs {at}.image, pinned by tag or "
                               "digest, e.g. vllm/vllm-openai:v0.11.0")  # fmt: skip
+        tag = (image or "").rpartition("/")[2].partition("@")[0].rpartition(":")[2]
+        if (
+            runtime is not None
+            and "@sha256:" not in (image or "")
+            and (":" not in (image or "").rpartition("/")[2] or tag == "latest")
+        ):
+            raise ConfigError(f"{at}.image = {_show(image)}: pin it by tag or digest (a moving tag "
+                              "changes what a rollback runs), e.g. vllm/vllm-openai:v0.11.0")  # fmt: skip
         floor = doc.get("rtfx_floor")
         if floor is not None and (
             isinstance(floor, bool) or not isinstance(floor, (int, float))

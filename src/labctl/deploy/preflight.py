@@ -90,7 +90,8 @@ class Planner:
 
     async def check_image(self, spec: DeploymentSpec) -> None:
         """Refuse a container deployment whose image is not here, or needs a newer CUDA than
-        the driver runs (``NVIDIA_REQUIRE_CUDA``, else ``CUDA_VERSION``, against NVML's
+        the driver runs (``NVIDIA_REQUIRE_CUDA``, else ``CUDA_VERSION`` or a CUDA version
+        label, against NVML's
         ``nvmlSystemGetCudaDriverVersion``): it would fail at its start, after the old
         revision had stopped.
 
@@ -100,10 +101,11 @@ class Planner:
         if not spec.runtime or spec.image is None:
             return
         try:
-            env = await asyncio.to_thread(runtime_for(spec, self.containers).image_env, spec.image)
+            config = await asyncio.to_thread(runtime_for(spec, self.containers).image_config,
+                                             spec.image)  # fmt: skip
         except LabError as exc:
             raise DeployError(f"{spec.name}: {exc}") from None
-        need, have = image_cuda(env), (await self.read()).cuda_driver_version
+        need, have = image_cuda(*config), (await self.read()).cuda_driver_version
         if need is None or have is None:
             return  # the image names no CUDA, or the GPUs are simulated (no driver to ask)
         driver = (have // 1000, have % 1000 // 10)

@@ -252,7 +252,8 @@ def image_cuda_too_new(ctx: Context) -> list[Finding]:
     for doc in inspected if isinstance(inspected, list) else []:
         image_id = str(doc.get("Id", "")).removeprefix("sha256:")
         name = next((n for i, n in images.items() if image_id.startswith(i)), image_id[:12])
-        need = image_cuda((doc.get("Config") or {}).get("Env") or [])
+        config = doc.get("Config") or {}
+        need = image_cuda(config.get("Env") or [], config.get("Labels") or {})
         if need is None or need[0] <= have:
             fine.append(name)
             continue

@@ -48,10 +48,13 @@ def container_name(deployment: str, revision: int) -> str:
     return f"labctl-{deployment}-r{revision}"
 
 
-def image_cuda(env: Sequence[str]) -> tuple[tuple[int, int], str] | None:
-    """The CUDA an image needs, and the variable that says so: ``NVIDIA_REQUIRE_CUDA`` (what
-    the NVIDIA container runtime checks), else ``CUDA_VERSION``; None when it names none or
-    turns the check off (``NVIDIA_DISABLE_REQUIRE``)."""
+def image_cuda(
+    env: Sequence[str], labels: Mapping[str, str] | None = None
+) -> tuple[tuple[int, int], str] | None:
+    """The CUDA an image needs, and what says so: ``NVIDIA_REQUIRE_CUDA`` (what the NVIDIA
+    container runtime checks), else ``CUDA_VERSION``, else a label naming its CUDA version
+    (``com.nvidia.cuda.version``, …); None when none does, or the image turns the check off
+    (``NVIDIA_DISABLE_REQUIRE``)."""
     values = dict(e.partition("=")[::2] for e in env if isinstance(e, str))
     if values.get("NVIDIA_DISABLE_REQUIRE", "").lower() in ("1", "true", "yes"):
         return None
@@ -59,6 +62,10 @@ def image_cuda(env: Sequence[str]) -> tuple[tuple[int, int], str] | None:
         m = pattern.search(values.get(key, ""))
         if m:
             return (int(m.group(1)), int(m.group(2))), f"{key}={values[key]}"[:120]
+    for key, value in sorted((labels or {}).items()):
+        m = _VERSION.search(str(value))
+        if key.lower().replace("_", ".").endswith("cuda.version") and m:
+            return (int(m.group(1)), int(m.group(2))), f"label {key}={value}"[:120]
     return None
 
 
@@ -161,19 +168,25 @@ class Runtime:
             raise EngineError(f"`{self.kind} {' '.join(args[:3])}` failed: {why[:300]}")
         return res
 
-    def image_env(self, image: str) -> list[str]:
-        """The image's environment (``KEY=value``), as its configuration sets it.
+    def image_config(self, image: str) -> tuple[list[str], dict[str, str]]:
+        """The image's environment (``KEY=value``) and labels, as its configuration sets them.
 
         Raises:
             EngineError: the image is not here (the runtime does not pull it for you).
         """
         try:
-            res = self._run("image", "inspect", "--format", "{{json .Config.Env}}", image)
+            res = self._run("image", "inspect", "--format", "{{json .Config}}", image)
         except EngineError as exc:
             raise EngineError(f"image {image} is not available here ({exc}); pull it first: "
                               f"`{self.kind} pull {image}`") from None  # fmt: skip
-        env = json.loads(res.stdout.strip() or "null")
-        return [str(e) for e in env] if isinstance(env, list) else []
+        try:
+            config = json.loads(res.stdout.strip() or "null")
+        except ValueError:
+            config = None
+        config = config if isinstance(config, dict) else {}
+        env, labels = config.get("Env") or [], config.get("Labels") or {}
+        return ([str(e) for e in env] if isinstance(env, list) else [],
+                {str(k): str(v) for k, v in labels.items()} if isinstance(labels, dict) else {})  # fmt: skip
 
     def containers(self, lab: str) -> list[Container]:
         """Every container (running or not) labelled as ``lab``'s."""
