@@ -47,6 +47,7 @@ import weakref
 
 from labctl.config import DeploymentSpec, ModelsConfig
 from labctl.deploy import loadpath
+from labctl.deploy import rollback as rollbacks
 from labctl.deploy.deployment import DeployCancelled, Deployment, Hooks, NoHooks
 from labctl.deploy.engines import RELEASE_TIMEOUT_S, Engine, Engines, identity
 from labctl.deploy.journal import Journal, Step
@@ -415,7 +416,8 @@ class Controller:
                 outcome = "interrupted"
                 self._leave(d, old)
             else:
-                outcome = "rolled_back" if await self._roll_back(d, old, deploy_id) else "failed"
+                back = await rollbacks.roll_back(self, d, old, deploy_id)
+                outcome = "rolled_back" if back else "failed"
         self.journal.finish(deploy_id, outcome, error)
         self.observations.append(("deploy", {"outcome": outcome, "seconds": self.clock() - begun,
                                              "swap": "warm" if d.warm else "cold"}))  # fmt: skip
@@ -526,38 +528,6 @@ class Controller:
             old.undrain()
             self._current(d, old)
 
-    async def _roll_back(self, d: Deployment, old: EngineOwner | None, deploy_id: int) -> bool:
-        """Bring the old revision back after a failed deploy; True if it serves again."""
-        woken = None
-        if old is not None and old.state == State.SLEEPING:  # this deploy put it to sleep
-            woken = await self.sleep.wake_back(d, old, deploy_id)
-        if old is not None and woken is not None:
-            self.journal.set_current(d.name, old.revision, woken.process.pid,
-                                     woken.process.start_time, woken.url)  # fmt: skip
-            self._current(d, old)
-            return True
-        if old is not None and old.engine is not None:
-            old.undrain()  # never stopped: it kept serving
-            self._current(d, old)
-            return True
-        last = old.last_engine if old is not None else None
-        if old is None or last is None:
-            return False
-        back = self._owner(d, old.revision)
-        spec = last.spec
-        need = Need(last.need_bytes, "", last.recommended, None, last.weight_bytes)
-        try:
-            engine = await back.start(
-                lambda: self._bring_up(spec, back.revision, need, deploy_id, "rollback")
-            )
-        except Exception:
-            self._current(d, back)  # failed too
-            return False
-        self.journal.set_current(d.name, back.revision, engine.process.pid,
-                                 engine.process.start_time, engine.url)  # fmt: skip
-        self._current(d, back)
-        return True
-
     def _spawned(self, step: Step) -> Callable[[EngineProcess], None]:
         """Journal a new engine's pid at once, so a daemon killed now can find it later."""
 
@@ -575,25 +545,5 @@ class Controller:
         check: Callable[[DeploymentSpec, DeploymentSpec], Awaitable[None]] | None = None,
         wait: bool = True,
     ) -> dict[str, Any]:
-        """Deploy the revision before the one serving (a new deploy of an old revision).
-
-        ``check(current, earlier)`` may refuse it (raising), as it would refuse the same
-        change asked for directly. Without ``wait``, returns its ticket at once.
-
-        Raises:
-            DeployError: unknown deployment, or no earlier revision.
-        """
-        d = self.deployments.get(name)
-        if d is None or d.revision is None:
-            raise DeployError(f"{name!r} is not serving a revision; see `labctl status`")
-        earlier = [r for r in self.journal.history(name, limit=200)
-                   if r["outcome"] == "committed" and r["to_revision"] != d.revision]  # fmt: skip
-        if not earlier:
-            raise DeployError(f"{name} has no earlier committed revision to roll back to")
-        target = int(earlier[0]["to_revision"])
-        spec = self.revisions.restore(name, target)
-        if check is not None:
-            await check(d.spec, spec)
-        if not wait:
-            return {"deployment": name, "ticket": self.submit(spec, "rollback", target)}
-        return await self.deploy(spec, kind="rollback", revision=target)
+        """Deploy the revision before the one serving (``deploy/rollback.py``)."""
+        return await rollbacks.rollback(self, name, check, wait)
