@@ -77,7 +77,7 @@ test: lint typecheck $(STAMP) system-deps
 	@bin=$$(PYTHON=$(BIN)/python scripts/build-llama-server.sh) && \
 		wbin=$$(PYTHON=$(BIN)/python scripts/build-whisper-server.sh) && \
 		LABCTL_LLAMA_SERVER=$$bin LABCTL_WHISPER_SERVER=$$wbin \
-		$(BIN)/pytest tests/unit tests/integration -m "not gpu"
+		$(BIN)/pytest tests/unit tests/integration -m "not gpu" --durations=15
 
 bench-fit: $(STAMP)
 	$(BIN)/python benchmarks/fit_accuracy.py
