@@ -21,7 +21,11 @@ concurrency 64 and 512, adds ≤ 5 ms to the median TTFT at 64 and ≤ 1 ms at 1
 and, where LiteLLM is installed, sustains ≥ 10× its chunks/s at 64 and 512.
 LiteLLM is optional: without it, its rows are left out.
 
-    python benchmarks/gateway_overhead.py [--litellm PATH] [--json]
+With ``--repeat N`` every level and target runs N times, interleaved, and the summary takes
+each figure's median (with the rounds' spread): one run's CPU per chunk swings by tens of
+percent on a shared VM.
+
+    python benchmarks/gateway_overhead.py [--litellm PATH] [--repeat N] [--json]
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ import math
 import os
 from pathlib import Path
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -127,7 +132,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--litellm", default=str(Path(".venv-litellm/bin/litellm")))
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--repeat", type=int, default=1, metavar="N",
+                        help="rounds of every level and target, interleaved; the summary "
+                             "takes each figure's median over them (on a shared VM one run's "
+                             "CPU per chunk swings by tens of percent)")  # fmt: skip
     args = parser.parse_args()
+    if args.repeat < 1:
+        parser.error("--repeat: give 1 or more rounds")
     litellm = args.litellm if Path(args.litellm).exists() else shutil.which("litellm")
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -159,7 +170,7 @@ def main() -> None:
                 )  # fmt: skip
                 wait_http(f"http://127.0.0.1:{lport}/health/liveliness", limit=300)
                 targets.append(("litellm", f"http://127.0.0.1:{lport}", "chat", proxy.pid))
-            for c in LEVELS:
+            for rnd, c in ((r, c) for r in range(args.repeat) for c in LEVELS):
                 for name, url, model, pid in targets:
                     idle = idle_rate(pid) if name == "labctl" else 0.0
                     # the daemon alone (its engine is the twin, counted apart); others' trees
@@ -175,7 +186,8 @@ def main() -> None:
                         gateway_cpu / chunks * 1e6 if name == "labctl" and chunks else None
                     )
                     row = {
-                        "target": name, "concurrency": c, "completed": doc["completed"],
+                        "target": name, "concurrency": c, "round": rnd,
+                        "completed": doc["completed"],
                         "failed": doc["failed"], "median_ttft_ms": doc["median_ttft_ms"],
                         "p99_ttft_ms": doc["p99_ttft_ms"], "requests_per_s": doc["request_throughput"],
                         "chunks_per_s": doc["chunk_throughput"], "client_cpu_s": client_cpu,
@@ -186,7 +198,8 @@ def main() -> None:
                     rows.append(row)
                     if not args.json:
                         print(
-                            f"c={c:<4} {name:<8} TTFT median {row['median_ttft_ms']:7.2f} ms p99 "
+                            (f"#{rnd + 1} " if args.repeat > 1 else "")
+                            + f"c={c:<4} {name:<8} TTFT median {row['median_ttft_ms']:7.2f} ms p99 "
                             f"{row['p99_ttft_ms']:8.2f} ms | {row['requests_per_s']:8.1f} req/s "
                             f"{row['chunks_per_s']:9,.0f} chunks/s | CPU s: client "
                             f"{client_cpu:5.1f} proxy {row['proxy_cpu_s']:5.1f} twin "
@@ -206,20 +219,24 @@ def main() -> None:
             daemon.terminate()
             daemon.wait(60)
 
-    def get(name: str, c: int) -> dict[str, Any]:
-        return next(r for r in rows if r["target"] == name and r["concurrency"] == c)
+    def rounds(name: str, c: int) -> list[dict[str, Any]]:
+        return [r for r in rows if r["target"] == name and r["concurrency"] == c]
 
-    def added(c: int) -> float:
-        return float(get("labctl", c)["median_ttft_ms"] - get("direct", c)["median_ttft_ms"])
+    def added(c: int) -> float:  # each round's labctl against the same round's direct run
+        return float(statistics.median(
+            a["median_ttft_ms"] - b["median_ttft_ms"]
+            for a, b in zip(rounds("labctl", c), rounds("direct", c), strict=True)))  # fmt: skip
 
     # a run that relayed no chunk has no figure: it fails the target rather than pass it
-    per_chunk = {c: float(get("labctl", c)["gateway_us_per_chunk"] or math.inf)
-                 for c in LEVELS if c > 1}  # fmt: skip
+    each = {c: [float(r["gateway_us_per_chunk"] or math.inf) for r in rounds("labctl", c)]
+            for c in LEVELS if c > 1}  # fmt: skip
+    per_chunk = {c: float(statistics.median(v)) for c, v in each.items()}
     ratios: dict[int, float] = {}
     if litellm is not None:
         for c in per_chunk:
-            ratios[c] = get("labctl", c)["chunks_per_s"] / max(
-                get("litellm", c)["chunks_per_s"], 1e-9
+            ratios[c] = statistics.median(
+                a["chunks_per_s"] / max(b["chunks_per_s"], 1e-9)
+                for a, b in zip(rounds("labctl", c), rounds("litellm", c), strict=True)
             )
     met = (
         added(1) <= TTFT_TARGET_MS
@@ -228,7 +245,8 @@ def main() -> None:
         and all(r >= RATIO_TARGET for r in ratios.values())
     )
     summary = {"added_median_ttft_ms_c1": added(1), "added_median_ttft_ms_c64": added(64),
-               "gateway_us_per_chunk": per_chunk, "chunks_ratio_vs_litellm": ratios,
+               "gateway_us_per_chunk": per_chunk, "gateway_us_per_chunk_rounds": each,
+               "rounds": args.repeat, "chunks_ratio_vs_litellm": ratios,
                "litellm": litellm is not None, "met": met, "cpu_count": os.cpu_count()}  # fmt: skip
     if args.json:
         print(json.dumps({"rows": rows, "summary": summary}, indent=2))
@@ -239,9 +257,16 @@ def main() -> None:
             if ratios
             else "LiteLLM not installed: left out"
         )  # fmt: skip
+
+        def spread(c: int) -> str:
+            return f" (rounds {min(each[c]):.1f}–{max(each[c]):.1f})" if args.repeat > 1 else ""
+
+        rounds_said = f", median of {args.repeat} rounds" if args.repeat > 1 else ""
         print(
-            "\nlabctl's gateway: "
-            + ", ".join(f"{us:.1f} µs CPU per chunk at {c}" for c, us in per_chunk.items())
+            f"\nlabctl's gateway{rounds_said}: "
+            + ", ".join(
+                f"{us:.1f} µs CPU per chunk at {c}{spread(c)}" for c, us in per_chunk.items()
+            )
             + f" (target ≤ {CPU_TARGET_US:g} µs); adds {added(64):.2f} ms to the median TTFT at "
             f"64 (target ≤ {TTFT64_TARGET_MS:g} ms) and {added(1):.2f} ms at 1 (target ≤ "
             f"{TTFT_TARGET_MS:g} ms); {vs}: {'targets met' if met else 'NOT met'}; "
