@@ -30,9 +30,9 @@ plan: $(STAMP)
 # Debian packages the integration tests drive for real: Prometheus and promtool, Chromium
 # for the dashboard's browser tests (driven by Playwright from .venv), systemd for
 # `systemd-analyze verify` on the exported unit, and Podman (with runc, catatonit for
-# `--init`, netavark for published ports, fuse-overlayfs for storage) for engines in
+# `--init`, netavark and iptables for published ports, fuse-overlayfs for storage) for engines in
 # containers. Installed once (as root, or through sudo); nothing happens when they are present.
-SYSTEM_PACKAGES := prometheus chromium systemd podman runc catatonit netavark fuse-overlayfs
+SYSTEM_PACKAGES := prometheus chromium systemd podman runc catatonit netavark iptables fuse-overlayfs
 system-deps:
 	@command -v prometheus >/dev/null && command -v promtool >/dev/null && \
 		command -v chromium >/dev/null && command -v systemd-analyze >/dev/null && \
