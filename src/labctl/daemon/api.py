@@ -98,11 +98,11 @@ class AdminApi:
         for name, revision, e, role in engines:
             if e is None:
                 continue
-            box = e.container or {}
+            box = e.container.shown() if e.container else {}
             listed = [(e.process.pid, role), *((st.pid, "worker") for st in e.process.track())]
             if box:  # its processes under their host pids (children of the runtime's monitor)
-                listed += [(p, "container") for p in e.process.alive_members()
-                           if p not in {q for q, _ in listed}]  # fmt: skip
+                seen = {q for q, _ in listed}
+                listed += [(p, "container") for p in e.process.alive_members() if p not in seen]
             rows += [{"deployment": name, "revision": revision, "pid": pid, "role": kind,
                       "gpu_memory_bytes": memory.get(pid or -1, 0),
                       "container": box.get("name"), "container_id": box.get("id"),

@@ -35,21 +35,43 @@ from labctl.runtime.container import (
 _HOST_ONLY = ("CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER")
 
 
+Flags = tuple[tuple[str, ...], tuple[str, ...]]
+
+
+def runtime_for(spec: DeploymentSpec, flags: Flags) -> Runtime:
+    assert spec.runtime is not None
+    return Runtime(spec.runtime, *flags)
+
+
+@dataclass
+class InContainer:
+    """Where a container engine runs: its container's name, image and runtime, and the
+    container's id once the runtime has said it."""
+
+    name: str
+    image: str
+    runtime: Runtime
+    id: str | None = None
+
+    @classmethod
+    def of(cls, spec: DeploymentSpec, revision: int, flags: Flags) -> InContainer:
+        """The container revision ``revision`` of ``spec`` runs in (started or adopted)."""
+        assert spec.image is not None
+        return cls(container_name(spec.name, revision), spec.image, runtime_for(spec, flags))
+
+    def shown(self) -> dict[str, str | None]:
+        """What ``labctl ps``, ``/api/status`` and the dashboard show of it."""
+        return {"name": self.name, "id": self.id, "image": self.image}
+
+
 @dataclass(frozen=True)
 class Boxed:
-    """An engine's command wrapped in its container: what to run and what to say of it."""
+    """An engine's command wrapped in its container: what to run, and where it runs."""
 
     argv: list[str]
     #: Variables the client passes in by name (their values, for the client's environment).
     env: dict[str, str]
-    name: str
-    image: str
-    runtime: Runtime
-
-
-def runtime_for(spec: DeploymentSpec, flags: tuple[tuple[str, ...], tuple[str, ...]]) -> Runtime:
-    assert spec.runtime is not None
-    return Runtime(spec.runtime, *flags)
+    where: InContainer
 
 
 def mounts(spec: DeploymentSpec, env: Mapping[str, str]) -> list[Mount]:
@@ -76,17 +98,15 @@ def wrap(
     port: int,
     host: str,
     gpu_uuids: Sequence[str],
-    flags: tuple[tuple[str, ...], tuple[str, ...]],
+    flags: Flags,
 ) -> Boxed:
     """``argv`` (built for ``0.0.0.0:port``) with ``env`` (the adapter's, the deployment's and
     the engine's key) run in ``spec.image``."""
-    assert spec.image is not None
-    runtime = runtime_for(spec, flags)
+    where = InContainer.of(spec, revision, flags)
     inner = {k: v for k, v in env.items() if k not in _HOST_ONLY}
-    name = container_name(spec.name, revision)
     labels = {LAB: str(lab), DEPLOYMENT: spec.name, REVISION: str(revision)}
-    boxed = runtime.run_argv(
-        spec.image, argv, name=name, labels=labels, env=dict.fromkeys(inner), port=port,
+    boxed = where.runtime.run_argv(
+        where.image, argv, name=where.name, labels=labels, env=dict.fromkeys(inner), port=port,
         host=host, gpu_uuids=gpu_uuids, mounts=mounts(spec, inner), stop_grace=spec.stop_grace,
     )  # fmt: skip
-    return Boxed(boxed, inner, name, spec.image, runtime)
+    return Boxed(boxed, inner, where)

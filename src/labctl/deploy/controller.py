@@ -48,6 +48,7 @@ import weakref
 from labctl.config import DeploymentSpec, ModelsConfig
 from labctl.deploy import loadpath
 from labctl.deploy import rollback as rollbacks
+from labctl.deploy.containers import Flags
 from labctl.deploy.deployment import DeployCancelled, Deployment, Hooks, NoHooks
 from labctl.deploy.engines import RELEASE_TIMEOUT_S, Engine, Engines, identity
 from labctl.deploy.journal import Journal, Step
@@ -81,7 +82,7 @@ class Controller:
         read_rate: float | None = None,
         models: ModelsConfig | None = None,
         doctor: Callable[[DeploymentSpec], Awaitable[str]] | None = None,
-        containers: tuple[tuple[str, ...], tuple[str, ...]] = ((), ()),
+        containers: Flags = ((), ()),
     ) -> None:
         self.journal = journal
         self.home = home

@@ -88,8 +88,7 @@ class Deployment:
             "served_model": self.spec.served, "engine": self.spec.engine,
             "revision": self.revision, "gpus": list(self.spec.gpus),
             "url": e.url if e else None, "pid": e.process.pid if e else None,
-            "container": {k: e.container.get(k) for k in ("name", "id", "image")}
-            if e and e.container else None,
+            "container": e.container.shown() if e and e.container else None,
             "error": self.error, "restarts": self.restarts,
             "startup_phases": dict(e.phases) if e else {},
             "load_path": e.load_path or None if e else None,

@@ -64,8 +64,8 @@ class Engine:
     weights_from: float | None = None
     #: Its start against the prediction (``deploy/loadpath.py``): phases, dominant, bound.
     load_path: dict[str, Any] = field(default_factory=dict)
-    #: In a container: its name, image and runtime (None: a host process).
-    container: dict[str, Any] | None = None
+    #: In a container: which, its image and runtime (None: a host process).
+    container: containers.InContainer | None = None
 
     def headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.key}"} if self.key else {}
@@ -84,7 +84,7 @@ class Engines:
         observations: list[tuple[str, dict[str, Any]]] | None = None,
         progress: Callable[[str, dict[str, Any]], None] = lambda name, doc: None,
         read_rate: float | None = None,
-        containers: tuple[tuple[str, ...], tuple[str, ...]] = ((), ()),
+        containers: containers.Flags = ((), ()),
     ) -> None:
         self.journal = journal
         #: The container runtime's flags on this machine (``[lab] container_*_flags``).
@@ -190,7 +190,7 @@ class Engines:
         engine = Engine(revision, spec, process, url, phases, tuple(recommended), need_bytes, key,
                         weight_bytes)  # fmt: skip
         if box is not None:
-            engine.container = {"name": box.name, "image": box.image, "runtime": box.runtime}
+            engine.container = box.where
         try:
             await self._wait_ready(engine, launch.health, launch.served_model, tail)
             await self.container_pids(engine)
@@ -220,26 +220,24 @@ class Engines:
         box = containers.wrap(spec, revision, argv, env, lab=self.home, port=port, host=self.host,
                               gpu_uuids=self.planner.uuids(spec.gpus) if real else (),
                               flags=self.containers)  # fmt: skip
-        await box.runtime.astop(box.name, 1)
+        await asyncio.to_thread(box.where.runtime.remove, box.where.name)
         return box
 
     async def container_pids(self, engine: Engine) -> None:
         """Remember a container engine's processes under their host pids (its runtime's client
         is not their parent): its release is waited for as any engine's tree's."""
-        if engine.container is not None:
-            cid, pids = await asyncio.to_thread(engine.container["runtime"].host_pids,
-                                                engine.container["name"])  # fmt: skip
-            engine.container["id"] = cid or engine.container.get("id")
+        if (where := engine.container) is not None:
+            cid, pids = await asyncio.to_thread(where.runtime.host_pids, where.name)
+            where.id = cid or where.id
             for pid, start in pids.items():
                 engine.process.members.setdefault(pid, start)
 
     async def _stop_box(self, engine: Engine) -> None:
         """A container engine's container stopped through its runtime (SIGTERM, SIGKILL after
         the stop grace) and removed; nothing for a host process."""
-        if engine.container is not None:
+        if (where := engine.container) is not None:
             await self.container_pids(engine)
-            await engine.container["runtime"].astop(engine.container["name"],
-                                                    engine.spec.stop_grace)  # fmt: skip
+            await where.runtime.astop(where.name, engine.spec.stop_grace)
 
     async def _confirm_gpus(self, engine: Engine) -> None:
         """The GPU identity check of a ready engine: no process of its tree holds memory on a

@@ -14,7 +14,7 @@ import asyncio
 from collections.abc import Awaitable, Callable, Sequence, Set
 
 from labctl.config import DeploymentSpec
-from labctl.deploy.containers import runtime_for
+from labctl.deploy.containers import Flags, runtime_for
 from labctl.engines import Estimate, adapter
 from labctl.errors import ConfigError, DeployError, LabError
 from labctl.gpu.identity import resolve, uuids
@@ -40,7 +40,7 @@ class Planner:
         owned: Callable[[], dict[int, str]],
         read: Callable[[], Awaitable[GpuReading]] | None = None,
         doctor: Callable[[DeploymentSpec], Awaitable[str]] | None = None,
-        containers: tuple[tuple[str, ...], tuple[str, ...]] = ((), ()),
+        containers: Flags = ((), ()),
     ) -> None:
         self.backend = backend
         #: The container runtime's flags on this machine (``[lab] container_*_flags``).
@@ -105,9 +105,10 @@ class Planner:
                                              spec.image)  # fmt: skip
         except LabError as exc:
             raise DeployError(f"{spec.name}: {exc}") from None
-        need, have = image_cuda(*config), (await self.read()).cuda_driver_version
-        if need is None or have is None:
-            return  # the image names no CUDA, or the GPUs are simulated (no driver to ask)
+        if (need := image_cuda(*config)) is None:
+            return  # the image names no CUDA: no GPU reading needed
+        if (have := (await self.read()).cuda_driver_version) is None:
+            return  # simulated GPUs: no driver to ask
         driver = (have // 1000, have % 1000 // 10)
         if need[0] > driver:
             want, runs = "{}.{}".format(*need[0]), "{}.{}".format(*driver)

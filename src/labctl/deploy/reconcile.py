@@ -17,14 +17,14 @@ import asyncio
 import contextlib
 from pathlib import Path
 
-from labctl.deploy.containers import runtime_for
+from labctl.deploy.containers import InContainer
 from labctl.deploy.controller import Controller
 from labctl.deploy.engines import Engine
 from labctl.deploy.journal import Journal
 from labctl.engines import adapter
 from labctl.errors import LabError
 from labctl.gpu.procs import marked, read_stat
-from labctl.runtime.container import Runtime, container_name
+from labctl.runtime.container import Runtime
 from labctl.runtime.process import ENGINE_MARK, EngineProcess
 
 
@@ -61,8 +61,8 @@ async def stop_leftovers(
 async def stop_containers(controller: Controller, home: Path) -> list[str]:
     """Stop and remove the lab's containers (found by their ``labctl.lab`` label) that no
     adopted engine runs in: those whose runtime's client died with the daemon, or before."""
-    adopted = {d.engine.container["name"] for d in controller.deployments.values()
-               if d.engine is not None and d.engine.container}  # fmt: skip
+    adopted = {d.engine.container.name for d in controller.deployments.values()
+               if d.engine is not None and d.engine.container is not None}  # fmt: skip
     done = []
     for kind in sorted({d.spec.runtime for d in controller.deployments.values() if d.spec.runtime}):
         runtime = Runtime(kind, *controller.engines.containers)
@@ -114,9 +114,8 @@ async def reconcile(controller: Controller, home: Path, wanted: set[str]) -> lis
             journal.clear_current(cur.deployment)
             continue  # its engine, if alive, is stopped with the other leftovers below
         found.process.track()
-        if (adopted := found.spec).runtime:  # in a container: it, and its processes' host pids
-            found.container = {"name": container_name(adopted.name, cur.revision),
-                               "image": adopted.image, "runtime": runtime_for(adopted, flags)}  # fmt: skip
+        if found.spec.runtime:  # in a container: it, and its processes' host pids
+            found.container = InContainer.of(found.spec, cur.revision, flags)
             await controller.engines.container_pids(found)
         controller.adopt(found.spec, found)
         serving[cur.deployment] = cur.revision

@@ -231,6 +231,10 @@ class Runtime:
         already gone is not an error."""
         seconds = max(1, round(grace))
         run_command([*self.base(), "stop", "--time", str(seconds), name], QUERY_TIMEOUT_S + seconds)
+        self.remove(name)
+
+    def remove(self, name: str) -> None:
+        """Remove the container now, killing it if it runs; one already gone is not an error."""
         run_command([*self.base(), "rm", "--force", name], QUERY_TIMEOUT_S)
 
     async def astop(self, name: str, grace: float) -> None:
