@@ -18,15 +18,20 @@ MODEL, GPU = "meta-llama/Llama-3.1-8B-Instruct", "rtx-4090"
 FIXTURE = Path(__file__).parent.parent / "fixtures" / "vllm_bench_serve.json"
 
 
-@pytest.mark.parametrize(("concurrency", "prompts"), [(1, 8), (64, 128)])
+# One request at a time, and a burst of 128 that the engine batches, chunks and queues on
+# its KV cache. (A closed loop of many clients is no check of the timing: a request sent as
+# another ends joins the next step or the one after by the client's own turnaround of a few
+# milliseconds, and a step with a prefill chunk in it takes half a second.)
+@pytest.mark.parametrize(("concurrency", "prompts"), [(1, 8), (None, 128)])
 def test_measured_ttft_and_tpot_match_the_twins_configured_timing(
-    lab: Lab, labctl: Callable[..., Run], tmp_path: Path, concurrency: int, prompts: int
+    lab: Lab, labctl: Callable[..., Run], tmp_path: Path, concurrency: int | None, prompts: int
 ) -> None:
     """The twin's timing is known: `labctl sim run` computes it offline for the same workload."""
     flags = ["--gpu", GPU, "--max-model-len", "4096"]
     twin = lab.twin("--model", MODEL, *flags, "--load-gbps", "0", "--no-gpu-ledger")
-    shape = ["--num-prompts", str(prompts), "--max-concurrency", str(concurrency),
-             "--input-len", "512", "--output-len", "32"]  # fmt: skip
+    shape = ["--num-prompts", str(prompts), "--input-len", "512", "--output-len", "32"]
+    if concurrency:
+        shape += ["--max-concurrency", str(concurrency)]
     expected = labctl("sim", "run", "--model", MODEL, *flags, *shape, "--json", check=True).json()
     out = tmp_path / "bench.json"
     labctl("bench", "--base-url", twin.url, "--model", MODEL, *shape, "--json-out", str(out),
@@ -34,8 +39,8 @@ def test_measured_ttft_and_tpot_match_the_twins_configured_timing(
     got = json.loads(out.read_text())
     assert isinstance(expected, dict)
     assert got["completed"] == prompts and got["failed"] == 0
-    assert got["median_ttft_ms"] == pytest.approx(expected["median_ttft_ms"], rel=0.05)
-    assert got["median_tpot_ms"] == pytest.approx(expected["median_tpot_ms"], rel=0.05)
+    for figure in ("median_ttft_ms", "mean_ttft_ms", "median_tpot_ms", "mean_tpot_ms"):
+        assert got[figure] == pytest.approx(expected[figure], rel=0.05), figure
     assert got["total_input_tokens"] == 512 * prompts  # the prompt lengths the server counted
     assert got["prompt_len_error_mean"] == 0.0
     assert got["client_check"]["timestamps"] == "kernel"
