@@ -11,7 +11,7 @@ SEED_MODELS := google/gemma-4-31B-it google/gemma-4-26B-A4B-it \
 DEFAULT_GPU := rtx-3090
 
 
-.PHONY: up plan test lint typecheck unit integration gpu bench-fit bench-exporter bench-twin bench-capacity bench-deploy bench-gateway bench-dashboard llama-server whisper-server system-deps clean
+.PHONY: up plan test lint typecheck unit integration gpu gpu-prepare bench-fit bench-exporter bench-twin bench-capacity bench-deploy bench-gateway bench-dashboard llama-server whisper-server system-deps clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -62,6 +62,15 @@ integration: $(STAMP) system-deps
 # The GPU tier needs an NVIDIA GPU; it is not part of `make test`.
 gpu: $(STAMP)
 	$(BIN)/pytest -m gpu tests/gpu
+
+# For a GPU machine that has PyTorch but no network: the wheels it lacks (the runtime
+# dependencies that machine does not hold, at this .venv's versions) into .gpu/, with the
+# script that runs the tier there (`bash .gpu/gpu-tier.sh run`, .gpu/ carried along).
+GPU_EXTRA := json-numpy uvloop soundfile cffi pycparser
+SHARED ?= $(or $(LABCTL_SHARED),../shared)
+gpu-prepare: $(STAMP)
+	@PYTHON=$(BIN)/python $(SHARED)/tools/gpu-tier.sh prepare $$($(BIN)/python -m pip freeze | \
+		grep -i -E '^($(shell echo $(GPU_EXTRA) | tr ' ' '|'))==')
 
 # A real whisper.cpp whisper-server for the speech tests, built once per machine and cached
 # outside the repository (about 2 minutes on 2 cores the first time).

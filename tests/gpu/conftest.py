@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 import contextlib
+import json
 import os
 from pathlib import Path
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 
@@ -34,15 +36,20 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def running_lab(config: Path, home: Path, port: int) -> Iterator[tuple[str, dict[str, str]]]:
     """``labctl up --config CONFIG`` on ``port`` with ``home`` as ``$LABCTL_HOME``, once its
     deployments are ready: yields its URL and the environment to run ``labctl`` with; stops
-    it (Ctrl-C) after."""
+    it (Ctrl-C) after. A lab that does not get ready fails the test with what it said, its
+    deployments' states and errors, and the doctor's failures (a GPU machine is borrowed for
+    minutes: one run must say why)."""
     url, env = f"http://127.0.0.1:{port}", dict(os.environ, LABCTL_HOME=str(home))
     daemon = subprocess.Popen(
         [sys.executable, "-m", "labctl", "up", "--config", str(config), "--listen", f"127.0.0.1:{port}"],
-        env=env, stdout=subprocess.PIPE, text=True,
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
+    said: list[str] = []
+    reader = threading.Thread(target=lambda: said.extend(daemon.stdout or ()), daemon=True)
+    reader.start()  # drained as it comes: a full pipe would stall the lab
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and daemon.poll() is None:
             try:
                 with urllib.request.urlopen(url + "/readyz", timeout=2) as r:
                     if r.status == 200:
@@ -50,8 +57,38 @@ def running_lab(config: Path, home: Path, port: int) -> Iterator[tuple[str, dict
             except OSError:
                 time.sleep(0.5)
         else:
-            pytest.fail("the lab's CUDA engine did not become ready")
+            pytest.fail(f"the lab's CUDA engine did not become ready\n{why_not_ready(url, env, config)}"
+                        f"\nthe lab said:\n{''.join(said[-40:])}")  # fmt: skip
         yield url, env
     finally:
         daemon.send_signal(signal.SIGINT)
         daemon.wait(60)
+
+
+def why_not_ready(url: str, env: dict[str, str], config: Path) -> str:
+    """The deployments' states and errors (``labctl status --json``) and the doctor's failures
+    (``labctl doctor --json``), as lines."""
+    lines = []
+    status = subprocess.run([sys.executable, "-m", "labctl", "status", "--url", url, "--json"],
+                            env=env, capture_output=True, text=True, timeout=30)  # fmt: skip
+    try:
+        for d in json.loads(status.stdout).get("deployments", []):
+            lines.append(f"deployment {d.get('name')}: {d.get('state')} {d.get('error') or ''}")
+    except ValueError:
+        lines.append(f"labctl status: {status.stdout[-500:]}{status.stderr[-500:]}")
+    lines.extend(doctor_failures(env, config))
+    return "\n".join(lines)
+
+
+def doctor_failures(env: dict[str, str], config: Path | None = None) -> list[str]:
+    """``labctl doctor --json``'s failures as ``CODE (PLACE): MESSAGE | evidence: …`` lines."""
+    argv = [sys.executable, "-m", "labctl", "doctor", "--json"] + (
+        ["--config", str(config)] if config else []
+    )
+    out = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120)
+    try:
+        report = json.loads(out.stdout)
+    except ValueError:
+        return [f"labctl doctor: {out.stdout[-500:]}{out.stderr[-500:]}"]
+    return [f"{f['code']} ({f['place']}): {f['message']} | evidence: {f['evidence']}"
+            for f in report.get("findings", []) if f.get("severity") == "fail"]  # fmt: skip

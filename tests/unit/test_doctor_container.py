@@ -300,6 +300,19 @@ def test_container_with_gpu_nodes_or_a_simulated_lab_is_ok(host: Host) -> None:
     assert "/dev/nvidia0" in f.evidence
 
 
+def test_container_whose_gpus_nvml_reads_is_not_called_gpu_less_for_lack_of_dev_nodes(
+    host: Host, h100: Any
+) -> None:
+    """Where NVML lists GPUs, the container was given them, whatever /dev/nvidiaN shows
+    (some runtimes expose the GPUs through other nodes): no failure that refuses deploys."""
+    host.container()
+    host.file("/dev/null")
+    host.nvml = FakeNvml([h100])
+    f = run(container_no_gpus, host, lab("nvml", VLLM))
+    assert (f.code, f.severity, f.remedy) == ("container-no-gpus", "ok", "")
+    assert "NVML lists 1 GPU" in f.message and "no nvidia[0-9]* node" in f.evidence
+
+
 def test_container_no_gpus_skips_outside_a_container(host: Host) -> None:
     with pytest.raises(Skip, match="not in a container"):
         container_no_gpus(Context(host.view(), lab("nvml", VLLM)))

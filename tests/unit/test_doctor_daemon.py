@@ -68,8 +68,31 @@ def test_the_refusal_says_each_failure_and_its_remedy() -> None:
     text = refusal([fail("container-no-gpus", "container"), fail("engine-missing", "lab")])
     assert text == (
         "container-no-gpus went wrong [container-no-gpus]; fix: fix container-no-gpus; "
-        "engine-missing went wrong [engine-missing]; fix: fix engine-missing"
+        "engine-missing went wrong [engine-missing]; fix: fix engine-missing; if the doctor is "
+        "wrong about this machine, lab.doctor_ignore = ['container-no-gpus', 'engine-missing'] "
+        "in lab.toml lets deploys go ahead"
     )
+    assert refusal([]) == ""
+
+
+def test_failures_lab_toml_ignores_block_nothing_and_the_refusal_names_the_setting() -> None:
+    """A doctor wrong about a machine must not make the lab useless on it: lab.doctor_ignore
+    lets deploys go ahead past the codes it names (they are still reported)."""
+    found = [fail("container-no-gpus", "container"), fail("engine-missing", "lab: deployment chat")]
+    ignoring = LabConfig(gpu_backend="nvml", doctor_ignore=("container-no-gpus",))
+    assert codes(blocking(found, VLLM, ignoring)) == ["engine-missing"]
+    assert refusal(found[:1]).endswith(
+        "; if the doctor is wrong about this machine, lab.doctor_ignore = ['container-no-gpus'] "
+        "in lab.toml lets deploys go ahead"
+    )
+
+
+def test_lab_doctor_ignore_takes_known_check_codes_only() -> None:
+    from labctl.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"^lab.doctor_ignore\[0\] = 'no-such-check': not a "
+                                          r"check of the doctor; use one of .*container-no-gpus"):  # fmt: skip
+        LabDoctor(LabConfig(doctor_ignore=("no-such-check",)))
 
 
 def test_the_testing_hooks_point_the_doctor_at_a_fixture_host(tmp_path: Path) -> None:

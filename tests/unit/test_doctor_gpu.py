@@ -276,6 +276,7 @@ def test_doctor_fabric_manager_on_an_nvswitch_system(
         tmp_path, [dict(h100, pci={"busId": f"00000000:{i + 1:02x}:00.0"}) for i in range(8)]
     )
     (m.root / "proc/driver/nvidia-nvswitch/devices/0000:05:00.0").mkdir(parents=True)
+    (m.root / "run/systemd/system").mkdir(parents=True)  # booted with systemd
     m.exe("systemctl", f'[ "$2" = nvidia-fabricmanager ] && echo {state}; [ {state} = active ]')
     f = m.one("fabric-manager")
     assert f.severity == severity and f"nvidia-fabricmanager: {state}" in f.evidence
@@ -288,8 +289,23 @@ def test_doctor_fabric_manager_skips_without_nvswitch(tmp_path: Path, h100: dict
     m = Machine(tmp_path, [h100])
     m.pci("0000:00:07.0", None, klass="0x068000")  # an NVSwitch bridge on the bus: it applies
     m.exe("systemctl", "echo failed; exit 3")
+    (m.root / "run/systemd/system").mkdir(parents=True)
     assert m.one("fabric-manager").severity == "fail"
     assert "no NVSwitch" in Machine(tmp_path / "2", [h100]).skip("fabric-manager")
+
+
+def test_doctor_fabric_manager_where_systemd_does_not_run_is_unknown_not_a_failure(
+    tmp_path: Path, h100: dict[str, Any]
+) -> None:
+    """In a container on an NVSwitch host the fabric manager runs on the host, and systemctl
+    there answers for no system: no failure (which would refuse every deploy) on its word."""
+    m = Machine(tmp_path, [h100])
+    m.pci("0000:00:07.0", None, klass="0x068000")
+    m.exe("systemctl", "echo 'System has not been booted with systemd as init system (PID 1). "
+                       "Can'\\''t operate.' >&2; echo 'Failed to connect to bus: Host is down' >&2; exit 1")  # fmt: skip
+    f = m.one("fabric-manager")
+    assert f.severity == "warn", f
+    assert "systemd does not run here" in f.message and "/run/systemd/system" in f.evidence
 
 
 # -- row 11: kernels for the GPU's architecture ------------------------------------------------

@@ -72,7 +72,11 @@ def test_the_embedded_default_is_one_twin_on_a_simulated_3090() -> None:
         ('[lab]\ngpu_backend = "rocm"\n', "lab.gpu_backend = 'rocm': use one of auto, nvml, sim"),
         (
             '[lab]\ncolour = "blue"\n',
-            "lab.colour is not a setting; use one of allowed_hosts, api_commands, container_global_flags, container_run_flags, disk_read_mbps, gpu_backend, listen, sim_gpus",
+            "lab.colour is not a setting; use one of allowed_hosts, api_commands, container_global_flags, container_run_flags, disk_read_mbps, doctor_ignore, gpu_backend, listen, sim_gpus",
+        ),
+        (
+            '[lab]\ndoctor_ignore = "fabric-manager"\n',
+            "lab.doctor_ignore = 'fabric-manager': give a list of the doctor's check codes",
         ),
         ("[routes]\n", "[routes] is not a section"),
         (

@@ -30,6 +30,7 @@ from labctl.config.model import (
     default_config,
 )
 from labctl.config.values import (
+    _CHECK_CODE,
     _HOSTNAME,
     DEFAULT_LISTEN,
     GPU_BACKENDS,
@@ -305,7 +306,8 @@ def _lab(
     models: ModelsConfig,
 ) -> LabConfig:
     known = {"listen", "gpu_backend", "sim_gpus", "allowed_hosts", "api_commands",
-             "disk_read_mbps", "container_global_flags", "container_run_flags"}  # fmt: skip
+             "disk_read_mbps", "container_global_flags", "container_run_flags",
+             "doctor_ignore"}  # fmt: skip
     for key in doc:
         if key not in known:
             raise ConfigError(
@@ -372,12 +374,22 @@ def _lab(
             raise ConfigError(f"lab.{key} = {_show(value)}: give a list of the container "
                               'runtime\'s flags, e.g. ["--runtime", "runc"]')  # fmt: skip
         flags[key] = tuple(value)
+    ignore = doc.get("doctor_ignore", [])
+    if (
+        not isinstance(ignore, list)
+        or len(ignore) > 64
+        or not all(isinstance(c, str) and _CHECK_CODE.fullmatch(c) for c in ignore)
+    ):
+        raise ConfigError(f"lab.doctor_ignore = {_show(ignore)}: give a list of the doctor's check "
+                          'codes whose failures may not refuse deploys, e.g. ["fabric-manager"] '
+                          "(`labctl doctor --explain` lists them)")  # fmt: skip
     return LabConfig(
         listen=listen, gpu_backend=backend, sim_gpus=sim_gpus, deployments=specs, source=source,
         gateway=gateway, dashboard=dashboard, allowed_hosts=tuple(allowed),
         api_commands=api_commands, disk_read_mbps=float(rate) if rate is not None else None,
         models=models, containers=(flags["container_global_flags"],
                                    flags["container_run_flags"]),
+        doctor_ignore=tuple(dict.fromkeys(ignore)),
     )  # fmt: skip
 
 

@@ -352,6 +352,9 @@ class LabConfig:
     #: Flags for the container runtime: before its subcommand, and after ``run``.
     containers: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())
     models: ModelsConfig = ModelsConfig()
+    #: The doctor's check codes whose failures do not refuse deploys (still reported): the
+    #: way past a doctor that is wrong about this machine.
+    doctor_ignore: tuple[str, ...] = ()
 
     def deployment(self, name: str) -> DeploymentSpec:
         for d in self.deployments:

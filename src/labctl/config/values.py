@@ -42,6 +42,8 @@ _HEALTH = re.compile(r"/[A-Za-z0-9._~!$&'()*+,;=:@%/?-]{0,255}")
 _LABEL = r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
 _HOSTNAME = re.compile(rf"{_LABEL}(?:\.{_LABEL})*\.?")
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]{1,80}")
+#: A doctor check's code: kebab-case (``fabric-manager``).
+_CHECK_CODE = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+){0,15}")
 
 
 def parse_listen(value: object, key: str = "lab.listen") -> tuple[str, int]:

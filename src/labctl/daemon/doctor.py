@@ -21,6 +21,7 @@ from labctl.config import DeploymentSpec, LabConfig
 from labctl.doctor.container_checks import needs_gpu
 from labctl.doctor.finding import SEVERITIES, Context, Finding, Report, checks, run_checks
 from labctl.doctor.host import HostView
+from labctl.errors import ConfigError
 
 ROOT_ENV = "LABCTL_DOCTOR_ROOT"
 PATH_ENV = "LABCTL_DOCTOR_PATH"
@@ -47,7 +48,7 @@ def blocking(findings: Iterable[Finding], spec: DeploymentSpec, lab: LabConfig) 
     gpu = needs_gpu(spec, lab)
     out = []
     for f in findings:
-        if f.severity != "fail":
+        if f.severity != "fail" or f.code in lab.doctor_ignore:
             continue
         if f.place == f"lab: deployment {spec.name}":
             out.append(f)
@@ -64,10 +65,15 @@ def blocking(findings: Iterable[Finding], spec: DeploymentSpec, lab: LabConfig) 
 
 
 def refusal(found: Sequence[Finding]) -> str:
-    """What a refused deploy says: each failure's message and remedy."""
+    """What a refused deploy says: each failure's message and remedy, and the way past a
+    doctor that is wrong about this machine."""
+    if not found:
+        return ""
+    codes = list(dict.fromkeys(f.code for f in found))
     return "; ".join(
         f"{f.message} [{f.code}]" + (f"; fix: {f.remedy}" if f.remedy else "") for f in found
-    )
+    ) + (f"; if the doctor is wrong about this machine, lab.doctor_ignore = {codes} in lab.toml "
+         "lets deploys go ahead")  # fmt: skip
 
 
 class LabDoctor:
@@ -87,6 +93,11 @@ class LabDoctor:
         host: Callable[[], HostView] = host_view,
         timeout: float = RUN_TIMEOUT_S,
     ) -> None:
+        known = checks()
+        for i, code in enumerate(lab.doctor_ignore):
+            if code not in known:
+                raise ConfigError(f"lab.doctor_ignore[{i}] = {code!r}: not a check of the doctor; "
+                                  f"use one of {', '.join(sorted(known))}")  # fmt: skip
         self.lab = lab
         self.listeners = list(listeners)
         self.host = host

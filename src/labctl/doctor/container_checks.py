@@ -332,7 +332,8 @@ def shm_small(ctx: Context) -> list[Finding]:
     """
     In a container started without `--gpus`, engines see no GPU: `ggml_cuda_init: failed to
     initialize CUDA: no CUDA-capable device is detected`, vLLM's `RuntimeError: Failed to
-    infer device type`. Read: /.dockerenv, /proc/1/cgroup, /dev/nvidia*. A failure when the
+    infer device type`. Read: /.dockerenv, /proc/1/cgroup, /dev/nvidia*, NVML (GPUs it lists
+    were given, whatever the nodes are called). A failure when the
     lab has deployments that need a GPU. Fix: start the container with `--gpus all` (CDI:
     `--device nvidia.com/gpu=all`).
     """,
@@ -347,6 +348,9 @@ def container_no_gpus(ctx: Context) -> list[Finding]:
     evidence = f"{where}; /dev: {', '.join(nodes[:8]) or 'no nvidia[0-9]* node'}"
     if nodes:
         return [_found(code, "ok", f"this container has {len(nodes)} GPU device node(s)",
+                       evidence)]  # fmt: skip
+    if seen := nvidia(ctx.host).gpus:  # given through nodes of other names: NVML reached them
+        return [_found(code, "ok", f"NVML lists {len(seen)} GPU(s) in this container",
                        evidence)]  # fmt: skip
     needing = gpu_deployments(ctx.lab)
     if needing:

@@ -264,7 +264,8 @@ def cuda_forward_compat(ctx: Context) -> list[Finding]:
 
 @check("fabric-manager", "gpu", "NVSwitch system without the fabric manager running",
        """On a machine with NVSwitch (NVIDIA PCI bridges, class 0x0680, or
-       /proc/driver/nvidia-nvswitch/devices), asks `systemctl is-active nvidia-fabricmanager`.
+       /proc/driver/nvidia-nvswitch/devices), asks `systemctl is-active nvidia-fabricmanager`
+       where systemd runs (/run/systemd/system; elsewhere, a container say, unknown: warn).
        Without it CUDA fails with "Error 802: system not yet initialized". Fix: install the
        fabric manager of the driver's exact version and start it.""",
        rows=(10,))  # fmt: skip
@@ -278,8 +279,13 @@ def fabric_manager(ctx: Context) -> list[Finding]:
     major = nv.driver_major or "<driver branch>"
     fix = (f"`sudo apt install nvidia-fabricmanager-{major}` (the driver's exact version, "
            f"{nv.driver}) and `sudo systemctl enable --now nvidia-fabricmanager`")  # fmt: skip
-    res = ctx.host.run(["systemctl", "is-active", "nvidia-fabricmanager"])
     switches = f"{len(nv.nvswitches)} NVSwitch(es): {', '.join(nv.nvswitches[:4])}"
+    if not ctx.host.exists("/run/systemd/system"):  # sd_booted(): systemctl answers for nothing
+        return [Finding("fabric-manager", "warn", "gpu",
+                        "NVSwitch present; whether nvidia-fabricmanager runs is unknown: systemd "
+                        "does not run here (in a container, the fabric manager runs on the host)",
+                        clip(f"{switches}; no /run/systemd/system"), fix)]  # fmt: skip
+    res = ctx.host.run(["systemctl", "is-active", "nvidia-fabricmanager"])
     if res is None or res.timed_out:
         why = "systemctl is not on PATH" if res is None else "systemctl timed out"
         return [Finding("fabric-manager", "warn", "gpu",
