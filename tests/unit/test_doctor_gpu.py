@@ -391,7 +391,7 @@ def test_doctor_persistence_mode(
 
 @pytest.mark.parametrize(
     ("xid", "severity", "fix"),
-    [(79, "fail", "seating"), (95, "fail", "nvidia-smi -r -i 0"), (48, "warn", "RMA"),
+    [(79, "warn", "seating"), (95, "fail", "nvidia-smi -r -i 0"), (48, "warn", "RMA"),
      (63, "warn", "reload the driver"), (13, "info", "restart the application"),
      (154, "warn", "Xid catalog"),
      (None, "ok", "")],
@@ -413,6 +413,29 @@ def test_doctor_xid_errors_in_the_kernel_log(
     assert (f.severity, f.place) == (severity, "gpu 0") and f.evidence.startswith("dmesg: ")
     if xid is not None:
         assert f"Xid {xid} (" in f.message and "x2" in f.message and fix in f.remedy
+
+
+def test_doctor_xid_of_a_gpu_not_here_or_one_back_on_the_bus_refuses_nothing(
+    tmp_path: Path, h100: dict[str, Any]
+) -> None:
+    """A container may read its host's kernel log: an Xid of a GPU NVML does not list here is
+    another's (info, on the host); and a GPU that fell off the bus earlier this boot but
+    reads now was brought back (warn): neither is a failure that refuses every deploy."""
+    m = Machine(tmp_path, [h100])
+    m.exe(
+        "dmesg",
+        "printf '%s\\n' '[ 5.0] NVRM: Xid (PCI:0000:c3:00): 79, GPU has fallen off the bus.'",
+    )
+    (f,) = [f for f in m.run("xid-errors") if f.severity != "ok"]
+    assert (f.severity, f.place) == ("info", "host")
+    assert "PCI 0000:c3:00, a GPU NVML does not list here" in f.message
+    m.exe(
+        "dmesg",
+        "printf '%s\\n' '[ 5.0] NVRM: Xid (PCI:0000:00:06): 79, GPU has fallen off the bus.'",
+    )
+    f = m.one("xid-errors")
+    assert (f.severity, f.place) == ("warn", "gpu 0")
+    assert "reads through NVML now" in f.message
 
 
 def test_doctor_xid_errors_fall_back_to_kern_log_of_this_boot(

@@ -144,7 +144,9 @@ def _xid(xid: int, times: int) -> str:
 @check("xid-errors", "gpu", "Xid errors in the kernel log",
        """Scans this boot's kernel log (dmesg, else journalctl -k, else /var/log/kern.log)
        for "NVRM: Xid (PCI:…): N" and maps each to its GPU and meaning: 79 (fallen off the
-       bus) and 95 (uncontained ECC) fail; 48 (double-bit ECC), 63/64 (page retirement), 94
+       bus; a warning where the GPU reads through NVML now) and 95 (uncontained ECC) fail; an
+       Xid of a GPU NVML does not list (a container reads its host's log) is info; 48
+       (double-bit ECC), 63/64 (page retirement), 94
        and others warn; 13/31/43 are an application's own faults (info). Fix: per Xid, from
        restarting the application to resetting the GPU or an RMA.""",
        rows=(25,))  # fmt: skip
@@ -158,22 +160,33 @@ def xid_errors(ctx: Context) -> list[Finding]:
         m = XID.search(line)
         if m:
             g = by_bus.get(_bus(m.group(1)))
-            place = g.place if g else "gpu"
-            counts = seen.setdefault(place, {})
+            key = g.place if g else m.group(1)  # a GPU not here: keyed by its address
+            counts = seen.setdefault(key, {})
             counts[int(m.group(2))] = counts.get(int(m.group(2)), 0) + 1
-            lines[place] = line
+            lines[key] = line
     out = []
+    places = {g.place: g for g in gpus}
     for g in gpus:
         if g.place not in seen:
             out.append(Finding("xid-errors", "ok", g.place, "no Xid error in this boot's kernel "
                                "log", f"{source}: no 'NVRM: Xid' line for PCI {g.bus_id}"))  # fmt: skip
-    for place, counts in seen.items():
-        index = place.split()[-1] if place != "gpu" else "N"
+    for key, counts in seen.items():
+        told = ", ".join(_xid(x, counts[x]) for x in sorted(counts))
+        evidence = clip(f"{source}: {lines[key]}")
+        g = places.get(key)
+        if g is None:  # a container can read its host's log: another's GPU, or one removed
+            out.append(Finding("xid-errors", "info", "host",
+                               f"kernel log since boot: {told} on PCI {key}, a GPU NVML does not "
+                               "list here (another container's or VM's, or one since removed)",
+                               evidence, "nothing to do for the GPUs here"))  # fmt: skip
+            continue
         worst = max(counts, key=lambda x: (_RANK[XIDS.get(x, OTHER_XID)[0]], counts[x]))
         sev, _, fix = XIDS.get(worst, OTHER_XID)
-        told = ", ".join(_xid(x, counts[x]) for x in sorted(counts))
-        out.append(Finding("xid-errors", sev, place, f"kernel log since boot: {told}",
-                           clip(f"{source}: {lines[place]}"), fix.format(i=index)))  # fmt: skip
+        message = f"kernel log since boot: {told}"
+        if worst == 79 and not g.lost:  # off the bus then, read now: it was brought back
+            sev, message = "warn", f"{message}; GPU {g.index} reads through NVML now"
+        out.append(Finding("xid-errors", sev, key, message, evidence,
+                           fix.format(i=g.index)))  # fmt: skip
     return out
 
 
