@@ -11,7 +11,8 @@ import pytest
 from labctl.config import DeploymentSpec, LabConfig
 from labctl.daemon.doctor import LabDoctor, blocking, host_view, refusal
 from labctl.daemon.metrics import DaemonMetrics
-from labctl.doctor.finding import REGISTRY, Check, Finding, Report
+from labctl.doctor.finding import REGISTRY, Check, Context, Finding, Report, run_checks
+from labctl.errors import ConfigError
 
 VLLM = DeploymentSpec(name="chat", engine="vllm", model="Qwen/Qwen3-8B", gpus=(0,))
 ON_GPU1 = DeploymentSpec(name="other", engine="vllm", model="Qwen/Qwen3-8B", gpus=(1,))
@@ -88,8 +89,6 @@ def test_failures_lab_toml_ignores_block_nothing_and_the_refusal_names_the_setti
 
 
 def test_lab_doctor_ignore_takes_known_check_codes_only() -> None:
-    from labctl.errors import ConfigError
-
     with pytest.raises(ConfigError, match=r"^lab.doctor_ignore\[0\] = 'no-such-check': not a "
                                           r"check of the doctor; use one of .*container-no-gpus"):  # fmt: skip
         LabDoctor(LabConfig(doctor_ignore=("no-such-check",)))
@@ -137,6 +136,31 @@ def test_a_refusal_is_confirmed_on_the_machine_as_it_is_now(tmp_path: Path) -> N
     assert len(seen) == 2  # the confirmation runs do not replace the report
     assert [f.severity for f in seen[0].findings if f.code == "container-no-gpus"] == ["fail"]
     assert [f.severity for f in seen[1].findings if f.code == "container-no-gpus"] == ["ok"]
+
+
+def test_an_ignored_checks_failure_is_a_warning_that_says_so_and_refuses_nothing(
+    tmp_path: Path,
+) -> None:
+    """lab.doctor_ignore turns a check's failures into warnings in the report itself, so the
+    deploy goes ahead, LabDoctorFail stays quiet and `labctl doctor` exits 0."""
+    root = _fixture(tmp_path)
+    (tmp_path / "model").mkdir()
+    chat = DeploymentSpec(name="chat", engine="vllm", model=str(tmp_path / "model"),
+                          binary="/bin/true")  # fmt: skip
+    lab = LabConfig(gpu_backend="auto", deployments=(chat,), doctor_ignore=("container-no-gpus",))
+    view = lambda: host_view({"LABCTL_DOCTOR_ROOT": str(root), "LABCTL_DOCTOR_PATH": str(tmp_path)})  # noqa: E731
+    doctor = LabDoctor(lab, host=view)
+
+    async def main() -> tuple[Report, str]:
+        return await doctor.run(), await doctor.refusal(chat)
+
+    report, refused = asyncio.run(main())
+    (f,) = [f for f in report.findings if f.code == "container-no-gpus"]
+    assert f.severity == "warn"
+    assert f.message.startswith("ignored by lab.doctor_ignore: this container was started without")
+    assert "[container-no-gpus]" not in refused
+    with pytest.raises(ConfigError, match=r"^lab.doctor_ignore\[0\] = 'nope': not a check"):
+        run_checks(Context(view(), LabConfig(doctor_ignore=("nope",))))
 
 
 def test_runs_at_once_are_one_run(tmp_path: Path) -> None:

@@ -19,9 +19,16 @@ from typing import Any
 
 from labctl.config import DeploymentSpec, LabConfig
 from labctl.doctor.container_checks import needs_gpu
-from labctl.doctor.finding import SEVERITIES, Context, Finding, Report, checks, run_checks
+from labctl.doctor.finding import (
+    SEVERITIES,
+    Context,
+    Finding,
+    Report,
+    checks,
+    ignored_checks,
+    run_checks,
+)
 from labctl.doctor.host import HostView
-from labctl.errors import ConfigError
 
 ROOT_ENV = "LABCTL_DOCTOR_ROOT"
 PATH_ENV = "LABCTL_DOCTOR_PATH"
@@ -93,11 +100,7 @@ class LabDoctor:
         host: Callable[[], HostView] = host_view,
         timeout: float = RUN_TIMEOUT_S,
     ) -> None:
-        known = checks()
-        for i, code in enumerate(lab.doctor_ignore):
-            if code not in known:
-                raise ConfigError(f"lab.doctor_ignore[{i}] = {code!r}: not a check of the doctor; "
-                                  f"use one of {', '.join(sorted(known))}")  # fmt: skip
+        ignored_checks(lab)  # a code that names no check is refused before anything starts
         self.lab = lab
         self.listeners = list(listeners)
         self.host = host

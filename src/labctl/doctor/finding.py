@@ -9,14 +9,14 @@ check appears once in a report: in ``findings`` or in ``skipped``.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 import inspect
 import time
 from typing import Any, Literal
 
 from labctl.config import LabConfig
 from labctl.doctor.host import HostView
-from labctl.errors import UsageError
+from labctl.errors import ConfigError, UsageError
 
 Severity = Literal["ok", "info", "warn", "fail"]
 SEVERITIES: tuple[Severity, ...] = ("ok", "info", "warn", "fail")
@@ -122,14 +122,32 @@ class Report:
         }
 
 
+def ignored_checks(lab: LabConfig | None) -> frozenset[str]:
+    """The checks whose failures ``lab`` turns into warnings (``lab.doctor_ignore``).
+
+    Raises:
+        ConfigError: a code that names no check, with the codes there are.
+    """
+    if lab is None:
+        return frozenset()
+    known = checks()
+    for i, code in enumerate(lab.doctor_ignore):
+        if code not in known:
+            raise ConfigError(f"lab.doctor_ignore[{i}] = {code!r}: not a check of the doctor; "
+                              f"use one of {', '.join(sorted(known))}")  # fmt: skip
+    return frozenset(lab.doctor_ignore)
+
+
 def run_checks(ctx: Context, only: Sequence[str] = ()) -> Report:
     """Run every check (or those in ``only``), in code order within each place.
 
     A check that raises anything but :class:`Skip` becomes a ``warn`` finding naming the
-    error: one broken check never hides the others.
+    error: one broken check never hides the others. The failures of a check the lab ignores
+    (``lab.doctor_ignore``) are warnings that say so.
 
     Raises:
         UsageError: a code in ``only`` names no check.
+        ConfigError: a code in ``lab.doctor_ignore`` names no check.
     """
     known = checks()
     unknown = [c for c in only if c not in known]
@@ -137,6 +155,7 @@ def run_checks(ctx: Context, only: Sequence[str] = ()) -> Report:
         raise UsageError(
             f"no check named {', '.join(unknown)}; `labctl doctor --explain` lists them"
         )
+    ignored = ignored_checks(ctx.lab)
     started = time.monotonic()
     findings: list[Finding] = []
     skipped: list[Skipped] = []
@@ -155,5 +174,8 @@ def run_checks(ctx: Context, only: Sequence[str] = ()) -> Report:
                              "report it with `labctl doctor --json` attached")]  # fmt: skip
         if not found:
             raise AssertionError(f"check {c.code} returned no finding and did not skip")
+        if c.code in ignored:
+            found = [replace(f, severity="warn", message=f"ignored by lab.doctor_ignore: {f.message}")
+                     if f.severity == "fail" else f for f in found]  # fmt: skip
         findings.extend(found)
     return Report(tuple(findings), tuple(skipped), time.monotonic() - started)
