@@ -66,11 +66,13 @@ gpu: $(STAMP)
 # For a GPU machine that has PyTorch but no network: the wheels it lacks (the runtime
 # dependencies that machine does not hold, at this .venv's versions) into .gpu/, with the
 # script that runs the tier there (`bash .gpu/gpu-tier.sh run`, .gpu/ carried along).
-GPU_EXTRA := json-numpy uvloop soundfile cffi pycparser
+GPU_EXTRA := json[-_]numpy uvloop soundfile cffi pycparser
 SHARED ?= $(or $(LABCTL_SHARED),../shared)
 gpu-prepare: $(STAMP)
-	@PYTHON=$(BIN)/python $(SHARED)/tools/gpu-tier.sh prepare $$($(BIN)/python -m pip freeze | \
-		grep -i -E '^($(shell echo $(GPU_EXTRA) | tr ' ' '|'))==')
+	@pins=$$($(BIN)/python -m pip freeze | grep -i -E '^($(shell echo $(GPU_EXTRA) | tr ' ' '|'))=='); \
+	[ $$(echo "$$pins" | wc -w) -eq $(words $(GPU_EXTRA)) ] || { \
+		echo "gpu-prepare: .venv lacks one of $(GPU_EXTRA) (found: $$pins)" >&2; exit 1; }; \
+	PYTHON=$(BIN)/python $(SHARED)/tools/gpu-tier.sh prepare $$pins
 
 # A real whisper.cpp whisper-server for the speech tests, built once per machine and cached
 # outside the repository (about 2 minutes on 2 cores the first time).

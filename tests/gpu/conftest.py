@@ -69,14 +69,19 @@ def why_not_ready(url: str, env: dict[str, str], config: Path) -> str:
     """The deployments' states and errors (``labctl status --json``) and the doctor's failures
     (``labctl doctor --json``), as lines."""
     lines = []
-    status = subprocess.run([sys.executable, "-m", "labctl", "status", "--url", url, "--json"],
-                            env=env, capture_output=True, text=True, timeout=30)  # fmt: skip
     try:
+        status = subprocess.run([sys.executable, "-m", "labctl", "status", "--url", url, "--json"],
+                                env=env, capture_output=True, text=True, timeout=30)  # fmt: skip
         for d in json.loads(status.stdout).get("deployments", []):
             lines.append(f"deployment {d.get('name')}: {d.get('state')} {d.get('error') or ''}")
+    except subprocess.TimeoutExpired:
+        lines.append("labctl status did not answer within 30 s")
     except ValueError:
         lines.append(f"labctl status: {status.stdout[-500:]}{status.stderr[-500:]}")
-    lines.extend(doctor_failures(env, config))
+    try:
+        lines.extend(doctor_failures(env, config))
+    except subprocess.TimeoutExpired:
+        lines.append("labctl doctor did not finish within 120 s")
     return "\n".join(lines)
 
 

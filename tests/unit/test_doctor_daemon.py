@@ -70,9 +70,10 @@ def test_the_refusal_says_each_failure_and_its_remedy() -> None:
     assert text == (
         "container-no-gpus went wrong [container-no-gpus]; fix: fix container-no-gpus; "
         "engine-missing went wrong [engine-missing]; fix: fix engine-missing; if the doctor is "
-        "wrong about this machine, lab.doctor_ignore = ['container-no-gpus', 'engine-missing'] "
-        "in lab.toml lets deploys go ahead"
+        "wrong about this machine, lab.doctor_ignore = ['container-no-gpus'] in lab.toml lets "
+        "deploys go ahead"
     )
+    assert "doctor_ignore" not in refusal([fail("engine-missing", "lab: deployment chat")])
     assert refusal([]) == ""
 
 

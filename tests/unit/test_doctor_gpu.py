@@ -428,7 +428,7 @@ def test_doctor_xid_of_a_gpu_not_here_or_one_back_on_the_bus_refuses_nothing(
     )
     (f,) = [f for f in m.run("xid-errors") if f.severity != "ok"]
     assert (f.severity, f.place) == ("info", "host")
-    assert "PCI 0000:c3:00, a GPU NVML does not list here" in f.message
+    assert "on PCI c3:00, a GPU NVML does not list here" in f.message
     m.exe(
         "dmesg",
         "printf '%s\\n' '[ 5.0] NVRM: Xid (PCI:0000:00:06): 79, GPU has fallen off the bus.'",
@@ -436,6 +436,28 @@ def test_doctor_xid_of_a_gpu_not_here_or_one_back_on_the_bus_refuses_nothing(
     f = m.one("xid-errors")
     assert (f.severity, f.place) == ("warn", "gpu 0")
     assert "reads through NVML now" in f.message
+
+
+def test_doctor_xid_79_of_a_lost_gpu_fails_and_a_worse_xid_is_not_hidden_by_a_79(
+    tmp_path: Path, h100: dict[str, Any]
+) -> None:
+    lost = dict(copy.deepcopy(h100), pci={"busId": "00000000:00:07.0"})
+    lost["name"] = "ERR NVMLError_GpuIsLost: GPU is lost"  # NVML gives it no address
+    m = Machine(tmp_path, [h100, lost])
+    m.exe(
+        "dmesg",
+        "printf '%s\\n' '[ 5.0] NVRM: Xid (PCI:0000:00:07): 79, GPU has fallen off the bus.'",
+    )
+    f = [f for f in m.run("xid-errors") if f.severity != "ok"]
+    assert [(x.severity, x.place) for x in f] == [("fail", "gpu 1")], f
+    m = Machine(tmp_path / "2", [h100])
+    m.exe("dmesg", "printf '%s\\n' '[ 5] NVRM: Xid (PCI:0000:00:06): 79, x' '[ 6] NVRM: Xid "
+                   "(PCI:0000:00:06): 79, x' '[ 7] NVRM: Xid (PCI:0000:00:06): 95, x'")  # fmt: skip
+    f = m.one("xid-errors")
+    assert f.severity == "fail" and "nvidia-smi -r -i 0" in f.remedy  # 95's, not 79's
+    m.exe("dmesg", "printf '%s\\n' '[ 5] NVRM: Xid (PCI:0000:c3:00): 13, x' '[ 6] NVRM: Xid "
+                   "(PCI:0000:c3:00.0): 13, x'")  # fmt: skip
+    assert len([f for f in m.run("xid-errors") if f.place == "host"]) == 1  # one address
 
 
 def test_doctor_xid_errors_fall_back_to_kern_log_of_this_boot(

@@ -13,6 +13,7 @@ import click
 
 from labctl.cli.export import make_out
 from labctl.config import LabConfig, load_config, sim_gpu_ids
+from labctl.doctor.finding import ignored_checks
 from labctl.errors import CatalogError, UsageError
 from labctl.export.k8s import Options, Workload
 
@@ -54,6 +55,7 @@ def kubernetes(config_path: Path | None, out: Path, namespace: str, release: str
     from labctl.export.k8sout import manifests, parse_version, validate, write
 
     lab = load_config(config_path, check_host=False)
+    ignored_checks(lab)  # as `labctl up` would refuse it
     version = parse_version(k8s_version)
     check_namespace(namespace)
     opts = Options(namespace=namespace, release=release, twin_image=twin_image,

@@ -12,6 +12,7 @@ import click
 from labctl.cache.location import hub_cache_dir
 from labctl.cli.export import make_out
 from labctl.config import LabConfig, load_config, state_dir
+from labctl.doctor.finding import ignored_checks
 from labctl.errors import UsageError
 from labctl.export.systemd import DROPIN, UNIT, Host, files, search_path
 
@@ -26,6 +27,7 @@ def systemd(config_path: Path | None, out: Path) -> None:
     are), and a drop-in with your account and paths (labctl.service.d/paths.conf); check it
     with `systemd-analyze verify OUT/labctl.service`."""
     config = load_config(config_path)  # validated whole, as `labctl up` would
+    ignored_checks(config)
     if config_path is not None:
         if not config_path.is_file():  # a pipe, e.g. <(…): gone by the next boot
             raise UsageError(f"--config {config_path}: not a regular file; the unit reads it at "

@@ -21,6 +21,7 @@ import click
 from labctl.cli import follow, loadpath
 from labctl.cli.output import console, emit_json
 from labctl.config import load_config, state_dir
+from labctl.doctor.finding import ignored_checks
 from labctl.errors import DeployError, LabError, UsageError
 from labctl.home import lock_holder, read_token, same_lab
 
@@ -83,6 +84,7 @@ def up(config_path: Path | None, listen: str | None) -> None:
     from labctl.daemon.listener import event_loop
 
     config = load_config(config_path)
+    ignored_checks(config)  # lab.doctor_ignore names checks the doctor has
     if config.models.hf_cache:  # the cache the lab checks is the one its engines read
         os.environ["HF_HUB_CACHE"] = str(Path(config.models.hf_cache).expanduser())
     daemon = Daemon(config, state_dir(), listen)

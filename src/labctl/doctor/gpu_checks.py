@@ -154,13 +154,16 @@ def xid_errors(ctx: Context) -> list[Finding]:
     gpus = nvidia(ctx.host).require_gpus()
     text, source = _kernel_log(ctx.host)
     by_bus = {_bus(g.bus_id): g for g in gpus if g.bus_id}
+    lost = [g for g in gpus if g.lost]  # NVML gives no address for these
     seen: dict[str, dict[int, int]] = {}
     lines: dict[str, str] = {}
     for line in text.splitlines():
         m = XID.search(line)
         if m:
-            g = by_bus.get(_bus(m.group(1)))
-            key = g.place if g else m.group(1)  # a GPU not here: keyed by its address
+            bus = _bus(m.group(1))
+            g = by_bus.get(bus) or (lost[0] if len(lost) == 1 else None)
+            # a lost GPU's own, when several are lost; else a GPU not here, by its address
+            key = g.place if g else "gpu" if lost else f"PCI {bus}"
             counts = seen.setdefault(key, {})
             counts[int(m.group(2))] = counts.get(int(m.group(2)), 0) + 1
             lines[key] = line
@@ -173,20 +176,26 @@ def xid_errors(ctx: Context) -> list[Finding]:
     for key, counts in seen.items():
         told = ", ".join(_xid(x, counts[x]) for x in sorted(counts))
         evidence = clip(f"{source}: {lines[key]}")
-        g = places.get(key)
-        if g is None:  # a container can read its host's log: another's GPU, or one removed
+        if key.startswith("PCI "):  # a container can read its host's log: another's GPU
             out.append(Finding("xid-errors", "info", "host",
-                               f"kernel log since boot: {told} on PCI {key}, a GPU NVML does not "
+                               f"kernel log since boot: {told} on {key}, a GPU NVML does not "
                                "list here (another container's or VM's, or one since removed)",
                                evidence, "nothing to do for the GPUs here"))  # fmt: skip
             continue
-        worst = max(counts, key=lambda x: (_RANK[XIDS.get(x, OTHER_XID)[0]], counts[x]))
-        sev, _, fix = XIDS.get(worst, OTHER_XID)
+        g = places.get(key)
+        back = g is not None and not g.lost  # read through NVML now
+
+        def severity(x: int, back: bool = back) -> Severity:
+            # off the bus then, read now: it was brought back
+            return "warn" if x == 79 and back else XIDS.get(x, OTHER_XID)[0]
+
+        worst = max(counts, key=lambda x: (_RANK[severity(x)], counts[x]))
         message = f"kernel log since boot: {told}"
-        if worst == 79 and not g.lost:  # off the bus then, read now: it was brought back
-            sev, message = "warn", f"{message}; GPU {g.index} reads through NVML now"
-        out.append(Finding("xid-errors", sev, key, message, evidence,
-                           fix.format(i=g.index)))  # fmt: skip
+        if worst == 79 and back:
+            message += f"; GPU {g.index if g else 'N'} reads through NVML now"
+        fix = XIDS.get(worst, OTHER_XID)[2]
+        out.append(Finding("xid-errors", severity(worst), key, message, evidence,
+                           fix.format(i=g.index if g else "N")))  # fmt: skip
     return out
 
 
