@@ -27,15 +27,17 @@ SERVER = """
 import http.server, json, os, sys, time
 import torch
 port, gib, name = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3]
-held = torch.empty(int(gib / 2 * 2**30), dtype=torch.uint8, device="cuda")
 r, w = os.pipe()
+# the worker is forked before the parent touches CUDA (a child forked after cannot use it)
 if os.fork() == 0:  # a worker holding the other half, in the same session
     extra = torch.empty(int(gib / 2 * 2**30), dtype=torch.uint8, device="cuda")
     torch.cuda.synchronize()
     os.write(w, b"ok")
     time.sleep(3600)
     os._exit(0)
-os.read(r, 2)
+if os.read(r, 2) != b"ok":
+    sys.exit("the worker did not take its GPU memory")
+held = torch.empty(int(gib / 2 * 2**30), dtype=torch.uint8, device="cuda")
 torch.cuda.synchronize()
 print("Application startup complete.", flush=True)
 

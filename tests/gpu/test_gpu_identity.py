@@ -39,7 +39,7 @@ def test_the_cuda_process_started_for_gpu_0_is_the_one_nvml_shows_on_gpu_0(
         '[lab]\ngpu_backend = "nvml"\n\n[deployments.cuda]\nengine = "command"\n'
         f'command = ["{sys.executable}", "{SERVER}", "--host", "{{host}}", "--port", "{{port}}", '
         f'"--out", "{seen}", "--cuda"]\n'
-        f'gpus = ["{gpu0.uuid[:12]}"]\nserved_model_name = "cuda"\nstop_grace = 10\n'
+        f'gpus = ["{gpu0.uuid[:12]}"]\nstop_grace = 10\n'
     )
     with running_lab(config, tmp_path / "home", 19080 + os.getpid() % 1000) as (url, env):
         engine_env = json.loads(seen.read_text())
