@@ -25,53 +25,18 @@ from tests.gpu.conftest import running_lab
 
 pytestmark = pytest.mark.gpu
 
-#: An engine that answers health and model checks and runs matmuls on GPU 0 until killed.
-BURNER = """
-import http.server, json, sys, threading
-import torch
-port = int(sys.argv[1])
-a = torch.randn(8192, 8192, dtype=torch.bfloat16, device="cuda"); b = torch.randn_like(a)
-def burn():
-    while True:
-        for _ in range(20):
-            a @ b
-        torch.cuda.synchronize()
-threading.Thread(target=burn, daemon=True).start()
-print("Application startup complete.", flush=True)
-class H(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):
-        doc = {"object": "list", "data": [{"id": "burn", "object": "model"}]}
-        body = json.dumps(doc if self.path == "/v1/models" else {"status": "ok"}).encode()
-        self.send_response(200 if self.path in ("/health", "/v1/models") else 404)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-    def do_POST(self):  # the lab's smoke test: one completion
-        self.rfile.read(int(self.headers.get("Content-Length", 0)))
-        body = json.dumps({"id": "c", "object": "text_completion", "model": "burn",
-                           "choices": [{"index": 0, "text": "x", "finish_reason": "length"}]}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-    def log_message(self, *a):
-        pass
-http.server.ThreadingHTTPServer(("127.0.0.1", port), H).serve_forever()
-"""
+#: The integration tier's engine stand-in; with ``--cuda --burn`` it keeps its GPU busy.
+SERVER = Path(__file__).resolve().parents[1] / "integration" / "env_server.py"
 
 
 def test_a_busy_gpus_clock_events_reach_the_bottleneck_answer(tmp_path: Path) -> None:
     pytest.importorskip("torch")
-    script = tmp_path / "burn.py"
-    script.write_text(BURNER)
     config = tmp_path / "lab.toml"
     config.write_text(
         '[lab]\ngpu_backend = "nvml"\n\n[dashboard]\ninterval = 0.5\n\n'
         '[deployments.burn]\nengine = "command"\n'
-        f'command = ["{sys.executable}", "{script}", "{{port}}"]\n'
-        'served_model_name = "burn"\nstop_grace = 10\n'
+        f'command = ["{sys.executable}", "{SERVER}", "--host", "{{host}}", "--port", "{{port}}", '
+        f'"--out", "{tmp_path / "env.json"}", "--cuda", "--burn"]\nstop_grace = 10\n'
     )
     with running_lab(config, tmp_path / "home", 20080 + os.getpid() % 1000) as (url, _):
         token = (tmp_path / "home" / "admin-token").read_text().strip()

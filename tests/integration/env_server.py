@@ -4,9 +4,10 @@ It writes ``os.environ`` as JSON to ``--out`` before it listens, answers ``/heal
 ``/v1/models`` and a one-word completion (the lab's smoke test). With ``--hold-gpu N`` it
 first takes memory on simulated GPU ``N`` in the ledger under ``$LABCTL_HOME``, whatever
 ``CUDA_VISIBLE_DEVICES`` says: an engine that picks its own device. With ``--cuda`` (the GPU
-tier) it takes a CUDA context and a tensor on the device CUDA gives it, as an engine would.
+tier) it takes a CUDA context and a tensor on the device CUDA gives it, as an engine would;
+with ``--burn`` as well, it keeps that device busy with bf16 matmuls while it serves.
 
-    python env_server.py --host H --port P --out FILE [--hold-gpu N] [--cuda]
+    python env_server.py --host H --port P --out FILE [--hold-gpu N] [--cuda [--burn]]
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import json
 import os
 from pathlib import Path
+import threading
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -39,6 +41,18 @@ class Handler(BaseHTTPRequestHandler):
         pass
 
 
+def _burn() -> None:
+    """bf16 matmuls on the CUDA device, back to back, until the process ends."""
+    import torch
+
+    a = torch.randn(8192, 8192, dtype=torch.bfloat16, device="cuda")
+    b = torch.randn_like(a)
+    while True:
+        for _ in range(20):
+            a @ b
+        torch.cuda.synchronize()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--host", required=True)
@@ -46,12 +60,15 @@ def main() -> None:
     parser.add_argument("--out", required=True)
     parser.add_argument("--hold-gpu", type=int)
     parser.add_argument("--cuda", action="store_true")
+    parser.add_argument("--burn", action="store_true")
     args = parser.parse_args()
     if args.cuda:
         import torch
 
         torch.zeros(1, device="cuda")  # its CUDA context and cached block stay while it serves
         torch.cuda.synchronize()
+        if args.burn:
+            threading.Thread(target=_burn, daemon=True).start()
     if args.hold_gpu is not None:
         from labctl.gpu.sim import SimMachine
 

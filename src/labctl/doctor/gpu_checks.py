@@ -176,25 +176,23 @@ def xid_errors(ctx: Context) -> list[Finding]:
     for key, counts in seen.items():
         told = ", ".join(_xid(x, counts[x]) for x in sorted(counts))
         evidence = clip(f"{source}: {lines[key]}")
-        if key.startswith("PCI "):  # a container can read its host's log: another's GPU
+        g = places.get(key)
+        if g is None and key != "gpu":  # a container can read its host's log: another's GPU
             out.append(Finding("xid-errors", "info", "host",
                                f"kernel log since boot: {told} on {key}, a GPU NVML does not "
                                "list here (another container's or VM's, or one since removed)",
                                evidence, "nothing to do for the GPUs here"))  # fmt: skip
             continue
-        g = places.get(key)
-        back = g is not None and not g.lost  # read through NVML now
-
-        def severity(x: int, back: bool = back) -> Severity:
-            # off the bus then, read now: it was brought back
-            return "warn" if x == 79 and back else XIDS.get(x, OTHER_XID)[0]
-
-        worst = max(counts, key=lambda x: (_RANK[severity(x)], counts[x]))
+        back = g is not None and not g.lost  # off the bus then, read now: it was brought back
+        sev: dict[int, Severity] = {
+            x: "warn" if x == 79 and back else XIDS.get(x, OTHER_XID)[0] for x in counts
+        }
+        worst = max(counts, key=lambda x: (_RANK[sev[x]], counts[x]))
         message = f"kernel log since boot: {told}"
-        if worst == 79 and back:
-            message += f"; GPU {g.index if g else 'N'} reads through NVML now"
+        if worst == 79 and back and g is not None:
+            message += f"; GPU {g.index} reads through NVML now"
         fix = XIDS.get(worst, OTHER_XID)[2]
-        out.append(Finding("xid-errors", severity(worst), key, message, evidence,
+        out.append(Finding("xid-errors", sev[worst], key, message, evidence,
                            fix.format(i=g.index if g else "N")))  # fmt: skip
     return out
 
