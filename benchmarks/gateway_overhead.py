@@ -1,10 +1,13 @@
-"""What the gateway costs: the same twin driven directly, through labctl, and through LiteLLM.
+"""What the gateway costs: the same twin driven directly, through a bare relay, through
+labctl, and through LiteLLM.
 
 `labctl up` serves one twin deployment at `--time-scale 0` (it answers as fast as
 it can, so what is measured is the path in front of it). `labctl bench` then
 drives, at concurrency 1, 64 and 512:
 
 - the twin directly (its own URL);
+- a bare relay (`bare_relay.py`: bytes forwarded both ways on uvloop, nothing parsed): the
+  floor under any proxy in Python on this machine, its CPU per chunk the system calls;
 - labctl's gateway (`/v1` on the daemon's listener);
 - LiteLLM's proxy (`litellm[proxy]`, not a labctl dependency) pointed at the same twin.
 
@@ -14,7 +17,8 @@ this machine's cores. For labctl it also prints the gateway's CPU per relayed
 chunk: the daemon process's own CPU time over the run (its engines are other
 processes, not counted), less what it spends idle at the same time (its GPU
 sampler, engine scrapes and dashboard ticks, measured just before each run),
-divided by the chunks the client received.
+divided by the chunks the client received. The bare relay's is printed beside it, and the
+gateway's as a multiple of it: that ratio is what carries to another machine.
 
 Targets: labctl's gateway spends ≤ 12 µs of CPU per relayed chunk at
 concurrency 64 and 512, adds ≤ 5 ms to the median TTFT at 64 and ≤ 1 ms at 1,
@@ -45,7 +49,7 @@ from typing import Any
 
 import psutil
 
-from procs import admin, free_port, run_measured, start_lab, wait_http
+from procs import admin, free_port, run_measured, start_lab, wait_http, wait_port
 
 TTFT_TARGET_MS, RATIO_TARGET = 1.0, 10.0
 #: Gateway CPU per relayed chunk at 64 and 512, and added median TTFT at 64.
@@ -146,16 +150,21 @@ def main() -> None:
         (work / "lab.toml").write_text(CONFIG)
         env = dict(os.environ, LABCTL_HOME=str(work / "home"))
         daemon, gateway = start_lab(work / "lab.toml", env)
-        lport = free_port()
-        proxy = None
+        lport, rport = free_port(), free_port()
+        proxy = relay = None
         try:
             status = admin(gateway, "/api/status", env)
             assert isinstance(status, dict)
             dep = status["deployments"][0]
             twin_url, twin_pid = dep["url"], dep["pid"]
             twin_key = engine_key(twin_pid)
+            host, _, port = twin_url.rpartition("/")[2].rpartition(":")
+            relay = subprocess.Popen([sys.executable, str(Path(__file__).with_name("bare_relay.py")),
+                                      str(rport), host, port])  # fmt: skip
+            wait_port(rport)
             targets = [
                 ("direct", twin_url, dep["served_model"], None),
+                ("relay", f"http://127.0.0.1:{rport}", dep["served_model"], relay.pid),
                 ("labctl", gateway, "chat", daemon.pid),
             ]
             if litellm is not None:
@@ -176,14 +185,16 @@ def main() -> None:
                     # the daemon alone (its engine is the twin, counted apart); others' trees
                     cpu = own_cpu if name == "labctl" else tree_cpu
                     before = (cpu(pid) if pid else 0.0, tree_cpu(twin_pid), time.monotonic())
-                    key = twin_key if name == "direct" else MASTER_KEY
+                    key = twin_key if name in ("direct", "relay") else MASTER_KEY
                     doc, client_cpu = bench(url, model, c, env, work / f"{name}-{c}.json", key)
                     after = (cpu(pid) if pid else 0.0, tree_cpu(twin_pid), time.monotonic())
                     proxy_cpu = after[0] - before[0]
                     gateway_cpu = max(0.0, proxy_cpu - idle * (after[2] - before[2]))
                     chunks = doc["total_chunks"]
                     us_per_chunk = (
-                        gateway_cpu / chunks * 1e6 if name == "labctl" and chunks else None
+                        gateway_cpu / chunks * 1e6
+                        if name in ("labctl", "relay") and chunks
+                        else None
                     )
                     row = {
                         "target": name, "concurrency": c, "round": rnd,
@@ -205,32 +216,40 @@ def main() -> None:
                             f"{client_cpu:5.1f} proxy {row['proxy_cpu_s']:5.1f} twin "
                             f"{row['twin_cpu_s']:5.1f} | failed {row['failed']}"
                             + (
-                                f" | gateway {us_per_chunk:5.1f} µs CPU/chunk (idle "
-                                f"{idle * 1000:.0f} ms/s)"
+                                f" | {us_per_chunk:5.1f} µs CPU/chunk"
+                                + (f" (idle {idle * 1000:.0f} ms/s)" if name == "labctl" else "")
                                 if us_per_chunk is not None
                                 else ""
                             ),
                             flush=True,
                         )
         finally:
-            if proxy is not None:
-                proxy.terminate()
-                proxy.wait(30)
+            for child in (proxy, relay):
+                if child is not None:
+                    child.terminate()
+                    child.wait(30)
             daemon.terminate()
             daemon.wait(60)
 
     def rounds(name: str, c: int) -> list[dict[str, Any]]:
         return [r for r in rows if r["target"] == name and r["concurrency"] == c]
 
-    def added(c: int) -> float:  # each round's labctl against the same round's direct run
+    def added(c: int, name: str = "labctl") -> float:  # each round's against its direct run
         return float(statistics.median(
             a["median_ttft_ms"] - b["median_ttft_ms"]
-            for a, b in zip(rounds("labctl", c), rounds("direct", c), strict=True)))  # fmt: skip
+            for a, b in zip(rounds(name, c), rounds("direct", c), strict=True)))  # fmt: skip
 
     # a run that relayed no chunk has no figure: it fails the target rather than pass it
-    each = {c: [float(r["gateway_us_per_chunk"] or math.inf) for r in rounds("labctl", c)]
-            for c in LEVELS if c > 1}  # fmt: skip
+    def cpu_rounds(name: str) -> dict[int, list[float]]:
+        return {c: [float(r["gateway_us_per_chunk"] or math.inf) for r in rounds(name, c)]
+                for c in LEVELS if c > 1}  # fmt: skip
+
+    each, floor_each = cpu_rounds("labctl"), cpu_rounds("relay")
     per_chunk = {c: float(statistics.median(v)) for c, v in each.items()}
+    floor = {c: float(statistics.median(v)) for c, v in floor_each.items()}
+    # each round's gateway against the same round's bare relay
+    over_floor = {c: float(statistics.median(a / b for a, b in zip(each[c], floor_each[c], strict=True)))
+                  for c in each}  # fmt: skip
     ratios: dict[int, float] = {}
     if litellm is not None:
         for c in per_chunk:
@@ -246,6 +265,9 @@ def main() -> None:
     )
     summary = {"added_median_ttft_ms_c1": added(1), "added_median_ttft_ms_c64": added(64),
                "gateway_us_per_chunk": per_chunk, "gateway_us_per_chunk_rounds": each,
+               "bare_relay_us_per_chunk": floor, "bare_relay_us_per_chunk_rounds": floor_each,
+               "gateway_over_bare_relay": over_floor,
+               "bare_relay_added_median_ttft_ms_c64": added(64, "relay"),
                "rounds": args.repeat, "chunks_ratio_vs_litellm": ratios,
                "litellm": litellm is not None, "met": met, "cpu_count": os.cpu_count()}  # fmt: skip
     if args.json:
@@ -271,6 +293,13 @@ def main() -> None:
             f"64 (target ≤ {TTFT64_TARGET_MS:g} ms) and {added(1):.2f} ms at 1 (target ≤ "
             f"{TTFT_TARGET_MS:g} ms); {vs}: {'targets met' if met else 'NOT met'}; "
             f"{os.cpu_count()} cores shared by client, proxy and twin"
+        )
+        print(
+            "a bare relay (bytes both ways, nothing parsed) between the same client and twin: "
+            + ", ".join(f"{us:.1f} µs CPU per chunk at {c}" for c, us in floor.items())
+            + f"; adds {added(64, 'relay'):.2f} ms to the median TTFT at 64. labctl's gateway "
+            "spends "
+            + ", ".join(f"{r:.2f}× its CPU per chunk at {c}" for c, r in over_floor.items())
         )
     if not met:
         sys.exit(1)

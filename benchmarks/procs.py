@@ -32,6 +32,18 @@ def wait_http(url: str, limit: float = 120) -> None:
     raise SystemExit(f"{url} did not answer in {limit:g} s")
 
 
+def wait_port(port: int, limit: float = 30) -> None:
+    """Until something listens on loopback ``port``; exits the benchmark after ``limit`` s."""
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit(f"nothing listens on 127.0.0.1:{port} after {limit:g} s")
+
+
 def start_lab(
     config: Path, env: dict[str, str], limit: float = 120
 ) -> tuple[subprocess.Popen[bytes], str]:

@@ -105,7 +105,17 @@ def test_a_load_puts_the_deployment_in_its_class(
                    prompts, "--max-concurrency", concurrency)  # fmt: skip
     b = _see(d, cls)
     assert words in b["evidence"]
+    # the engine's own gauges, scraped every 2 s, under the names the alert rules read
+    wait_for(lambda: _engine_gauge(d, "requests_running") > 0, 6, "the engine's running gauge")
+    if cls == "kv_capacity":
+        wait_for(lambda: _engine_gauge(d, "kv_cache_usage_ratio") > 0.5, 6, "its KV gauge")
     bench.kill()
+
+
+def _engine_gauge(d: Daemon, name: str) -> float:
+    m = re.search(rf'^labctl_engine_{name}\{{deployment="chat"\}} (\S+)$', get(d.url + "/metrics"),
+                  re.M)  # fmt: skip
+    return float(m.group(1)) if m else -1.0
 
 
 @pytest.mark.integration

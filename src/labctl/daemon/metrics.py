@@ -12,6 +12,9 @@ the next scrape, tick or API answer.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
+import functools
+import re
 from typing import Any
 
 import aiohttp
@@ -128,12 +131,39 @@ class DaemonMetrics:
                     except (aiohttp.ClientError, TimeoutError):
                         continue
                     try:
-                        families = list(text_string_to_metric_families(text))
+                        gauges = engine_gauges(text, names)
                     except ValueError:
                         continue  # not Prometheus text (a command engine's own page)
-                    for family in families:
-                        target = names.get(family.name)
-                        if target and family.samples:
-                            value = sum(s.value for s in family.samples)
-                            self.engine[target].labels(d.name).set(value)
+                    for target, value in gauges.items():
+                        self.engine[target].labels(d.name).set(value)
                 await asyncio.sleep(2.0)
+
+
+@functools.lru_cache(maxsize=16)
+def _wanted(names: frozenset[str]) -> re.Pattern[str]:
+    """The lines of a page that are about ``names``: their samples, HELP and TYPE."""
+    alternatives = "|".join(re.escape(n) for n in sorted(names))
+    return re.compile(rf"^(?:# (?:HELP|TYPE) )?(?:{alternatives})[ \t{{].*$", re.MULTILINE)
+
+
+def engine_gauges(text: str, names: Mapping[str, str]) -> dict[str, float]:
+    """The gauges an engine adapter maps (engine name → labctl name) off its /metrics page,
+    each summed over its samples (a data-parallel vLLM has one per engine core).
+
+    Only the lines about those names are parsed, found by one regular expression: the rest
+    of the page (a busy vLLM's histograms run to hundreds of kilobytes) would otherwise be
+    parsed in Python on the event loop every scrape. Names are of gauges (a sample's name is
+    its family's).
+
+    Raises:
+        ValueError: a line about one of the names is not Prometheus text.
+    """
+    lines = _wanted(frozenset(names)).findall(text)
+    out: dict[str, float] = {}
+    if not lines:
+        return out
+    for family in text_string_to_metric_families("\n".join(lines) + "\n"):
+        target = names.get(family.name)
+        if target and family.samples:
+            out[target] = sum(s.value for s in family.samples)
+    return out
