@@ -168,7 +168,10 @@ class Controller:
                    revision=d.owner.revision if d.owner else None)  # fmt: skip
         self.publish(d)
 
-    def _owner(self, d: Deployment, revision: int) -> EngineOwner:
+    def new_owner(self, d: Deployment, revision: int) -> EngineOwner:
+        """An owner for ``d``'s ``revision`` whose changes of state show as ``d``'s while it
+        is ``d``'s owner (a deploy's and a rollback's)."""
+
         def on_state(owner: EngineOwner, state: State, error: str | None) -> None:
             if owner is d.owner:
                 self._shown(d)
@@ -179,7 +182,7 @@ class Controller:
 
         return EngineOwner(d.name, revision, on_state, on_exit)
 
-    def _current(self, d: Deployment, owner: EngineOwner, settled: bool = True) -> None:
+    def show_owner(self, d: Deployment, owner: EngineOwner, settled: bool = True) -> None:
         """``owner`` is now the one whose state ``d`` shows; ``settled``: the swap is over, and
         the gateway lets go of the requests it held."""
         shown = d.state
@@ -196,7 +199,7 @@ class Controller:
         """Serve ``spec`` with an engine an earlier daemon left running (``reconcile``)."""
         d = self.add(spec)
         d.spec, d.revision = spec, engine.revision
-        owner = self._owner(d, engine.revision)
+        owner = self.new_owner(d, engine.revision)
         d.owner = owner
         owner.adopt(engine)
         return d
@@ -460,7 +463,7 @@ class Controller:
         if parked is not None:
             await self.sleep.make_room(spec, need.bytes_per_gpu - parked.gpu_bytes, deploy_id,
                                        parked)  # fmt: skip
-            self._current(d, new := parked.owner, settled=False)
+            self.show_owner(d, new := parked.owner, settled=False)
             if (engine := await self.sleep.wake(d, parked, deploy_id)) is not None:
                 d.warm, revision = True, parked.revision
                 with self.journal.step(deploy_id, "smoke_test", **identity(engine.process)):
@@ -469,10 +472,10 @@ class Controller:
                     )
         if engine is None:  # a cold start (a wake that failed falls back to one)
             await self.sleep.make_room(spec, need.bytes_per_gpu, deploy_id)
-            new = self._owner(d, revision)
-            self._current(d, new, settled=False)  # the old revision is gone: d shows the new one
+            new = self.new_owner(d, revision)
+            self.show_owner(d, new, settled=False)  # the old revision is gone: d shows the new one
             engine = await self._interruptible(d, new.start(
-                lambda: self._bring_up(spec, revision, need, deploy_id, "start")))  # fmt: skip
+                lambda: self.bring_up(spec, revision, need, deploy_id, "start")))  # fmt: skip
             self.observations.append(("startup", dict(engine.phases)))
         with self.journal.step(deploy_id, "switch", **identity(engine.process)):
             d.revision, d.spec = revision, spec
@@ -481,7 +484,7 @@ class Controller:
                                      engine.process.start_time, engine.url)  # fmt: skip
             if old is not None and old is not new and old.state != State.SLEEPING:
                 await old.close()
-            self._current(d, new)
+            self.show_owner(d, new)
 
     def _predict(self, spec: DeploymentSpec, need: Need) -> loadpath.Prediction:
         """How long a start of ``spec`` should take, phase by phase (``deploy/loadpath.py``)."""
@@ -494,7 +497,7 @@ class Controller:
             self.home,
         )
 
-    async def _bring_up(
+    async def bring_up(
         self, spec: DeploymentSpec, revision: int, need: Need, deploy_id: int, step_name: str
     ) -> Engine:
         """Start a revision (journaled as ``step_name``), smoke-test it (as a step of its own
@@ -527,7 +530,7 @@ class Controller:
         the shutdown that follows (the old revision, if it was never stopped)."""
         if old is not None and old.engine is not None:
             old.undrain()
-            self._current(d, old)
+            self.show_owner(d, old)
 
     def _spawned(self, step: Step) -> Callable[[EngineProcess], None]:
         """Journal a new engine's pid at once, so a daemon killed now can find it later."""

@@ -29,28 +29,28 @@ async def roll_back(c: Controller, d: Deployment, old: EngineOwner | None, deplo
     if old is not None and woken is not None:
         c.journal.set_current(d.name, old.revision, woken.process.pid,
                               woken.process.start_time, woken.url)  # fmt: skip
-        c._current(d, old)
+        c.show_owner(d, old)
         return True
     if old is not None and old.engine is not None:
         old.undrain()  # never stopped: it kept serving
-        c._current(d, old)
+        c.show_owner(d, old)
         return True
     last = old.last_engine if old is not None else None
     if old is None or last is None:
         return False
-    back = c._owner(d, old.revision)
+    back = c.new_owner(d, old.revision)
     spec = last.spec
     need = Need(last.need_bytes, "", last.recommended, None, last.weight_bytes)
     try:
         engine = await back.start(
-            lambda: c._bring_up(spec, back.revision, need, deploy_id, "rollback")
+            lambda: c.bring_up(spec, back.revision, need, deploy_id, "rollback")
         )
     except Exception:
-        c._current(d, back)  # failed too
+        c.show_owner(d, back)  # failed too
         return False
     c.journal.set_current(d.name, back.revision, engine.process.pid,
                           engine.process.start_time, engine.url)  # fmt: skip
-    c._current(d, back)
+    c.show_owner(d, back)
     return True
 
 
