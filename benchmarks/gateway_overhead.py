@@ -46,6 +46,7 @@ import sys
 import tempfile
 import time
 from typing import Any
+from urllib.parse import urlsplit
 
 import psutil
 
@@ -158,9 +159,9 @@ def main() -> None:
             dep = status["deployments"][0]
             twin_url, twin_pid = dep["url"], dep["pid"]
             twin_key = engine_key(twin_pid)
-            host, _, port = twin_url.rpartition("/")[2].rpartition(":")
+            twin = urlsplit(twin_url)
             relay = subprocess.Popen([sys.executable, str(Path(__file__).with_name("bare_relay.py")),
-                                      str(rport), host, port])  # fmt: skip
+                                      str(rport), str(twin.hostname), str(twin.port)])  # fmt: skip
             wait_port(rport)
             targets = [
                 ("direct", twin_url, dep["served_model"], None),
