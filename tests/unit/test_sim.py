@@ -106,6 +106,31 @@ def test_sim_scheduler_preempts_the_newest_when_blocks_run_out() -> None:
     assert b.generated == 20 and s.free_blocks == 4
 
 
+def test_sim_scheduler_keeps_a_preempted_requests_work_until_its_blocks_are_taken() -> None:
+    """vLLM V1: a preempted request's full blocks stay cached among the free ones; others
+    take plain free blocks first, then its last blocks; admitted again, it recomputes only
+    what was taken (without keeping, all of it)."""
+    recomputed = {}
+    for keep in (True, False):
+        s = Scheduler(6, 16, 4, 1000, keep_preempted=keep)  # 96 tokens of KV
+        a, b = SimRequest(0, 40, 30, 0.0), SimRequest(1, 40, 30, 0.0)
+        s.add(a)
+        s.add(b)
+        t, steps = 0.0, []
+        while b.finished is None:
+            t += 1
+            batch = s.schedule(t)
+            steps.append((batch.items, batch.preempted))
+            s.complete(batch, t)
+        assert [p for _, p in steps if p] == [[b]]  # at 48 tokens, a needs b's third block
+        # b had computed 47 tokens (2 full blocks kept); a grew into one of them.
+        (n,) = [n for items, _ in steps for r, n in items if r is b and n > 1][1:]
+        recomputed[keep] = n
+        assert b.cached_tokens == (16 if keep else 0)
+        assert b.generated == 30 and s.free_blocks == 6 and s._kept_total == 0
+    assert recomputed == {True: 49 - 16, False: 49}
+
+
 def test_sim_scheduler_prefix_cache_skips_shared_blocks() -> None:
     s = Scheduler(100, 16, 4, 1000, prefix_caching=True)
     first = SimRequest(0, 64, 2, 0.0, prefix_keys=(1, 2, 3, 4))

@@ -80,6 +80,7 @@ class Twin:
             prefix_caching=self.config.enable_prefix_caching and not positions,
             encoder_budget=max(fit.max_num_batched_tokens, positions) if positions else 0,
             chunked_prefill=self.timing.chunked_prefill,
+            keep_preempted=not self.timing.v0,
         )
 
 

@@ -10,6 +10,14 @@ preempted: its blocks are freed and it goes back to the front of the queue to
 be recomputed, as vLLM's recompute preemption does. With prefix caching,
 full blocks of a prompt that an earlier request already computed are reused.
 
+vLLM V1 (whose prefix caching is on by default) frees a preempted request's
+blocks with their contents still cached: they go to the end of the free queue,
+its last blocks first, and other requests take free blocks from the front, so
+what is left of its work when it is admitted again is a cache hit, not a
+recompute (``keep_preempted``). Without that, a burst of long prompts whose KV
+does not fit would recompute the same chunks over and over (prefill work lost
+to every preemption).
+
 A request of an encoder-decoder model (Whisper) carries encoder positions:
 its clip is encoded in the step that admits it, which prefills its decoder
 prompt whole (vLLM disables chunked prefill for these models), and it keeps
@@ -102,6 +110,7 @@ class Scheduler:
         prefix_caching: bool = False,
         encoder_budget: int = 0,
         chunked_prefill: bool = True,
+        keep_preempted: bool = False,
     ) -> None:
         if num_blocks <= 0 or block_size <= 0:
             raise ValueError("the KV cache needs at least one block")
@@ -114,7 +123,13 @@ class Scheduler:
         self.encoder_budget = encoder_budget
         #: Off (vLLM V0's default): prompts run whole, in prefill-only steps ahead of decodes.
         self.chunked_prefill = chunked_prefill
+        #: A preempted request's computed blocks stay cached among the free ones (vLLM V1).
+        self.keep_preempted = keep_preempted
         self.free_blocks = num_blocks
+        #: Free blocks that still hold a preempted request's work, per request, oldest
+        #: preemption first (taken first when free blocks run short).
+        self._kept: dict[SimRequest, int] = {}
+        self._kept_total = 0
         self.waiting: deque[SimRequest] = deque()
         self.running: list[SimRequest] = []
         self.preemptions_total = 0
@@ -151,9 +166,51 @@ class Scheduler:
             return True
         if need > self.free_blocks:
             return False
-        self.free_blocks -= need
+        self._take(need)
         req.blocks += need
         return True
+
+    def _take(self, need: int) -> None:
+        """Take ``need`` free blocks: plain ones first, then (oldest preemption first, each
+        request's last blocks first) blocks that still hold a preempted request's work."""
+        short = need - (self.free_blocks - self._kept_total)
+        while short > 0:
+            victim = next(iter(self._kept))
+            lost = min(short, self._kept[victim])
+            self._kept[victim] -= lost
+            self._kept_total -= lost
+            short -= lost
+            if not self._kept[victim]:
+                del self._kept[victim]
+        self.free_blocks -= need
+
+    def _keep(self, req: SimRequest, computed: int) -> None:
+        """Keep a just-preempted request's full computed blocks cached among the free ones."""
+        if not self.keep_preempted or req.encoder_positions:
+            return
+        kept = min(computed // self.block_size, self.free_blocks - self._kept_total)
+        if kept > 0:
+            self._kept[req] = kept
+            self._kept_total += kept
+
+    def _resume(self, req: SimRequest) -> int:
+        """Claim what is still cached of a preempted request's work: tokens it need not
+        recompute (its blocks become its own again)."""
+        kept = self._kept.pop(req, 0)
+        if not kept:
+            return 0
+        self._kept_total -= kept
+        self.free_blocks -= kept
+        req.blocks = kept
+        # The last token is always recomputed to produce logits.
+        return min(kept * self.block_size, req.total_len - 1)
+
+    def _unresume(self, req: SimRequest) -> None:
+        """Undo :meth:`_resume` for a request that was not admitted after all."""
+        kept, req.blocks = req.blocks, 0
+        self.free_blocks += kept
+        self._kept[req] = kept
+        self._kept_total += kept
 
     def _prefix_hit(self, req: SimRequest) -> int:
         """Prompt tokens already computed by earlier requests (whole blocks)."""
@@ -197,6 +254,7 @@ class Scheduler:
             while not self._grow(req, req.computed + n):
                 victim = self.running.pop()
                 self._free(victim)
+                self._keep(victim, victim.computed)
                 victim.computed = 0
                 victim.cached_tokens = 0
                 victim.preemptions += 1
@@ -222,18 +280,24 @@ class Scheduler:
         encode = max(self.encoder_budget, 0)
         while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
             req = self.waiting[0]
-            if req.computed == 0:
+            resumed = req.computed == 0 and req in self._kept
+            if resumed:
+                req.computed = req.cached_tokens = self._resume(req)
+            elif req.computed == 0:
                 req.computed = req.cached_tokens = self._prefix_hit(req)
             n = min(req.total_len - req.computed, budget)
             # Without chunking (and for an encoder-decoder request) the whole prompt runs in
             # one step; an encoder-decoder request's clip is encoded within what is left of
             # this step's encoder budget.
             whole = req.encoder_positions or not self.chunked_prefill
-            if whole and n < req.total_len - req.computed:
-                break
-            if req.encoder_positions and req.encoder_positions > encode:
-                break
-            if not self._grow(req, req.computed + n):
+            if (
+                (whole and n < req.total_len - req.computed)
+                or (req.encoder_positions and req.encoder_positions > encode)
+                or not self._grow(req, req.computed + n)
+            ):
+                if resumed:
+                    self._unresume(req)
+                    req.computed = req.cached_tokens = 0
                 break
             if req.encoder_positions:
                 encode -= req.encoder_positions
@@ -294,3 +358,5 @@ class Scheduler:
             self._free(req)
         elif req in self.waiting:
             self.waiting.remove(req)
+            kept = self._kept.pop(req, 0)
+            self._kept_total -= kept
