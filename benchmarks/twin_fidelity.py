@@ -102,6 +102,9 @@ class Point:
     #: ``output_len`` (a random dataset without ``--ignore-eos``: the model's end-of-text);
     #: the replay spreads its output lengths up to ``output_len`` around this mean.
     output_mean: float | None = None
+    #: Sent as chats (``/v1/chat/completions``: the API server renders a chat template),
+    #: where the source says so; otherwise completions, ``vllm bench serve``'s default.
+    chat: bool = False
 
 
 #: One entry per line of vllm-perf-points.jsonl, in order; the workload read off each source's notes.
@@ -270,6 +273,7 @@ def point_from_row(row: Mapping[str, Any], ref: str) -> Point:
         flags=flags,
         source=str(row["source"]),
         ref=ref,
+        chat=bool(re.search(r"openai-chat|chat/completions", dataset)),
     )
     out_rate, req_rate = _number(row.get("output_tok_s")), _number(row.get("request_s"))
     if point.output_len and out_rate and req_rate:
@@ -395,7 +399,8 @@ def run_point(p: Point, seed: int = 0) -> dict[str, Any]:
             rng, top = random.Random(seed), p.output_len
             low = max(1, min(top, round(2 * p.output_mean - top)))
             items = [replace(it, output_len=rng.randint(low, top)) for it in items]
-    summary, _ = simulate(twin, items, arrival_times(p.n, p.rate, seed=seed), p.concurrency)
+    send = arrival_times(p.n, p.rate, seed=seed)
+    summary, _ = simulate(twin, items, send, p.concurrency, chat=p.chat)
     return summary
 
 
@@ -448,7 +453,8 @@ PARAMS = (
     Param("RANK_OVERHEAD_S", 20e-6, 5e-3, "the per-rank TP overhead"),
     Param("ALLREDUCE_LATENCY_S[nvlink]", 2e-6, 200e-6, "TP all-reduce latency"),
     Param("FRONTEND_S", 2e-3, 80e-3, "the API server's per-request latency"),
-    Param("INTAKE_S", 0.1e-3, 20e-3, "the API server's serial intake (bursts)"),
+    Param("INTAKE_S", 0.1e-3, 20e-3, "the API server's shared intake (bursts)"),
+    Param("CHAT_TEMPLATE_S", 0.1e-3, 20e-3, "the API server's chat templates (bursts of chats)"),
     Param("MOE_EFFICIENCY", 0.1, 1.0, "the fused MoE kernels (expert GEMMs)"),
 )  # fmt: skip
 #: Factor each constant is scaled by to measure the figures' sensitivity to it.
@@ -463,6 +469,7 @@ PRIOR = {
     "BW_EFFICIENCY[HBM]": 0.88, "BW_EFFICIENCY[GDDR]": 0.90, "MFU": 0.55, "MFU_HALF_TOKENS": 32.0,
     "STEP_OVERHEAD_S": 1.2e-3, "PER_SEQUENCE_S": 25e-6, "RANK_OVERHEAD_S": 0.6e-3,
     "ALLREDUCE_LATENCY_S[nvlink]": 25e-6, "FRONTEND_S": 15e-3, "INTAKE_S": 1e-3,
+    "CHAT_TEMPLATE_S": 1e-3,
     "MOE_EFFICIENCY": 1.0,
 }  # fmt: skip
 

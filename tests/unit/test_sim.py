@@ -215,11 +215,12 @@ def test_sim_live_engine_reports_its_busy_share_once_a_second() -> None:
     assert reports == [pytest.approx(0.75), 0.0]
 
 
-def test_sim_a_burst_reaches_the_engine_one_request_at_a_time_offline_and_live(
+def test_sim_a_burst_reaches_the_engine_together_after_its_intake_offline_and_live(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """The API server takes a burst serially (``perf.INTAKE_S`` each): the n-th of a burst
-    waits n turns before the engine sees it, in the offline run and the live twin alike."""
+    """The API server shares its process among the requests in hand (``perf.INTAKE_S`` of it
+    each): a burst of n reaches the engine together after n × that, so its first tokens all
+    come after that floor; spaced requests each take only their own. Offline and live alike."""
     import asyncio
     import time
 
@@ -231,16 +232,23 @@ def test_sim_a_burst_reaches_the_engine_one_request_at_a_time_offline_and_live(
     twin = build_twin(TwinConfig(LLAMA, "h100-sxm", max_model_len=8192))
     burst, _ = simulate(twin, synthetic(40, 16, 4), [0.0] * 40)
     alone, _ = simulate(twin, synthetic(1, 16, 4), [0.0])
-    # the last of 40 waits 40 turns (0.8 s): the median about half that, beyond the step time
-    assert burst["median_ttft_ms"] - alone["median_ttft_ms"] == pytest.approx(410, abs=40)
+    # all 40 are through at 40 × 20 ms = 0.8 s and prefilled together in one step (640
+    # tokens: tens of ms on an H100), not one every 20 ms
+    assert 0 < burst["median_ttft_ms"] - 800 < 50
+    assert burst["p99_ttft_ms"] - burst["median_ttft_ms"] < 5
     spaced, _ = simulate(twin, synthetic(40, 16, 4), [i * 0.05 for i in range(40)])
     assert spaced["median_ttft_ms"] == pytest.approx(alone["median_ttft_ms"], rel=0.1)
 
-    async def live() -> float:
+    async def live() -> list[float]:
         engine = LiveEngine(twin, time_scale=0.5)
         t0 = time.monotonic()
-        await asyncio.gather(*(engine.submit(16, 4) for _ in range(10)))  # all queued
-        return time.monotonic() - t0
+
+        async def one() -> float:
+            await engine.submit(16, 4)
+            return time.monotonic() - t0
+
+        return await asyncio.gather(*(one() for _ in range(10)))  # all queued
 
     took = asyncio.run(live())
-    assert 10 * 0.02 * 0.5 <= took < 10 * 0.02 * 0.5 + 0.08  # ten turns, at the time scale
+    # the first and the last alike: ten shares of 20 ms, at the time scale
+    assert 10 * 0.02 * 0.5 <= min(took) <= max(took) < 10 * 0.02 * 0.5 + 0.08

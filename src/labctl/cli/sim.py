@@ -220,6 +220,8 @@ def twin_config(kw: dict[str, Any], default_gpu: str = DEFAULT_GPU) -> Any:
     help="speech: audio files or directories of them (the files may follow the flag)",
 )  # fmt: skip
 @click.argument("more_audio_files", nargs=-1, metavar="[FILES]...")
+@click.option("--endpoint", type=click.Choice(["completions", "chat"]), default="completions",
+              show_default=True, help="text requests as completions or as chats (chat template)")  # fmt: skip
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--timeline-interval", default="1s", show_default=True, help="KV/queue sampling")
 @click.option(
@@ -282,8 +284,9 @@ def run(**kw: Any) -> None:
     else:
         items = synthetic(n, input_len, output_len, ratio, seed)
     send = arrival_times(n, kw.pop("request_rate"), kw.pop("burstiness"), seed)
+    chat = kw.pop("endpoint") == "chat"
     twin = build_twin(twin_config(kw))
-    summary, timeline = simulate(twin, items, send, conc, interval=max(interval, 1e-3))
+    summary, timeline = simulate(twin, items, send, conc, interval=max(interval, 1e-3), chat=chat)
     spans = explain(timeline, twin.perf, twin.fit.kv_cache_tokens) if explaining else None
     if as_json:
         extra = {} if spans is None else {"explain": [s.to_json() for s in spans]}

@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from labctl.sim import perf as costs
 from labctl.sim.engine import Twin
+from labctl.sim.intake import SharedIntake
 from labctl.sim.scheduler import Scheduler, SimRequest, block_keys
 
 TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5,
@@ -196,8 +197,10 @@ class LiveEngine:
         self.on_busy: Callable[[float], None] = lambda busy: None
         self._busy_s = 0.0
         self._busy_since = clock()
-        #: When the simulated API server is free to take the next request (clock time).
-        self._intake_free = clock()
+        #: The simulated API server's process, shared by the requests it is taking in (in
+        #: the event loop's time) and when it next wakes to hand one to the engine.
+        self._intake: SharedIntake[asyncio.Future[None]] = SharedIntake()
+        self._intake_timer: asyncio.TimerHandle | None = None
 
     async def submit(
         self,
@@ -206,20 +209,22 @@ class LiveEngine:
         prompt_tokens: Sequence[object] = (),
         audio: AudioInput | None = None,
         frontend_s: float | None = None,
+        chat: bool = False,
     ) -> Stream:
         """Queue a request; tokens arrive on the returned stream's queue (``None`` ends it).
 
         ``audio`` makes it a speech chunk: its clip is encoded when it is admitted.
         ``frontend_s`` is the API server's share of the latency, before the engine sees it
-        (default: a text request's, ``perf.FRONTEND_S`` after its turn at the API server's
-        serial intake, ``perf.INTAKE_S`` each, as the offline run has it; a transcription's
-        first chunk pays its whole request's; later chunks none).
+        (default: a text request's, ``perf.FRONTEND_S`` after the API server has taken it in,
+        sharing its process with the other requests in hand as the offline run has it; a
+        transcription's first chunk pays its whole request's; later chunks none). ``chat``:
+        a chat, whose template the API server renders.
         """
         arrival = self.clock()
         if self.time_scale and frontend_s is None:
-            begin = max(arrival, self._intake_free)
-            self._intake_free = begin + costs.INTAKE_S * self.time_scale
-            await asyncio.sleep(self._intake_free - arrival + costs.FRONTEND_S * self.time_scale)
+            cost = costs.intake_s(self.twin.arch.model_type, chat)
+            await self._take_in(cost * self.time_scale)
+            await asyncio.sleep(costs.FRONTEND_S * self.time_scale)
         elif self.time_scale and frontend_s:
             await asyncio.sleep(frontend_s * self.time_scale)
         self._next_id += 1
@@ -233,6 +238,28 @@ class LiveEngine:
         self.metrics.waiting.set(len(self.sched.waiting))
         self._wake.set()
         return stream
+
+    async def _take_in(self, cost: float) -> None:
+        """Wait until the API server's shared process has spent ``cost`` on this request."""
+        loop = asyncio.get_running_loop()
+        through: asyncio.Future[None] = loop.create_future()
+        self._hand_over(self._intake.add(loop.time(), through, cost))
+        await through
+
+    def _hand_over(self, through: list[tuple[float, asyncio.Future[None]]]) -> None:
+        """Release the requests the API server is through with; wake when the next is."""
+        for _, waiter in through:
+            if not waiter.done():  # not given up by its client meanwhile
+                waiter.set_result(None)
+        if self._intake_timer is not None:
+            self._intake_timer.cancel()
+        nxt = self._intake.next_through()
+        loop = asyncio.get_running_loop()
+        self._intake_timer = None if nxt is None else loop.call_at(nxt, self._intake_tick)
+
+    def _intake_tick(self) -> None:
+        self._intake_timer = None
+        self._hand_over(self._intake.advance(asyncio.get_running_loop().time()))
 
     def cancel(self, stream: Stream, stopped: bool = False) -> None:
         """End a request early: its client went away, or (``stopped``) a stop string matched."""

@@ -23,6 +23,7 @@ from labctl.audio import SAMPLE_RATE
 from labctl.errors import UsageError
 from labctl.sim import perf as costs
 from labctl.sim.engine import Twin
+from labctl.sim.intake import SharedIntake
 from labctl.sim.report import Outcome, summarize
 from labctl.sim.scheduler import Batch, SimRequest, block_keys
 from labctl.sim.whisper import mel_frames, plan_chunk
@@ -65,6 +66,8 @@ class Timeline:
     def span(self, k: int) -> tuple[float, float]:
         """Interval ``k``: from its sample's time to the next one's, or to the run's end."""
         start = self.time[k]
+        if k + 1 < len(self.time):  # exactly where the next starts (no float drift between)
+            return start, self.time[k + 1]
         return start, min(start + self.interval, max(self.end, start))
 
     def to_json(self) -> dict[str, Any]:
@@ -91,9 +94,11 @@ def simulate(
     max_concurrency: int | None = None,
     interval: float = 1.0,
     percentiles: Sequence[float] = (99,),
+    chat: bool = False,
 ) -> tuple[dict[str, Any], Timeline]:
     """Run the workload through the twin; returns the summary (with these latency
-    ``percentiles``) and the timeline.
+    ``percentiles``) and the timeline. ``chat``: text requests are chats (the API server
+    renders each one's chat template), not completions.
 
     Raises:
         UsageError: speech items for a text model, or text items for a speech model.
@@ -128,8 +133,9 @@ def simulate(
     #: requests waiting) of the steps in it.
     work: list[list[float]] = []
     now = 0.0
-    #: When the API server is free to take the next request.
-    intake_free = 0.0
+    #: The API server's process, shared by the requests it is taking in.
+    intake: SharedIntake[int] = SharedIntake()
+    intake_cost = costs.intake_s(twin.arch.model_type, chat)
     nxt = next(order, None)
     ids = iter(range(1, 2**62))
 
@@ -153,9 +159,15 @@ def simulate(
         owner[req.id] = i
         return req
 
+    def taken_in(through: list[tuple[float, int]]) -> None:
+        """Requests the API server is through with: the engine sees each after the rest of
+        the API server's latency."""
+        for t, i in through:
+            heapq.heappush(inbound, (engine_request(i, t + costs.FRONTEND_S).arrival, i))
+
     def feed(until: float) -> None:
         """Send every request whose time has come and that has a free slot."""
-        nonlocal nxt, intake_free
+        nonlocal nxt
         while nxt is not None and send_times[nxt] <= until:
             heapq.heappush(ready, (send_times[nxt], nxt))
             nxt = next(order, None)
@@ -170,16 +182,15 @@ def simulate(
                 if max_concurrency:
                     heapq.heappush(free_at, start)
                 continue
-            # The API server takes requests one at a time, then reads, tokenizes and queues
-            # each (and computes each audio chunk's features) before the engine sees it.
-            # (Speech requests' API-server costs are the speech twin's own calibration.)
+            # The API server takes each request in, sharing its process with the others in
+            # hand, before the engine sees it. (Speech requests' API-server costs, each audio
+            # chunk's features included, are the speech twin's own calibration.)
             if item.audio:
-                at = start + costs.speech_frontend_s(len(item.audio))
+                req = engine_request(i, start + costs.speech_frontend_s(len(item.audio)))
+                heapq.heappush(inbound, (req.arrival, i))
             else:
-                intake_free = max(start, intake_free) + costs.INTAKE_S
-                at = intake_free + costs.FRONTEND_S
-            req = engine_request(i, at)
-            heapq.heappush(inbound, (req.arrival, i))
+                taken_in(intake.add(start, i, intake_cost))
+        taken_in(intake.advance(until))
         while inbound and inbound[0][0] <= until:
             sched.add(reqs[heapq.heappop(inbound)[1]][-1])
 
@@ -215,6 +226,9 @@ def simulate(
         feed(now)
         if sched.idle:
             upcoming = [t for t, _ in inbound[:1]]
+            through = intake.next_through()
+            if through is not None:
+                upcoming.append(through)
             if ready and (not max_concurrency or free_at):
                 upcoming.append(ready[0][0])
             if nxt is not None:

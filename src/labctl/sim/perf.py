@@ -83,10 +83,22 @@ EAGER_PER_LAYER_S = 0.28e-3
 ALLREDUCE_LATENCY_S = {"nvlink": 9e-6, "pcie": 50e-6}
 #: The API server's share of a request's latency: HTTP, tokenizing, queueing, detokenizing.
 FRONTEND_S = 38.5e-3
-#: The API server's serial share of each request: one process renders the chat template,
-#: tokenizes and validates requests one at a time, so a burst of N reaches the engine over
-#: N × this (the fit finds it small: the bursts' queueing is the engine's).
-INTAKE_S = 0.16e-3
+#: The API server's process time to take in one request (parse, tokenize, validate). One
+#: process shares itself among the requests in hand (``labctl.sim.intake``), so a burst of N
+#: reaches the engine together after about N × its requests' cost.
+INTAKE_S = 1.2e-3
+#: A chat request's more: rendering the model's Jinja chat template (vLLM renders gpt-oss
+#: chats with its compiled harmony encoder instead, and pays only ``INTAKE_S``).
+CHAT_TEMPLATE_S = 4.8e-3
+
+
+def intake_s(model_type: str, chat: bool) -> float:
+    """The API server's process time to take in one text request for a model of
+    ``model_type``, a chat (``/v1/chat/completions``) or a completion."""
+    template = chat and model_type != "gpt_oss"
+    return INTAKE_S + (CHAT_TEMPLATE_S if template else 0.0)
+
+
 #: The speech twin's own calibration (``benchmarks/twin_speech.py``, fitted on speech points
 #: apart from the LLM points above): Whisper's steps, bandwidth and API-server latency.
 SPEECH_MFU = 0.55

@@ -204,7 +204,7 @@ class TwinServer:
         )
         rid = ("chatcmpl-" if chat else "cmpl-") + os.urandom(12).hex()
         created = int(time.time())
-        stream = await self.engine.submit(prompt_len, max_tokens, tokens)
+        stream = await self.engine.submit(prompt_len, max_tokens, tokens, chat=chat)
         if body.get("stream"):
             return await self._stream(request, stream, rid, created, chat, stops, include_usage)
         text, finish = "", "length"
