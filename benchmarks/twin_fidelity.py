@@ -665,7 +665,7 @@ def cause(fig: Figure, ratio: float, notes: Sequence[str], burst: int = 0) -> st
     off = max(ratio, 1 / ratio)
     head = f"{fig.metric} {off:.2f}× {direction}"
     if fig.metric == "ttft" and burst:
-        why = (f"a burst of {burst} requests: TTFT is queueing (the API server's serial "
+        why = (f"a burst of {burst} requests: TTFT is queueing (the API server's shared "
                "intake, then the engine's batch and KV limits)")  # fmt: skip
     elif abs(fig.slopes[j]) < 0.25:
         why = "barely moved by any step constant: set by scheduling, queueing or the workload"
