@@ -273,7 +273,7 @@ def point_from_row(row: Mapping[str, Any], ref: str) -> Point:
         flags=flags,
         source=str(row["source"]),
         ref=ref,
-        chat=bool(re.search(r"openai-chat|chat/completions", dataset)),
+        chat=bool(re.search(r"openai-chat|chat/completions", f"{dataset} {row.get('notes')}")),
     )
     out_rate, req_rate = _number(row.get("output_tok_s")), _number(row.get("request_s"))
     if point.output_len and out_rate and req_rate:
