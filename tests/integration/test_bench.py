@@ -40,7 +40,11 @@ def test_measured_ttft_and_tpot_match_the_twins_configured_timing(
     assert isinstance(expected, dict)
     assert got["completed"] == prompts and got["failed"] == 0
     for figure in ("median_ttft_ms", "mean_ttft_ms", "median_tpot_ms", "mean_tpot_ms"):
-        assert got[figure] == pytest.approx(expected[figure], rel=0.05), figure
+        # A burst's median request sits at the edge of a wave of admissions, and the client's
+        # own send ramp (tens of ms for 128 requests; `sim run` sends them at one instant)
+        # decides which step the first ones join: 20 ms of ramp moves it 2.5% offline, 50 ms 4%.
+        rel = 0.08 if figure == "median_ttft_ms" and not concurrency else 0.05
+        assert got[figure] == pytest.approx(expected[figure], rel=rel), figure
     assert got["total_input_tokens"] == 512 * prompts  # the prompt lengths the server counted
     assert got["prompt_len_error_mean"] == 0.0
     assert got["client_check"]["timestamps"] == "kernel"
