@@ -159,11 +159,15 @@ def simulate(
         owner[req.id] = i
         return req
 
+    def to_engine(i: int, at: float) -> None:
+        """Item ``i``'s next engine request is on its way: the engine sees it at ``at``."""
+        heapq.heappush(inbound, (engine_request(i, at).arrival, i))
+
     def taken_in(through: list[tuple[float, int]]) -> None:
         """Requests the API server is through with: the engine sees each after the rest of
         the API server's latency."""
         for t, i in through:
-            heapq.heappush(inbound, (engine_request(i, t + costs.FRONTEND_S).arrival, i))
+            to_engine(i, t + costs.FRONTEND_S)
 
     def feed(until: float) -> None:
         """Send every request whose time has come and that has a free slot."""
@@ -186,8 +190,7 @@ def simulate(
             # hand, before the engine sees it. (Speech requests' API-server costs, each audio
             # chunk's features included, are the speech twin's own calibration.)
             if item.audio:
-                req = engine_request(i, start + costs.speech_frontend_s(len(item.audio)))
-                heapq.heappush(inbound, (req.arrival, i))
+                to_engine(i, start + costs.speech_frontend_s(len(item.audio)))
             else:
                 taken_in(intake.add(start, i, intake_cost))
         taken_in(intake.advance(until))
