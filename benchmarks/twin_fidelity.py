@@ -247,6 +247,8 @@ def point_from_row(row: Mapping[str, Any], ref: str) -> Point:
         flags["max_model_len"] = int(mml)
     if (util := _flag(text, "--gpu-memory-utilization")) is not None:
         flags["gpu_memory_utilization"] = float(util)
+    if (servers := _flag(text, "--api-server-count")) is not None:
+        flags["api_server_count"] = int(servers)
     kv = str(row.get("kv_cache_dtype") or _flag(text, "--kv-cache-dtype") or "auto")
     if kv.startswith("fp8"):
         flags["kv_cache_dtype"] = "fp8"
@@ -455,6 +457,7 @@ PARAMS = (
     Param("FRONTEND_S", 2e-3, 80e-3, "the API server's per-request latency"),
     Param("INTAKE_S", 0.1e-3, 20e-3, "the API server's shared intake (bursts)"),
     Param("CHAT_TEMPLATE_S", 0.1e-3, 20e-3, "the API server's chat templates (bursts of chats)"),
+    Param("STREAM_TOKEN_S", 2e-6, 200e-6, "the API server streaming tokens (small models)"),
     Param("MOE_EFFICIENCY", 0.1, 1.0, "the fused MoE kernels (expert GEMMs)"),
 )  # fmt: skip
 #: Factor each constant is scaled by to measure the figures' sensitivity to it.
@@ -469,7 +472,7 @@ PRIOR = {
     "BW_EFFICIENCY[HBM]": 0.88, "BW_EFFICIENCY[GDDR]": 0.90, "MFU": 0.55, "MFU_HALF_TOKENS": 32.0,
     "STEP_OVERHEAD_S": 1.2e-3, "PER_SEQUENCE_S": 25e-6, "RANK_OVERHEAD_S": 0.6e-3,
     "ALLREDUCE_LATENCY_S[nvlink]": 25e-6, "FRONTEND_S": 15e-3, "INTAKE_S": 1e-3,
-    "CHAT_TEMPLATE_S": 2e-3,
+    "CHAT_TEMPLATE_S": 2e-3, "STREAM_TOKEN_S": 30e-6,
     "MOE_EFFICIENCY": 1.0,
 }  # fmt: skip
 

@@ -252,3 +252,53 @@ def test_sim_a_burst_reaches_the_engine_together_after_its_intake_offline_and_li
     took = asyncio.run(live())
     # the first and the last alike: ten shares of 20 ms, at the time scale
     assert 10 * 0.02 * 0.5 <= min(took) <= max(took) < 10 * 0.02 * 0.5 + 0.08
+
+
+def test_sim_the_api_servers_streaming_caps_the_tokens_clients_see_offline_and_live(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The API server streams each token at a cost, one step after another, and the engine
+    does not wait for it: when the engine outruns it, tokens reach the clients late and the
+    run's output rate is the API server's, 1 / STREAM_TOKEN_S."""
+    import asyncio
+    import time
+
+    from labctl.sim import perf
+    from labctl.sim.live import LiveEngine
+
+    for name in ("INTAKE_S", "FRONTEND_S"):
+        monkeypatch.setattr(perf, name, 0.0)
+    twin = build_twin(TwinConfig(LLAMA, "h100-sxm", max_model_len=8192))
+    engine_only, _ = simulate(twin, synthetic(8, 16, 50), [0.0] * 8)
+    monkeypatch.setattr(perf, "STREAM_TOKEN_S", 3e-3)  # 8 tokens a step: 24 ms a step
+    summary, timeline = simulate(twin, synthetic(8, 16, 50), [0.0] * 8)
+    assert engine_only["median_tpot_ms"] < 12  # the engine alone: a few ms a step
+    assert summary["output_throughput"] == pytest.approx(1 / 3e-3, rel=0.05)
+    assert summary["median_tpot_ms"] == pytest.approx(8 * 3.0, rel=0.05)
+    # the engine was done long before its clients saw the last tokens
+    assert timeline.end < 0.5 * summary["duration"]
+
+    async def live() -> float:
+        engine = LiveEngine(twin, time_scale=0.25)
+        runner = asyncio.create_task(engine.run())
+        t0 = time.monotonic()
+
+        async def one() -> None:
+            stream = await engine.submit(16, 50)
+            while await stream.queue.get() is not None:
+                pass
+
+        await asyncio.gather(*(one() for _ in range(8)))
+        runner.cancel()
+        return time.monotonic() - t0
+
+    took = asyncio.run(live())
+    assert took == pytest.approx(400 * 3e-3 * 0.25, rel=0.15)
+
+    # two API server processes (--api-server-count 2) stream twice as fast
+    twin = build_twin(TwinConfig(LLAMA, "h100-sxm", max_model_len=8192, api_server_count=2))
+    two, _ = simulate(twin, synthetic(8, 16, 50), [0.0] * 8)
+    assert two["output_throughput"] == pytest.approx(2 / 3e-3, rel=0.05)
+    assert asyncio.run(live()) == pytest.approx(400 * 3e-3 * 0.25 / 2, rel=0.15)
+    with pytest.raises(UsageError, match="--api-server-count 0"):
+        build_twin(TwinConfig(LLAMA, "h100-sxm", max_model_len=8192, api_server_count=0))

@@ -99,3 +99,13 @@ def test_importing_the_benchmark_leaves_the_environment_alone() -> None:
     # the benchmark runs offline; a test importing it must not turn the rest of the suite
     # offline (the model-cache tests download from a local hub in the same process's children)
     assert os.environ.get("HF_HUB_OFFLINE") == OFFLINE_BEFORE
+
+
+def test_a_rows_flags_carry_over_to_its_replay() -> None:
+    row = {"model": "Qwen/Qwen3-0.6B", "gpu": "NVIDIA H100 80GB HBM3", "source": "a post",
+           "input_len": 512, "output_len": 128,
+           "num_prompts": 500, "output_tok_s": 1000.0,
+           "flags": "--api-server-count 4 --max-model-len 2048 --gpu-memory-utilization 0.5"}  # fmt: skip
+    point = tf.point_from_row(row, "row 1")
+    assert point.flags == {"api_server_count": 4, "max_model_len": 2048,
+                           "gpu_memory_utilization": 0.5}  # fmt: skip

@@ -166,6 +166,13 @@ def _engine_options(f: Any, gpu_help: str) -> Any:
         click.option("--enable-prefix-caching", is_flag=True),
         click.option("--served-model-name", help="the name clients use (default: --model)"),
         click.option(
+            "--api-server-count",
+            type=click.IntRange(1, 64),
+            default=1,
+            show_default=True,
+            help="API server processes; requests are spread over them (intake and streaming)",
+        ),
+        click.option(
             "--vllm-version",
             metavar="X.Y.Z",
             help="the vLLM release to behave as: its defaults and overheads (default: latest)",
@@ -174,6 +181,19 @@ def _engine_options(f: Any, gpu_help: str) -> Any:
     for option in reversed(options):
         f = option(f)
     return f
+
+
+#: Share of a run an API server process has work above which it, not the GPU, sets the pace.
+API_SERVER_BOUND = 0.9
+
+
+def api_server_line(count: int, busy: float) -> str:
+    """``sim run``'s API server row: how busy its processes were, and whether that bound the
+    run."""
+    line = f"{count} process{'es' if count > 1 else ''}, busy {busy:.0%} of the run"
+    if busy >= API_SERVER_BOUND:
+        line += f": it sets the pace, not the GPU (try --api-server-count {count + 1})"
+    return line
 
 
 def twin_config(kw: dict[str, Any], default_gpu: str = DEFAULT_GPU) -> Any:
@@ -193,6 +213,7 @@ def twin_config(kw: dict[str, Any], default_gpu: str = DEFAULT_GPU) -> Any:
         enforce_eager=kw.pop("enforce_eager"),
         enable_prefix_caching=kw.pop("enable_prefix_caching"),
         served_model_name=kw.pop("served_model_name"),
+        api_server_count=kw.pop("api_server_count"),
         **({"vllm_version": v} if (v := kw.pop("vllm_version")) else {}),
     )
 
@@ -316,8 +337,10 @@ def run(**kw: Any) -> None:
         ),
         ("queue", f"peak {summary['peak_num_requests_waiting']} waiting"),
         ("preemptions", str(summary["num_preemptions"])),
+        ("API server", api_server_line(summary["api_server_count"], summary["api_server_busy"])),
     ]
-    if "rtfx" in summary:  # speech: audio instead of prompts
+    if "rtfx" in summary:  # speech: audio instead of prompts (and no streamed tokens)
+        rows.pop()
         rows[1:2] = [
             ("audio", f"{summary['audio_seconds']:.1f} s, RTFx {summary['rtfx']:.1f}"),
             ("output throughput", f"{summary['output_throughput']:.1f} tok/s"),

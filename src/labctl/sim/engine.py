@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 from labctl.cache.resolve import resolve_model
 from labctl.catalog.arch import ModelArch
 from labctl.catalog.gpus import GpuSpec, gpu
-from labctl.errors import EngineError
+from labctl.errors import EngineError, UsageError
 from labctl.fit.plan import FitRequest, FitResult, plan
 from labctl.fit.vllm import LATEST
 from labctl.sim.perf import PerfModel
@@ -38,6 +38,9 @@ class TwinConfig:
     enable_prefix_caching: bool = False
     vllm_version: str = LATEST
     served_model_name: str | None = None
+    #: API server processes (``--api-server-count``): requests are spread over them, and
+    #: each takes in and streams only its own.
+    api_server_count: int = 1
 
 
 @dataclass(frozen=True)
@@ -111,6 +114,10 @@ def build_twin(config: TwinConfig) -> Twin:
         EngineError: the model does not fit; the message is vLLM's.
     """
     check_version(config.vllm_version)
+    if config.api_server_count < 1:
+        raise UsageError(
+            f"--api-server-count {config.api_server_count}: give 1 or more API server processes"
+        )
     arch = resolve_model(config.model)
     spec = gpu(config.gpu)
     req = FitRequest.on_gpu(

@@ -3,6 +3,8 @@
 Each step takes the time the perf model gives it, times ``time_scale`` (0: as
 fast as the loop can go). Steps are laid end to end on a simulated timeline
 that tracks the wall clock, so a slow event loop does not make the twin drift.
+A text request's tokens reach its stream when the simulated API server has streamed
+them (``sim/api_server.py``), as the offline run has it.
 """
 
 from __future__ import annotations
@@ -15,8 +17,8 @@ import time
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from labctl.sim import perf as costs
+from labctl.sim.api_server import ApiServer
 from labctl.sim.engine import Twin
-from labctl.sim.intake import SharedIntake
 from labctl.sim.scheduler import Scheduler, SimRequest, block_keys
 
 TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5,
@@ -167,6 +169,8 @@ class Stream:
     arrival: float
     queue: asyncio.Queue[int | None]
     audio: AudioInput | None = None
+    #: The API server process that took it in and streams its tokens.
+    api: int = 0
 
 
 class LiveEngine:
@@ -197,10 +201,13 @@ class LiveEngine:
         self.on_busy: Callable[[float], None] = lambda busy: None
         self._busy_s = 0.0
         self._busy_since = clock()
-        #: The simulated API server's process, shared by the requests it is taking in (in
-        #: the event loop's time) and when it next wakes to hand one to the engine.
-        self._intake: SharedIntake[asyncio.Future[None]] = SharedIntake()
-        self._intake_timer: asyncio.TimerHandle | None = None
+        #: The simulated API server's processes (in the event loop's time), each shared by
+        #: the requests it is taking in (each waiting on a future) and the steps' tokens it
+        #: streams (each step's puts onto its streams), and when each next wakes.
+        self._apis: list[ApiServer[asyncio.Future[None] | list[tuple[Stream, int | None]]]]
+        self._apis = [ApiServer() for _ in range(twin.config.api_server_count)]
+        self._api_timers: list[asyncio.TimerHandle | None] = [None] * len(self._apis)
+        self._api_turn = 0
 
     async def submit(
         self,
@@ -221,9 +228,11 @@ class LiveEngine:
         a chat, whose template the API server renders.
         """
         arrival = self.clock()
+        api = self._api_turn
+        self._api_turn = (api + 1) % len(self._apis)
         if self.time_scale and frontend_s is None:
             cost = costs.intake_s(self.twin.arch.model_type, chat)
-            await self._take_in(cost * self.time_scale)
+            await self._take_in(api, cost * self.time_scale)
             await asyncio.sleep(costs.FRONTEND_S * self.time_scale)
         elif self.time_scale and frontend_s:
             await asyncio.sleep(frontend_s * self.time_scale)
@@ -231,7 +240,7 @@ class LiveEngine:
         keys = block_keys(prompt_tokens, self.sched.block_size) if self.sched.prefix_caching else ()
         req = SimRequest(self._next_id, prompt_len, max_tokens, arrival, prefix_keys=keys,
                          encoder_positions=audio.positions if audio else 0)  # fmt: skip
-        stream = Stream(req, arrival, asyncio.Queue(), audio)
+        stream = Stream(req, arrival, asyncio.Queue(), audio, api)
         self._streams[req.id] = stream
         self.metrics.req_max_tokens.observe(audio.max_tokens if audio else max_tokens)
         self.sched.add(req)
@@ -239,27 +248,54 @@ class LiveEngine:
         self._wake.set()
         return stream
 
-    async def _take_in(self, cost: float) -> None:
-        """Wait until the API server's shared process has spent ``cost`` on this request."""
+    async def _take_in(self, api: int, cost: float) -> None:
+        """Wait until API server ``api`` has spent ``cost`` on this request, shared with the
+        others in hand."""
         loop = asyncio.get_running_loop()
         through: asyncio.Future[None] = loop.create_future()
-        self._hand_over(self._intake.add(loop.time(), through, cost))
+        self._api_done(api, self._apis[api].add(loop.time(), through, cost))
         await through
 
-    def _hand_over(self, through: list[tuple[float, asyncio.Future[None]]]) -> None:
-        """Release the requests the API server is through with; wake when the next is."""
-        for _, waiter in through:
-            if not waiter.done():  # not given up by its client meanwhile
-                waiter.set_result(None)
-        if self._intake_timer is not None:
-            self._intake_timer.cancel()
-        nxt = self._intake.next_through()
-        loop = asyncio.get_running_loop()
-        self._intake_timer = None if nxt is None else loop.call_at(nxt, self._intake_tick)
+    def _stream_out(self, puts: list[tuple[Stream, int | None]]) -> None:
+        """A step's tokens (and ends) for text streams: they reach the streams when their
+        API servers have streamed them."""
+        per_token = costs.STREAM_TOKEN_S * self.time_scale
+        if not per_token:
+            for stream, value in puts:
+                stream.queue.put_nowait(value)
+            return
+        parts: dict[int, list[tuple[Stream, int | None]]] = {}
+        for put in puts:
+            parts.setdefault(put[0].api, []).append(put)
+        now = asyncio.get_running_loop().time()
+        for api, part in parts.items():
+            tokens = sum(1 for _, value in part if value is not None)
+            self._api_done(api, self._apis[api].stream(now, part, per_token * tokens))
 
-    def _intake_tick(self) -> None:
-        self._intake_timer = None
-        self._hand_over(self._intake.advance(asyncio.get_running_loop().time()))
+    def _api_done(
+        self,
+        api: int,
+        done: list[tuple[float, asyncio.Future[None] | list[tuple[Stream, int | None]]]],
+    ) -> None:
+        """Release the requests API server ``api`` is through with and deliver the tokens
+        it has streamed; wake when its next piece of work is done."""
+        for _, key in done:
+            if isinstance(key, asyncio.Future):
+                if not key.done():  # not given up by its client meanwhile
+                    key.set_result(None)
+                continue
+            for stream, value in key:
+                stream.queue.put_nowait(value)
+        timer = self._api_timers[api]
+        if timer is not None:
+            timer.cancel()
+        nxt = self._apis[api].next_done()
+        loop = asyncio.get_running_loop()
+        self._api_timers[api] = None if nxt is None else loop.call_at(nxt, self._api_tick, api)
+
+    def _api_tick(self, api: int) -> None:
+        self._api_timers[api] = None
+        self._api_done(api, self._apis[api].advance(asyncio.get_running_loop().time()))
 
     def cancel(self, stream: Stream, stopped: bool = False) -> None:
         """End a request early: its client went away, or (``stopped``) a stop string matched."""
@@ -317,6 +353,7 @@ class LiveEngine:
                 m.prefix_queries.inc(self.sched.prefix_queries - before_queries)
                 m.prefix_hits.inc(self.sched.prefix_hits - before_hits)
             out = 0
+            puts: list[tuple[Stream, int | None]] = []
             for req, _ in batch.items:
                 if req.last_token != now:
                     continue
@@ -330,7 +367,10 @@ class LiveEngine:
                         m.queue.observe(max(0.0, req.admitted - stream.arrival))
                 elif req.itl:
                     m.itl.observe(req.itl[-1])
-                stream.queue.put_nowait(req.generated)
+                if stream.audio is None:
+                    puts.append((stream, req.generated))
+                else:
+                    stream.queue.put_nowait(req.generated)
             if out:
                 m.generation_tokens.inc(out)
             for req in finished:
@@ -339,7 +379,12 @@ class LiveEngine:
                     continue
                 ends = "stop" if stream.audio is not None and stream.audio.stops else "length"
                 self._record_finished(stream, now, ends)
-                stream.queue.put_nowait(None)
+                if stream.audio is None:
+                    puts.append((stream, None))  # after its last token
+                else:
+                    stream.queue.put_nowait(None)
+            if puts:
+                self._stream_out(puts)
             self._publish()
 
     def _account(self, busy: float) -> None:

@@ -10,6 +10,10 @@ next chunk's engine request starts when the previous one ends. Its latency runs
 from sending to the last chunk's last token, and the summary adds
 ``audio_seconds`` (audio of the completed requests) and ``rtfx`` (that over the
 run's duration), the names ``vllm bench serve`` reports.
+
+A text request's latencies are its client's: each step's tokens reach the client when
+the API server has streamed them (``sim/api_server.py``), which the engine does not wait
+for.
 """
 
 from __future__ import annotations
@@ -22,12 +26,22 @@ from typing import Any
 from labctl.audio import SAMPLE_RATE
 from labctl.errors import UsageError
 from labctl.sim import perf as costs
+from labctl.sim.api_server import ApiServer
 from labctl.sim.engine import Twin
-from labctl.sim.intake import SharedIntake
 from labctl.sim.report import Outcome, summarize
 from labctl.sim.scheduler import Batch, SimRequest, block_keys
 from labctl.sim.whisper import mel_frames, plan_chunk
 from labctl.sim.workload import Item
+
+
+@dataclass(slots=True)
+class _Client:
+    """What a text request's client has seen: when its tokens arrived."""
+
+    first: float | None = None
+    last: float | None = None
+    finished: float | None = None
+    itl: list[float] = field(default_factory=list)
 
 
 @dataclass
@@ -133,9 +147,17 @@ def simulate(
     #: requests waiting) of the steps in it.
     work: list[list[float]] = []
     now = 0.0
-    #: The API server's process, shared by the requests it is taking in.
-    intake: SharedIntake[int] = SharedIntake()
+    #: The API server's processes (item i's is i mod their count), each shared by the
+    #: requests it is taking in (keyed by item) and the steps' tokens it streams out (keyed
+    #: by the step's requests).
+    servers: list[ApiServer[int | list[tuple[SimRequest, bool]]]] = [
+        ApiServer() for _ in range(twin.config.api_server_count)
+    ]
     intake_cost = costs.intake_s(twin.arch.model_type, chat)
+    token_cost = costs.STREAM_TOKEN_S
+    clients: dict[int, _Client] = {}
+    #: Requests whose client has seen the end.
+    done = 0
     nxt = next(order, None)
     ids = iter(range(1, 2**62))
 
@@ -163,19 +185,70 @@ def simulate(
         """Item ``i``'s next engine request is on its way: the engine sees it at ``at``."""
         heapq.heappush(inbound, (engine_request(i, at).arrival, i))
 
-    def taken_in(through: list[tuple[float, int]]) -> None:
-        """Requests the API server is through with: the engine sees each after the rest of
-        the API server's latency."""
-        for t, i in through:
-            to_engine(i, t + costs.FRONTEND_S)
+    def delivered(t: float, out: list[tuple[SimRequest, bool]]) -> None:
+        """A step's tokens (each with whether it is its request's last) reach their
+        clients at ``t``."""
+        nonlocal done
+        for req, last in out:
+            seen = clients.setdefault(owner[req.id], _Client())
+            if seen.last is not None:
+                seen.itl.append(t - seen.last)
+            else:
+                seen.first = t
+            seen.last = t
+            if last:
+                seen.finished = t
+                done += 1
+                if max_concurrency:
+                    heapq.heappush(free_at, t)
+
+    def handle(events: list[tuple[float, int | list[tuple[SimRequest, bool]]]]) -> None:
+        """The API server's work done: requests taken in (the engine sees each after the
+        rest of the API server's latency) and steps streamed."""
+        for t, key in events:
+            if isinstance(key, int):
+                to_engine(key, t + costs.FRONTEND_S)
+            else:
+                delivered(t, key)
+
+    def api_next() -> float | None:
+        """When an API server next has work done."""
+        if len(servers) == 1:
+            return servers[0].next_done()
+        return min((t for s in servers if (t := s.next_done()) is not None), default=None)
+
+    def api_advance(t: float) -> None:
+        for server in servers:
+            handle(server.advance(t))
+
+    def stream_out(out: list[tuple[SimRequest, bool]]) -> None:
+        """A step's tokens, to the API servers of their requests."""
+        if len(servers) == 1:
+            handle(servers[0].stream(now, out, len(out) * token_cost))
+            return
+        parts: dict[int, list[tuple[SimRequest, bool]]] = {}
+        for token in out:
+            parts.setdefault(owner[token[0].id] % len(servers), []).append(token)
+        for k, part in parts.items():
+            handle(servers[k].stream(now, part, len(part) * token_cost))
 
     def feed(until: float) -> None:
-        """Send every request whose time has come and that has a free slot."""
+        """Send every request whose time has come and that has a free slot, in time order
+        with the API server's work (a streamed last token frees a slot)."""
         nonlocal nxt
         while nxt is not None and send_times[nxt] <= until:
             heapq.heappush(ready, (send_times[nxt], nxt))
             nxt = next(order, None)
-        while ready and ready[0][0] <= until and (not max_concurrency or free_at):
+        while True:
+            send_at = None
+            if ready and (not max_concurrency or free_at):
+                send_at = max(ready[0][0], free_at[0]) if max_concurrency else ready[0][0]
+            api_at = api_next()
+            if api_at is not None and api_at <= until and (send_at is None or api_at < send_at):
+                api_advance(api_at)
+                continue
+            if send_at is None or send_at > until:
+                break
             t, i = heapq.heappop(ready)
             # Sent when both its time has come and a slot was free (the client waits).
             start = max(t, heapq.heappop(free_at)) if max_concurrency else t
@@ -192,8 +265,8 @@ def simulate(
             if item.audio:
                 to_engine(i, start + costs.speech_frontend_s(len(item.audio)))
             else:
-                taken_in(intake.add(start, i, intake_cost))
-        taken_in(intake.advance(until))
+                handle(servers[i % len(servers)].add(start, i, intake_cost))
+        api_advance(until)
         while inbound and inbound[0][0] <= until:
             sched.add(reqs[heapq.heappop(inbound)[1]][-1])
 
@@ -223,15 +296,15 @@ def simulate(
                 return
             k += 1
 
-    done = 0
     total = len(items)
+    last_step = 0.0
     while done + len(rejected) < total:
         feed(now)
         if sched.idle:
             upcoming = [t for t, _ in inbound[:1]]
-            through = intake.next_through()
-            if through is not None:
-                upcoming.append(through)
+            api_at = api_next()
+            if api_at is not None:
+                upcoming.append(api_at)
             if ready and (not max_concurrency or free_at):
                 upcoming.append(ready[0][0])
             if nxt is not None:
@@ -244,15 +317,24 @@ def simulate(
         if not batch.items:
             raise RuntimeError("the scheduler found nothing to run; the KV cache is too small")
         began, now = now, now + perf.step_seconds(batch.cost)
+        last_step = now
         account(began, now, batch)
         for req in sched.complete(batch, now):
             i = owner[req.id]
+            if not items[i].audio:
+                continue  # its client sees the end when its last token is streamed
             if len(reqs[i]) < len(items[i].audio):
                 sched.add(engine_request(i, now))  # the next chunk, right away
                 continue
             done += 1
             if max_concurrency:
                 heapq.heappush(free_at, now)
+        out = () if speech else [(r, r.finished is not None) for r, _ in batch.items
+                                  if r.last_token == now]  # fmt: skip
+        if out and token_cost:
+            stream_out(out)
+        elif out:
+            delivered(now, out)
         while now >= next_sample:
             timeline.time.append(round(next_sample, 6))
             timeline.kv_cache_usage.append(round(sched.usage, 4))
@@ -260,7 +342,7 @@ def simulate(
             timeline.waiting.append(len(sched.waiting) + len(ready))
             timeline.preemptions.append(sched.preemptions_total)
             next_sample += interval
-    timeline.end = round(now, 6)
+    timeline.end = round(last_step, 6)
     for k in range(len(timeline.time)):
         w_prompt, w_generated, w_seqs, w_kv, w_waiting = work[k] if k < len(work) else [0.0] * 5
         start, end = timeline.span(k)
@@ -276,6 +358,14 @@ def simulate(
         chain = reqs.get(i, [])
         if i in rejected or not chain or chain[-1].finished is None:
             outcomes.append(Outcome(item.prompt_len, 0, None, None, (), success=False))
+            continue
+        if not item.audio:
+            seen = clients[i]
+            assert seen.first is not None and seen.finished is not None
+            outcomes.append(
+                Outcome(item.prompt_len, chain[-1].generated, seen.first - sent[i],
+                        seen.finished - sent[i], seen.itl, start=sent[i])
+            )  # fmt: skip
             continue
         first, last = chain[0], chain[-1]
         assert first.first_token is not None and last.finished is not None
@@ -299,6 +389,10 @@ def simulate(
         summary["audio_seconds"] = audio_s
         summary["rtfx"] = audio_s / duration
     summary["num_preemptions"] = sched.preemptions_total
+    summary["api_server_count"] = len(servers)
+    #: Share of the run each API server process had work, on average: near 1, it (taking
+    #: requests in or streaming tokens), not the GPU, set the pace.
+    summary["api_server_busy"] = round(sum(s.busy for s in servers) / len(servers) / duration, 4)
     summary["kv_cache_tokens"] = twin.fit.kv_cache_tokens
     summary["max_num_seqs"] = twin.fit.max_num_seqs
     summary["max_num_batched_tokens"] = twin.fit.max_num_batched_tokens
