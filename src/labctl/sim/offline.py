@@ -11,9 +11,9 @@ from sending to the last chunk's last token, and the summary adds
 ``audio_seconds`` (audio of the completed requests) and ``rtfx`` (that over the
 run's duration), the names ``vllm bench serve`` reports.
 
-A text request's latencies are its client's: each step's tokens reach the client when
-the API server has streamed them (``sim/api_server.py``), which the engine does not wait
-for.
+Latencies are the client's: each step's text tokens reach the client when the API
+server has streamed them (``sim/api_server.py``), which the engine does not wait for; a
+speech request's as the engine makes them (the speech twin's own calibration).
 """
 
 from __future__ import annotations
@@ -36,7 +36,8 @@ from labctl.sim.workload import Item
 
 @dataclass(slots=True)
 class _Client:
-    """What a text request's client has seen: when its tokens arrived."""
+    """What a request's client has seen: when its tokens arrived (a speech request's, over
+    all its chunks)."""
 
     first: float | None = None
     last: float | None = None
@@ -186,8 +187,8 @@ def simulate(
         heapq.heappush(inbound, (engine_request(i, at).arrival, i))
 
     def delivered(t: float, out: list[tuple[SimRequest, bool]]) -> None:
-        """A step's tokens (each with whether it is its request's last) reach their
-        clients at ``t``."""
+        """A step's tokens (each with whether it is its item's last) reach their clients
+        at ``t``."""
         nonlocal done
         for req, last in out:
             seen = clients.setdefault(owner[req.id], _Client())
@@ -321,17 +322,13 @@ def simulate(
         account(began, now, batch)
         for req in sched.complete(batch, now):
             i = owner[req.id]
-            if not items[i].audio:
-                continue  # its client sees the end when its last token is streamed
             if len(reqs[i]) < len(items[i].audio):
-                sched.add(engine_request(i, now))  # the next chunk, right away
-                continue
-            done += 1
-            if max_concurrency:
-                heapq.heappush(free_at, now)
-        out = () if speech else [(r, r.finished is not None) for r, _ in batch.items
-                                  if r.last_token == now]  # fmt: skip
-        if out and token_cost:
+                sched.add(engine_request(i, now))  # a speech item's next chunk, right away
+        # Each token that came out, with whether it is its item's last (a speech item's
+        # last chunk's last).
+        out = [(r, r.finished is not None and r is reqs[owner[r.id]][-1])
+               for r, _ in batch.items if r.last_token == now]  # fmt: skip
+        if out and token_cost and not speech:
             stream_out(out)
         elif out:
             delivered(now, out)
@@ -355,32 +352,19 @@ def simulate(
     outcomes = []
     audio_s = 0.0
     for i, item in enumerate(items):
-        chain = reqs.get(i, [])
-        if i in rejected or not chain or chain[-1].finished is None:
+        seen = clients.get(i)
+        if i in rejected or seen is None or seen.finished is None:
             outcomes.append(Outcome(item.prompt_len, 0, None, None, (), success=False))
             continue
-        if not item.audio:
-            seen = clients[i]
-            assert seen.first is not None and seen.finished is not None
-            outcomes.append(
-                Outcome(item.prompt_len, chain[-1].generated, seen.first - sent[i],
-                        seen.finished - sent[i], seen.itl, start=sent[i])
-            )  # fmt: skip
-            continue
-        first, last = chain[0], chain[-1]
-        assert first.first_token is not None and last.finished is not None
-        itl: list[float] = []
-        for prev, req in zip([None, *chain], chain, strict=False):
-            if prev is not None and prev.last_token is not None and req.first_token is not None:
-                itl.append(req.first_token - prev.last_token)  # the client waits between chunks
-            itl += req.itl
+        assert seen.first is not None
+        chain = reqs[i]
         prompt = sum(r.prompt_len for r in chain)
         if item.audio:
             prompt += sum(mel_frames(n / SAMPLE_RATE) for n in item.audio)
             audio_s += item.audio_seconds
         outcomes.append(
-            Outcome(prompt, sum(r.generated for r in chain), first.first_token - sent[i],
-                    last.finished - sent[i], itl, start=sent[i])
+            Outcome(prompt, sum(r.generated for r in chain), seen.first - sent[i],
+                    seen.finished - sent[i], seen.itl, start=sent[i])
         )  # fmt: skip
     first_sent = min(sent.values()) if sent else 0.0
     duration = max(now - first_sent, 1e-9)
