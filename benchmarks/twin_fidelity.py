@@ -227,10 +227,11 @@ def _number(value: Any) -> float | None:
         return None
 
 
-def point_from_row(row: Mapping[str, Any], ref: str) -> Point:
+def point_from_row(row: Mapping[str, Any], ref: str, held: int = 0) -> Point:
     """The replay of one structured row: model and GPU mapped to catalog ids, ShareGPT or
     random lengths, concurrency or rate, TP, quantization, KV dtype and the flags the
-    twin honours."""
+    twin honours. ``held``: the longest request (tokens) the row's engine is known to have
+    held in another run of the same serving command."""
     published: dict[str, tuple[float, str]] = {}
     for column, metric, stat in COLUMNS:
         value = _number(row.get(column))
@@ -296,17 +297,38 @@ def point_from_row(row: Mapping[str, Any], ref: str) -> Point:
     if quant:
         flags["quantization"] = quant
     if "max_model_len" not in flags and (fit_len := _fitting_len(model_id, gpu, flags)):
-        # The source's engine started; where the twin's memory plan leaves too little KV
-        # for the model's full context, replay at the longest context that fits.
-        longest = (point.input_len or 0) + (point.output_len or 0)
-        if longest > fit_len:
-            why = (
-                f"the twin's memory plan fits {fit_len} tokens of context; the source ran {longest}"
-            )
-            return replace(point, model=model_id, skip=why, notes=tuple(notes))
+        # The source's engine started; where the twin's memory plan leaves too little KV for
+        # the model's full context, replay at the longest context that fits. Where that is
+        # shorter than a request the same engine held (this point's or another run's of the
+        # same serving command), the engine had the room: replay with the least memory
+        # utilization at which the plan holds that request too.
+        need = max((point.input_len or 0) + (point.output_len or 0), held)
+        if need > fit_len:
+            util = _fitting_utilization(model_id, gpu, flags, need)
+            if util is None:
+                why = f"the twin's memory plan fits {fit_len} tokens of context; the source ran "
+                return replace(point, model=model_id, skip=why + str(need), notes=tuple(notes))
+            flags["gpu_memory_utilization"] = util
+            fit_len = _fitting_len(model_id, gpu, flags) or fit_len
+            notes.append(f"--gpu-memory-utilization {util} (the source's engine held a "
+                         f"{need}-token request; the twin's plan holds one from there)")  # fmt: skip
         flags["max_model_len"] = fit_len
         notes.append(f"--max-model-len {fit_len} (the twin's plan fits no longer context)")
     return replace(point, model=model_id, flags=flags, notes=tuple(notes))
+
+
+def _fitting_utilization(
+    model: str, gpu: str, flags: Mapping[str, Any], tokens: int
+) -> float | None:
+    """The least --gpu-memory-utilization (in hundredths, up to 0.98) at which the twin's
+    plan fits a request of `tokens` (else None)."""
+    start = round(float(flags.get("gpu_memory_utilization", 0.9)) * 100) + 1
+    for hundredths in range(start, 99):
+        util = hundredths / 100
+        fits = _fitting_len(model, gpu, {**flags, "gpu_memory_utilization": util})
+        if fits is None or fits >= tokens:
+            return util
+    return None
 
 
 def _fitting_len(model: str, gpu: str, flags: Mapping[str, Any]) -> int | None:
@@ -366,8 +388,22 @@ def load_points(data_dir: Path) -> list[Point]:
         for i, (row, p) in enumerate(zip(rows1, HAND_POINTS, strict=True))
     ]
     rows2 = _rows(data_dir / FILE_2)
-    points += [point_from_row(row, f"{FILE_2}:{i + 1}") for i, row in enumerate(rows2)]
+    held: dict[tuple[str, ...], int] = {}
+    for row in rows2:
+        key = _engine(row)
+        held[key] = max(held.get(key, 0), int(row.get("input_len") or 0) + int(row.get("output_len") or 0))  # fmt: skip
+    points += [
+        point_from_row(row, f"{FILE_2}:{i + 1}", held[_engine(row)]) for i, row in enumerate(rows2)
+    ]
     return points
+
+
+def _engine(row: Mapping[str, Any]) -> tuple[str, ...]:
+    """What names one engine: the document, model, GPU, parallelism, version and flags (runs
+    of one document with the same of each were served by one serving command)."""
+    keys = ("model", "gpu", "num_gpus", "tensor_parallel_size", "quantization",
+            "kv_cache_dtype", "vllm_version", "flags")  # fmt: skip
+    return (source_group(str(row["source"])), *(str(row.get(k)) for k in keys))
 
 
 def _rows(path: Path) -> list[dict[str, Any]]:

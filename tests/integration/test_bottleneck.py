@@ -11,7 +11,9 @@ from typing import Any
 
 import pytest
 
+from tests.integration.browser import browser
 from tests.integration.lab import Daemon, Lab, get, lab_toml, wait_for
+from tests.integration.site import shots
 
 TICK = 0.5
 DASH = f"[dashboard]\ninterval = {TICK}\n"
@@ -109,6 +111,36 @@ def test_a_load_puts_the_deployment_in_its_class(
     wait_for(lambda: _engine_gauge(d, "requests_running") > 0, 6, "the engine's running gauge")
     if cls == "kv_capacity":
         wait_for(lambda: _engine_gauge(d, "kv_cache_usage_ratio") > 0.5, 6, "its KV gauge")
+    bench.kill()
+
+
+#: The twin at an eighth of real speed: its API server takes a chat in 8 × 14.4 ms, so about
+#: 9 chats a second fill its one process.
+SLOW_TWIN = "{ max_model_len = 8192, time_scale = 8, load_gbps = 0, enforce_eager = true }"
+
+
+@pytest.mark.integration
+def test_a_burst_of_chats_makes_the_api_server_the_limit(lab: Lab, tmp_path: Any) -> None:
+    d = _lab(lab, tmp_path, SLOW_TWIN)
+    d.wait_state("chat", "ready")
+    # twice the chats it can take in, for long enough to fill the board's minute of rates
+    bench = _bench(lab, d, "--endpoint", "chat", "--input-len", "16", "--output-len", "4",
+                   "--num-prompts", "1800", "--request-rate", "18")  # fmt: skip
+    b = _see(d, "api_server", timeout=100)
+    assert b["evidence"].startswith("API server busy ") and "--api-server-count" in b["evidence"]
+    assert b["roofline_fraction"] is None or b["roofline_fraction"] < 0.5  # the GPU idles
+    # the engine's API server CPU, a counter under a labctl name, and its rate on the board
+    assert _engine_gauge(d, "api_server_cpu_seconds_total") > 1.0
+    (chat,) = (x for x in d.api("GET", "/api/status")["deployments"] if x["name"] == "chat")
+    assert chat["bottleneck"]["class"] == "api_server"
+    with browser() as browse:  # the card names it, and charts the API server's CPU
+        page = browse.new_page(viewport={"width": 1280, "height": 800})
+        page.goto(d.login_url())
+        page.wait_for_selector('[data-deployment="chat"] [data-bottleneck="api_server"]')
+        page.wait_for_selector('[data-deployment="chat"] [data-panel="dep_api"]')
+        card = page.locator('[data-deployment="chat"]')
+        assert "API server busy" in card.inner_text()
+        shots(tmp_path)(card, "bottleneck-api-server.png")
     bench.kill()
 
 

@@ -34,8 +34,8 @@ LAB += "".join(
     for name, gpu in (("chat", 0), ("code", 1))
 )  # one twin on each GPU
 GPU_PANELS = {"gpu_memory", "gpu_processes", "gpu_util", "gpu_power", "gpu_temp", "gpu_throttle"}
-DEPLOYMENT_PANELS = {"dep_state", "dep_bottleneck", "dep_requests", "dep_kv", "dep_tokens", "dep_ttft", "dep_itl",
-                     "dep_e2e", "dep_queue_wait"}  # fmt: skip
+DEPLOYMENT_PANELS = {"dep_state", "dep_bottleneck", "dep_requests", "dep_kv", "dep_tokens", "dep_api",
+                     "dep_ttft", "dep_itl", "dep_e2e", "dep_queue_wait"}  # fmt: skip
 DEPLOY_PANELS = {"deploys", "deploy_p90", "memory_release", "restarts", "timeline"}
 #: Shows a value once an engine has been stopped (the first deploy after the start).
 AFTER_A_STOP = frozenset({"memory_release"})

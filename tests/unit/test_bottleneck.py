@@ -48,6 +48,11 @@ ROOF = Roofline(prefill_tps=100_000.0, decode_tps=2_000.0)
         ),
         (Signals("ready", running=1, prompt_tps=5_000, completion_tps=10), "prefill_compute"),
         (Signals("ready", running=1, prompt_tps=100, completion_tps=50), "decode_bandwidth"),
+        (
+            Signals("ready", running=64, completion_tps=600, roofline=ROOF, api_busy=0.97),
+            "api_server",
+        ),
+        (Signals("ready", running=64, completion_tps=600, api_busy=0.89), "decode_bandwidth"),
     ],
 )
 def test_each_class(signals: Signals, cls: str) -> None:
@@ -68,6 +73,24 @@ def test_tie_breaks() -> None:
     busy = Signals("ready", running=8, waiting=2, queued=4, kv=0.5, completion_tps=1000,
                    roofline=ROOF)  # fmt: skip
     assert classify(busy)["class"] == "decode_bandwidth"
+
+
+def test_a_busy_api_server_names_the_gpu_side_it_holds_back() -> None:
+    got = classify(Signals("ready", running=64, completion_tps=600, roofline=ROOF, api_busy=0.97))
+    assert got["roofline_fraction"] == pytest.approx(0.3)  # the GPU's side, far from its limit
+    assert got["evidence"].startswith("API server busy 97% of the time: it sets the pace")
+    assert "decode at 30% of the bandwidth roofline" in got["evidence"]
+    assert "--api-server-count" in got["evidence"]
+    # a full cache with requests waiting outranks it
+    full = Signals("ready", running=64, waiting=9, kv=0.95, completion_tps=600, api_busy=0.97)
+    assert classify(full)["class"] == "kv_capacity"
+    # it outranks the gateway's queue: requests wait on it, not on the gateway's limit
+    held = Signals("ready", queued=9, kv=0.0, completion_tps=600, api_busy=0.97)
+    assert classify(held)["class"] == "api_server"
+    held = Signals("ready", queued=9, kv=0.0, completion_tps=600, api_busy=0.5)
+    assert classify(held)["class"] == "admission"
+    # nothing running or queued: its clients, however busy it was
+    assert classify(Signals("ready", completion_tps=600, api_busy=0.97))["class"] == "client"
 
 
 def test_roofline_fraction_and_evidence() -> None:

@@ -73,3 +73,32 @@ def test_llama_server_gauges_without_labels_or_type_lines() -> None:
 def test_a_wanted_line_that_is_not_prometheus_is_refused() -> None:
     with pytest.raises(ValueError, match="seven"):
         engine_gauges('vllm:num_requests_running{engine="0"} seven\n', dict(VllmAdapter.metrics))
+
+
+def test_the_api_servers_cpu_counter_is_read_with_its_total() -> None:
+    page = PAGE + (
+        "# HELP process_cpu_seconds_total Total user and system CPU time spent in seconds.\n"
+        "# TYPE process_cpu_seconds_total counter\n"
+        "process_cpu_seconds_total 12.5\n"
+        "# HELP process_cpu_seconds_created_by A name that starts like the wanted one.\n"
+        "# TYPE process_cpu_seconds_created_by gauge\n"
+        "process_cpu_seconds_created_by 99.0\n"
+    )
+    got = engine_gauges(page, dict(VllmAdapter.metrics))
+    assert got["labctl_engine_api_server_cpu_seconds_total"] == 12.5
+    assert "labctl_engine_api_server_cpu_seconds_total" not in engine_gauges(
+        PAGE, dict(VllmAdapter.metrics)
+    )  # several API server processes: vLLM's page has no process metrics
+
+
+def test_the_daemon_exports_engine_counters_as_counters() -> None:
+    from prometheus_client import generate_latest
+
+    from labctl.daemon.metrics import DaemonMetrics
+
+    m = DaemonMetrics()
+    m.engine_counters.values["labctl_engine_api_server_cpu_seconds_total"]["chat"] = 3.25
+    page = generate_latest(m.registry).decode()
+    assert "# TYPE labctl_engine_api_server_cpu_seconds_total counter" in page
+    assert 'labctl_engine_api_server_cpu_seconds_total{deployment="chat"} 3.25' in page
+    assert "labctl_engine_api_server_cpu_seconds_total gauge" not in page

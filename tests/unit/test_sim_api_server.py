@@ -57,6 +57,23 @@ def test_steps_stream_in_order_one_after_another() -> None:
     assert api.advance(2.25) == [] and api.busy == pytest.approx(0.45)
 
 
+def test_busy_periods_and_busy_time_over_a_window() -> None:
+    api: ApiServer[str] = ApiServer()
+    api.add(1.0, "a", 0.5)
+    api.stream(1.2, "s", 0.3)  # shares with a: a through at 1.7, s at 1.8
+    assert api.busy_at(1.5) == pytest.approx(0.5)  # in hand at 1.5 is busy to 1.5, not yet run
+    assert api.busy_at(9.0) == pytest.approx(0.8)  # all the work in hand, then idle
+    api.advance(3.0)
+    api.add(4.0, "b", 1.0)
+    api.advance(10.0)
+    assert api.periods == [[1.0, pytest.approx(1.8)], [4.0, 5.0]]
+    assert api.busy == pytest.approx(1.8)
+    assert api.busy_between(0.0, 10.0) == pytest.approx(1.8)
+    assert api.busy_between(1.5, 4.5) == pytest.approx(0.3 + 0.5)
+    assert api.busy_between(2.0, 3.9) == 0.0
+    assert api.busy_at(8.0) == api.busy  # a time before now: what it has had
+
+
 def test_the_output_task_takes_one_share_among_the_requests_in_hand() -> None:
     api: ApiServer[str] = ApiServer()
     for key in "abc":
@@ -98,7 +115,7 @@ def test_sim_run_says_when_the_api_server_sets_the_pace_and_a_second_one_helps()
     from click.testing import CliRunner
 
     from labctl.cli.main import cli
-    from labctl.cli.sim import API_SERVER_BOUND
+    from labctl.sim.bottleneck import API_SERVER_BUSY
 
     def run(*flags: str) -> str:
         args = ["sim", "run", "--model", "Qwen/Qwen3-0.6B", "--gpu", "h100-sxm",
@@ -113,5 +130,5 @@ def test_sim_run_says_when_the_api_server_sets_the_pace_and_a_second_one_helps()
     assert "API server          1 process, busy 9" in one
     assert "it sets the pace, not the GPU (try --api-server-count 2)" in one
     two = json.loads(run("--api-server-count", "2", "--json"))
-    assert two["api_server_count"] == 2 and two["api_server_busy"] < API_SERVER_BOUND
+    assert two["api_server_count"] == 2 and two["api_server_busy"] < API_SERVER_BUSY
     assert two["output_throughput"] > 1.2 * json.loads(run("--json"))["output_throughput"]

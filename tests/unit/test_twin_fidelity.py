@@ -4,6 +4,7 @@ surrogates, and the context manager that patches the step model's constants."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import math
 import os
 from pathlib import Path
@@ -12,7 +13,9 @@ from types import ModuleType
 
 import pytest
 
+from labctl.errors import LabError
 from labctl.sim import perf
+from labctl.sim.engine import TwinConfig, build_twin
 
 
 def _load() -> ModuleType:
@@ -109,3 +112,47 @@ def test_a_rows_flags_carry_over_to_its_replay() -> None:
     point = tf.point_from_row(row, "row 1")
     assert point.flags == {"api_server_count": 4, "max_model_len": 2048,
                            "gpu_memory_utilization": 0.5}  # fmt: skip
+
+
+def test_a_request_the_sources_engine_held_is_replayed_with_the_room_it_had() -> None:
+    # the twin's plan for vLLM 0.11 holds 18,032 tokens of Qwen3-32B on one H100 at 0.9; a
+    # source whose engine ran 32,100-token requests had more room than that, and so did its
+    # other runs of the same serving command (here a ShareGPT burst)
+    long = {"model": "Qwen/Qwen3-32B", "gpu": "NVIDIA H100 SXM", "source": "a lab (table)",
+            "vllm_version": "v0.11.0", "input_len": 32000, "output_len": 100,
+            "total_tok_s": 2771.81, "flags": None}  # fmt: skip
+    burst = {**long, "source": "a lab (block)", "input_len": None, "output_len": None,
+             "dataset": "ShareGPT", "num_prompts": 1000}  # fmt: skip
+    for point in (tf.point_from_row(long, "row 1"), tf.point_from_row(burst, "row 2", 32100)):
+        assert point.skip is None
+        util, context = point.flags["gpu_memory_utilization"], point.flags["max_model_len"]
+        assert 0.9 < util < 0.99 and context >= 32100
+        build_twin(TwinConfig("Qwen/Qwen3-32B", "h100-sxm", **point.flags))
+        less = {**point.flags, "gpu_memory_utilization": util - 0.01, "max_model_len": 32100}
+        with pytest.raises(LabError, match="estimated maximum model length"):
+            build_twin(TwinConfig("Qwen/Qwen3-32B", "h100-sxm", **less))
+        assert any("held a 32100-token request" in note for note in point.notes)
+    # without the other run, the burst replays at the context the plan fits at 0.9
+    alone = tf.point_from_row(burst, "row 2")
+    assert alone.flags == {"vllm_version": "0.11.0", "max_model_len": 18032}
+
+
+def test_runs_of_one_serving_command_share_the_room_one_of_them_shows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tf, "HAND_POINTS", [])
+    (tmp_path / tf.FILE_1).write_text("")
+    row = {"model": "Qwen/Qwen3-32B", "gpu": "NVIDIA H100 SXM", "vllm_version": "v0.11.0",
+           "flags": None, "total_tok_s": 2000.0, "num_prompts": 100}  # fmt: skip
+    rows = [
+        {**row, "source": "lab/doc.md (block)", "input_len": 4000, "output_len": 200},
+        {**row, "source": "lab/doc.md (table)", "input_len": 32000, "output_len": 100},
+        {**row, "source": "lab/other.md (table)", "input_len": 4000, "output_len": 200},
+        {**row, "source": "lab/doc.md (tuned)", "input_len": 4000, "output_len": 200,
+         "flags": "--max-num-seqs 64"},
+    ]  # fmt: skip
+    (tmp_path / tf.FILE_2).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    first, long, other, tuned = tf.load_points(tmp_path)
+    assert first.flags == long.flags and first.flags["gpu_memory_utilization"] > 0.9
+    assert other.flags == {"vllm_version": "0.11.0", "max_model_len": 18032}
+    assert "gpu_memory_utilization" not in tuned.flags

@@ -183,15 +183,13 @@ def _engine_options(f: Any, gpu_help: str) -> Any:
     return f
 
 
-#: Share of a run an API server process has work above which it, not the GPU, sets the pace.
-API_SERVER_BOUND = 0.9
-
-
 def api_server_line(count: int, busy: float) -> str:
     """``sim run``'s API server row: how busy its processes were, and whether that bound the
-    run."""
+    run (as the bottleneck classifier's ``api_server`` class says it)."""
+    from labctl.sim.bottleneck import API_SERVER_BUSY
+
     line = f"{count} process{'es' if count > 1 else ''}, busy {busy:.0%} of the run"
-    if busy >= API_SERVER_BOUND:
+    if busy >= API_SERVER_BUSY:
         line += f": it sets the pace, not the GPU (try --api-server-count {count + 1})"
     return line
 

@@ -1,10 +1,12 @@
 """The daemon's own series: deployment states, deploy and startup durations, memory release,
-restarts, the doctor's findings, and each engine's gauges under labctl names (scraped from
-the engine every 2 s).
+restarts, the doctor's findings, and each engine's gauges and counters under labctl names
+(scraped from the engine every 2 s).
 
 Engines speak their own metric names (vLLM's ``vllm:*``, llama.cpp's ``llamacpp:*``); the
-dashboard and the alert rules read one set, so the few gauges they need are normalised here,
-by each engine adapter's map (``engines/``).
+dashboard and the alert rules read one set, so the few series they need are normalised here,
+by each engine adapter's map (``engines/``): gauges stay gauges, and a counter (its labctl
+name ends in ``_total``, as vLLM's API server process's ``process_cpu_seconds_total`` →
+``labctl_engine_api_server_cpu_seconds_total``) stays a counter with the engine's value.
 The controller leaves what it timed in ``observations``; they become histogram samples on
 the next scrape, tick or API answer.
 """
@@ -12,14 +14,16 @@ the next scrape, tick or API answer.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 import functools
 import re
 from typing import Any
 
 import aiohttp
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.registry import Collector
 
 from labctl.dashboard.bottleneck import CLASSES
 from labctl.deploy.controller import Controller
@@ -63,11 +67,15 @@ class DaemonMetrics:
         for outcome in OUTCOMES:  # each from 0, so increase() sees the first
             for swap in SWAPS:
                 self.deploy.labels(outcome, swap)
+        mapped = sorted({v for a in adapters().values() for v in a.metrics.values()})
         self.engine = {
             name: Gauge(name, f"Normalised from the engine's own {name.split('_', 2)[-1]}.",
                         ["deployment"], registry=r)
-            for name in sorted({v for a in adapters().values() for v in a.metrics.values()})
+            for name in mapped if not name.endswith("_total")
         }  # fmt: skip
+        #: The engines' counters (names ending in ``_total``), each deployment's last value.
+        self.engine_counters = _Counters([n for n in mapped if n.endswith("_total")])
+        r.register(self.engine_counters)
 
     def restarts_of(self, name: str) -> None:
         """A deployment's engine exited and is being restarted."""
@@ -135,8 +143,28 @@ class DaemonMetrics:
                     except ValueError:
                         continue  # not Prometheus text (a command engine's own page)
                     for target, value in gauges.items():
-                        self.engine[target].labels(d.name).set(value)
+                        if target in self.engine:
+                            self.engine[target].labels(d.name).set(value)
+                        else:
+                            self.engine_counters.values[target][d.name] = value
                 await asyncio.sleep(2.0)
+
+
+class _Counters(Collector):
+    """Engine counters under labctl names: each deployment's value as its engine's page last
+    gave it (a restarted engine's starts again from 0, which ``rate()`` takes as a reset)."""
+
+    def __init__(self, names: list[str]) -> None:
+        self.values: dict[str, dict[str, float]] = {name: {} for name in names}
+
+    def collect(self) -> Iterable[Metric]:
+        for name, by_deployment in self.values.items():
+            family = CounterMetricFamily(name.removesuffix("_total"), "Normalised from the "
+                                         f"engine's own {name.split('_', 2)[-1]}.",
+                                         labels=["deployment"])  # fmt: skip
+            for deployment, value in sorted(by_deployment.items()):
+                family.add_metric([deployment], value)
+            yield family
 
 
 @functools.lru_cache(maxsize=16)
@@ -147,13 +175,13 @@ def _wanted(names: frozenset[str]) -> re.Pattern[str]:
 
 
 def engine_gauges(text: str, names: Mapping[str, str]) -> dict[str, float]:
-    """The gauges an engine adapter maps (engine name → labctl name) off its /metrics page,
-    each summed over its samples (a data-parallel vLLM has one per engine core).
+    """The gauges and counters an engine adapter maps (engine name → labctl name) off its
+    /metrics page, each summed over its samples (a data-parallel vLLM has one per engine core).
 
     Only the lines about those names are parsed, found by one regular expression: the rest
     of the page, mostly histograms, would otherwise be parsed in Python on the event loop at
     every scrape (the twin's page, vLLM's metric set at 32 KB: 9 ms parsed whole, 0.4 ms
-    this way). Names are of gauges (a sample's name is its family's).
+    this way). A gauge's samples are named as it is, a counter's with its ``_total``.
 
     Raises:
         ValueError: a line about one of the names is not Prometheus text.
@@ -163,7 +191,9 @@ def engine_gauges(text: str, names: Mapping[str, str]) -> dict[str, float]:
     if not lines:
         return out
     for family in text_string_to_metric_families("\n".join(lines) + "\n"):
-        target = names.get(family.name)
-        if target and family.samples:
-            out[target] = sum(s.value for s in family.samples)
+        # a counter's family is named without its samples' "_total"
+        target = names.get(family.name) or names.get(family.name + "_total")
+        own = [s for s in family.samples if s.name in (family.name, family.name + "_total")]
+        if target and own:
+            out[target] = sum(s.value for s in own)
     return out

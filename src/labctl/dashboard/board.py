@@ -155,9 +155,11 @@ class Board:
         return out
 
     def serving_now(self) -> dict[str, dict[str, float]]:
-        """Per deployment: the board's latest running, waiting, queued, KV, latency, tokens/s."""
+        """Per deployment: the board's latest running, waiting, queued, KV, API server CPU
+        (``api_cpu``), latency, tokens/s."""
         out: dict[str, dict[str, float]] = {}
-        for panel in ("dep_requests", "dep_kv", "dep_ttft", "dep_itl", "dep_e2e", "dep_tokens"):
+        for panel in ("dep_requests", "dep_kv", "dep_api", "dep_ttft", "dep_itl", "dep_e2e",
+                      "dep_tokens"):  # fmt: skip
             for labels, role, value in self.latest(panel):
                 name = labels.get("deployment") or labels.get("model") or ""
                 key = panel.removeprefix("dep_") + (f"_{role}" if role else "")

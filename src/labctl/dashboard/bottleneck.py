@@ -2,11 +2,12 @@
 
 Every dashboard tick :class:`Tracker` builds each deployment's :class:`Signals` from what the
 board has just read (requests running and waiting in the engine, queued at the gateway, KV
-cache usage, prompt and generated tokens/s over the last minute), its GPUs' clock event
-reasons, how its start goes (the journal's prediction: is it disk-bound?) and the twin's
-roofline for the deployment's model on its GPU at the mean batch of the last minute, and
-classifies them. The classes and their rules are ``sim/bottleneck.py``'s (the same
-classifier ``labctl sim run --explain`` uses); they are re-exported here.
+cache usage, prompt and generated tokens/s and the API server's CPU over the last minute),
+its GPUs' clock event reasons, how its start goes (the journal's prediction: is it
+disk-bound?) and the twin's roofline for the deployment's model on its GPU at the mean batch
+of the last minute, and classifies them. The classes and their rules are
+``sim/bottleneck.py``'s (the same classifier ``labctl sim run --explain`` uses); they are
+re-exported here.
 
 The roofline needs the planner's fit and the twin's perf model for the deployment's model,
 GPUs and flags: hundreds of milliseconds or more, too slow for the daemon's event loop.
@@ -194,7 +195,7 @@ class Tracker:
             sig = Signals(str(d.get("state")), running, s.get("requests_waiting", 0.0),
                           s.get("requests_queued", 0.0), kv, s.get("tokens_prompt", 0.0),
                           s.get("tokens_completion", 0.0), reasons, start, roof,
-                          batch)  # fmt: skip
+                          batch, s.get("api_cpu"))  # fmt: skip
             self.now[name] = classify(sig)
             self.history.setdefault(name, deque(maxlen=self.points)).append(self.now[name]["class"])
         for gone in set(self.now) - {str(d["name"]) for d in deployments}:

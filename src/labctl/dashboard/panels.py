@@ -288,7 +288,8 @@ PANELS: tuple[Panel, ...] = (
         "short",
         (_q("labctl_deployment_bottleneck{@dep} == 1", "{{deployment}} {{class}}"),),
         "What limits the deployment now: prefill compute, decode bandwidth, KV capacity, "
-        "the gateway's admission limit, its clients, throttled clocks, its start, or nothing.",
+        "the gateway's admission limit, its API server, its clients, throttled clocks, its "
+        "start, or nothing.",
         kind="state",
     ),
     Panel(
@@ -313,6 +314,21 @@ PANELS: tuple[Panel, ...] = (
         "deployment",
         "percentunit",
         (_q("labctl_engine_kv_cache_usage_ratio{@dep}", "{{deployment}}"),),
+    ),
+    Panel(
+        "dep_api",
+        "API server CPU",
+        "deployment",
+        "percentunit",
+        (
+            _q(
+                "rate(labctl_engine_api_server_cpu_seconds_total{@dep}[@w])",
+                "{{deployment}}",
+                "cpu",
+            ),
+        ),
+        "Share of one core the engine's API server process is busy (vLLM with one API server "
+        "process exports it): near 100%, it, not the GPU, sets the pace.",
     ),
     Panel(
         "dep_ttft",

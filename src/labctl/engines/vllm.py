@@ -58,6 +58,8 @@ class VllmAdapter(Adapter):
             "vllm:num_requests_running": "labctl_engine_requests_running",
             "vllm:num_requests_waiting": "labctl_engine_requests_waiting",
             "vllm:kv_cache_usage_perc": "labctl_engine_kv_cache_usage_ratio",
+            # the API server process's (one process: with more, vLLM's page has none)
+            "process_cpu_seconds_total": "labctl_engine_api_server_cpu_seconds_total",
         }
     )
 

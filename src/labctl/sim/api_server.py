@@ -18,6 +18,7 @@ and while a burst is being taken in, the streams of the requests already running
 
 from __future__ import annotations
 
+import bisect
 from collections import deque
 import heapq
 import math
@@ -45,6 +46,9 @@ class ApiServer(Generic[K]):
         self._count = 0
         #: Seconds the process has had work (taking requests in or streaming).
         self.busy = 0.0
+        #: When it had work: (start, end) of each busy period, in order, the last one
+        #: extended while the work goes on.
+        self.periods: list[list[float]] = []
 
     def __len__(self) -> int:
         """Requests in hand (being taken in)."""
@@ -71,9 +75,9 @@ class ApiServer(Generic[K]):
             at = self.now + max(head - self._served, 0.0) * sharing
             if at > t:
                 self._served += (t - self.now) / sharing
-                self.busy += t - self.now
+                self._work(t)
                 break
-            self.busy += max(at - self.now, 0.0)
+            self._work(at)
             self.now, self._served = max(self.now, at), max(self._served, head)
             while self._hand and self._hand[0][0] <= self._served:
                 done.append((self.now, heapq.heappop(self._hand)[2]))
@@ -81,6 +85,36 @@ class ApiServer(Generic[K]):
                 done.append((self.now, self._out.popleft()[1]))
         self.now = max(self.now, t)
         return done
+
+    def _work(self, until: float) -> None:
+        """The process had work from now to ``until``."""
+        if until <= self.now:
+            return
+        self.busy += until - self.now
+        if self.periods and self.periods[-1][1] >= self.now:
+            self.periods[-1][1] = until
+        else:
+            self.periods.append([self.now, until])
+
+    def busy_at(self, t: float) -> float:
+        """Seconds it will have had work by ``t`` if nothing else arrives (its :attr:`busy`
+        now, and the work in hand it keeps doing until it is through or ``t``)."""
+        if t <= self.now:
+            return self.busy
+        left = sum(v - self._served for v, _, _ in self._hand)
+        if self._out:
+            left += self._out[-1][0] - self._served
+        return self.busy + min(max(left, 0.0), t - self.now)
+
+    def busy_between(self, start: float, end: float) -> float:
+        """Seconds it had work between ``start`` and ``end`` (of the time run so far)."""
+        i = bisect.bisect_right(self.periods, [start, math.inf]) - 1
+        total = 0.0
+        for a, b in self.periods[max(i, 0) :]:
+            if a >= end:
+                break
+            total += max(min(b, end) - max(a, start), 0.0)
+        return total
 
     def add(self, t: float, key: K, cost: float) -> list[tuple[float, K]]:
         """A request arrives at ``t`` needing ``cost`` seconds of the process; returns the

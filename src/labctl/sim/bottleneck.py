@@ -4,7 +4,8 @@ One classifier for two callers: the lab puts each deployment in one class every 
 tick (``dashboard/bottleneck.py``), and ``labctl sim run --explain`` puts each interval of a
 simulated run in one (``sim/explain.py``). Either reads requests running and waiting in the
 engine, queued at the gateway, KV cache usage, prompt and generated tokens/s over a window,
-the GPUs' clock event reasons, how a start goes, and the twin's roofline for the batch. The
+how busy the API server was over it, the GPUs' clock event reasons, how a start goes, and the
+twin's roofline for the batch. The
 first rule that holds wins:
 
 1. ``starting``: the deployment is starting. Its start is *disk-bound* when the prediction
@@ -17,9 +18,18 @@ first rule that holds wins:
 4. ``kv_capacity``: KV cache usage at or above :data:`KV_FULL` (90%) with requests waiting in
    the engine, or at or above :data:`KV_SATURATED` (97%) whatever waits: the cache, not the
    GPU's speed, decides how many sequences run.
-5. ``admission``: requests queue at the gateway while the engine has none waiting and KV
+5. ``api_server``: requests run or queue at the gateway, and the API server's process had
+   work at least :data:`API_SERVER_BUSY` (90%) of the window: it takes the requests in and
+   streams every token out on one core, so past that it, not the GPU, sets the pace, and a
+   queue at the gateway grows because requests wait in it, not because of the gateway's
+   limit. The evidence says how far the GPU side is from its roofline, and the class's
+   ``roofline_fraction`` is that side's. vLLM's API server exports its process's
+   ``process_cpu_seconds_total`` when it runs one process (``--api-server-count 1``, the
+   default); the twin exports its simulated API server's busy time under the same name, and
+   ``sim run``'s timeline has it per interval.
+6. ``admission``: requests queue at the gateway while the engine has none waiting and KV
    room: the gateway's concurrency limit holds them back, below what the engine could take.
-6. ``prefill_compute`` / ``decode_bandwidth``: requests run. Each side's share of the
+7. ``prefill_compute`` / ``decode_bandwidth``: requests run. Each side's share of the
    engine's time is its live tokens/s over the twin's roofline tokens/s for the batch
    (prefill at the compute roofline, decode at the bandwidth one); the larger share names
    the class and is its ``roofline_fraction``. Tokens/s are rates over a window (the last
@@ -27,9 +37,9 @@ first rule that holds wins:
    requests running over the same window, not this instant's. Without a roofline (a model
    or GPU the catalog does not know), prefill when prompt tokens/s exceed
    :data:`PREFILL_RATIO` (20) times generated tokens/s.
-7. ``client``: tokens flowed in the window but nothing runs, waits or queues now: the
+8. ``client``: tokens flowed in the window but nothing runs, waits or queues now: the
    engine waits on its clients.
-8. ``idle``: no traffic at all.
+9. ``idle``: no traffic at all.
 
 The roofline (:func:`roofline`) is the twin's perf model (``sim/perf.py``) for the
 deployment's model on its GPU: decode tokens/s = batch / (bytes one step reads at the
@@ -47,14 +57,16 @@ from typing import Any
 from labctl.sim.perf import MFU, PerfModel
 
 #: Every class, in the order ``labctl_deployment_bottleneck{class}`` lists them.
-CLASSES = ("prefill_compute", "decode_bandwidth", "kv_capacity", "admission", "client",
-           "throttled", "starting", "idle")  # fmt: skip
+CLASSES = ("prefill_compute", "decode_bandwidth", "kv_capacity", "admission", "api_server",
+           "client", "throttled", "starting", "idle")  # fmt: skip
 #: Clock event reasons that hold clocks back for heat or power.
 THROTTLES = frozenset({"sw_power_cap", "hw_slowdown", "sw_thermal_slowdown",
                        "hw_thermal_slowdown", "hw_power_brake_slowdown"})  # fmt: skip
 #: KV usage that, with requests waiting, makes the cache the limit; and usage that alone does.
 KV_FULL = 0.90
 KV_SATURATED = 0.97
+#: Share of the time the API server's process has work from which it sets the pace.
+API_SERVER_BUSY = 0.9
 #: Without a roofline: prompt tokens/s over generated tokens/s above which prefill dominates.
 PREFILL_RATIO = 20.0
 #: States that serve requests.
@@ -88,6 +100,9 @@ class Signals:
     roofline: Roofline | None = None
     #: The mean batch over the tokens/s window (the roofline is for it); default: ``running``.
     batch: float | None = None
+    #: Share of the time the API server's process had work over the same window (its CPU
+    #: seconds per second); None: not known.
+    api_busy: float | None = None
 
 
 def _n(value: float) -> str:
@@ -118,27 +133,39 @@ def classify(s: Signals) -> dict[str, Any]:
     if (kv >= KV_FULL and s.waiting > 0) or kv >= KV_SATURATED:
         return out("kv_capacity", f"KV cache {kv:.0%} full, {_n(s.waiting)} waiting in the "
                                   f"engine, {_n(s.running)} running")  # fmt: skip
+    if s.api_busy is not None and s.api_busy >= API_SERVER_BUSY and (s.running or s.queued):
+        cls, evidence, fraction = _gpu_side(s)
+        return out("api_server", f"API server busy {s.api_busy:.0%} of the time: it sets the "
+                                 f"pace, not the GPU; {evidence}; give it more processes "
+                                 "(--api-server-count)", fraction)  # fmt: skip
     if s.queued > 0 and s.waiting == 0:
         return out("admission", f"{_n(s.queued)} queued at the gateway, engine below its limit "
                                 f"({_n(s.running)} running, 0 waiting, KV {kv:.0%})")  # fmt: skip
     if s.running > 0:
-        tps = f"{_n(s.prompt_tps)} prompt tok/s, {_n(s.completion_tps)} generated tok/s"
-        r = s.roofline
-        if r is not None and r.prefill_tps > 0 and r.decode_tps > 0:
-            pre, dec = s.prompt_tps / r.prefill_tps, s.completion_tps / r.decode_tps
-            if pre > dec:
-                return out("prefill_compute", f"prefill at {pre:.0%} of the compute roofline "
-                                              f"({tps}; {_n(s.running)} running)", pre)  # fmt: skip
-            batch = s.running if s.batch is None else s.batch
-            return out("decode_bandwidth", f"decode at {dec:.0%} of the bandwidth roofline "
-                                           f"({tps}; mean batch {_n(batch)})", dec)  # fmt: skip
-        if s.prompt_tps > PREFILL_RATIO * s.completion_tps:
-            return out("prefill_compute", f"prefill-heavy: {tps}; no roofline")
-        return out("decode_bandwidth", f"decode-heavy: {tps}; no roofline")
+        cls, evidence, fraction = _gpu_side(s)
+        return out(cls, evidence, fraction)
     if s.prompt_tps > 0 or s.completion_tps > 0:
         return out("client", f"engine idle between requests ({_n(s.completion_tps)} generated "
                              "tok/s over the last minute, nothing running or queued)")  # fmt: skip
     return out("idle", "no requests")
+
+
+def _gpu_side(s: Signals) -> tuple[str, str, float | None]:
+    """Prefill or decode, whichever takes more of the engine's time, with its evidence and
+    roofline fraction (None without a roofline)."""
+    tps = f"{_n(s.prompt_tps)} prompt tok/s, {_n(s.completion_tps)} generated tok/s"
+    r = s.roofline
+    if r is not None and r.prefill_tps > 0 and r.decode_tps > 0:
+        pre, dec = s.prompt_tps / r.prefill_tps, s.completion_tps / r.decode_tps
+        if pre > dec:
+            return ("prefill_compute", f"prefill at {pre:.0%} of the compute roofline "
+                                       f"({tps}; {_n(s.running)} running)", pre)  # fmt: skip
+        batch = s.running if s.batch is None else s.batch
+        return ("decode_bandwidth", f"decode at {dec:.0%} of the bandwidth roofline "
+                                    f"({tps}; mean batch {_n(batch)})", dec)  # fmt: skip
+    if s.prompt_tps > PREFILL_RATIO * s.completion_tps:
+        return "prefill_compute", f"prefill-heavy: {tps}; no roofline", None
+    return "decode_bandwidth", f"decode-heavy: {tps}; no roofline", None
 
 
 def roofline(perf: PerfModel, batch: float, kv_tokens: float, time_scale: float = 1.0) -> Roofline:

@@ -4,8 +4,9 @@ Each interval of the run's :class:`~labctl.sim.offline.Timeline` is classified a
 classifies a deployment every tick (``sim/bottleneck.py``), from that interval's figures:
 the engine serves (state ``ready``); requests running are the interval's mean batch,
 waiting its mean engine queue, KV its mean cache usage; tokens/s are the prompt and
-generated tokens computed in it over its length; the roofline is the twin's perf model at
-the mean batch holding the mean KV cache in use. Nothing is ever ``admission``: the offline
+generated tokens computed in it over its length; the API server's busy share is its
+processes' mean over it; the roofline is the twin's perf model at the mean batch holding the
+mean KV cache in use. Nothing is ever ``admission``: the offline
 runner has no gateway, and the requests ``--max-concurrency`` holds back are the client's,
 not a queue in front of the engine. Nor ``throttled`` or ``starting``: the twin's GPU runs at
 its clocks, and the run starts with the engine ready.
@@ -56,7 +57,7 @@ def classify_intervals(
                           prompt_tps=timeline.prompt_tokens[k] * rate,
                           completion_tps=timeline.generation_tokens[k] * rate,
                           roofline=roofline(perf, batch, kv * kv_cache_tokens),
-                          batch=batch)  # fmt: skip
+                          batch=batch, api_busy=timeline.api_server_busy[k])  # fmt: skip
         out.append((start, end, classify(signals)))
     return out
 

@@ -10,11 +10,14 @@ them (``sim/api_server.py``), as the offline run has it.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 import time
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from labctl.sim import perf as costs
 from labctl.sim.api_server import ApiServer
@@ -173,6 +176,23 @@ class Stream:
     api: int = 0
 
 
+class _ApiServerCpu(Collector):
+    """``process_cpu_seconds_total`` of the API server's one process, as vLLM's page has it
+    (prometheus_client's process collector): the simulated process's busy seconds by now,
+    in the event loop's time."""
+
+    def __init__(self, api: ApiServer[Any]) -> None:
+        self.api = api
+
+    def collect(self) -> Iterable[Metric]:
+        try:
+            now = asyncio.get_running_loop().time()
+        except RuntimeError:  # read off the loop: what it has had so far
+            now = self.api.now
+        yield CounterMetricFamily("process_cpu_seconds", "Total user and system CPU time "
+                                  "spent in seconds.", value=self.api.busy_at(now))  # fmt: skip
+
+
 class LiveEngine:
     """Runs a :class:`Twin`'s scheduler in real time on the running event loop."""
 
@@ -208,6 +228,8 @@ class LiveEngine:
         self._apis = [ApiServer() for _ in range(twin.config.api_server_count)]
         self._api_timers: list[asyncio.TimerHandle | None] = [None] * len(self._apis)
         self._api_turn = 0
+        if len(self._apis) == 1:  # as vLLM: one API server process exports its own
+            self.metrics.registry.register(_ApiServerCpu(self._apis[0]))
 
     async def submit(
         self,

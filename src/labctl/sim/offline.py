@@ -55,7 +55,8 @@ class Timeline:
     engine's queue, requests the client holds back under ``--max-concurrency``. The
     per-interval figures are over the steps' time in the interval: tokens computed, and
     time-weighted means of the batch, the KV cache usage and the engine's queue (idle time
-    counts as none), which the bottleneck classifier reads (``sim/explain.py``).
+    counts as none), and the share of it the API server had work, which the bottleneck
+    classifier reads (``sim/explain.py``).
     """
 
     interval: float
@@ -75,6 +76,8 @@ class Timeline:
     mean_kv_cache_usage: list[float] = field(default_factory=list)
     #: Mean requests waiting in the engine (not the client's) over each interval.
     mean_waiting: list[float] = field(default_factory=list)
+    #: Share of each interval the API server's processes had work (their mean, 0–1).
+    api_server_busy: list[float] = field(default_factory=list)
     #: When the run's last step ended (s); the last interval ends there.
     end: float = 0.0
 
@@ -98,6 +101,7 @@ class Timeline:
             "mean_batch": self.mean_batch,
             "mean_kv_cache_usage": self.mean_kv_cache_usage,
             "mean_num_requests_waiting": self.mean_waiting,
+            "api_server_busy": self.api_server_busy,
             "end_s": self.end,
         }
 
@@ -349,6 +353,8 @@ def simulate(
         timeline.mean_batch.append(round(w_seqs / length, 4))
         timeline.mean_kv_cache_usage.append(round(w_kv / length, 4))
         timeline.mean_waiting.append(round(w_waiting / length, 4))
+        api_busy = sum(api.busy_between(start, start + length) for api in servers)
+        timeline.api_server_busy.append(round(api_busy / len(servers) / length, 4))
     outcomes = []
     audio_s = 0.0
     for i, item in enumerate(items):
