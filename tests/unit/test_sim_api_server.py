@@ -66,7 +66,7 @@ def test_busy_periods_and_busy_time_over_a_window() -> None:
     api.advance(3.0)
     api.add(4.0, "b", 1.0)
     api.advance(10.0)
-    assert api.periods == [[1.0, pytest.approx(1.8)], [4.0, 5.0]]
+    assert api.periods == [(1.0, pytest.approx(1.8)), (4.0, 5.0)]
     assert api.busy == pytest.approx(1.8)
     assert api.busy_between(0.0, 10.0) == pytest.approx(1.8)
     assert api.busy_between(1.5, 4.5) == pytest.approx(0.3 + 0.5)

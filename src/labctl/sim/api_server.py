@@ -46,9 +46,10 @@ class ApiServer(Generic[K]):
         self._count = 0
         #: Seconds the process has had work (taking requests in or streaming).
         self.busy = 0.0
-        #: When it had work: (start, end) of each busy period, in order, the last one
+        #: When it had work: the start and end of each busy period, in order, the last one
         #: extended while the work goes on.
-        self.periods: list[list[float]] = []
+        self._starts: list[float] = []
+        self._ends: list[float] = []
 
     def __len__(self) -> int:
         """Requests in hand (being taken in)."""
@@ -91,10 +92,16 @@ class ApiServer(Generic[K]):
         if until <= self.now:
             return
         self.busy += until - self.now
-        if self.periods and self.periods[-1][1] >= self.now:
-            self.periods[-1][1] = until
+        if self._ends and self._ends[-1] >= self.now:
+            self._ends[-1] = until
         else:
-            self.periods.append([self.now, until])
+            self._starts.append(self.now)
+            self._ends.append(until)
+
+    @property
+    def periods(self) -> list[tuple[float, float]]:
+        """(start, end) of each period it had work, in order."""
+        return list(zip(self._starts, self._ends, strict=True))
 
     def busy_at(self, t: float) -> float:
         """Seconds it will have had work by ``t`` if nothing else arrives (its :attr:`busy`
@@ -108,12 +115,11 @@ class ApiServer(Generic[K]):
 
     def busy_between(self, start: float, end: float) -> float:
         """Seconds it had work between ``start`` and ``end`` (of the time run so far)."""
-        i = bisect.bisect_right(self.periods, [start, math.inf]) - 1
         total = 0.0
-        for a, b in self.periods[max(i, 0) :]:
-            if a >= end:
-                break
-            total += max(min(b, end) - max(a, start), 0.0)
+        i = max(bisect.bisect_right(self._starts, start) - 1, 0)
+        while i < len(self._starts) and self._starts[i] < end:
+            total += max(min(self._ends[i], end) - max(self._starts[i], start), 0.0)
+            i += 1
         return total
 
     def add(self, t: float, key: K, cost: float) -> list[tuple[float, K]]:

@@ -5,8 +5,7 @@ tick (``dashboard/bottleneck.py``), and ``labctl sim run --explain`` puts each i
 simulated run in one (``sim/explain.py``). Either reads requests running and waiting in the
 engine, queued at the gateway, KV cache usage, prompt and generated tokens/s over a window,
 how busy the API server was over it, the GPUs' clock event reasons, how a start goes, and the
-twin's roofline for the batch. The
-first rule that holds wins:
+twin's roofline for the batch. The first rule that holds wins:
 
 1. ``starting``: the deployment is starting. Its start is *disk-bound* when the prediction
    (``deploy/loadpath.py``) has reading weights as the longest phase and the disk, not the
@@ -134,7 +133,7 @@ def classify(s: Signals) -> dict[str, Any]:
         return out("kv_capacity", f"KV cache {kv:.0%} full, {_n(s.waiting)} waiting in the "
                                   f"engine, {_n(s.running)} running")  # fmt: skip
     if s.api_busy is not None and s.api_busy >= API_SERVER_BUSY and (s.running or s.queued):
-        cls, evidence, fraction = _gpu_side(s)
+        _, evidence, fraction = _gpu_side(s)
         return out("api_server", f"API server busy {s.api_busy:.0%} of the time: it sets the "
                                  f"pace, not the GPU; {evidence}; give it more processes "
                                  "(--api-server-count)", fraction)  # fmt: skip
@@ -142,8 +141,7 @@ def classify(s: Signals) -> dict[str, Any]:
         return out("admission", f"{_n(s.queued)} queued at the gateway, engine below its limit "
                                 f"({_n(s.running)} running, 0 waiting, KV {kv:.0%})")  # fmt: skip
     if s.running > 0:
-        cls, evidence, fraction = _gpu_side(s)
-        return out(cls, evidence, fraction)
+        return out(*_gpu_side(s))
     if s.prompt_tps > 0 or s.completion_tps > 0:
         return out("client", f"engine idle between requests ({_n(s.completion_tps)} generated "
                              "tok/s over the last minute, nothing running or queued)")  # fmt: skip
