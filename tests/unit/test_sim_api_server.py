@@ -58,7 +58,7 @@ def test_steps_stream_in_order_one_after_another() -> None:
 
 
 def test_busy_periods_and_busy_time_over_a_window() -> None:
-    api: ApiServer[str] = ApiServer()
+    api: ApiServer[str] = ApiServer(periods=True)
     api.add(1.0, "a", 0.5)
     api.stream(1.2, "s", 0.3)  # shares with a: a through at 1.7, s at 1.8
     assert api.busy_at(1.5) == pytest.approx(0.5)  # in hand at 1.5 is busy to 1.5, not yet run
@@ -72,6 +72,11 @@ def test_busy_periods_and_busy_time_over_a_window() -> None:
     assert api.busy_between(1.5, 4.5) == pytest.approx(0.3 + 0.5)
     assert api.busy_between(2.0, 3.9) == 0.0
     assert api.busy_at(8.0) == api.busy  # a time before now: what it has had
+    # without periods (the live twin's, which runs for days) it keeps only its total
+    live: ApiServer[str] = ApiServer()
+    live.add(0.0, "a", 0.5)
+    live.advance(1.0)
+    assert live.busy == pytest.approx(0.5) and live.periods == []
 
 
 def test_the_output_task_takes_one_share_among_the_requests_in_hand() -> None:

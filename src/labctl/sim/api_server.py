@@ -35,8 +35,11 @@ class ApiServer(Generic[K]):
     given counts as the last one. Keys come back, in time order, when their work is done.
     """
 
-    def __init__(self, now: float = 0.0) -> None:
+    def __init__(self, now: float = 0.0, periods: bool = False) -> None:
+        """``periods``: keep when it had work (for :meth:`busy_between`), one entry per busy
+        period; a long-running live server keeps only its total."""
         self.now = now
+        self._keep = periods
         #: Service each participant has had since the clock's origin ("virtual time").
         self._served = 0.0
         #: (virtual time at which it is through, arrival order, key) per request in hand.
@@ -92,6 +95,8 @@ class ApiServer(Generic[K]):
         if until <= self.now:
             return
         self.busy += until - self.now
+        if not self._keep:
+            return
         if self._ends and self._ends[-1] >= self.now:
             self._ends[-1] = until
         else:
@@ -114,7 +119,8 @@ class ApiServer(Generic[K]):
         return self.busy + min(max(left, 0.0), t - self.now)
 
     def busy_between(self, start: float, end: float) -> float:
-        """Seconds it had work between ``start`` and ``end`` (of the time run so far)."""
+        """Seconds it had work between ``start`` and ``end`` (of the time run so far; kept
+        with ``periods`` only)."""
         total = 0.0
         i = max(bisect.bisect_right(self._starts, start) - 1, 0)
         while i < len(self._starts) and self._starts[i] < end:

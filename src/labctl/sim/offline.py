@@ -156,7 +156,7 @@ def simulate(
     #: requests it is taking in (keyed by item) and the steps' tokens it streams out (keyed
     #: by the step's requests).
     servers: list[ApiServer[int | list[tuple[SimRequest, bool]]]] = [
-        ApiServer() for _ in range(twin.config.api_server_count)
+        ApiServer(periods=True) for _ in range(twin.config.api_server_count)
     ]
     intake_cost = costs.intake_s(twin.arch.model_type, chat)
     token_cost = costs.STREAM_TOKEN_S
