@@ -315,9 +315,10 @@ def point_from_row(row: Mapping[str, Any], ref: str, held: int = 0) -> Point:
                 why = f"the twin's memory plan fits {fit_len} tokens of context; the source ran "
                 return replace(point, model=model_id, skip=why + str(need), notes=tuple(notes))
             flags["gpu_memory_utilization"] = util
-            fit_len = _fitting_len(model_id, gpu, flags) or fit_len
             notes.append(f"--gpu-memory-utilization {util} (the source's engine held a "
                          f"{need}-token request; the twin's plan holds one from there)")  # fmt: skip
+            if (fit_len := _fitting_len(model_id, gpu, flags)) is None:  # the full context fits
+                return replace(point, model=model_id, flags=flags, notes=tuple(notes))
         flags["max_model_len"] = fit_len
         notes.append(f"--max-model-len {fit_len} (the twin's plan fits no longer context)")
     return replace(point, model=model_id, flags=flags, notes=tuple(notes))

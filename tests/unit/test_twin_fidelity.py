@@ -156,3 +156,13 @@ def test_runs_of_one_serving_command_share_the_room_one_of_them_shows(
     assert first.flags == long.flags and first.flags["gpu_memory_utilization"] > 0.9
     assert other.flags == {"vllm_version": "0.11.0", "max_model_len": 18032}
     assert "gpu_memory_utilization" not in tuned.flags
+
+
+def test_room_for_the_full_context_replays_at_the_full_context() -> None:
+    # a 40,900-token request needs 0.98, where the plan holds all 40,960 of Qwen3-32B's
+    burst = {"model": "Qwen/Qwen3-32B", "gpu": "NVIDIA H100 SXM", "source": "a lab (block)",
+             "vllm_version": "v0.11.0", "input_len": None, "output_len": None,
+             "dataset": "ShareGPT", "num_prompts": 1000, "total_tok_s": 2000.0,
+             "flags": None}  # fmt: skip
+    point = tf.point_from_row(burst, "row 2", 40900)
+    assert point.flags.get("max_model_len", 40960) >= 40900, point.flags
