@@ -9,6 +9,7 @@ import pytest
 from labctl.errors import EngineError, UsageError
 from labctl.sim.engine import TwinConfig, build_twin
 from labctl.sim.offline import simulate
+import labctl.sim.perf as step_model
 from labctl.sim.perf import StepCost
 from labctl.sim.report import Outcome, percentile, summarize
 from labctl.sim.scheduler import Scheduler, SimRequest
@@ -302,3 +303,19 @@ def test_sim_the_api_servers_streaming_caps_the_tokens_clients_see_offline_and_l
     assert asyncio.run(live()) == pytest.approx(400 * 3e-3 * 0.25 / 2, rel=0.15)
     with pytest.raises(UsageError, match="--api-server-count 0"):
         build_twin(TwinConfig(LLAMA, "h100-sxm", max_model_len=8192, api_server_count=0))
+
+
+def test_sim_attention_runs_at_the_kv_caches_rate_not_the_fp8_weights() -> None:
+    # FP8 weights make the GEMMs FP8; FlashAttention still takes BF16 Q/K/V unless the
+    # KV cache is FP8 too. A 32K prefill chunk is mostly attention.
+    fp8 = build_twin(TwinConfig("Qwen/Qwen3-32B-FP8", "h100-sxm", max_model_len=40960)).perf
+    assert fp8.peak_flops == 1979e12 and fp8.attn_peak_flops == 989e12
+    cost = StepCost(1, 8192, 8192 * 28_000, 8192)
+    gemm = fp8.flops_per_token * cost.tokens / fp8.peak_flops
+    attn = fp8.attn_flops_per_pair * cost.attended_tokens / 989e12
+    assert fp8.step_seconds(cost) > (gemm + attn) / step_model.MFU
+    kv8 = build_twin(
+        TwinConfig("Qwen/Qwen3-32B-FP8", "h100-sxm", max_model_len=40960, kv_cache_dtype="fp8")
+    ).perf
+    assert kv8.attn_peak_flops == 1979e12
+    assert kv8.step_seconds(cost) < fp8.step_seconds(cost)

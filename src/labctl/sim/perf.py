@@ -11,7 +11,9 @@ larger of
   copies), and
 - its floating-point work (2 FLOPs per active parameter per token, plus
   attention over the context), at ``peak × MFU`` (large GEMMs reach 0.78–0.80
-  of peak on that H100; whole prefill steps with attention and norms less),
+  of peak on that H100; whole prefill steps with attention and norms less); the
+  GEMMs at the weights' format's peak (FP8, FP4 where the GPU has it), attention
+  at the KV cache's (BF16 unless the cache is FP8),
 
 plus what a pure roofline misses and measured vLLM shows: a fixed per-step
 cost (scheduling, sampling, launch), a per-sequence cost, kernel launches per
@@ -271,6 +273,9 @@ class PerfModel:
     #: Recurrent state (Mamba, Gated DeltaNet) read and written per sequence per step.
     state_bytes_per_sequence: float
     peak_flops: float
+    #: Attention's tensor-core rate: the KV cache's dtype sets it (FlashAttention and
+    #: FlashMLA take BF16 Q/K/V, FP8 only with an FP8 cache), not the weights' format.
+    attn_peak_flops: float
     bandwidth: float
     layers: int
     hidden_size: int
@@ -315,6 +320,8 @@ class PerfModel:
             peak = gpu.fp8_tflops
         else:
             peak = gpu.bf16_tflops
+        fp8_kv = "fp8" in (fit.kv_cache_dtype or "").lower()
+        attn_peak = gpu.fp8_tflops if gpu.fp8 and gpu.fp8_tflops and fp8_kv else gpu.bf16_tflops
         mem = gpu.memory_type.upper()
         table = SPEECH_BW_EFFICIENCY if arch.encoder_positions else BW_EFFICIENCY
         eff = next((v for k, v in table.items() if k in mem), 0.85)
@@ -342,6 +349,7 @@ class PerfModel:
             window=window,
             state_bytes_per_sequence=2.0 * state / pp,
             peak_flops=peak * 1e12,
+            attn_peak_flops=attn_peak * 1e12,
             bandwidth=gpu.bandwidth_gbs * 1e9 * eff,
             layers=arch.num_hidden_layers,
             hidden_size=arch.hidden_size,
@@ -378,7 +386,6 @@ class PerfModel:
             + self.cross_kv_bytes_per_token * cost.cross_tokens_read
         )
         gemm = self.flops_per_token + self.expert_flops_per_token * (1 / MOE_EFFICIENCY - 1)
-        flops = gemm * cost.tokens + self.attn_flops_per_pair * cost.attended_tokens
         speech = self.encoder is not None
         top, half = (SPEECH_MFU, SPEECH_MFU_HALF_TOKENS) if speech else (MFU, MFU_HALF_TOKENS)
         mfu = top * cost.tokens / (cost.tokens + half)
@@ -386,7 +393,9 @@ class PerfModel:
         if self.encoder is not None and cost.encoder_items:
             encode = self.encoder_seconds(cost.encoder_items)
             read += self.encoder.memory_bytes(cost.encoder_items)
-        stage = max(read / self.bandwidth, flops / (self.peak_flops * mfu) + encode)
+        compute = gemm * cost.tokens / self.peak_flops
+        compute += self.attn_flops_per_pair * cost.attended_tokens / self.attn_peak_flops
+        stage = max(read / self.bandwidth, compute / mfu + encode)
         if self.tp > 1:
             link = "nvlink" if self.gpu.interconnect_gbs >= 100 else "pcie"
             size = cost.tokens * self.hidden_size * 2.0
