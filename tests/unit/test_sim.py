@@ -319,3 +319,32 @@ def test_sim_attention_runs_at_the_kv_caches_rate_not_the_fp8_weights() -> None:
     ).perf
     assert kv8.attn_peak_flops == 1979e12
     assert kv8.step_seconds(cost) < fp8.step_seconds(cost)
+
+
+def test_sim_moe_expert_gemms_fill_by_the_rows_each_expert_gets() -> None:
+    # A step's routed tokens spread over the experts: 64 tokens × top-8 over 128 experts
+    # give each touched expert a GEMM of about 5 rows, which fills the GPU far less than
+    # the step's 64 rows would.
+    perf = build_twin(TwinConfig("Qwen/Qwen3-30B-A3B", "h100-sxm", max_model_len=8192)).perf
+    assert perf.expert_rows(1) == pytest.approx(1.0)
+    assert 4 < perf.expert_rows(64) < 6
+    assert perf.expert_rows(8192) == pytest.approx(8192 * 8 / 128, rel=0.01)
+    # A step of experts alone with no weights to read, so FLOPs set its time: 128 tokens'
+    # expert FLOPs spread over 8 experts (each GEMM gets all 128 rows) run faster than over
+    # 128 experts (8 rows each, far from filling the GPU).
+    cost = StepCost(1, 128, 128 * 128, 128)
+    experts_only = {"flops_per_token": perf.expert_flops_per_token, "dense_bytes": 0.0}
+    many = step_model.PerfModel(**{**perf.__dict__, **experts_only, "expert_bytes": 0.0})
+    few = step_model.PerfModel(**{**many.__dict__, "num_experts": 8})
+    assert few.expert_rows(128) == pytest.approx(128)
+    assert many.step_seconds(cost) > 1.3 * few.step_seconds(cost)
+
+
+def test_sim_fp4_experts_run_at_bf16_rate_on_a_compute_capability_12_gpu() -> None:
+    # vLLM's builds run NVFP4/MXFP4 MoE experts weight-only on sm_120/sm_121 (Marlin:
+    # dequantized to BF16); a B200's experts run at its native FP4 rate.
+    nemotron = "nvidia/NVIDIA-Nemotron-3-Super-120B-A12B-NVFP4"
+    spark = build_twin(TwinConfig(nemotron, "gb10", max_num_seqs=4)).perf
+    assert spark.peak_flops == 500e12 and spark.expert_peak_flops == 125e12
+    b200 = build_twin(TwinConfig(nemotron, "b200", max_num_seqs=4)).perf
+    assert b200.expert_peak_flops == b200.peak_flops == 9000e12

@@ -62,29 +62,31 @@ from labctl.fit.plan import FitResult
 # term for.
 #: Achievable share of datasheet bandwidth, by memory technology (LPDDR: not fitted, no
 #: published point beyond the DGX Spark's).
-BW_EFFICIENCY = {"HBM": 0.67, "GDDR": 0.88, "LPDDR": 0.62}
+BW_EFFICIENCY = {"HBM": 0.635, "GDDR": 0.87, "LPDDR": 0.62}
 #: Share of dense tensor peak that whole prefill-heavy steps reach, and the step size
 #: (tokens) at which GEMMs reach half of it: small batches do not fill the GPU (the H100
 #: GEMMs in shared/data/gpu reach 16–35% of peak at 128 rows, 62–78% at 512).
-MFU = 0.44
-MFU_HALF_TOKENS = 20
-#: Share of the dense GEMMs' rate the routed experts' fused MoE kernels reach (many small
-#: grouped GEMMs, the routing's gather and scatter).
-MOE_EFFICIENCY = 0.71
+MFU = 0.42
+MFU_HALF_TOKENS = 6
+#: Share of the dense GEMMs' rate the routed experts' fused MoE kernels reach (the routing's
+#: gather and scatter, the grouped GEMMs' scheduling), on top of each expert's GEMM filling
+#: the GPU by its own rows (the step's routed tokens spread over the experts it touches,
+#: :meth:`PerfModel.expert_rows`), not by the step's.
+MOE_EFFICIENCY = 0.78
 #: Per step: scheduler, input preparation, sampling, output processing.
-STEP_OVERHEAD_S = 0.53e-3
+STEP_OVERHEAD_S = 0.31e-3
 #: Per extra rank of a TP × PP group per step: broadcasting the schedule, gathering output
-#: (the fit's, at the bound of its second round: the published TP 8 MoE runs are slower
-#: than the model's terms explain, and this term takes it).
-RANK_OVERHEAD_S = 3.75e-3
+#: (the fit's: the published TP 4–8 MoE runs on A100 and H200 are slower than the model's
+#: terms explain, and this term takes it; the TP runs on H100 would rather have it small).
+RANK_OVERHEAD_S = 2.8e-3
 #: Per running sequence per step (sampling, detokenising, bookkeeping).
-PER_SEQUENCE_S = 34e-6
+PER_SEQUENCE_S = 29e-6
 #: Per layer per step when CUDA graphs are off: Python-side kernel launches.
 EAGER_PER_LAYER_S = 0.28e-3
 #: Latency of one all-reduce, over NVLink and over PCIe or a network (PCIe: not fitted).
-ALLREDUCE_LATENCY_S = {"nvlink": 11.5e-6, "pcie": 50e-6}
+ALLREDUCE_LATENCY_S = {"nvlink": 14.4e-6, "pcie": 50e-6}
 #: The API server's share of a request's latency: HTTP, tokenizing, queueing, detokenizing.
-FRONTEND_S = 33e-3
+FRONTEND_S = 33.5e-3
 #: The API server's process time to take in one request (parse, tokenize, validate). One
 #: process shares itself among the requests in hand (``labctl.sim.api_server``), so a burst of N
 #: reaches the engine together after about N × its requests' cost.
@@ -276,6 +278,10 @@ class PerfModel:
     #: Attention's tensor-core rate: the KV cache's dtype sets it (FlashAttention and
     #: FlashMLA take BF16 Q/K/V, FP8 only with an FP8 cache), not the weights' format.
     attn_peak_flops: float
+    #: The routed experts' tensor rate: the weights' format's, except FP4 experts on a
+    #: compute capability 12.x GPU (RTX 50, RTX PRO 6000 Blackwell, GB10), which vLLM's
+    #: builds run as weight-only FP4 (Marlin: dequantized to BF16, BF16's rate; vllm#50925).
+    expert_peak_flops: float
     bandwidth: float
     layers: int
     hidden_size: int
@@ -320,6 +326,9 @@ class PerfModel:
             peak = gpu.fp8_tflops
         else:
             peak = gpu.bf16_tflops
+        expert_peak = peak
+        if "fp4" in fmt and gpu.compute_capability[0] == 12:
+            expert_peak = gpu.bf16_tflops
         fp8_kv = "fp8" in (fit.kv_cache_dtype or "").lower()
         attn_peak = gpu.fp8_tflops if gpu.fp8 and gpu.fp8_tflops and fp8_kv else gpu.bf16_tflops
         mem = gpu.memory_type.upper()
@@ -350,6 +359,7 @@ class PerfModel:
             state_bytes_per_sequence=2.0 * state / pp,
             peak_flops=peak * 1e12,
             attn_peak_flops=attn_peak * 1e12,
+            expert_peak_flops=expert_peak * 1e12,
             bandwidth=gpu.bandwidth_gbs * 1e9 * eff,
             layers=arch.num_hidden_layers,
             hidden_size=arch.hidden_size,
@@ -366,6 +376,12 @@ class PerfModel:
             return 0.0
         miss = 1.0 - self.experts_per_token / self.num_experts
         return 1.0 - miss**tokens
+
+    def expert_rows(self, tokens: int) -> float:
+        """Mean rows of each routed expert's GEMM in a step of ``tokens`` tokens: the
+        batch's ``tokens × top_k`` routings spread over the experts it touches."""
+        touched = self.experts_touched(tokens) * self.num_experts
+        return tokens * self.experts_per_token / touched if touched else 0.0
 
     def encoder_seconds(self, clips: int) -> float:
         """Tensor-core time of the encoder pass over ``clips`` clips (0 without an encoder)."""
@@ -385,17 +401,22 @@ class PerfModel:
             + self.state_bytes_per_sequence * cost.sequences
             + self.cross_kv_bytes_per_token * cost.cross_tokens_read
         )
-        gemm = self.flops_per_token + self.expert_flops_per_token * (1 / MOE_EFFICIENCY - 1)
         speech = self.encoder is not None
         top, half = (SPEECH_MFU, SPEECH_MFU_HALF_TOKENS) if speech else (MFU, MFU_HALF_TOKENS)
-        mfu = top * cost.tokens / (cost.tokens + half)
         encode = 0.0
         if self.encoder is not None and cost.encoder_items:
             encode = self.encoder_seconds(cost.encoder_items)
             read += self.encoder.memory_bytes(cost.encoder_items)
-        compute = gemm * cost.tokens / self.peak_flops
+        dense = self.flops_per_token - self.expert_flops_per_token
+        compute = dense * cost.tokens / self.peak_flops
         compute += self.attn_flops_per_pair * cost.attended_tokens / self.attn_peak_flops
-        stage = max(read / self.bandwidth, compute / mfu + encode)
+        compute /= top * cost.tokens / (cost.tokens + half)
+        if self.expert_flops_per_token:
+            rows = self.expert_rows(cost.tokens)
+            compute += (self.expert_flops_per_token * cost.tokens / self.expert_peak_flops) / (
+                MOE_EFFICIENCY * top * rows / (rows + half)
+            )
+        stage = max(read / self.bandwidth, compute + encode)
         if self.tp > 1:
             link = "nvlink" if self.gpu.interconnect_gbs >= 100 else "pcie"
             size = cost.tokens * self.hidden_size * 2.0
