@@ -7,6 +7,7 @@ import math
 import pytest
 
 from labctl.errors import EngineError, UsageError
+from labctl.sim.bottleneck import roofline
 from labctl.sim.engine import TwinConfig, build_twin
 from labctl.sim.offline import simulate
 import labctl.sim.perf as step_model
@@ -348,3 +349,15 @@ def test_sim_fp4_experts_run_at_bf16_rate_on_a_compute_capability_12_gpu() -> No
     assert spark.peak_flops == 500e12 and spark.expert_peak_flops == 125e12
     b200 = build_twin(TwinConfig(nemotron, "b200", max_num_seqs=4)).perf
     assert b200.expert_peak_flops == b200.peak_flops == 9000e12
+
+
+def test_sim_the_prefill_roofline_counts_fp4_experts_at_their_rate() -> None:
+    nemotron = "nvidia/NVIDIA-Nemotron-3-Super-120B-A12B-NVFP4"
+    spark = build_twin(TwinConfig(nemotron, "gb10", max_num_seqs=4)).perf
+    at_fp4 = spark.peak_flops * step_model.MFU / spark.flops_per_token
+    # a third of its FLOPs at a quarter of the FP4 rate: well under the all-FP4 figure
+    assert roofline(spark, 1, 0).prefill_tps < 0.6 * at_fp4
+    llama = build_twin(TwinConfig(LLAMA, "h100-sxm", max_model_len=8192)).perf
+    assert roofline(llama, 1, 0).prefill_tps == pytest.approx(
+        llama.peak_flops * step_model.MFU / llama.flops_per_token
+    )
