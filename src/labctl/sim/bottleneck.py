@@ -176,8 +176,6 @@ def roofline(perf: PerfModel, batch: float, kv_tokens: float, time_scale: float 
     if read <= 0 or perf.flops_per_token <= 0:  # a toy model: no limit the twin can name
         return Roofline(0.0, 0.0)
     decode = seqs / (read / perf.bandwidth)
-    dense = perf.flops_per_token - perf.expert_flops_per_token
-    per_token = dense / perf.peak_flops + perf.expert_flops_per_token / perf.expert_peak_flops
-    prefill = MFU / per_token
+    prefill = MFU / perf.peak_seconds_per_token
     scale = time_scale if time_scale > 0 else 1.0
     return Roofline(prefill / scale, decode / scale)

@@ -377,11 +377,21 @@ class PerfModel:
         miss = 1.0 - self.experts_per_token / self.num_experts
         return 1.0 - miss**tokens
 
-    def expert_rows(self, tokens: int) -> float:
+    def expert_rows(self, tokens: int, touched: float | None = None) -> float:
         """Mean rows of each routed expert's GEMM in a step of ``tokens`` tokens: the
-        batch's ``tokens × top_k`` routings spread over the experts it touches."""
-        touched = self.experts_touched(tokens) * self.num_experts
-        return tokens * self.experts_per_token / touched if touched else 0.0
+        batch's ``tokens × top_k`` routings spread over the experts it touches
+        (``touched``: :meth:`experts_touched`'s share, when the caller has it)."""
+        if touched is None:
+            touched = self.experts_touched(tokens)
+        experts = touched * self.num_experts
+        return tokens * self.experts_per_token / experts if experts else 0.0
+
+    @property
+    def peak_seconds_per_token(self) -> float:
+        """Tensor-core time of one token's GEMMs at the rates they run at (the dense layers
+        at the weights' format's, the routed experts at theirs), before any efficiency."""
+        dense = self.flops_per_token - self.expert_flops_per_token
+        return dense / self.peak_flops + self.expert_flops_per_token / self.expert_peak_flops
 
     def encoder_seconds(self, clips: int) -> float:
         """Tensor-core time of the encoder pass over ``clips`` clips (0 without an encoder)."""
@@ -393,9 +403,10 @@ class PerfModel:
         """Wall time of one step over the whole TP × PP group."""
         if cost.tokens <= 0:
             return 0.0
+        touched = self.experts_touched(cost.tokens)
         read = (
             self.dense_bytes
-            + self.expert_bytes * self.experts_touched(cost.tokens)
+            + self.expert_bytes * touched
             + self.full_kv_bytes_per_token * cost.kv_tokens_read
             + self.window_kv_bytes_per_token * cost.window_tokens_read
             + self.state_bytes_per_sequence * cost.sequences
@@ -412,7 +423,7 @@ class PerfModel:
         compute += self.attn_flops_per_pair * cost.attended_tokens / self.attn_peak_flops
         compute /= top * cost.tokens / (cost.tokens + half)
         if self.expert_flops_per_token:
-            rows = self.expert_rows(cost.tokens)
+            rows = self.expert_rows(cost.tokens, touched)
             compute += (self.expert_flops_per_token * cost.tokens / self.expert_peak_flops) / (
                 MOE_EFFICIENCY * top * rows / (rows + half)
             )
