@@ -25,8 +25,9 @@ the simulations improved (``--rounds``, 2 by default; every fold runs its own ro
 training points, so no held-out point steers its fit).
 
 Where a source gave only means, means are compared. ShareGPT runs use the twin's
-built-in ShareGPT-like lengths (215 prompt / 198 output tokens on average; the
-sources' totals are 213–219 / 194–202). Points whose model or GPU the catalog
+built-in ShareGPT-like lengths, scaled to the mean prompt and output tokens the
+source's run counted where it published them (its totals, or its token and request
+rates). Points whose model or GPU the catalog
 lacks are listed as skipped with the reason. The summary gives median and 90th
 percentile |error| for TTFT, TPOT/ITL and throughput under each set, and the
 worst points with the step-model term their figure is most sensitive to.
@@ -68,7 +69,7 @@ from labctl.sim import perf
 from labctl.sim.engine import TwinConfig, build_twin
 from labctl.sim.offline import simulate
 from labctl.sim.report import percentile
-from labctl.sim.workload import arrival_times, sharegpt_like, synthetic
+from labctl.sim.workload import Item, arrival_times, sharegpt_like, synthetic
 
 DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "sim"
 FILE_1 = "vllm-perf-points.jsonl"
@@ -102,6 +103,10 @@ class Point:
     #: ``output_len`` (a random dataset without ``--ignore-eos``: the model's end-of-text);
     #: the replay spreads its output lengths up to ``output_len`` around this mean.
     output_mean: float | None = None
+    #: Mean prompt and output tokens per request a ShareGPT run counted (its published totals,
+    #: or its rates: (total − output) ÷ requests, output ÷ requests); the replay scales the
+    #: twin's ShareGPT-like lengths to them. ``None``: the source published neither.
+    sharegpt_means: tuple[float, float] | None = None
     #: Sent as chats (``/v1/chat/completions``: the API server renders a chat template),
     #: where the source says so; otherwise completions, ``vllm bench serve``'s default.
     chat: bool = False
@@ -291,6 +296,8 @@ def point_from_row(row: Mapping[str, Any], ref: str, held: int = 0) -> Point:
             point = replace(point, output_mean=made)
             notes.append(f"{made:.0f} output tokens per request on average (output tok/s ÷ "
                          f"req/s): outputs spread up to {point.output_len}")  # fmt: skip
+    if sharegpt:
+        point = replace(point, sharegpt_means=_sharegpt_means(row, dataset, n))
     gpu = map_gpu(str(row["gpu"]))
     if gpu is None:
         return replace(point, skip=f"unknown GPU {row['gpu']!r}", notes=tuple(notes))
@@ -322,6 +329,17 @@ def point_from_row(row: Mapping[str, Any], ref: str, held: int = 0) -> Point:
         flags["max_model_len"] = fit_len
         notes.append(f"--max-model-len {fit_len} (the twin's plan fits no longer context)")
     return replace(point, model=model_id, flags=flags, notes=tuple(notes))
+
+
+def _sharegpt_means(row: Mapping[str, Any], dataset: str, n: int) -> tuple[float, float] | None:
+    """Mean prompt and output tokens per request of a ShareGPT run, from the totals its
+    dataset note gives or else from its throughputs; ``None`` where it published neither."""
+    if totals := re.search(r"total input (\d+)\D+?output (\d+)", dataset):
+        return round(int(totals[1]) / n, 2), round(int(totals[2]) / n, 2)
+    out, total, req = (_number(row.get(k)) for k in ("output_tok_s", "total_tok_s", "request_s"))
+    if out and total and req:
+        return round((total - out) / req, 2), round(out / req, 2)
+    return None
 
 
 def _fitting_utilization(
@@ -432,11 +450,23 @@ def predicted(summary: Mapping[str, Any], metric: str, stat: str) -> float:
     return float(summary[metric])
 
 
-def run_point(p: Point, seed: int = 0) -> dict[str, Any]:
-    """The simulation's summary for one point under the constants in force."""
-    twin = build_twin(TwinConfig(p.model, p.gpu, **p.flags))
+def workload(p: Point, seed: int = 0) -> list[Item]:
+    """The requests a point's replay sends: ShareGPT-like lengths (scaled to the run's means
+    where the source counted them) or the random dataset's."""
     if p.sharegpt:
         items = sharegpt_like(p.n, seed=seed)
+        if p.sharegpt_means:
+            n, (prompt_mean, output_mean) = len(items), p.sharegpt_means
+            to_prompt = prompt_mean * n / sum(it.prompt_len for it in items)
+            to_output = output_mean * n / sum(it.output_len for it in items)
+            items = [
+                replace(
+                    it,
+                    prompt_len=max(1, round(it.prompt_len * to_prompt)),
+                    output_len=max(1, round(it.output_len * to_output)),
+                )
+                for it in items
+            ]
     else:
         assert p.input_len and p.output_len
         items = synthetic(p.n, p.input_len, p.output_len, p.range_ratio, seed=seed)
@@ -444,6 +474,13 @@ def run_point(p: Point, seed: int = 0) -> dict[str, Any]:
             rng, top = random.Random(seed), p.output_len
             low = max(1, min(top, round(2 * p.output_mean - top)))
             items = [replace(it, output_len=rng.randint(low, top)) for it in items]
+    return items
+
+
+def run_point(p: Point, seed: int = 0) -> dict[str, Any]:
+    """The simulation's summary for one point under the constants in force."""
+    twin = build_twin(TwinConfig(p.model, p.gpu, **p.flags))
+    items = workload(p, seed)
     send = arrival_times(p.n, p.rate, seed=seed)
     summary, _ = simulate(twin, items, send, p.concurrency, chat=p.chat)
     return summary

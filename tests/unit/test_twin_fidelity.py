@@ -166,3 +166,24 @@ def test_room_for_the_full_context_replays_at_the_full_context() -> None:
              "flags": None}  # fmt: skip
     point = tf.point_from_row(burst, "row 2", 40900)
     assert point.flags.get("max_model_len", 40960) >= 40900, point.flags
+
+
+def test_a_sharegpt_run_is_replayed_at_the_lengths_it_counted() -> None:
+    # the source's totals (23,260 prompt / 22,061 output tokens over 100 prompts) set the
+    # replay's mean lengths; the twin's own ShareGPT-like sample of 100 averages 226 / 178
+    row = {"model": "Qwen/Qwen3-8B", "gpu": "NVIDIA H100 SXM", "source": "a lab",
+           "input_len": None, "output_len": None, "num_prompts": 100, "concurrency": 1,
+           "dataset": "ShareGPT_V3 (100 prompts; total input 23260 / output 22061 tokens)",
+           "output_tok_s": 132.86, "total_tok_s": 272.95, "request_s": 0.6}  # fmt: skip
+    point = tf.point_from_row(row, "row 1")
+    assert point.sharegpt_means == (232.6, 220.61)
+    items = tf.workload(point)
+    assert sum(it.prompt_len for it in items) == pytest.approx(23260, rel=0.01)
+    assert sum(it.output_len for it in items) == pytest.approx(22061, rel=0.01)
+    # without totals, the run's rates say the same: output ÷ requests, (total − output) ÷ requests
+    rates = tf.point_from_row({**row, "dataset": "ShareGPT_V3", "request_s": 15.74,
+                               "output_tok_s": 3173.92, "total_tok_s": 6595.66}, "row 2")  # fmt: skip
+    assert rates.sharegpt_means == pytest.approx((217.39, 201.65), abs=0.01)
+    # a source that published neither keeps the twin's own lengths
+    bare = tf.point_from_row({**row, "dataset": "ShareGPT", "request_s": None}, "row 3")
+    assert bare.sharegpt_means is None
