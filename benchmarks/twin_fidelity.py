@@ -261,6 +261,8 @@ def point_from_row(row: Mapping[str, Any], ref: str, held: int = 0) -> Point:
         flags["gpu_memory_utilization"] = float(util)
     if (servers := _flag(text, "--api-server-count")) is not None:
         flags["api_server_count"] = int(servers)
+    if re.search(r"--(no-)?async-scheduling\b", text):
+        flags["async_scheduling"] = "--no-async-scheduling" not in text
     kv = str(row.get("kv_cache_dtype") or _flag(text, "--kv-cache-dtype") or "auto")
     if kv.startswith("fp8"):
         flags["kv_cache_dtype"] = "fp8"

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+import json
+
 from click.testing import CliRunner
 import pytest
 
@@ -12,7 +15,12 @@ from labctl.sim.engine import TwinConfig, build_twin
 from labctl.sim.offline import simulate
 from labctl.sim.perf import StepCost
 from labctl.sim.scheduler import Scheduler, SimRequest
-from labctl.sim.versions import V0_OVERHEAD_FACTOR, check_version, known_series
+from labctl.sim.versions import (
+    ASYNC_DEFAULT_SINCE,
+    V0_OVERHEAD_FACTOR,
+    check_version,
+    known_series,
+)
 from labctl.sim.workload import synthetic
 
 MODEL = "Qwen/Qwen3-4B"
@@ -93,3 +101,67 @@ def test_sim_run_refuses_an_unknown_version_in_one_line() -> None:
     )
     assert result.exit_code != 0
     assert "--vllm-version '0.99.1' is not a vLLM release labctl models" in result.output
+
+
+def test_async_scheduling_hides_the_steps_cpu_work_behind_the_gpus() -> None:
+    # vLLM's async scheduling prepares step N+1 (and processes step N's output) while the GPU
+    # runs step N: a step takes the longer of the two, not their sum
+    config = TwinConfig(MODEL, "h100-sxm", tensor_parallel_size=4, max_model_len=8192,
+                        vllm_version="0.11.0")  # fmt: skip
+    sync = build_twin(config)
+    on = build_twin(replace(config, async_scheduling=True))
+    assert not sync.timing.async_scheduling and on.timing.async_scheduling
+    decode = StepCost(64, 64, 64 * 1000, 64 * 1000)
+    gpu = replace(sync.perf, async_scheduling=False).gpu_seconds(decode)
+    cpu = sync.perf.cpu_seconds(decode)
+    assert gpu > 0 and cpu > 0
+    assert sync.perf.step_seconds(decode) == pytest.approx(gpu + cpu)
+    assert on.perf.step_seconds(decode) == pytest.approx(max(gpu, cpu))
+
+
+def test_async_scheduling_is_on_by_default_from_the_release_that_made_it_so() -> None:
+    major, minor, _ = (int(x) for x in ASYNC_DEFAULT_SINCE.split("."))
+    before = build_twin(TwinConfig(MODEL, "h100-sxm", max_model_len=8192,
+                                   vllm_version=f"{major}.{minor - 1}.0"))  # fmt: skip
+    since = build_twin(TwinConfig(MODEL, "h100-sxm", max_model_len=8192,
+                                  vllm_version=ASYNC_DEFAULT_SINCE))  # fmt: skip
+    assert not before.timing.async_scheduling and since.timing.async_scheduling
+    off = build_twin(TwinConfig(MODEL, "h100-sxm", max_model_len=8192, async_scheduling=False))
+    assert not off.timing.async_scheduling
+    # pipeline parallelism ran without it (vLLM turned it off there)
+    pp = build_twin(TwinConfig(MODEL, "h100-sxm", pipeline_parallel_size=2, max_model_len=8192,
+                               vllm_version=ASYNC_DEFAULT_SINCE, async_scheduling=True))  # fmt: skip
+    assert not pp.timing.async_scheduling
+
+
+def test_sim_run_takes_async_scheduling_flags() -> None:
+    args = ["sim", "run", "--model", MODEL, "--max-model-len", "8192", "--num-prompts", "20",
+            "--vllm-version", "0.11.0", "--json"]  # fmt: skip
+    runs = {}
+    for flag in ("--async-scheduling", "--no-async-scheduling"):
+        result = CliRunner().invoke(cli, [*args, flag])
+        assert result.exit_code == 0, result.output
+        runs[flag] = json.loads(result.output)
+    assert runs["--async-scheduling"]["async_scheduling"] is True
+    assert runs["--no-async-scheduling"]["async_scheduling"] is False
+    assert (runs["--async-scheduling"]["median_tpot_ms"]
+            < runs["--no-async-scheduling"]["median_tpot_ms"])  # fmt: skip
+
+
+def test_async_scheduling_before_the_release_that_has_it_is_refused() -> None:
+    config = TwinConfig(MODEL, "h100-sxm", max_model_len=8192, vllm_version="0.9.2",
+                        async_scheduling=True)  # fmt: skip
+    with pytest.raises(
+        UsageError, match=r"--async-scheduling: vLLM 0\.9\.2 has no async .*0\.10\.0"
+    ):
+        build_twin(config)
+    assert not build_twin(replace(config, async_scheduling=None)).timing.async_scheduling
+
+
+def test_sim_run_says_which_release_it_behaves_as_and_how_it_schedules() -> None:
+    args = ["sim", "run", "--model", MODEL, "--max-model-len", "8192", "--num-prompts", "5"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    assert f"engine              vLLM {LATEST} (V1 engine), async scheduling" in result.output
+    result = CliRunner().invoke(cli, [*args, "--vllm-version", "0.7.3"])
+    assert "engine              vLLM 0.7.3 (V0 engine), scheduling between steps" in result.output

@@ -163,6 +163,11 @@ def _engine_options(f: Any, gpu_help: str) -> Any:
         click.option("--kv-cache-dtype", default="auto", show_default=True),
         click.option("--quantization", help="weight format, when the checkpoint does not say"),
         click.option("--enforce-eager", is_flag=True, help="no CUDA graphs (slower steps)"),
+        click.option(
+            "--async-scheduling/--no-async-scheduling",
+            default=None,
+            help="schedule the next step while the GPU runs this one (default: the version's)",
+        ),
         click.option("--enable-prefix-caching", is_flag=True),
         click.option("--served-model-name", help="the name clients use (default: --model)"),
         click.option(
@@ -181,6 +186,13 @@ def _engine_options(f: Any, gpu_help: str) -> Any:
     for option in reversed(options):
         f = option(f)
     return f
+
+
+def engine_line(timing: Any) -> str:
+    """``sim run``'s engine row: the vLLM release it behaves as, and how it schedules."""
+    engine = "" if timing.v0 else " (V1 engine)"  # a V0 version names its engine already
+    mode = "async scheduling" if timing.async_scheduling else "scheduling between steps"
+    return f"vLLM {timing.version}{engine}, {mode}"
 
 
 def api_server_line(count: int, busy: float) -> str:
@@ -209,6 +221,7 @@ def twin_config(kw: dict[str, Any], default_gpu: str = DEFAULT_GPU) -> Any:
         kv_cache_dtype=kw.pop("kv_cache_dtype"),
         quantization=kw.pop("quantization"),
         enforce_eager=kw.pop("enforce_eager"),
+        async_scheduling=kw.pop("async_scheduling"),
         enable_prefix_caching=kw.pop("enable_prefix_caching"),
         served_model_name=kw.pop("served_model_name"),
         api_server_count=kw.pop("api_server_count"),
@@ -335,6 +348,7 @@ def run(**kw: Any) -> None:
         ),
         ("queue", f"peak {summary['peak_num_requests_waiting']} waiting"),
         ("preemptions", str(summary["num_preemptions"])),
+        ("engine", engine_line(twin.timing)),
         ("API server", api_server_line(summary["api_server_count"], summary["api_server_busy"])),
     ]
     if "rtfx" in summary:  # speech: audio instead of prompts (and no streamed tokens)

@@ -41,6 +41,8 @@ class TwinConfig:
     #: API server processes (``--api-server-count``): requests are spread over them, and
     #: each takes in and streams only its own.
     api_server_count: int = 1
+    #: ``--async-scheduling`` / ``--no-async-scheduling``; ``None``: the version's default.
+    async_scheduling: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -137,10 +139,11 @@ def build_twin(config: TwinConfig) -> Twin:
     fit = plan(arch, req, suggest=False)
     if not fit.fits:
         raise EngineError(not_fitting_message(fit))
-    timing = engine_timing(arch, fit, spec)
+    timing = engine_timing(arch, fit, spec, config.async_scheduling)
     perf = replace(
         PerfModel.build(arch, fit, spec),
         overhead_factor=timing.overhead_factor,
         eager_prefill=timing.eager_prefill,
+        async_scheduling=timing.async_scheduling,
     )
     return Twin(config, arch, spec, fit, perf, timing)

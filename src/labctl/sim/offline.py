@@ -385,6 +385,8 @@ def simulate(
     summary["api_server_busy"] = round(sum(s.busy for s in servers) / len(servers) / duration, 4)
     summary["kv_cache_tokens"] = twin.fit.kv_cache_tokens
     summary["max_num_seqs"] = twin.fit.max_num_seqs
+    summary["vllm_version"] = twin.timing.version
+    summary["async_scheduling"] = twin.timing.async_scheduling
     summary["max_num_batched_tokens"] = twin.fit.max_num_batched_tokens
     summary["peak_kv_cache_usage"] = max(timeline.kv_cache_usage, default=0.0)
     summary["peak_num_requests_waiting"] = max(timeline.waiting, default=0)

@@ -296,6 +296,9 @@ class PerfModel:
     overhead_factor: float = 1.0
     #: Steps with prefill tokens run without CUDA graphs (V0 captures decode batches only).
     eager_prefill: bool = False
+    #: vLLM's async scheduling: the engine prepares step N+1 and processes step N's output
+    #: while the GPU runs step N, so a step takes the longer of the two (``sim.versions``).
+    async_scheduling: bool = False
 
     @classmethod
     def build(cls, arch: ModelArch, fit: FitResult, gpu: GpuSpec) -> PerfModel:
@@ -400,9 +403,16 @@ class PerfModel:
         return self.encoder.compute_seconds(clips, self.peak_flops, self.gpu.sm_count)
 
     def step_seconds(self, cost: StepCost) -> float:
-        """Wall time of one step over the whole TP × PP group."""
+        """Wall time of one step over the whole TP × PP group: the GPU's work and the
+        engine's CPU work one after the other, or overlapped under async scheduling."""
         if cost.tokens <= 0:
             return 0.0
+        gpu, cpu = self.gpu_seconds(cost), self.cpu_seconds(cost)
+        return max(gpu, cpu) if self.async_scheduling else gpu + cpu
+
+    def gpu_seconds(self, cost: StepCost) -> float:
+        """The GPUs' part of a step: every pipeline stage's reads or compute, its
+        all-reduces and, without CUDA graphs, its kernel launches."""
         touched = self.experts_touched(cost.tokens)
         read = (
             self.dense_bytes
@@ -437,13 +447,17 @@ class PerfModel:
             stage += 2 * (self.layers / self.pp) * per_reduce
         if self.eager or (self.eager_prefill and cost.tokens > cost.sequences):
             stage += EAGER_PER_LAYER_S * self.layers / self.pp
+        return self.pp * stage + (self.pp - 1) * PP_HANDOFF_S
+
+    def cpu_seconds(self, cost: StepCost) -> float:
+        """The engine's CPU part of a step: scheduling, inputs, the ranks' broadcast and
+        gather, sampling's and the outputs' bookkeeping per sequence."""
         step, per_seq = (
-            (SPEECH_STEP_OVERHEAD_S, SPEECH_PER_SEQUENCE_S) if speech
+            (SPEECH_STEP_OVERHEAD_S, SPEECH_PER_SEQUENCE_S) if self.encoder is not None
             else (STEP_OVERHEAD_S, PER_SEQUENCE_S)
         )  # fmt: skip
-        overhead = (
+        return (
             step * self.overhead_factor
             + RANK_OVERHEAD_S * (self.tp * self.pp - 1)
             + per_seq * self.overhead_factor * cost.sequences
         )
-        return self.pp * stage + (self.pp - 1) * PP_HANDOFF_S + overhead

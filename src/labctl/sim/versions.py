@@ -18,7 +18,11 @@ chunks prefills. This module adds what it leaves out and the twin needs:
   V1);
 - CUDA graphs: V0 captures graphs for decode batches only, so its steps that
   carry prefill tokens launch every layer's kernels eagerly; V1's piecewise
-  graphs cover mixed steps. ``--enforce-eager`` turns graphs off in both.
+  graphs cover mixed steps. ``--enforce-eager`` turns graphs off in both;
+- async scheduling (V1, ``--async-scheduling``; on by default from
+  :data:`ASYNC_DEFAULT_SINCE`): the engine schedules step N+1 and processes step
+  N's output while the GPU runs step N, so a step takes the longer of its GPU and
+  CPU parts instead of their sum. vLLM runs pipeline parallelism without it.
 """
 
 from __future__ import annotations
@@ -36,6 +40,10 @@ OLDEST = (0, 5)
 #: V0's fixed per-step and per-sequence overheads relative to V1's (vLLM's V1 announcement:
 #: up to 1.7× the throughput of V0 from lower CPU overhead).
 V0_OVERHEAD_FACTOR = 1.7
+#: First release with ``--async-scheduling`` (experimental, vllm#19970), and the first
+#: with it on unless ``--no-async-scheduling`` (vllm#27614).
+ASYNC_SINCE = "0.10.0"
+ASYNC_DEFAULT_SINCE = "0.14.0"
 
 
 def known_series() -> list[str]:
@@ -75,10 +83,15 @@ class EngineTiming:
     overhead_factor: float
     #: Steps that carry prefill tokens run without CUDA graphs (V0 captures decode only).
     eager_prefill: bool
+    #: The CPU's part of each step overlaps the GPU's (``--async-scheduling``).
+    async_scheduling: bool = False
 
 
-def engine_timing(arch: ModelArch, fit: FitResult, gpu: GpuSpec) -> EngineTiming:
-    """The timing rules of the vLLM version ``fit`` was planned for."""
+def engine_timing(
+    arch: ModelArch, fit: FitResult, gpu: GpuSpec, async_scheduling: bool | None = None
+) -> EngineTiming:
+    """The timing rules of the vLLM version ``fit`` was planned for; ``async_scheduling``:
+    the flag as given (``None``: the version's default)."""
     version = VllmVersion.parse(fit.vllm_version, "V0" in fit.vllm_version)
     kinds = {layer.kind for layer in arch.kv_layers}
     batching = default_batching(
@@ -99,4 +112,28 @@ def engine_timing(arch: ModelArch, fit: FitResult, gpu: GpuSpec) -> EngineTiming
         chunked_prefill=batching.chunked_prefill,
         overhead_factor=V0_OVERHEAD_FACTOR if version.v0 else 1.0,
         eager_prefill=version.v0,
+        # The speech twin's constants were fitted with a step's parts summed
+        # (benchmarks/twin_speech.py): encoder-decoder models keep that.
+        async_scheduling=LayerKind.CROSS not in kinds
+        and uses_async_scheduling(version, fit.pipeline_parallel_size, async_scheduling),
     )
+
+
+def uses_async_scheduling(version: VllmVersion, pp: int, flag: bool | None) -> bool:
+    """Whether the engine schedules ahead of the GPU: the flag, else the version's default;
+    never on V0 or with pipeline parallelism (vLLM turned it off there when it made it the
+    default).
+
+    Raises:
+        UsageError: ``--async-scheduling`` for a release before the flag existed.
+    """
+    if flag and version.key < VllmVersion.parse(ASYNC_SINCE).key:
+        raise UsageError(
+            f"--async-scheduling: vLLM {version} has no async scheduling (it came in "
+            f"{ASYNC_SINCE}); drop the flag or pass --vllm-version {ASYNC_SINCE} or later"
+        )
+    if version.v0 or pp > 1:
+        return False
+    if flag is not None:
+        return flag
+    return version.key >= VllmVersion.parse(ASYNC_DEFAULT_SINCE).key
