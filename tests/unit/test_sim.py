@@ -322,6 +322,18 @@ def test_sim_attention_runs_at_the_kv_caches_rate_not_the_fp8_weights() -> None:
     assert kv8.step_seconds(cost) < fp8.step_seconds(cost)
 
 
+def test_sim_mla_attention_counts_its_own_head_dimensions() -> None:
+    # DeepSeek's MLA prefill attends with 192-wide query/key heads (128 without rotary, 64
+    # with) and 128-wide value heads, 128 of them; the hidden size over the heads (56) is
+    # not its head size. Per token pair and rank at TP 8: 61 layers × 2 × 16 × (192 + 128).
+    perf = build_twin(TwinConfig("deepseek-ai/DeepSeek-R1-0528", "h200",
+                                 tensor_parallel_size=8, vllm_version="0.11.0")).perf  # fmt: skip
+    assert perf.attn_flops_per_pair == 61 * 2 * 16 * (192 + 128)
+    # other attention keeps Q·K and P·V over its heads' width (Qwen3-32B: 64 heads of 128)
+    qwen = build_twin(TwinConfig("Qwen/Qwen3-32B", "h100-sxm", max_model_len=8192)).perf
+    assert qwen.attn_flops_per_pair == 64 * 4 * 64 * 128
+
+
 def test_sim_moe_expert_gemms_fill_by_the_rows_each_expert_gets() -> None:
     # A step's routed tokens spread over the experts: 64 tokens × top-8 over 128 experts
     # give each touched expert (126 of them) a GEMM of about 4 rows, which fills the GPU

@@ -252,6 +252,22 @@ class EncoderSpec:
         )
 
 
+def _mla_widths(arch: ModelArch) -> dict[int, int]:
+    """Per MLA layer, its heads' query/key width plus their value width (DeepSeek: 128
+    heads × (192 + 128)): prefill attends with them after decompressing the latent cache."""
+    q: dict[int, int] = {}
+    v: dict[int, int] = {}
+    mla = {layer.index for layer in arch.kv_layers if layer.kind is LayerKind.MLA}
+    for w in arch.weights:
+        if w.layer not in mla or len(w.shape) != 2 or w.quant_aux:
+            continue
+        if w.role is Role.ATTN_Q and w.name.endswith(("q_b_proj.weight", "q_proj.weight")):
+            q[w.layer] = w.shape[0]
+        elif w.role is Role.ATTN_O:
+            v[w.layer] = w.shape[1]
+    return {i: q[i] + v[i] for i in q if i in v}
+
+
 @dataclass(frozen=True)
 class PerfModel:
     """Step time for one model on one GPU type, per GPU of a TP × PP group."""
@@ -320,8 +336,12 @@ class PerfModel:
             else:
                 full += c.token_bytes
             state += c.state_bytes
-        attn_layers = sum(1 for layer in arch.kv_layers if layer.kind != LayerKind.LINEAR)
+        # Q·K and P·V per token pair, summed over the attention layers: the heads' width
+        # each (MLA: its own query/key and value head sizes, read off q and o projections).
+        mla = _mla_widths(arch)
         q_width = arch.num_attention_heads * arch.head_dim
+        pair_width = sum(mla.get(layer.index, 2 * q_width) for layer in arch.kv_layers
+                         if layer.kind != LayerKind.LINEAR)  # fmt: skip
         fmt = fit.weight_format.lower()
         if gpu.fp4 and gpu.fp4_tflops and ("fp4" in fmt):
             peak = gpu.fp4_tflops
@@ -355,7 +375,7 @@ class PerfModel:
             experts_per_token=moe.top_k if moe else 0,
             flops_per_token=2.0 * active / (tp * pp),
             expert_flops_per_token=2.0 * routed / (tp * pp),
-            attn_flops_per_pair=4.0 * attn_layers * q_width / (tp * pp),
+            attn_flops_per_pair=2.0 * pair_width / (tp * pp),
             full_kv_bytes_per_token=full / pp,
             window_kv_bytes_per_token=window_bytes / pp,
             window=window,
