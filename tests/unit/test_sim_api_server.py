@@ -124,8 +124,8 @@ def test_sim_run_says_when_the_api_server_sets_the_pace_and_a_second_one_helps()
 
     def run(*flags: str) -> str:
         args = ["sim", "run", "--model", "Qwen/Qwen3-0.6B", "--gpu", "h100-sxm",
-                "--max-model-len", "2048", "--num-prompts", "512", "--max-concurrency", "256",
-                "--input-len", "64", "--output-len", "128", *flags]  # fmt: skip
+                "--max-model-len", "2048", "--num-prompts", "1024", "--max-concurrency", "512",
+                "--input-len", "32", "--output-len", "64", *flags]  # fmt: skip
         result = CliRunner().invoke(cli, args)
         assert result.exit_code == 0, result.output
         return result.output

@@ -62,35 +62,36 @@ from labctl.fit.plan import FitResult
 # term for.
 #: Achievable share of datasheet bandwidth, by memory technology (LPDDR: not fitted, no
 #: published point beyond the DGX Spark's).
-BW_EFFICIENCY = {"HBM": 0.635, "GDDR": 0.87, "LPDDR": 0.62}
+BW_EFFICIENCY = {"HBM": 0.61, "GDDR": 0.835, "LPDDR": 0.62}
 #: Share of dense tensor peak that whole prefill-heavy steps reach, and the step size
 #: (tokens) at which GEMMs reach half of it: small batches do not fill the GPU (the H100
 #: GEMMs in shared/data/gpu reach 16–35% of peak at 128 rows, 62–78% at 512).
 MFU = 0.42
-MFU_HALF_TOKENS = 6
+MFU_HALF_TOKENS = 9
 #: Share of the dense GEMMs' rate the routed experts' fused MoE kernels reach (the routing's
 #: gather and scatter, the grouped GEMMs' scheduling), on top of each expert's GEMM filling
 #: the GPU by its own rows (the step's routed tokens spread over the experts it touches,
 #: :meth:`PerfModel.expert_rows`), not by the step's.
-MOE_EFFICIENCY = 0.78
-#: Per step: scheduler, input preparation, sampling, output processing.
-STEP_OVERHEAD_S = 0.31e-3
+MOE_EFFICIENCY = 0.59
+#: Per step: scheduler, input preparation, sampling, output processing (the fit puts it at
+#: its lower bound, 0.2 ms).
+STEP_OVERHEAD_S = 0.2e-3
 #: Per extra rank of a TP × PP group per step: broadcasting the schedule, gathering output
 #: (the fit's: the published TP 4–8 MoE runs on A100 and H200 are slower than the model's
 #: terms explain, and this term takes it; the TP runs on H100 would rather have it small).
-RANK_OVERHEAD_S = 2.8e-3
+RANK_OVERHEAD_S = 1.8e-3
 #: Per running sequence per step (sampling, detokenising, bookkeeping).
-PER_SEQUENCE_S = 29e-6
+PER_SEQUENCE_S = 31.5e-6
 #: Per layer per step when CUDA graphs are off: Python-side kernel launches.
 EAGER_PER_LAYER_S = 0.28e-3
 #: Latency of one all-reduce, over NVLink and over PCIe or a network (PCIe: not fitted).
-ALLREDUCE_LATENCY_S = {"nvlink": 14.4e-6, "pcie": 50e-6}
+ALLREDUCE_LATENCY_S = {"nvlink": 23.5e-6, "pcie": 50e-6}
 #: The API server's share of a request's latency: HTTP, tokenizing, queueing, detokenizing.
-FRONTEND_S = 33.5e-3
+FRONTEND_S = 17.8e-3
 #: The API server's process time to take in one request (parse, tokenize, validate). One
 #: process shares itself among the requests in hand (``labctl.sim.api_server``), so a burst of N
 #: reaches the engine together after about N × its requests' cost.
-INTAKE_S = 1.9e-3
+INTAKE_S = 2.1e-3
 #: A chat request's more: rendering the model's Jinja chat template (vLLM renders gpt-oss
 #: chats with its compiled harmony encoder instead, and pays only ``INTAKE_S``). The fit's,
 #: at the bound of its trust region: it also carries the rest of a chat's intake.
@@ -98,8 +99,8 @@ CHAT_TEMPLATE_S = 12.5e-3
 #: The API server's process time to stream one token to its client (detokenizing, the
 #: response chunk's JSON, the write), shared with the intake: when the engine makes tokens
 #: faster than this, they reach the clients late (``labctl.sim.api_server``): one process
-#: streams at most about 19,000 tokens/s.
-STREAM_TOKEN_S = 53e-6
+#: streams at most about 36,000 tokens/s.
+STREAM_TOKEN_S = 28e-6
 
 
 def intake_s(model_type: str, chat: bool) -> float:
