@@ -115,3 +115,17 @@ def test_sim_run_explain_json_has_the_spans() -> None:
     assert spans and {"from", "to", "class", "evidence", "roofline_fraction"} == set(spans[0])
     assert spans[0]["from"] == 0.0 and spans[-1]["to"] == doc["timeline"]["end_s"]
     assert "explain" not in json.loads(run("--json"))
+
+
+def test_a_burst_the_api_server_is_still_taking_in_is_api_server_not_idle() -> None:
+    # 512 requests at once: for the first second the one API server process takes them in
+    # (about 1 s of its time, shared) and the engine has nothing yet; that second is the API
+    # server's, not idle
+    twin = build_twin(TwinConfig("Qwen/Qwen3-0.6B", "h100-sxm", max_model_len=2048))
+    items = synthetic(1024, 32, 64)
+    _, timeline = simulate(twin, items, [0.0] * len(items), 512)
+    assert timeline.mean_intake[0] > 100 and timeline.mean_batch[0] == 0
+    spans = explain(timeline, twin.perf, twin.fit.kv_cache_tokens)
+    assert spans[0].cls == "api_server" and spans[0].start == 0.0
+    assert "being taken in, none running yet" in spans[0].evidence
+    assert "idle" not in {s.cls for s in spans}

@@ -102,6 +102,9 @@ class Signals:
     #: Share of the time the API server's process had work over the same window (its CPU
     #: seconds per second); None: not known.
     api_busy: float | None = None
+    #: Requests the API server holds that the engine has not seen yet (the simulation knows;
+    #: a live deployment's is not measured: 0).
+    intake: float = 0.0
 
 
 def _n(value: float) -> str:
@@ -132,6 +135,11 @@ def classify(s: Signals) -> dict[str, Any]:
     if (kv >= KV_FULL and s.waiting > 0) or kv >= KV_SATURATED:
         return out("kv_capacity", f"KV cache {kv:.0%} full, {_n(s.waiting)} waiting in the "
                                   f"engine, {_n(s.running)} running")  # fmt: skip
+    if s.api_busy is not None and s.api_busy >= API_SERVER_BUSY and not s.running and s.intake:
+        return out("api_server", f"API server busy {s.api_busy:.0%} of the time: it sets the "
+                                 f"pace, not the GPU; {_n(s.intake)} requests being taken in, "
+                                 "none running yet; give it more processes "
+                                 "(--api-server-count)")  # fmt: skip
     if s.api_busy is not None and s.api_busy >= API_SERVER_BUSY and (s.running or s.queued):
         _, evidence, fraction = _gpu_side(s)
         return out("api_server", f"API server busy {s.api_busy:.0%} of the time: it sets the "

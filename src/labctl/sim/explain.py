@@ -57,7 +57,8 @@ def classify_intervals(
                           prompt_tps=timeline.prompt_tokens[k] * rate,
                           completion_tps=timeline.generation_tokens[k] * rate,
                           roofline=roofline(perf, batch, kv * kv_cache_tokens),
-                          batch=batch, api_busy=timeline.api_server_busy[k])  # fmt: skip
+                          batch=batch, api_busy=timeline.api_server_busy[k],
+                          intake=timeline.mean_intake[k])  # fmt: skip
         out.append((start, end, classify(signals)))
     return out
 

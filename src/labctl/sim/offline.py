@@ -78,6 +78,9 @@ class Timeline:
     mean_waiting: list[float] = field(default_factory=list)
     #: Share of each interval the API server's processes had work (their mean, 0–1).
     api_server_busy: list[float] = field(default_factory=list)
+    #: Mean requests the API servers held over each interval (taking them in, or on their
+    #: way to the engine): a burst being taken in while the engine has nothing yet.
+    mean_intake: list[float] = field(default_factory=list)
     #: When the run's last step ended (s); the last interval ends there.
     end: float = 0.0
 
@@ -102,6 +105,7 @@ class Timeline:
             "mean_kv_cache_usage": self.mean_kv_cache_usage,
             "mean_num_requests_waiting": self.mean_waiting,
             "api_server_busy": self.api_server_busy,
+            "mean_num_requests_in_api_server": self.mean_intake,
             "end_s": self.end,
         }
 
@@ -287,7 +291,7 @@ def simulate(
         k = int(t0 // interval)
         while True:
             while len(work) <= k:
-                work.append([0.0] * 5)
+                work.append([0.0] * 6)
             hi = (k + 1) * interval
             seconds = max(min(t1, hi) - max(t0, k * interval), 0.0)
             share = seconds / (t1 - t0) if t1 > t0 else 1.0
@@ -297,6 +301,20 @@ def simulate(
             w[2] += seqs * seconds
             w[3] += kv * seconds
             w[4] += waiting * seconds
+            if t1 <= hi:
+                return
+            k += 1
+
+    def hold(t0: float, t1: float) -> None:
+        """Spread the requests the API servers hold from ``t0`` to ``t1`` (taking them in,
+        or on their way to the engine) over the intervals it overlaps."""
+        held = sum(len(server) for server in servers) + len(inbound)
+        k = int(t0 // interval)
+        while held and t1 > t0:
+            while len(work) <= k:
+                work.append([0.0] * 6)
+            hi = (k + 1) * interval
+            work[k][5] += held * max(min(t1, hi) - max(t0, k * interval), 0.0)
             if t1 <= hi:
                 return
             k += 1
@@ -316,6 +334,7 @@ def simulate(
                 upcoming.append(send_times[nxt])
             if not upcoming:
                 break
+            hold(now, max(now, min(upcoming)))
             now = max(now, min(upcoming))
             continue
         batch = sched.schedule(now)
@@ -324,6 +343,7 @@ def simulate(
         began, now = now, now + perf.step_seconds(batch.cost)
         last_step = now
         account(began, now, batch)
+        hold(began, now)
         for req in sched.complete(batch, now):
             i = owner[req.id]
             if len(reqs[i]) < len(items[i].audio):
@@ -345,7 +365,9 @@ def simulate(
             next_sample += interval
     timeline.end = round(last_step, 6)
     for k in range(len(timeline.time)):
-        w_prompt, w_generated, w_seqs, w_kv, w_waiting = work[k] if k < len(work) else [0.0] * 5
+        w_prompt, w_generated, w_seqs, w_kv, w_waiting, w_held = (
+            work[k] if k < len(work) else [0.0] * 6
+        )
         start, end = timeline.span(k)
         length = end - start if end > start else interval
         timeline.prompt_tokens.append(round(w_prompt, 3))
@@ -353,6 +375,7 @@ def simulate(
         timeline.mean_batch.append(round(w_seqs / length, 4))
         timeline.mean_kv_cache_usage.append(round(w_kv / length, 4))
         timeline.mean_waiting.append(round(w_waiting / length, 4))
+        timeline.mean_intake.append(round(w_held / length, 4))
         api_busy = sum(api.busy_between(start, start + length) for api in servers)
         timeline.api_server_busy.append(round(api_busy / len(servers) / length, 4))
     outcomes = []
