@@ -17,7 +17,8 @@ twin's roofline for the batch. The first rule that holds wins:
 4. ``kv_capacity``: KV cache usage at or above :data:`KV_FULL` (90%) with requests waiting in
    the engine, or at or above :data:`KV_SATURATED` (97%) whatever waits: the cache, not the
    GPU's speed, decides how many sequences run.
-5. ``api_server``: requests run or queue at the gateway, and the API server's process had
+5. ``api_server``: requests run, queue at the gateway or (in a simulation) are still being
+   taken in, and the API server's process had
    work at least :data:`API_SERVER_BUSY` (90%) of the window: it takes the requests in and
    streams every token out on one core, so past that it, not the GPU, sets the pace, and a
    queue at the gateway grows because requests wait in it, not because of the gateway's
@@ -135,13 +136,16 @@ def classify(s: Signals) -> dict[str, Any]:
     if (kv >= KV_FULL and s.waiting > 0) or kv >= KV_SATURATED:
         return out("kv_capacity", f"KV cache {kv:.0%} full, {_n(s.waiting)} waiting in the "
                                   f"engine, {_n(s.running)} running")  # fmt: skip
-    if s.api_busy is not None and s.api_busy >= API_SERVER_BUSY and not s.running and s.intake:
-        return out("api_server", f"API server busy {s.api_busy:.0%} of the time: it sets the "
-                                 f"pace, not the GPU; {_n(s.intake)} requests being taken in, "
-                                 "none running yet; give it more processes "
-                                 "(--api-server-count)")  # fmt: skip
-    if s.api_busy is not None and s.api_busy >= API_SERVER_BUSY and (s.running or s.queued):
-        _, evidence, fraction = _gpu_side(s)
+    if (
+        s.api_busy is not None
+        and s.api_busy >= API_SERVER_BUSY
+        and (s.running or s.queued or s.intake)
+    ):
+        fraction: float | None = None
+        if s.running or s.queued:
+            _, evidence, fraction = _gpu_side(s)
+        else:
+            evidence = f"{_n(s.intake)} requests being taken in, none running yet"
         return out("api_server", f"API server busy {s.api_busy:.0%} of the time: it sets the "
                                  f"pace, not the GPU; {evidence}; give it more processes "
                                  "(--api-server-count)", fraction)  # fmt: skip

@@ -18,7 +18,7 @@ speech request's as the engine makes them (the speech twin's own calibration).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 import heapq
 from typing import Any
@@ -279,6 +279,19 @@ def simulate(
         while inbound and inbound[0][0] <= until:
             sched.add(reqs[heapq.heappop(inbound)[1]][-1])
 
+    def overlaps(t0: float, t1: float) -> Iterator[tuple[list[float], float]]:
+        """Each interval's work row that ``t0`` to ``t1`` overlaps (made on first use), with
+        the seconds it overlaps; one row, with 0 s, for an empty span."""
+        k = int(t0 // interval)
+        while True:
+            while len(work) <= k:
+                work.append([0.0] * 6)
+            hi = (k + 1) * interval
+            yield work[k], max(min(t1, hi) - max(t0, k * interval), 0.0)
+            if t1 <= hi:
+                return
+            k += 1
+
     def account(t0: float, t1: float, batch: Batch) -> None:
         """Spread one step's work (``t0`` to ``t1``) over the intervals it overlaps."""
         prompt, generated = batch.cost.tokens, 0
@@ -288,36 +301,21 @@ def simulate(
                 if n == 1 and req.generated:  # a decode step, not the end of a prefill
                     prompt -= 1
         seqs, kv, waiting = len(batch.items), sched.usage, len(sched.waiting)
-        k = int(t0 // interval)
-        while True:
-            while len(work) <= k:
-                work.append([0.0] * 6)
-            hi = (k + 1) * interval
-            seconds = max(min(t1, hi) - max(t0, k * interval), 0.0)
+        for w, seconds in overlaps(t0, t1):
             share = seconds / (t1 - t0) if t1 > t0 else 1.0
-            w = work[k]
             w[0] += prompt * share
             w[1] += generated * share
             w[2] += seqs * seconds
             w[3] += kv * seconds
             w[4] += waiting * seconds
-            if t1 <= hi:
-                return
-            k += 1
 
     def hold(t0: float, t1: float) -> None:
         """Spread the requests the API servers hold from ``t0`` to ``t1`` (taking them in,
         or on their way to the engine) over the intervals it overlaps."""
         held = sum(len(server) for server in servers) + len(inbound)
-        k = int(t0 // interval)
-        while held and t1 > t0:
-            while len(work) <= k:
-                work.append([0.0] * 6)
-            hi = (k + 1) * interval
-            work[k][5] += held * max(min(t1, hi) - max(t0, k * interval), 0.0)
-            if t1 <= hi:
-                return
-            k += 1
+        if held and t1 > t0:
+            for w, seconds in overlaps(t0, t1):
+                w[5] += held * seconds
 
     total = len(items)
     last_step = 0.0

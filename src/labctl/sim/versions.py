@@ -94,6 +94,7 @@ def engine_timing(
     the flag as given (``None``: the version's default)."""
     version = VllmVersion.parse(fit.vllm_version, "V0" in fit.vllm_version)
     kinds = {layer.kind for layer in arch.kv_layers}
+    encoder_decoder = LayerKind.CROSS in kinds
     batching = default_batching(
         version,
         gpu.nvml_total_bytes or gpu.cuda_total_bytes,
@@ -104,7 +105,7 @@ def engine_timing(
         sliding_window=LayerKind.SLIDING in kinds,
         multimodal=arch.multimodal,
         mla=LayerKind.MLA in kinds,
-        encoder_decoder=LayerKind.CROSS in kinds,
+        encoder_decoder=encoder_decoder,
     )
     return EngineTiming(
         version=str(version),
@@ -114,7 +115,7 @@ def engine_timing(
         eager_prefill=version.v0,
         # The speech twin's constants were fitted with a step's parts summed
         # (benchmarks/twin_speech.py): encoder-decoder models keep that.
-        async_scheduling=LayerKind.CROSS not in kinds
+        async_scheduling=not encoder_decoder
         and uses_async_scheduling(version, fit.pipeline_parallel_size, async_scheduling),
     )
 
