@@ -173,3 +173,23 @@ def test_whisper_cross_attention_holds_one_chunk_but_vllm_reserves_the_batch_bud
     assert r.encoder_decoder.vllm_logged_concurrency == pytest.approx(
         blocks / (28 + 2048 // 16), abs=0.01
     )
+
+
+def test_a_request_holds_a_sliding_groups_blocks_only_as_far_as_its_window_reaches() -> None:
+    """gpt-oss: 12 full + 12 sliding (128-token window) layers, one pool. A request of
+    4,096 tokens holds 256 blocks of the full group and the 8 its window still reaches of
+    the sliding group (a prefill chunk reaches back a window before its first new token);
+    a dense model holds a block per 16 tokens, one group."""
+    r = plan(
+        resolve("openai/gpt-oss-20b"),
+        request("h100-sxm", max_model_len=8192, kv_cache_memory_bytes=8 * GiB),
+    )
+    layout = r.kv_layout
+    assert layout is not None and not layout.uniform and r.kv_groups == 2
+    assert layout.blocks_held(4096, 1) == 256 + 8
+    assert layout.blocks_held(4096, 2048) == 256 + 136  # tokens 1,921..4,095: blocks 120..255
+    assert layout.blocks_held(100, 100) == 7 + 7
+    assert layout.blocks_held(0) == 0
+    dense = plan(resolve("meta-llama/Llama-3.1-8B-Instruct"), request("h100-sxm"))
+    assert dense.kv_layout is not None and dense.kv_layout.blocks_held(4097, 1) == 257
+    assert "kv_layout" not in r.to_json()

@@ -373,3 +373,23 @@ def test_sim_the_prefill_roofline_counts_fp4_experts_at_their_rate() -> None:
     assert roofline(llama, 1, 0).prefill_tps == pytest.approx(
         llama.peak_flops * step_model.MFU / llama.flops_per_token
     )
+
+
+def test_sim_a_hybrid_models_requests_take_pool_blocks_group_by_group() -> None:
+    """The twin schedules gpt-oss over the pool vLLM allocates (every group's blocks), not
+    over the report's tokens charged as if every layer kept every token: 64 requests of
+    1,024 + 1,024 tokens run together in ~11,000 blocks (4.2 GiB), the sliding layers giving
+    their blocks back as the requests grow."""
+    twin = build_twin(
+        TwinConfig(
+            "openai/gpt-oss-20b", "h100-sxm", max_model_len=4096, gpu_memory_utilization=0.27
+        )
+    )
+    sched = twin.scheduler()
+    assert sched.num_blocks == twin.fit.num_gpu_blocks
+    per_request = 2048 // 16 + 8 + 1  # full group, sliding window (+ the block being written)
+    assert 64 * per_request <= sched.num_blocks < 2 * 64 * 2048 // 16
+    items = synthetic(64, 1024, 1024, seed=0)
+    summary, _ = simulate(twin, items, arrival_times(64, math.inf, seed=0))
+    assert summary["num_preemptions"] == 0
+    assert 0.6 < summary["peak_kv_cache_usage"] < 0.9  # 64 × 137 blocks of ~11,350

@@ -171,6 +171,27 @@ class KVLayout:
                 total += self.opts.state_blocks + self.opts.speculative_blocks
         return total
 
+    def blocks_held(self, tokens: int, new: int = 0) -> int:
+        """Pool blocks one request holds with ``tokens`` of context, ``new`` of them being
+        computed in this step: a full-attention or MLA group a block per block size of
+        tokens; a sliding-window or chunked group only the blocks its window (and this
+        step's new tokens) still reaches, the rest going back to the pool as the request
+        grows; a recurrent group its state blocks whatever the length."""
+        if self.uniform:
+            return cdiv(tokens, self.opts.block_size)
+        total = 0
+        for group in self.groups:
+            c = group[0]
+            bs = self._block_tokens(c)
+            if c.kind in (LayerKind.SLIDING, LayerKind.CHUNKED) and c.window:
+                first = max(0, tokens - (c.window - 1 + max(new, 1)))
+                total += (cdiv(tokens, bs) - first // bs) if tokens else 0
+            elif c.kind is LayerKind.LINEAR:
+                total += self.opts.state_blocks + self.opts.speculative_blocks
+            else:
+                total += cdiv(tokens, bs)
+        return total
+
     def request_bytes(self, max_model_len: int, max_num_batched_tokens: int) -> int:
         """Bytes of KV one request of ``max_model_len`` tokens can occupy."""
         return self.bytes_for_blocks(

@@ -143,10 +143,15 @@ class FitResult:
     #: Encoder-decoder models (Whisper): per-request self and cross KV, encoder admission;
     #: ``max_concurrency`` is then in requests of one encoder item (a 30 s chunk).
     encoder_decoder: EncoderDecoderPlan | None = None
+    #: The worst rank's KV layout (how a request's length turns into pool blocks); not
+    #: part of the printed result.
+    kv_layout: KVLayout | None = field(default=None, repr=False, compare=False)
 
     def to_json(self) -> dict[str, object]:
         out: dict[str, object] = {}
         for key, value in self.__dict__.items():
+            if key == "kv_layout":
+                continue
             if key == "suggestions":
                 out[key] = [s.__dict__ for s in value]
             elif key == "encoder_decoder":
@@ -515,7 +520,7 @@ def plan(
         max_model_len_fit=fit_len, max_num_seqs=batching.max_num_seqs,
         max_num_batched_tokens=batching.max_num_batched_tokens, fits=fits, peak_bytes=peak,
         recommended_args=[], reasons=reasons, warnings=warnings, weights_by_role=weights.by_role,
-        encoder_decoder=encdec,
+        encoder_decoder=encdec, kv_layout=layout,
     )  # fmt: skip
     result.recommended_args = recommended_args(arch, req, result)
     if suggest:

@@ -71,9 +71,14 @@ class Twin:
     def scheduler(self) -> Scheduler:
         fit = self.fit
         positions = self.encoder_positions
+        layout = fit.kv_layout
+        held = None
         if positions:
             # Self- and cross-attention each take blocks of the one pool (two KV groups).
             blocks = max(1, fit.num_gpu_blocks)
+        elif layout is not None and not layout.uniform:
+            # A hybrid model's groups take blocks of the one pool each at their own pace.
+            blocks, held = max(1, fit.num_gpu_blocks), layout.blocks_held
         else:
             blocks = max(1, fit.kv_cache_tokens // fit.block_size)
         return Scheduler(
@@ -86,6 +91,7 @@ class Twin:
             encoder_budget=max(fit.max_num_batched_tokens, positions) if positions else 0,
             chunked_prefill=self.timing.chunked_prefill,
             keep_preempted=not self.timing.v0,
+            blocks_held=held,
         )
 
 

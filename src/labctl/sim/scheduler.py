@@ -37,7 +37,7 @@ The same scheduler drives the live twin (in real time) and ``labctl sim run``
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from labctl.sim.perf import StepCost
@@ -111,6 +111,7 @@ class Scheduler:
         encoder_budget: int = 0,
         chunked_prefill: bool = True,
         keep_preempted: bool = False,
+        blocks_held: Callable[[int, int], int] | None = None,
     ) -> None:
         if num_blocks <= 0 or block_size <= 0:
             raise ValueError("the KV cache needs at least one block")
@@ -125,6 +126,9 @@ class Scheduler:
         self.chunked_prefill = chunked_prefill
         #: A preempted request's computed blocks stay cached among the free ones (vLLM V1).
         self.keep_preempted = keep_preempted
+        #: Blocks a request holds at a length, this step's new tokens among them (a hybrid
+        #: model's groups: sliding windows give blocks back); None: a block per block size.
+        self.blocks_held = blocks_held
         self.free_blocks = num_blocks
         #: Free blocks that still hold a preempted request's work, per request, oldest
         #: preemption first (taken first when free blocks run short).
@@ -155,14 +159,35 @@ class Scheduler:
     def _blocks_for(self, tokens: int) -> int:
         return -(-tokens // self.block_size)
 
+    def _held(self, tokens: int, new: int = 0) -> int:
+        if self.blocks_held is None:
+            return -(-tokens // self.block_size)
+        return self.blocks_held(tokens, new)
+
+    def _tokens_in(self, blocks: int, limit: int) -> int:
+        """The most whole blocks' worth of tokens (up to ``limit``) that ``blocks`` hold."""
+        if self.blocks_held is None:
+            return min(blocks * self.block_size, limit)
+        lo, hi = 0, limit // self.block_size
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if self.blocks_held(mid * self.block_size, 0) <= blocks:
+                lo = mid
+            else:
+                hi = mid - 1
+        return lo * self.block_size
+
     def _free(self, req: SimRequest) -> None:
         self.free_blocks += req.blocks
         req.blocks = 0
 
-    def _grow(self, req: SimRequest, tokens: int) -> bool:
+    def _grow(self, req: SimRequest, tokens: int, new: int = 0) -> bool:
         # Cross-attention blocks come with the request's first ones and stay to its end.
-        need = self._blocks_for(tokens) + self._blocks_for(req.encoder_positions) - req.blocks
+        need = self._held(tokens, new) + self._blocks_for(req.encoder_positions) - req.blocks
         if need <= 0:
+            # Blocks a sliding window has moved past go back to the pool.
+            self.free_blocks -= need
+            req.blocks += need
             return True
         if need > self.free_blocks:
             return False
@@ -188,7 +213,8 @@ class Scheduler:
         """Keep a just-preempted request's full computed blocks cached among the free ones."""
         if not self.keep_preempted or req.encoder_positions:
             return
-        kept = min(computed // self.block_size, self.free_blocks - self._kept_total)
+        whole = computed // self.block_size * self.block_size
+        kept = min(self._held(whole), self.free_blocks - self._kept_total)
         if kept > 0:
             self._kept[req] = kept
             self._kept_total += kept
@@ -203,7 +229,7 @@ class Scheduler:
         self.free_blocks -= kept
         req.blocks = kept
         # The last token is always recomputed to produce logits.
-        return min(kept * self.block_size, req.total_len - 1)
+        return self._tokens_in(kept, req.total_len - 1)
 
     def _unresume(self, req: SimRequest) -> None:
         """Undo :meth:`_resume` for a request that was not admitted after all."""
@@ -251,7 +277,7 @@ class Scheduler:
         while i < len(self.running) and budget > 0:
             req = self.running[i]
             n = min(req.total_len - req.computed, budget)
-            while not self._grow(req, req.computed + n):
+            while not self._grow(req, req.computed + n, n):
                 victim = self.running.pop()
                 self._free(victim)
                 self._keep(victim, victim.computed)
@@ -293,7 +319,7 @@ class Scheduler:
             if (
                 (whole and n < req.total_len - req.computed)
                 or (req.encoder_positions and req.encoder_positions > encode)
-                or not self._grow(req, req.computed + n)
+                or not self._grow(req, req.computed + n, n)
             ):
                 if resumed:
                     self._unresume(req)
