@@ -11,7 +11,7 @@ from labctl.sim.bottleneck import roofline
 from labctl.sim.engine import TwinConfig, build_twin
 from labctl.sim.offline import simulate
 import labctl.sim.perf as step_model
-from labctl.sim.perf import StepCost
+from labctl.sim.perf import StepCost, window_pairs
 from labctl.sim.report import Outcome, percentile, summarize
 from labctl.sim.scheduler import Scheduler, SimRequest
 from labctl.sim.workload import arrival_times, sharegpt_like, synthetic
@@ -332,6 +332,45 @@ def test_sim_mla_attention_counts_its_own_head_dimensions() -> None:
     # other attention keeps Q·K and P·V over its heads' width (Qwen3-32B: 64 heads of 128)
     qwen = build_twin(TwinConfig("Qwen/Qwen3-32B", "h100-sxm", max_model_len=8192)).perf
     assert qwen.attn_flops_per_pair == 64 * 4 * 64 * 128
+
+
+def test_sim_mla_decodes_absorbed_over_the_latent() -> None:
+    # A decoding token attends in the latent: every head Q·K over 576 (512 + 64 rotary)
+    # and P·V over 512, 3.4× a prefill pair's work. Decoding alone reads the latents and is
+    # bandwidth-bound; beside a prefill chunk the step is compute-bound, and 256 decodes at
+    # 8K cost it the absorbed work, more than the same pairs prefilled would.
+    perf = build_twin(TwinConfig("deepseek-ai/DeepSeek-R1-0528", "h200",
+                                 tensor_parallel_size=8, vllm_version="0.11.0")).perf  # fmt: skip
+    assert perf.decode_attn_flops_per_pair == 61 * 2 * 16 * (576 + 512)
+    decoding, chunk = 256 * 8000, 8192 * 8193 // 2
+    mixed = StepCost(257, 8192 + 256, chunk + decoding, 8192 + decoding,
+                     decode_attended_tokens=decoding)  # fmt: skip
+    as_prefill = StepCost(257, 8192 + 256, chunk + decoding, 8192 + decoding)
+    extra = (perf.decode_attn_flops_per_pair - perf.attn_flops_per_pair) * decoding / 989e12
+    assert perf.gpu_seconds(mixed) - perf.gpu_seconds(as_prefill) > extra / step_model.MFU * 0.9
+    # without MLA a decoding pair costs a prefill pair's work
+    qwen = build_twin(TwinConfig("Qwen/Qwen3-32B", "h100-sxm", max_model_len=8192)).perf
+    assert qwen.decode_attn_flops_per_pair == qwen.attn_flops_per_pair
+
+
+def test_sim_sliding_window_layers_attend_over_their_window_only() -> None:
+    # gpt-oss-20b: 12 full layers and 12 of a 128-token window, 64 heads of 64. A token at
+    # position 30,000 attends over 30,000 tokens in the first and 128 in the second.
+    perf = build_twin(TwinConfig("openai/gpt-oss-20b", "h100-sxm", max_model_len=32768)).perf
+    assert perf.attn_flops_per_pair == perf.window_attn_flops_per_pair == 12 * 4 * 64 * 64
+    sched = Scheduler(4000, 16, 4, 8192, window=128)
+    r = SimRequest(0, prompt_len=30_000, max_tokens=2, arrival=0.0)
+    sched.add(r)
+    t = 0.0
+    while r.first_token is None:
+        batch = sched.schedule(t)
+        t += 1
+        sched.complete(batch, t)
+    cost = sched.schedule(t).cost  # the first decode step
+    assert cost.attended_tokens == cost.decode_attended_tokens == 30_001
+    assert cost.window_attended_tokens == 128
+    # a prompt's first chunk: 8,192 tokens, the window full from its 128th on
+    assert window_pairs(0, 8192, 128) == 128 * 129 // 2 + (8192 - 128) * 128
 
 
 def test_sim_moe_expert_gemms_fill_by_the_rows_each_expert_gets() -> None:

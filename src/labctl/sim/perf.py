@@ -161,6 +161,22 @@ class StepCost:
     encoder_items: int = 0
     #: Σ encoder positions each scheduled sequence's cross-attention reads.
     cross_tokens_read: int = 0
+    #: The part of ``attended_tokens`` that decoding sequences (one token each) attend over.
+    decode_attended_tokens: int = 0
+    #: Σ context each scheduled token attends over in sliding-window layers (at most the
+    #: window each).
+    window_attended_tokens: int = 0
+
+
+def window_pairs(computed: int, n: int, window: int) -> int:
+    """Token pairs ``n`` new tokens after ``computed`` attend over in a sliding-window
+    layer: each its own position's context, at most ``window``."""
+    lo, hi = computed + 1, computed + n
+    if hi <= window:
+        return (lo + hi) * n // 2
+    if lo > window:
+        return n * window
+    return (lo + window) * (window - lo + 1) // 2 + (hi - window) * window
 
 
 @dataclass(frozen=True)
@@ -269,6 +285,15 @@ def _mla_widths(arch: ModelArch) -> dict[int, int]:
     return {i: q[i] + v[i] for i in q if i in v}
 
 
+def _mla_lora(arch: ModelArch) -> int:
+    """The MLA latent's compressed width without its rotary part (DeepSeek: 512), read off
+    the latent's layer norm."""
+    for w in arch.weights:
+        if w.name.endswith("kv_a_layernorm.weight") and w.shape:
+            return int(w.shape[0])
+    return 0
+
+
 @dataclass(frozen=True)
 class PerfModel:
     """Step time for one model on one GPU type, per GPU of a TP × PP group."""
@@ -284,7 +309,8 @@ class PerfModel:
     flops_per_token: float
     #: The routed experts' share of ``flops_per_token``.
     expert_flops_per_token: float
-    #: Attention FLOPs per token per attended context token, per GPU.
+    #: Attention FLOPs per token per attended context token, per GPU: the full-attention
+    #: and MLA layers' (MLA at its decompressed head sizes, as prefill runs it).
     attn_flops_per_pair: float
     full_kv_bytes_per_token: float
     window_kv_bytes_per_token: float
@@ -316,6 +342,12 @@ class PerfModel:
     #: vLLM's async scheduling: the engine prepares step N+1 and processes step N's output
     #: while the GPU runs step N, so a step takes the longer of the two (``sim.versions``).
     async_scheduling: bool = False
+    #: The same as ``attn_flops_per_pair`` for decoding tokens, which MLA runs absorbed:
+    #: every head attends over the latent itself (DeepSeek: 128 heads × (576 + 512) a pair,
+    #: 3.4× prefill's); 0: the same as prefill's.
+    decode_attn_flops_per_pair: float = 0.0
+    #: Attention FLOPs per token per attended context token of the sliding-window layers.
+    window_attn_flops_per_pair: float = 0.0
 
     @classmethod
     def build(cls, arch: ModelArch, fit: FitResult, gpu: GpuSpec) -> PerfModel:
@@ -339,10 +371,19 @@ class PerfModel:
             state += c.state_bytes
         # Q·K and P·V per token pair, summed over the attention layers: the heads' width
         # each (MLA: its own query/key and value head sizes, read off q and o projections).
+        # Sliding-window layers attend over their window only.
         mla = _mla_widths(arch)
         q_width = arch.num_attention_heads * arch.head_dim
-        pair_width = sum(mla.get(layer.index, 2 * q_width) for layer in arch.kv_layers
-                         if layer.kind != LayerKind.LINEAR)  # fmt: skip
+        attending = [layer for layer in arch.kv_layers if layer.kind is not LayerKind.LINEAR]
+        sliding = {LayerKind.SLIDING, LayerKind.CHUNKED}
+        pair_width = sum(mla.get(layer.index, 2 * q_width) for layer in attending
+                         if not (layer.kind in sliding and layer.window))  # fmt: skip
+        window_width = sum(2 * q_width for layer in attending
+                           if layer.kind in sliding and layer.window)  # fmt: skip
+        decode_width = pair_width + sum(
+            arch.num_attention_heads * (layer.mla_latent + _mla_lora(arch)) - mla[layer.index]
+            for layer in attending if layer.index in mla and layer.mla_latent
+        )  # fmt: skip
         fmt = fit.weight_format.lower()
         if gpu.fp4 and gpu.fp4_tflops and ("fp4" in fmt):
             peak = gpu.fp4_tflops
@@ -377,6 +418,8 @@ class PerfModel:
             flops_per_token=2.0 * active / (tp * pp),
             expert_flops_per_token=2.0 * routed / (tp * pp),
             attn_flops_per_pair=2.0 * pair_width / (tp * pp),
+            decode_attn_flops_per_pair=2.0 * decode_width / (tp * pp),
+            window_attn_flops_per_pair=2.0 * window_width / (tp * pp),
             full_kv_bytes_per_token=full / pp,
             window_kv_bytes_per_token=window_bytes / pp,
             window=window,
@@ -451,7 +494,11 @@ class PerfModel:
             read += self.encoder.memory_bytes(cost.encoder_items)
         dense = self.flops_per_token - self.expert_flops_per_token
         compute = dense * cost.tokens / self.peak_flops
-        compute += self.attn_flops_per_pair * cost.attended_tokens / self.attn_peak_flops
+        decoding = cost.decode_attended_tokens
+        attn = self.attn_flops_per_pair * (cost.attended_tokens - decoding)
+        attn += (self.decode_attn_flops_per_pair or self.attn_flops_per_pair) * decoding
+        attn += self.window_attn_flops_per_pair * cost.window_attended_tokens
+        compute += attn / self.attn_peak_flops
         compute /= top * cost.tokens / (cost.tokens + half)
         if self.expert_flops_per_token:
             rows = self.expert_rows(cost.tokens, touched)

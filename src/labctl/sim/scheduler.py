@@ -40,7 +40,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from labctl.sim.perf import StepCost
+from labctl.sim.perf import StepCost, window_pairs
 
 
 def block_keys(tokens: Sequence[object], block_size: int) -> tuple[int, ...]:
@@ -336,7 +336,7 @@ class Scheduler:
         return items
 
     def _cost(self, items: list[tuple[SimRequest, int]]) -> StepCost:
-        tokens = attended = kv = win = clips = cross = 0
+        tokens = attended = kv = win = clips = cross = decoding = windowed = 0
         w = self.window
         for req, n in items:
             end = req.computed + n
@@ -344,13 +344,17 @@ class Scheduler:
             kv += end
             if w:
                 win += min(end, w)
+                windowed += window_pairs(req.computed, n, w)
             # Each new token attends over the context before it (causal).
-            attended += n * req.computed + n * (n + 1) // 2
+            pairs = n * req.computed + n * (n + 1) // 2
+            attended += pairs
+            if n == 1:
+                decoding += pairs
             if req.encoder_positions:
                 cross += req.encoder_positions
                 if req.computed == 0:  # admitted now: its clip is encoded in this step
                     clips += 1
-        return StepCost(len(items), tokens, attended, kv, win, clips, cross)
+        return StepCost(len(items), tokens, attended, kv, win, clips, cross, decoding, windowed)
 
     def complete(self, batch: Batch, now: float) -> list[SimRequest]:
         """Apply a finished step at time ``now``: tokens out, requests done."""
