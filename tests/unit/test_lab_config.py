@@ -26,6 +26,7 @@ from labctl.config import (
     parse_listen,
 )
 from labctl.engines import adapter, flags
+from labctl.engines.base import missing
 from labctl.errors import ConfigError, UsageError
 from labctl.gpu.sim import parse_sim_gpus
 
@@ -137,6 +138,24 @@ def test_flags_follow_the_engines_cli_conventions() -> None:
         "--max-model-len", "8192", "--enforce-eager", "--lora-modules", "a=/x", "b=/y"]  # fmt: skip
     with pytest.raises(ConfigError, match="args.bad"):
         flags({"bad": {"nested": 1}})
+
+
+def test_a_false_vllm_switch_turns_it_off_and_keeps_the_planners_off() -> None:
+    """vLLM's switches are on/off pairs (``--no-enable-prefix-caching``): a deployment's
+    ``false`` turns one off, where dropping the flag left vLLM's default (prefix caching on
+    in V1), and the planner's ``--enforce-eager`` does not come back over it."""
+    assert flags({"enable_prefix_caching": False}, negate=True) == ["--no-enable-prefix-caching"]
+    assert flags({"enable_prefix_caching": False}) == []  # llama.cpp, whisper.cpp: no pairs
+    settings = {"name": "chat", "model": "m",
+                "args": {"enforce_eager": False, "enable_prefix_caching": False},
+                "recommended_args": ["--max-model-len", "8192", "--enforce-eager"]}  # fmt: skip
+    for engine in ("vllm", "sim"):
+        argv = adapter(engine).launch(settings, "127.0.0.1", 9000, [0]).argv
+        assert argv[argv.index("--served-model-name") + 2 :][:2] == [
+            "--no-enforce-eager", "--no-enable-prefix-caching"]  # fmt: skip
+        assert "--enforce-eager" not in argv and "--enable-prefix-caching" not in argv
+    assert missing(["--enforce-eager", "--max-model-len", "8192"], ["--no-enforce-eager"]) == [
+        "--max-model-len", "8192"]  # fmt: skip
 
 
 def test_adapters_build_each_engines_command_line() -> None:

@@ -162,13 +162,17 @@ def _engine_options(f: Any, gpu_help: str) -> Any:
         click.option("--gpu-memory-utilization", type=float, default=0.9, show_default=True),
         click.option("--kv-cache-dtype", default="auto", show_default=True),
         click.option("--quantization", help="weight format, when the checkpoint does not say"),
-        click.option("--enforce-eager", is_flag=True, help="no CUDA graphs (slower steps)"),
+        click.option(
+            "--enforce-eager/--no-enforce-eager",
+            default=False,
+            help="no CUDA graphs (slower steps)",
+        ),
         click.option(
             "--async-scheduling/--no-async-scheduling",
             default=None,
             help="schedule the next step while the GPU runs this one (default: the version's)",
         ),
-        click.option("--enable-prefix-caching", is_flag=True),
+        click.option("--enable-prefix-caching/--no-enable-prefix-caching", default=False),
         click.option("--served-model-name", help="the name clients use (default: --model)"),
         click.option(
             "--api-server-count",

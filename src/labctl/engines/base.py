@@ -219,8 +219,10 @@ class Adapter:
         return Estimate(0, f"no estimate for a {self.name} engine")
 
 
-def flags(args: Mapping[str, Any], key: str = "args") -> list[str]:
+def flags(args: Mapping[str, Any], key: str = "args", negate: bool = False) -> list[str]:
     """``{"max_model_len": 8192, "enforce_eager": true}`` → ``--max-model-len 8192 --enforce-eager``.
+    ``false`` drops the flag, or with ``negate`` (an engine whose switches come in on/off
+    pairs, as vLLM's do) turns it off: ``--no-enforce-eager``.
 
     Raises:
         ConfigError: a name that is not a flag's, or a value that is not a string, finite
@@ -232,6 +234,8 @@ def flags(args: Mapping[str, Any], key: str = "args") -> list[str]:
         flag = "--" + name.replace("_", "-")
         if value is True:
             out.append(flag)
+        elif value is False and negate:
+            out.append("--no-" + flag[2:])
         elif value is False or value is None:
             continue
         elif isinstance(value, list):
@@ -242,7 +246,9 @@ def flags(args: Mapping[str, Any], key: str = "args") -> list[str]:
 
 
 def missing(recommended: Sequence[str], own: Sequence[str]) -> list[str]:
-    """The planner's ``--flag value`` pairs for flags the deployment does not set itself."""
+    """The planner's ``--flag value`` pairs for flags the deployment does not set itself
+    (``--no-flag`` sets ``--flag`` too: off)."""
+    own = [*own, *("--" + f[5:] for f in own if f.startswith("--no-"))]
     out: list[str] = []
     i = 0
     while i < len(recommended):

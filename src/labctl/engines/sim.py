@@ -28,7 +28,7 @@ class SimAdapter(VllmAdapter):
         self, settings: Mapping[str, Any], host: str, port: int, gpus: Sequence[int]
     ) -> Launch:
         served = settings.get("served_model_name") or settings["model"]
-        own = flags(settings.get("args", {}))
+        own = flags(settings.get("args", {}), negate=True)
         argv = [sys.executable, "-m", "labctl", "sim", "serve", "--model", settings["model"],
                 "--host", host, "--port", str(port), "--served-model-name", served, *own,
                 *sleep_flags(settings, own)]  # fmt: skip

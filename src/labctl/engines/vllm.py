@@ -67,7 +67,7 @@ class VllmAdapter(Adapter):
         self, settings: Mapping[str, Any], host: str, port: int, gpus: Sequence[int]
     ) -> Launch:
         served = settings.get("served_model_name") or settings["model"]
-        own = flags(settings.get("args", {}))
+        own = flags(settings.get("args", {}), negate=True)
         argv = [settings.get("binary") or "vllm", "serve", settings["model"], "--host", host,
                 "--port", str(port), "--served-model-name", served, *own,
                 *missing(settings.get("recommended_args", []), own),
