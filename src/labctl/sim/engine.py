@@ -1,7 +1,9 @@
 """The twin's engine: a model planned on a GPU, its step-time model and its scheduler.
 
 The KV cache the twin schedules over is exactly what ``labctl fit`` prints for
-the same model, GPU and flags: the same planner computes it.
+the same model, GPU and flags: the same planner computes it, and its layout (how
+a hybrid model's layer groups take the pool's blocks) is what the scheduler
+charges each request.
 """
 
 from __future__ import annotations

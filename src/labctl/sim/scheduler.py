@@ -10,6 +10,11 @@ preempted: its blocks are freed and it goes back to the front of the queue to
 be recomputed, as vLLM's recompute preemption does. With prefix caching,
 full blocks of a prompt that an earlier request already computed are reused.
 
+A hybrid model's pool backs every layer group (``blocks_held``): a request holds
+a block per block size of tokens in a full-attention group, only the blocks its
+window still reaches in a sliding-window group (the rest go back to the pool as
+it grows) and its state blocks in a recurrent one.
+
 vLLM V1 (whose prefix caching is on by default) frees a preempted request's
 blocks with their contents still cached: they go to the end of the free queue,
 its last blocks first, and other requests take free blocks from the front, so
