@@ -193,3 +193,19 @@ def test_a_request_holds_a_sliding_groups_blocks_only_as_far_as_its_window_reach
     dense = plan(resolve("meta-llama/Llama-3.1-8B-Instruct"), request("h100-sxm"))
     assert dense.kv_layout is not None and dense.kv_layout.blocks_held(4097, 1) == 257
     assert "kv_layout" not in r.to_json()
+
+
+def test_a_chunked_local_group_holds_blocks_from_its_current_chunk_on() -> None:
+    """Llama 4: 36 layers of 8,192-token chunked local attention (three groups) and 12 full.
+    Decoding the 8,193rd token starts a new chunk: the chunked groups hold one block each,
+    not the 8,192 tokens before it that a sliding window would keep."""
+    r = plan(
+        resolve("meta-llama/Llama-4-Scout-17B-16E-Instruct"),
+        request("h100-sxm", tensor_parallel_size=4, max_model_len=32768,
+                kv_cache_memory_bytes=8 * GiB),
+    )  # fmt: skip
+    layout = r.kv_layout
+    assert layout is not None and r.kv_groups == 4
+    assert layout.blocks_held(8192, 1) == 4 * 512
+    assert layout.blocks_held(8193, 1) == 513 + 3 * 1
+    assert layout.blocks_held(20_000, 1) == 1250 + 3 * (20_000 - 16_384) // 16

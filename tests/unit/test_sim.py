@@ -11,7 +11,7 @@ from labctl.sim.bottleneck import roofline
 from labctl.sim.engine import TwinConfig, build_twin
 from labctl.sim.offline import simulate
 import labctl.sim.perf as step_model
-from labctl.sim.perf import StepCost, window_pairs
+from labctl.sim.perf import StepCost, chunk_pairs, window_pairs
 from labctl.sim.report import Outcome, percentile, summarize
 from labctl.sim.scheduler import Scheduler, SimRequest
 from labctl.sim.workload import arrival_times, sharegpt_like, synthetic
@@ -371,6 +371,25 @@ def test_sim_sliding_window_layers_attend_over_their_window_only() -> None:
     assert cost.window_attended_tokens == 128
     # a prompt's first chunk: 8,192 tokens, the window full from its 128th on
     assert window_pairs(0, 8192, 128) == 128 * 129 // 2 + (8192 - 128) * 128
+
+
+def test_sim_chunked_local_layers_attend_within_their_chunk() -> None:
+    # Llama 4 Scout: 36 layers attend within 8,192-token chunks. The token at position
+    # 8,200 attends over the 9 of its chunk, not over the 8,192 before it.
+    twin = build_twin(TwinConfig("meta-llama/Llama-4-Scout-17B-16E-Instruct", "h100-sxm",
+                                 tensor_parallel_size=4, max_model_len=32768))  # fmt: skip
+    assert twin.perf.chunked and twin.perf.window == 8192
+    sched = twin.scheduler()
+    r = SimRequest(0, prompt_len=8200, max_tokens=2, arrival=0.0)
+    sched.add(r)
+    t = 0.0
+    while r.first_token is None:
+        batch = sched.schedule(t)
+        t += 1
+        sched.complete(batch, t)
+    cost = sched.schedule(t).cost
+    assert (cost.window_attended_tokens, cost.window_tokens_read) == (9, 9)
+    assert chunk_pairs(8000, 400, 8192) == sum(p % 8192 + 1 for p in range(8000, 8400))
 
 
 def test_sim_moe_expert_gemms_fill_by_the_rows_each_expert_gets() -> None:

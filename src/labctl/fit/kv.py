@@ -176,7 +176,8 @@ class KVLayout:
         computed in this step: a full-attention or MLA group a block per block size of
         tokens; a sliding-window or chunked group only the blocks its window (and this
         step's new tokens) still reaches, the rest going back to the pool as the request
-        grows; a recurrent group its state blocks whatever the length."""
+        grows (a chunked-local group from the chunk its first new token is in); a recurrent
+        group its state blocks whatever the length."""
         if self.uniform:
             return cdiv(tokens, self.opts.block_size)
         total = 0
@@ -184,7 +185,10 @@ class KVLayout:
             c = group[0]
             bs = self._block_tokens(c)
             if c.kind in (LayerKind.SLIDING, LayerKind.CHUNKED) and c.window:
-                first = max(0, tokens - (c.window - 1 + max(new, 1)))
+                if c.kind is LayerKind.SLIDING:
+                    first = max(0, tokens - (c.window - 1 + max(new, 1)))
+                else:
+                    first = max(0, tokens - max(new, 1)) // c.window * c.window
                 total += (cdiv(tokens, bs) - first // bs) if tokens else 0
             elif c.kind is LayerKind.LINEAR:
                 total += self.opts.state_blocks + self.opts.speculative_blocks

@@ -89,6 +89,7 @@ class Twin:
             max_num_seqs=fit.max_num_seqs,
             max_num_batched_tokens=fit.max_num_batched_tokens,
             window=self.perf.window,
+            chunked=self.perf.chunked,
             prefix_caching=self.config.enable_prefix_caching and not positions,
             encoder_budget=max(fit.max_num_batched_tokens, positions) if positions else 0,
             chunked_prefill=self.timing.chunked_prefill,

@@ -179,6 +179,17 @@ def window_pairs(computed: int, n: int, window: int) -> int:
     return (lo + window) * (window - lo + 1) // 2 + (hi - window) * window
 
 
+def chunk_pairs(computed: int, n: int, chunk: int) -> int:
+    """The same in a chunked local attention layer (Llama 4): each token attends over its
+    own chunk up to itself."""
+
+    def upto(x: int) -> int:  # pairs of positions 0 .. x - 1
+        whole, rest = divmod(x, chunk)
+        return whole * chunk * (chunk + 1) // 2 + rest * (rest + 1) // 2
+
+    return upto(computed + n) - upto(computed)
+
+
 @dataclass(frozen=True)
 class EncoderSpec:
     """The audio encoder of an encoder-decoder model (Whisper) and what one pass costs.
@@ -348,6 +359,9 @@ class PerfModel:
     decode_attn_flops_per_pair: float = 0.0
     #: Attention FLOPs per token per attended context token of the sliding-window layers.
     window_attn_flops_per_pair: float = 0.0
+    #: The windowed layers are chunked local attention (``window`` is the chunk), not
+    #: sliding windows.
+    chunked: bool = False
 
     @classmethod
     def build(cls, arch: ModelArch, fit: FitResult, gpu: GpuSpec) -> PerfModel:
@@ -420,6 +434,7 @@ class PerfModel:
             attn_flops_per_pair=2.0 * pair_width / (tp * pp),
             decode_attn_flops_per_pair=2.0 * decode_width / (tp * pp),
             window_attn_flops_per_pair=2.0 * window_width / (tp * pp),
+            chunked=any(layer.kind is LayerKind.CHUNKED and layer.window for layer in attending),
             full_kv_bytes_per_token=full / pp,
             window_kv_bytes_per_token=window_bytes / pp,
             window=window,

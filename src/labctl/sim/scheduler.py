@@ -45,7 +45,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from labctl.sim.perf import StepCost, window_pairs
+from labctl.sim.perf import StepCost, chunk_pairs, window_pairs
 
 
 def block_keys(tokens: Sequence[object], block_size: int) -> tuple[int, ...]:
@@ -117,6 +117,7 @@ class Scheduler:
         chunked_prefill: bool = True,
         keep_preempted: bool = False,
         blocks_held: Callable[[int, int], int] | None = None,
+        chunked: bool = False,
     ) -> None:
         if num_blocks <= 0 or block_size <= 0:
             raise ValueError("the KV cache needs at least one block")
@@ -125,6 +126,8 @@ class Scheduler:
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
         self.window = window
+        #: ``window`` is a chunked local attention's chunk, not a sliding window.
+        self.chunked = chunked
         self.prefix_caching = prefix_caching
         self.encoder_budget = encoder_budget
         #: Off (vLLM V0's default): prompts run whole, in prefill-only steps ahead of decodes.
@@ -347,7 +350,10 @@ class Scheduler:
             end = req.computed + n
             tokens += n
             kv += end
-            if w:
+            if w and self.chunked:
+                win += (end - 1) % w + 1
+                windowed += chunk_pairs(req.computed, n, w)
+            elif w:
                 win += min(end, w)
                 windowed += window_pairs(req.computed, n, w)
             # Each new token attends over the context before it (causal).
