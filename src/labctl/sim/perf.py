@@ -389,13 +389,14 @@ class PerfModel:
         mla = _mla_widths(arch)
         q_width = arch.num_attention_heads * arch.head_dim
         attending = [layer for layer in arch.kv_layers if layer.kind is not LayerKind.LINEAR]
-        sliding = {LayerKind.SLIDING, LayerKind.CHUNKED}
+        windowed = {LayerKind.SLIDING, LayerKind.CHUNKED}
         pair_width = sum(mla.get(layer.index, 2 * q_width) for layer in attending
-                         if not (layer.kind in sliding and layer.window))  # fmt: skip
+                         if not (layer.kind in windowed and layer.window))  # fmt: skip
         window_width = sum(2 * q_width for layer in attending
-                           if layer.kind in sliding and layer.window)  # fmt: skip
+                           if layer.kind in windowed and layer.window)  # fmt: skip
+        lora = _mla_lora(arch) if mla else 0
         decode_width = pair_width + sum(
-            arch.num_attention_heads * (layer.mla_latent + _mla_lora(arch)) - mla[layer.index]
+            arch.num_attention_heads * (layer.mla_latent + lora) - mla[layer.index]
             for layer in attending if layer.index in mla and layer.mla_latent
         )  # fmt: skip
         fmt = fit.weight_format.lower()

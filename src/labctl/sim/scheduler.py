@@ -169,7 +169,7 @@ class Scheduler:
 
     def _held(self, tokens: int, new: int = 0) -> int:
         if self.blocks_held is None:
-            return -(-tokens // self.block_size)
+            return self._blocks_for(tokens)
         return self.blocks_held(tokens, new)
 
     def _tokens_in(self, blocks: int, limit: int) -> int:
