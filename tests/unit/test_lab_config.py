@@ -156,6 +156,14 @@ def test_a_false_vllm_switch_turns_it_off_and_keeps_the_planners_off() -> None:
         assert "--enforce-eager" not in argv and "--enable-prefix-caching" not in argv
     assert missing(["--enforce-eager", "--max-model-len", "8192"], ["--no-enforce-eager"]) == [
         "--max-model-len", "8192"]  # fmt: skip
+    # the twin's own fault switches are bare flags: false leaves them out
+    fault = {
+        "name": "chat",
+        "model": "m",
+        "args": {"ignore_sigterm": False, "fail_completions": True},
+    }
+    argv = adapter("sim").launch(fault, "127.0.0.1", 9000, [0]).argv
+    assert "--fail-completions" in argv and not any("sigterm" in a for a in argv)
 
 
 def test_adapters_build_each_engines_command_line() -> None:

@@ -19,7 +19,7 @@ Phases are named by the step that ends at the log line, so that
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 import re
@@ -219,10 +219,12 @@ class Adapter:
         return Estimate(0, f"no estimate for a {self.name} engine")
 
 
-def flags(args: Mapping[str, Any], key: str = "args", negate: bool = False) -> list[str]:
+def flags(
+    args: Mapping[str, Any], key: str = "args", negate: bool | Collection[str] = False
+) -> list[str]:
     """``{"max_model_len": 8192, "enforce_eager": true}`` → ``--max-model-len 8192 --enforce-eager``.
-    ``false`` drops the flag, or with ``negate`` (an engine whose switches come in on/off
-    pairs, as vLLM's do) turns it off: ``--no-enforce-eager``.
+    ``false`` drops the flag, or where ``negate`` says the engine's switch comes in an on/off
+    pair (every one, as vLLM's do, or the names given) turns it off: ``--no-enforce-eager``.
 
     Raises:
         ConfigError: a name that is not a flag's, or a value that is not a string, finite
@@ -234,7 +236,7 @@ def flags(args: Mapping[str, Any], key: str = "args", negate: bool = False) -> l
         flag = "--" + name.replace("_", "-")
         if value is True:
             out.append(flag)
-        elif value is False and negate:
+        elif value is False and (negate is True or (negate and name in negate)):
             out.append("--no-" + flag[2:])
         elif value is False or value is None:
             continue

@@ -19,6 +19,10 @@ from labctl.sim.act import checkpoint_stats, openvla_kind
 from labctl.sim.vla import memory_bytes
 from labctl.units import GiB
 
+#: The twin's switches that come in on/off pairs as vLLM's do (``--no-enforce-eager``); its
+#: own fault switches (``--ignore-sigterm``, …) are bare flags, which ``false`` leaves out.
+PAIRED = frozenset({"enforce_eager", "enable_prefix_caching", "async_scheduling"})
+
 
 class SimAdapter(VllmAdapter):
     name = "sim"
@@ -28,7 +32,7 @@ class SimAdapter(VllmAdapter):
         self, settings: Mapping[str, Any], host: str, port: int, gpus: Sequence[int]
     ) -> Launch:
         served = settings.get("served_model_name") or settings["model"]
-        own = flags(settings.get("args", {}), negate=True)
+        own = flags(settings.get("args", {}), negate=PAIRED)
         argv = [sys.executable, "-m", "labctl", "sim", "serve", "--model", settings["model"],
                 "--host", host, "--port", str(port), "--served-model-name", served, *own,
                 *sleep_flags(settings, own)]  # fmt: skip
