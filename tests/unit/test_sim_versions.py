@@ -21,7 +21,7 @@ from labctl.sim.versions import (
     check_version,
     known_series,
 )
-from labctl.sim.workload import synthetic
+from labctl.sim.workload import Item, synthetic
 
 MODEL = "Qwen/Qwen3-4B"
 
@@ -165,3 +165,25 @@ def test_sim_run_says_which_release_it_behaves_as_and_how_it_schedules() -> None
     assert f"engine              vLLM {LATEST} (V1 engine), async scheduling" in result.output
     result = CliRunner().invoke(cli, [*args, "--vllm-version", "0.7.3"])
     assert "engine              vLLM 0.7.3 (V0 engine), scheduling between steps" in result.output
+
+
+def test_prefix_caching_is_on_by_default_from_the_v1_engine() -> None:
+    """vLLM V1 caches prompt prefixes unless told not to; V0 did not by default, nor does
+    the twin for a model with recurrent state (Mamba layers). A shared 512-token system
+    prompt is then computed once: every later request's prefill starts after it."""
+    assert build_twin(TwinConfig(MODEL, "h100-sxm", max_model_len=8192)).prefix_caching
+    assert not build_twin(
+        TwinConfig(MODEL, "h100-sxm", max_model_len=8192, vllm_version="0.7.3")
+    ).prefix_caching
+    off = TwinConfig(MODEL, "h100-sxm", max_model_len=8192, enable_prefix_caching=False)
+    assert not build_twin(off).prefix_caching
+    mamba = TwinConfig("nvidia/NVIDIA-Nemotron-3-Nano-30B-A3B-BF16", "h100-sxm",
+                       max_model_len=8192)  # fmt: skip
+    assert not build_twin(mamba).prefix_caching
+    system = " ".join(f"s{i}" for i in range(512))
+    items = [Item(512 + 65, 8, f"{system} q{i} " + " ".join(f"w{i}x{j}" for j in range(64)))
+             for i in range(8)]  # fmt: skip
+    cached, _ = simulate(build_twin(TwinConfig(MODEL, "h100-sxm", max_model_len=8192)), items,
+                         [0.1 * i for i in range(8)])  # fmt: skip
+    plain, _ = simulate(build_twin(off), items, [0.1 * i for i in range(8)])
+    assert cached["mean_ttft_ms"] < plain["mean_ttft_ms"]

@@ -172,7 +172,11 @@ def _engine_options(f: Any, gpu_help: str) -> Any:
             default=None,
             help="schedule the next step while the GPU runs this one (default: the version's)",
         ),
-        click.option("--enable-prefix-caching/--no-enable-prefix-caching", default=False),
+        click.option(
+            "--enable-prefix-caching/--no-enable-prefix-caching",
+            default=None,
+            help="reuse prompts' cached blocks (default: the version's, on for V1)",
+        ),
         click.option("--served-model-name", help="the name clients use (default: --model)"),
         click.option(
             "--api-server-count",
@@ -498,7 +502,7 @@ def serve(**kw: Any) -> None:
 _VLLM_DEFAULTS = {"tensor_parallel_size": 1, "pipeline_parallel_size": 1, "max_model_len": None,
                   "max_num_seqs": None, "max_num_batched_tokens": None,
                   "gpu_memory_utilization": 0.9, "kv_cache_dtype": "auto", "quantization": None,
-                  "enable_prefix_caching": False, "vllm_version": None}  # fmt: skip
+                  "enable_prefix_caching": None, "vllm_version": None}  # fmt: skip
 
 
 def _vla_serving(kw: dict[str, Any], vla: dict[str, Any], oft: bool, faults: Any) -> Any:

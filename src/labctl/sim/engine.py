@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from labctl.cache.resolve import resolve_model
-from labctl.catalog.arch import ModelArch
+from labctl.catalog.arch import LayerKind, ModelArch
 from labctl.catalog.gpus import GpuSpec, gpu
 from labctl.errors import EngineError, UsageError
 from labctl.fit.plan import FitRequest, FitResult, plan
@@ -37,7 +37,9 @@ class TwinConfig:
     kv_cache_dtype: str = "auto"
     quantization: str | None = None
     enforce_eager: bool = False
-    enable_prefix_caching: bool = False
+    #: ``--enable-prefix-caching`` / ``--no-enable-prefix-caching``; ``None``: vLLM's default
+    #: (on for the V1 engine, off for V0 and for models with recurrent state).
+    enable_prefix_caching: bool | None = None
     vllm_version: str = LATEST
     served_model_name: str | None = None
     #: API server processes (``--api-server-count``): requests are spread over them, and
@@ -70,6 +72,15 @@ class Twin:
         """Whether it serves speech to text (an encoder-decoder audio model) rather than text."""
         return self.arch.encoder_positions > 0
 
+    @property
+    def prefix_caching(self) -> bool:
+        """Whether the engine caches prompt prefixes: as asked, else vLLM's default, on for
+        the V1 engine (not for a model with recurrent state, whose cache it does not share)."""
+        if self.config.enable_prefix_caching is not None:
+            return self.config.enable_prefix_caching
+        recurrent = any(layer.kind is LayerKind.LINEAR for layer in self.arch.kv_layers)
+        return not self.timing.v0 and not recurrent
+
     def scheduler(self) -> Scheduler:
         fit = self.fit
         positions = self.encoder_positions
@@ -90,7 +101,7 @@ class Twin:
             max_num_batched_tokens=fit.max_num_batched_tokens,
             window=self.perf.window,
             chunked=self.perf.chunked,
-            prefix_caching=self.config.enable_prefix_caching and not positions,
+            prefix_caching=self.prefix_caching and not positions,
             encoder_budget=max(fit.max_num_batched_tokens, positions) if positions else 0,
             chunked_prefill=self.timing.chunked_prefill,
             keep_preempted=not self.timing.v0,
