@@ -113,13 +113,15 @@ def measure(
         slots = asyncio.Semaphore(concurrency)
         ttfts, tpots = [], []
 
-        async def one() -> None:
+        async def one(i: int) -> None:
+            # Prompts of their own, like the simulation's: the twin caches shared prefixes.
+            prompt = " ".join(f"w{i}.{j}" for j in range(prompt_words))
             async with slots:
                 t0 = time.perf_counter()
                 first = last = None
                 count = 0
                 async for chunk in await client.completions.create(
-                    model=model, prompt="w " * prompt_words, max_tokens=out, stream=True
+                    model=model, prompt=prompt, max_tokens=out, stream=True
                 ):
                     if chunk.choices and chunk.choices[0].text:
                         now = time.perf_counter()
@@ -130,7 +132,7 @@ def measure(
                 ttfts.append(first - t0)
                 tpots.append((last - first) / (out - 1))
 
-        await asyncio.gather(*(one() for _ in range(n)))
+        await asyncio.gather(*(one(i) for i in range(n)))
         await client.close()
         return ttfts, tpots
 
