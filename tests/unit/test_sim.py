@@ -353,20 +353,24 @@ def test_sim_mla_decodes_absorbed_over_the_latent() -> None:
     assert qwen.decode_attn_flops_per_pair == qwen.attn_flops_per_pair
 
 
-def test_sim_sliding_window_layers_attend_over_their_window_only() -> None:
-    # gpt-oss-20b: 12 full layers and 12 of a 128-token window, 64 heads of 64. A token at
-    # position 30,000 attends over 30,000 tokens in the first and 128 in the second.
-    perf = build_twin(TwinConfig("openai/gpt-oss-20b", "h100-sxm", max_model_len=32768)).perf
-    assert perf.attn_flops_per_pair == perf.window_attn_flops_per_pair == 12 * 4 * 64 * 64
-    sched = Scheduler(4000, 16, 4, 8192, window=128)
-    r = SimRequest(0, prompt_len=30_000, max_tokens=2, arrival=0.0)
+def first_decode_cost(sched: Scheduler, prompt_len: int) -> StepCost:
+    """The work of the step after a lone request's prompt is prefilled: its first decode."""
+    r = SimRequest(0, prompt_len=prompt_len, max_tokens=2, arrival=0.0)
     sched.add(r)
     t = 0.0
     while r.first_token is None:
         batch = sched.schedule(t)
         t += 1
         sched.complete(batch, t)
-    cost = sched.schedule(t).cost  # the first decode step
+    return sched.schedule(t).cost
+
+
+def test_sim_sliding_window_layers_attend_over_their_window_only() -> None:
+    # gpt-oss-20b: 12 full layers and 12 of a 128-token window, 64 heads of 64. A token at
+    # position 30,000 attends over 30,000 tokens in the first and 128 in the second.
+    perf = build_twin(TwinConfig("openai/gpt-oss-20b", "h100-sxm", max_model_len=32768)).perf
+    assert perf.attn_flops_per_pair == perf.window_attn_flops_per_pair == 12 * 4 * 64 * 64
+    cost = first_decode_cost(Scheduler(4000, 16, 4, 8192, window=128), 30_000)
     assert cost.attended_tokens == cost.decode_attended_tokens == 30_001
     assert cost.window_attended_tokens == 128
     # a prompt's first chunk: 8,192 tokens, the window full from its 128th on
@@ -379,15 +383,7 @@ def test_sim_chunked_local_layers_attend_within_their_chunk() -> None:
     twin = build_twin(TwinConfig("meta-llama/Llama-4-Scout-17B-16E-Instruct", "h100-sxm",
                                  tensor_parallel_size=4, max_model_len=32768))  # fmt: skip
     assert twin.perf.chunked and twin.perf.window == 8192
-    sched = twin.scheduler()
-    r = SimRequest(0, prompt_len=8200, max_tokens=2, arrival=0.0)
-    sched.add(r)
-    t = 0.0
-    while r.first_token is None:
-        batch = sched.schedule(t)
-        t += 1
-        sched.complete(batch, t)
-    cost = sched.schedule(t).cost
+    cost = first_decode_cost(twin.scheduler(), 8200)
     assert (cost.window_attended_tokens, cost.window_tokens_read) == (9, 9)
     assert chunk_pairs(8000, 400, 8192) == sum(p % 8192 + 1 for p in range(8000, 8400))
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from labctl.cache.resolve import resolve_model
-from labctl.catalog.arch import LayerKind, ModelArch
+from labctl.catalog.arch import ModelArch
 from labctl.catalog.gpus import GpuSpec, gpu
 from labctl.errors import EngineError, UsageError
 from labctl.fit.plan import FitRequest, FitResult, plan
@@ -75,11 +75,13 @@ class Twin:
     @property
     def prefix_caching(self) -> bool:
         """Whether the engine caches prompt prefixes: as asked, else vLLM's default, on for
-        the V1 engine (not for a model with recurrent state, whose cache it does not share)."""
+        the V1 engine (not for a model with recurrent state, whose cache it does not share);
+        never for a speech model's requests."""
+        if self.speech:
+            return False
         if self.config.enable_prefix_caching is not None:
             return self.config.enable_prefix_caching
-        recurrent = any(layer.kind is LayerKind.LINEAR for layer in self.arch.kv_layers)
-        return not self.timing.v0 and not recurrent
+        return not self.timing.v0 and not self.perf.state_bytes_per_sequence
 
     def scheduler(self) -> Scheduler:
         fit = self.fit
@@ -101,7 +103,7 @@ class Twin:
             max_num_batched_tokens=fit.max_num_batched_tokens,
             window=self.perf.window,
             chunked=self.perf.chunked,
-            prefix_caching=self.prefix_caching and not positions,
+            prefix_caching=self.prefix_caching,
             encoder_budget=max(fit.max_num_batched_tokens, positions) if positions else 0,
             chunked_prefill=self.timing.chunked_prefill,
             keep_preempted=not self.timing.v0,
