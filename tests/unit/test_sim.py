@@ -407,6 +407,24 @@ def test_sim_moe_expert_gemms_fill_by_the_rows_each_expert_gets() -> None:
     assert many.step_seconds(cost) > 1.3 * few.step_seconds(cost)
 
 
+def test_sim_tensor_parallelism_slices_the_experts_thin_and_their_gemms_slow() -> None:
+    # Qwen3-30B-A3B's experts are 768 columns wide: at TP 4 each GPU holds a 192-column
+    # slice of every one. Its share of a step's expert FLOPs is a quarter, but its thin
+    # GEMMs do less work per byte moved, so the step takes well over a quarter of the time.
+    def experts_only(tp: int) -> step_model.PerfModel:
+        config = TwinConfig("Qwen/Qwen3-30B-A3B", "h100-sxm", max_model_len=8192,
+                            tensor_parallel_size=tp)  # fmt: skip
+        perf = build_twin(config).perf
+        alone = {"flops_per_token": perf.expert_flops_per_token, "dense_bytes": 0.0,
+                 "expert_bytes": 0.0, "tp": 1}  # fmt: skip
+        return step_model.PerfModel(**{**perf.__dict__, **alone})
+
+    one, four = experts_only(1), experts_only(4)
+    assert (one.expert_width, four.expert_width) == (768, 192)
+    cost = StepCost(1, 8192, 8192, 8192)  # a chunk of short prompts: the GEMMs' step
+    assert four.step_seconds(cost) > 1.3 * one.step_seconds(cost) / 4
+
+
 def test_sim_fp4_experts_run_at_bf16_rate_on_a_compute_capability_12_gpu() -> None:
     # vLLM's builds run NVFP4/MXFP4 MoE experts weight-only on sm_120/sm_121 (Marlin:
     # dequantized to BF16); a B200's experts run at its native FP4 rate.

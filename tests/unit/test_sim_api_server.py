@@ -124,13 +124,14 @@ def test_sim_run_says_when_the_api_server_sets_the_pace_and_a_second_one_helps()
 
     def run(*flags: str) -> str:
         args = ["sim", "run", "--model", "Qwen/Qwen3-0.6B", "--gpu", "h100-sxm",
-                "--max-model-len", "2048", "--num-prompts", "1024", "--max-concurrency", "512",
-                "--input-len", "32", "--output-len", "64", *flags]  # fmt: skip
+                "--max-model-len", "2048", "--num-prompts", "2048", "--max-concurrency", "512",
+                "--input-len", "32", "--output-len", "32", *flags]  # fmt: skip
         result = CliRunner().invoke(cli, args)
         assert result.exit_code == 0, result.output
         return result.output
 
-    # a 0.6B model's steps make tokens faster than one process streams them
+    # a 0.6B model's steps make tokens faster than one process takes requests in and streams
+    # them out
     one = run()
     assert "API server          1 process, busy 9" in one
     assert "it sets the pace, not the GPU (try --api-server-count 2)" in one

@@ -62,45 +62,52 @@ from labctl.fit.plan import FitResult
 # term for.
 #: Achievable share of datasheet bandwidth, by memory technology (LPDDR: not fitted, no
 #: published point beyond the DGX Spark's).
-BW_EFFICIENCY = {"HBM": 0.61, "GDDR": 0.835, "LPDDR": 0.62}
+BW_EFFICIENCY = {"HBM": 0.616, "GDDR": 0.833, "LPDDR": 0.62}
 #: Share of dense tensor peak that whole prefill-heavy steps reach, and the step size
 #: (tokens) at which GEMMs reach half of it: small batches do not fill the GPU (the H100
 #: GEMMs in shared/data/gpu reach 16–35% of peak at 128 rows, 62–78% at 512).
-MFU = 0.42
-MFU_HALF_TOKENS = 9
+MFU = 0.424
+MFU_HALF_TOKENS = 12.4
 #: Share of the dense GEMMs' rate the routed experts' fused MoE kernels reach (the routing's
 #: gather and scatter, the grouped GEMMs' scheduling), on top of each expert's GEMM filling
 #: the GPU by its own rows (the step's routed tokens spread over the experts it touches,
-#: :meth:`PerfModel.expert_rows`), not by the step's.
-MOE_EFFICIENCY = 0.59
-#: Per step: scheduler, input preparation, sampling, output processing (the fit puts it at
+#: :meth:`PerfModel.expert_rows`), not by the step's, and by its width on the GPU.
+MOE_EFFICIENCY = 0.898
+#: The width (columns) of one routed expert's slice on one GPU (its intermediate size ÷ TP)
+#: at which its GEMMs run at half ``MOE_EFFICIENCY``: tensor parallelism cuts every expert
+#: into thin slices (DeepSeek R1 at TP 8: 256 columns, at 36% of that rate; gpt-oss-120b at
+#: TP 1: 2,880, at 86%), whose GEMMs do little work per byte moved. The fit finds it
+#: within 320–640 in every fold: the published TP 4–8 MoE bursts prefill slower than their
+#: FLOPs say, and their decode steps are longer.
+MOE_HALF_WIDTH = 461.0
+#: Per step: scheduler, input preparation, sampling, output processing (the fit puts it near
 #: its lower bound, 0.2 ms).
-STEP_OVERHEAD_S = 0.2e-3
+STEP_OVERHEAD_S = 0.22e-3
 #: Per extra rank of a TP × PP group per step: broadcasting the schedule, gathering output
-#: (the fit's: the published TP 4–8 MoE runs on A100 and H200 are slower than the model's
-#: terms explain, and this term takes it; the TP runs on H100 would rather have it small).
-RANK_OVERHEAD_S = 1.8e-3
+#: (the fit's; the folds put it anywhere from 0.3 to 2.4 ms: the published TP runs hardly
+#: tell it apart from the experts' slicing and the all-reduces).
+RANK_OVERHEAD_S = 0.81e-3
 #: Per running sequence per step (sampling, detokenising, bookkeeping).
-PER_SEQUENCE_S = 31.5e-6
+PER_SEQUENCE_S = 37.2e-6
 #: Per layer per step when CUDA graphs are off: Python-side kernel launches.
 EAGER_PER_LAYER_S = 0.28e-3
 #: Latency of one all-reduce, over NVLink and over PCIe or a network (PCIe: not fitted).
-ALLREDUCE_LATENCY_S = {"nvlink": 23.5e-6, "pcie": 50e-6}
+ALLREDUCE_LATENCY_S = {"nvlink": 25.8e-6, "pcie": 50e-6}
 #: The API server's share of a request's latency: HTTP, tokenizing, queueing, detokenizing.
-FRONTEND_S = 17.8e-3
+FRONTEND_S = 17.5e-3
 #: The API server's process time to take in one request (parse, tokenize, validate). One
 #: process shares itself among the requests in hand (``labctl.sim.api_server``), so a burst of N
 #: reaches the engine together after about N × its requests' cost.
-INTAKE_S = 2.1e-3
+INTAKE_S = 2.13e-3
 #: A chat request's more: rendering the model's Jinja chat template (vLLM renders gpt-oss
-#: chats with its compiled harmony encoder instead, and pays only ``INTAKE_S``). The fit's,
-#: at the bound of its trust region: it also carries the rest of a chat's intake.
-CHAT_TEMPLATE_S = 12.5e-3
+#: chats with its compiled harmony encoder instead, and pays only ``INTAKE_S``). The fit's:
+#: it also carries the rest of a chat's intake.
+CHAT_TEMPLATE_S = 10.4e-3
 #: The API server's process time to stream one token to its client (detokenizing, the
 #: response chunk's JSON, the write), shared with the intake: when the engine makes tokens
 #: faster than this, they reach the clients late (``labctl.sim.api_server``): one process
-#: streams at most about 36,000 tokens/s.
-STREAM_TOKEN_S = 28e-6
+#: streams at most about 47,000 tokens/s.
+STREAM_TOKEN_S = 21.2e-6
 
 
 def intake_s(model_type: str, chat: bool) -> float:
@@ -320,6 +327,8 @@ class PerfModel:
     flops_per_token: float
     #: The routed experts' share of ``flops_per_token``.
     expert_flops_per_token: float
+    #: Columns of one routed expert's slice on one GPU (its intermediate size ÷ TP).
+    expert_width: float
     #: Attention FLOPs per token per attended context token, per GPU: the full-attention
     #: and MLA layers' (MLA at its decompressed head sizes, as prefill runs it).
     attn_flops_per_pair: float
@@ -432,6 +441,7 @@ class PerfModel:
             experts_per_token=moe.top_k if moe else 0,
             flops_per_token=2.0 * active / (tp * pp),
             expert_flops_per_token=2.0 * routed / (tp * pp),
+            expert_width=moe.intermediate_size / tp if moe else 0.0,
             attn_flops_per_pair=2.0 * pair_width / (tp * pp),
             decode_attn_flops_per_pair=2.0 * decode_width / (tp * pp),
             window_attn_flops_per_pair=2.0 * window_width / (tp * pp),
@@ -517,10 +527,10 @@ class PerfModel:
         compute += attn / self.attn_peak_flops
         compute /= top * cost.tokens / (cost.tokens + half)
         if self.expert_flops_per_token:
-            rows = self.expert_rows(cost.tokens, touched)
-            compute += (self.expert_flops_per_token * cost.tokens / self.expert_peak_flops) / (
-                MOE_EFFICIENCY * top * rows / (rows + half)
-            )
+            rows, width = self.expert_rows(cost.tokens, touched), self.expert_width
+            # each expert's GEMM fills the GPU by its rows and by its slice's width
+            rate = MOE_EFFICIENCY * top * rows / (rows + half) * width / (width + MOE_HALF_WIDTH)
+            compute += (self.expert_flops_per_token * cost.tokens / self.expert_peak_flops) / rate
         stage = max(read / self.bandwidth, compute + encode)
         if self.tp > 1:
             link = "nvlink" if self.gpu.interconnect_gbs >= 100 else "pcie"
