@@ -388,6 +388,17 @@ def test_sim_chunked_local_layers_attend_within_their_chunk() -> None:
     assert chunk_pairs(8000, 400, 8192) == sum(p % 8192 + 1 for p in range(8000, 8400))
 
 
+def experts_alone(tp: int = 1) -> step_model.PerfModel:
+    """Qwen3-30B-A3B's step model on an H100 at ``tp``, its experts' FLOPs alone: no weights
+    to read, no all-reduces, so the expert GEMMs' compute sets a step's time."""
+    config = TwinConfig("Qwen/Qwen3-30B-A3B", "h100-sxm", max_model_len=8192,
+                        tensor_parallel_size=tp)  # fmt: skip
+    perf = build_twin(config).perf
+    alone = {"flops_per_token": perf.expert_flops_per_token, "dense_bytes": 0.0,
+             "expert_bytes": 0.0, "tp": 1}  # fmt: skip
+    return step_model.PerfModel(**{**perf.__dict__, **alone})
+
+
 def test_sim_moe_expert_gemms_fill_by_the_rows_each_expert_gets() -> None:
     # A step's routed tokens spread over the experts: 64 tokens × top-8 over 128 experts
     # give each touched expert (126 of them) a GEMM of about 4 rows, which fills the GPU
@@ -400,8 +411,7 @@ def test_sim_moe_expert_gemms_fill_by_the_rows_each_expert_gets() -> None:
     # expert FLOPs spread over 8 experts (each GEMM gets all 128 rows) run faster than over
     # 128 experts (8 rows each, far from filling the GPU).
     cost = StepCost(1, 128, 128 * 128, 128)
-    experts_only = {"flops_per_token": perf.expert_flops_per_token, "dense_bytes": 0.0}
-    many = step_model.PerfModel(**{**perf.__dict__, **experts_only, "expert_bytes": 0.0})
+    many = experts_alone()
     few = step_model.PerfModel(**{**many.__dict__, "num_experts": 8})
     assert few.expert_rows(128) == pytest.approx(128)
     assert many.step_seconds(cost) > 1.3 * few.step_seconds(cost)
@@ -411,15 +421,7 @@ def test_sim_tensor_parallelism_slices_the_experts_thin_and_their_gemms_slow() -
     # Qwen3-30B-A3B's experts are 768 columns wide: at TP 4 each GPU holds a 192-column
     # slice of every one. Its share of a step's expert FLOPs is a quarter, but its thin
     # GEMMs do less work per byte moved, so the step takes well over a quarter of the time.
-    def experts_only(tp: int) -> step_model.PerfModel:
-        config = TwinConfig("Qwen/Qwen3-30B-A3B", "h100-sxm", max_model_len=8192,
-                            tensor_parallel_size=tp)  # fmt: skip
-        perf = build_twin(config).perf
-        alone = {"flops_per_token": perf.expert_flops_per_token, "dense_bytes": 0.0,
-                 "expert_bytes": 0.0, "tp": 1}  # fmt: skip
-        return step_model.PerfModel(**{**perf.__dict__, **alone})
-
-    one, four = experts_only(1), experts_only(4)
+    one, four = experts_alone(1), experts_alone(4)
     assert (one.expert_width, four.expert_width) == (768, 192)
     cost = StepCost(1, 8192, 8192, 8192)  # a chunk of short prompts: the GEMMs' step
     assert four.step_seconds(cost) > 1.3 * one.step_seconds(cost) / 4
