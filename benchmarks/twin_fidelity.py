@@ -544,6 +544,8 @@ PARAMS = (
     Param("STREAM_TOKEN_S", 2e-6, 200e-6, "the API server streaming tokens (small models)"),
     Param("MOE_EFFICIENCY", 0.1, 1.0, "the fused MoE kernels (expert GEMMs)"),
     Param("MOE_HALF_WIDTH", 16.0, 4096.0, "the experts' slices per GPU (TP cuts them thin)"),
+    Param("GEMM_SHARE[ampere]", 0.5, 2.0, "Ampere's tensor peak held (A100, A10G, RTX 30)"),
+    Param("GEMM_SHARE[ada]", 0.5, 2.0, "Ada's tensor peak held (L4, L40, RTX 40)"),
 )  # fmt: skip
 #: Factor each constant is scaled by to measure the figures' sensitivity to it.
 PERTURB = 0.8
@@ -558,7 +560,8 @@ PRIOR = {
     "STEP_OVERHEAD_S": 1.2e-3, "PER_SEQUENCE_S": 25e-6, "RANK_OVERHEAD_S": 0.6e-3,
     "ALLREDUCE_LATENCY_S[nvlink]": 25e-6, "FRONTEND_S": 15e-3, "INTAKE_S": 1e-3,
     "CHAT_TEMPLATE_S": 2e-3, "STREAM_TOKEN_S": 30e-6,
-    "MOE_EFFICIENCY": 1.0, "MOE_HALF_WIDTH": 128.0,
+    "MOE_EFFICIENCY": 1.0, "MOE_HALF_WIDTH": 128.0, "GEMM_SHARE[ampere]": 1.0,
+    "GEMM_SHARE[ada]": 1.0,
 }  # fmt: skip
 
 

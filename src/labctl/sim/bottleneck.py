@@ -44,8 +44,8 @@ twin's roofline for the batch. The first rule that holds wins:
 The roofline (:func:`roofline`) is the twin's perf model (``sim/perf.py``) for the
 deployment's model on its GPU: decode tokens/s = batch / (bytes one step reads at the
 achievable bandwidth: weights, plus the KV cache in use), prefill tokens/s = achievable
-FLOP/s (peak × MFU) / FLOPs per token. A twin with a ``time_scale`` runs its clock that much
-slower, so its roofline is divided by it.
+FLOP/s (peak × MFU × the GPU architecture's ``GEMM_SHARE``) / FLOPs per token. A twin with
+a ``time_scale`` runs its clock that much slower, so its roofline is divided by it.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from labctl.sim.perf import MFU, PerfModel
+from labctl.sim.perf import PerfModel
 
 #: Every class, in the order ``labctl_deployment_bottleneck{class}`` lists them.
 CLASSES = ("prefill_compute", "decode_bandwidth", "kv_capacity", "admission", "api_server",
@@ -188,6 +188,6 @@ def roofline(perf: PerfModel, batch: float, kv_tokens: float, time_scale: float 
     if read <= 0 or perf.flops_per_token <= 0:  # a toy model: no limit the twin can name
         return Roofline(0.0, 0.0)
     decode = seqs / (read / perf.bandwidth)
-    prefill = MFU / perf.peak_seconds_per_token
+    prefill = perf.mfu / perf.peak_seconds_per_token
     scale = time_scale if time_scale > 0 else 1.0
     return Roofline(prefill / scale, decode / scale)

@@ -11,9 +11,10 @@ larger of
   copies), and
 - its floating-point work (2 FLOPs per active parameter per token, plus
   attention over the context), at ``peak × MFU`` (large GEMMs reach 0.78–0.80
-  of peak on that H100; whole prefill steps with attention and norms less); the
-  GEMMs at the weights' format's peak (FP8, FP4 where the GPU has it), attention
-  at the KV cache's (BF16 unless the cache is FP8),
+  of peak on that H100; whole prefill steps with attention and norms less) times
+  the GPU architecture's ``GEMM_SHARE`` (an A100 holds more of its peak than an
+  H100); the GEMMs at the weights' format's peak (FP8, FP4 where the GPU has it),
+  attention at the KV cache's (BF16 unless the cache is FP8),
 
 plus what a pure roofline misses and measured vLLM shows: a fixed per-step
 cost (scheduling, sampling, launch), a per-sequence cost, kernel launches per
@@ -66,48 +67,64 @@ BW_EFFICIENCY = {"HBM": 0.616, "GDDR": 0.833, "LPDDR": 0.62}
 #: Share of dense tensor peak that whole prefill-heavy steps reach, and the step size
 #: (tokens) at which GEMMs reach half of it: small batches do not fill the GPU (the H100
 #: GEMMs in shared/data/gpu reach 16–35% of peak at 128 rows, 62–78% at 512).
-MFU = 0.424
-MFU_HALF_TOKENS = 12.4
+MFU = 0.377
+MFU_HALF_TOKENS = 23.2
+#: How much more of its datasheet tensor peak a GPU architecture's steps reach than Hopper's,
+#: on whose points ``MFU`` is mostly fitted (1 where no point fits it: Hopper, Blackwell).
+#: An H100's large GEMMs reach 80% of its quoted 989 TFLOPS (793 at 8,192 rows in
+#: shared/data/gpu: its 700 W do not hold the boost clock the figure is quoted at); an
+#: A100's come nearer their 312 (published cuBLAS runs: 250–290). The fitted shares are
+#: effective values: they also carry the attention kernels and whatever else a prefill step
+#: spends differently on the older parts.
+GEMM_SHARE = {"ampere": 1.23, "ada": 1.29}
 #: Share of the dense GEMMs' rate the routed experts' fused MoE kernels reach (the routing's
 #: gather and scatter, the grouped GEMMs' scheduling), on top of each expert's GEMM filling
 #: the GPU by its own rows (the step's routed tokens spread over the experts it touches,
 #: :meth:`PerfModel.expert_rows`), not by the step's, and by its width on the GPU.
-MOE_EFFICIENCY = 0.898
+MOE_EFFICIENCY = 0.925
 #: The width (columns) of one routed expert's slice on one GPU (its intermediate size ÷ TP)
 #: at which its GEMMs run at half ``MOE_EFFICIENCY``: tensor parallelism cuts every expert
 #: into thin slices (DeepSeek R1 at TP 8: 256 columns, at 36% of that rate; gpt-oss-120b at
 #: TP 1: 2,880, at 86%), whose GEMMs do little work per byte moved. The fit finds it
 #: within 320–640 in every fold: the published TP 4–8 MoE bursts prefill slower than their
 #: FLOPs say, and their decode steps are longer.
-MOE_HALF_WIDTH = 461.0
+MOE_HALF_WIDTH = 414.0
 #: Per step: scheduler, input preparation, sampling, output processing (the fit puts it near
 #: its lower bound, 0.2 ms).
-STEP_OVERHEAD_S = 0.22e-3
+STEP_OVERHEAD_S = 0.20e-3
 #: Per extra rank of a TP × PP group per step: broadcasting the schedule, gathering output
 #: (the fit's; the folds put it anywhere from 0.3 to 2.4 ms: the published TP runs hardly
 #: tell it apart from the experts' slicing and the all-reduces).
-RANK_OVERHEAD_S = 0.81e-3
+RANK_OVERHEAD_S = 1.08e-3
 #: Per running sequence per step (sampling, detokenising, bookkeeping).
-PER_SEQUENCE_S = 37.2e-6
+PER_SEQUENCE_S = 36.0e-6
 #: Per layer per step when CUDA graphs are off: Python-side kernel launches.
 EAGER_PER_LAYER_S = 0.28e-3
 #: Latency of one all-reduce, over NVLink and over PCIe or a network (PCIe: not fitted).
-ALLREDUCE_LATENCY_S = {"nvlink": 25.8e-6, "pcie": 50e-6}
+ALLREDUCE_LATENCY_S = {"nvlink": 18.0e-6, "pcie": 50e-6}
 #: The API server's share of a request's latency: HTTP, tokenizing, queueing, detokenizing.
-FRONTEND_S = 17.5e-3
+FRONTEND_S = 25.0e-3
 #: The API server's process time to take in one request (parse, tokenize, validate). One
 #: process shares itself among the requests in hand (``labctl.sim.api_server``), so a burst of N
 #: reaches the engine together after about N × its requests' cost.
-INTAKE_S = 2.13e-3
+INTAKE_S = 2.09e-3
 #: A chat request's more: rendering the model's Jinja chat template (vLLM renders gpt-oss
 #: chats with its compiled harmony encoder instead, and pays only ``INTAKE_S``). The fit's:
 #: it also carries the rest of a chat's intake.
-CHAT_TEMPLATE_S = 10.4e-3
+CHAT_TEMPLATE_S = 9.41e-3
 #: The API server's process time to stream one token to its client (detokenizing, the
 #: response chunk's JSON, the write), shared with the intake: when the engine makes tokens
 #: faster than this, they reach the clients late (``labctl.sim.api_server``): one process
 #: streams at most about 47,000 tokens/s.
 STREAM_TOKEN_S = 21.2e-6
+
+
+def architecture(compute_capability: tuple[int, int]) -> str:
+    """The GPU architecture of a CUDA compute capability (``GEMM_SHARE``'s keys)."""
+    major, minor = compute_capability
+    if major == 8:
+        return "ada" if minor >= 9 else "ampere"
+    return {7: "turing", 9: "hopper"}.get(major, "blackwell" if major >= 10 else "older")
 
 
 def intake_s(model_type: str, chat: bool) -> float:
@@ -480,6 +497,12 @@ class PerfModel:
         return tokens * self.experts_per_token / experts if experts else 0.0
 
     @property
+    def mfu(self) -> float:
+        """Share of the dense tensor peak whole prefill-heavy steps reach on this GPU: ``MFU``
+        times its architecture's ``GEMM_SHARE``."""
+        return MFU * GEMM_SHARE.get(architecture(self.gpu.compute_capability), 1.0)
+
+    @property
     def peak_seconds_per_token(self) -> float:
         """Tensor-core time of one token's GEMMs at the rates they run at (the dense layers
         at the weights' format's, the routed experts at theirs), before any efficiency."""
@@ -513,7 +536,7 @@ class PerfModel:
             + self.cross_kv_bytes_per_token * cost.cross_tokens_read
         )
         speech = self.encoder is not None
-        top, half = (SPEECH_MFU, SPEECH_MFU_HALF_TOKENS) if speech else (MFU, MFU_HALF_TOKENS)
+        top, half = (SPEECH_MFU, SPEECH_MFU_HALF_TOKENS) if speech else (self.mfu, MFU_HALF_TOKENS)
         encode = 0.0
         if self.encoder is not None and cost.encoder_items:
             encode = self.encoder_seconds(cost.encoder_items)
