@@ -84,16 +84,16 @@ GEMM_SHARE = {"ampere": 1.23, "ada": 1.29}
 MOE_EFFICIENCY = 0.925
 #: The width (columns) of one routed expert's slice on one GPU (its intermediate size ÷ TP)
 #: at which its GEMMs run at half ``MOE_EFFICIENCY``: tensor parallelism cuts every expert
-#: into thin slices (DeepSeek R1 at TP 8: 256 columns, at 36% of that rate; gpt-oss-120b at
-#: TP 1: 2,880, at 86%), whose GEMMs do little work per byte moved. The fit finds it
-#: within 320–640 in every fold: the published TP 4–8 MoE bursts prefill slower than their
+#: into thin slices (DeepSeek R1 at TP 8: 256 columns, at 38% of that rate; gpt-oss-120b at
+#: TP 1: 2,880, at 87%), whose GEMMs do little work per byte moved. The fit finds it
+#: within 290–640 in every fold: the published TP 4–8 MoE bursts prefill slower than their
 #: FLOPs say, and their decode steps are longer.
 MOE_HALF_WIDTH = 414.0
 #: Per step: scheduler, input preparation, sampling, output processing (the fit puts it near
 #: its lower bound, 0.2 ms).
 STEP_OVERHEAD_S = 0.20e-3
 #: Per extra rank of a TP × PP group per step: broadcasting the schedule, gathering output
-#: (the fit's; the folds put it anywhere from 0.3 to 2.4 ms: the published TP runs hardly
+#: (the fit's; the folds put it anywhere from 0.3 to 2.9 ms: the published TP runs hardly
 #: tell it apart from the experts' slicing and the all-reduces).
 RANK_OVERHEAD_S = 1.08e-3
 #: Per running sequence per step (sampling, detokenising, bookkeeping).
@@ -122,9 +122,11 @@ STREAM_TOKEN_S = 21.2e-6
 def architecture(compute_capability: tuple[int, int]) -> str:
     """The GPU architecture of a CUDA compute capability (``GEMM_SHARE``'s keys)."""
     major, minor = compute_capability
+    if major == 7:
+        return "turing" if minor >= 5 else "volta"
     if major == 8:
         return "ada" if minor >= 9 else "ampere"
-    return {7: "turing", 9: "hopper"}.get(major, "blackwell" if major >= 10 else "older")
+    return "hopper" if major == 9 else "blackwell" if major >= 10 else "older"
 
 
 def intake_s(model_type: str, chat: bool) -> float:
