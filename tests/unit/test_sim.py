@@ -6,6 +6,7 @@ import math
 
 import pytest
 
+from labctl.catalog.gpus import architecture
 from labctl.errors import EngineError, UsageError
 from labctl.sim.bottleneck import roofline
 from labctl.sim.engine import TwinConfig, build_twin
@@ -433,7 +434,7 @@ def test_sim_an_architectures_gemm_share_scales_its_compute_and_its_roofline(
     # The same prefill-heavy step on an A100 runs at MFU × Ampere's share of its peak, on an
     # H100 at MFU alone (Hopper: the reference); the prefill roofline follows the same rate.
     ccs = ((7, 0), (7, 5), (8, 0), (8, 6), (8, 9), (9, 0), (10, 0), (12, 1))
-    assert [step_model.architecture(cc) for cc in ccs] == [
+    assert [architecture(cc) for cc in ccs] == [
         "volta", "turing", "ampere", "ampere", "ada", "hopper", "blackwell", "blackwell"]  # fmt: skip
     a100 = build_twin(TwinConfig(LLAMA, "a100-80gb", max_model_len=8192)).perf
     h100 = build_twin(TwinConfig(LLAMA, "h100-sxm", max_model_len=8192)).perf

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import re
 
-from labctl.catalog.gpuspec import GpuSpec
+from labctl.catalog.gpuspec import GpuSpec, architecture
 from labctl.catalog.gputable import GPUS
 from labctl.errors import CatalogError, did_you_mean
 from labctl.units import GiB
 
-__all__ = ["GPUS", "GpuSpec", "gpu", "match_nvml_name", "match_published"]
+__all__ = ["GPUS", "GpuSpec", "architecture", "gpu", "match_nvml_name", "match_published"]
 
 _BY_ID = {g.id: g for g in GPUS}
 

@@ -61,9 +61,25 @@ class GpuSpec:
     sources: tuple[str, ...] = ()
 
     @property
+    def architecture(self) -> str:
+        """Its architecture's name, read off the compute capability."""
+        return architecture(self.compute_capability)
+
+    @property
     def bf16(self) -> bool:
         return self.compute_capability >= (8, 0)
 
     @property
     def memory_gib(self) -> float:
         return self.cuda_total_bytes / GiB
+
+
+def architecture(compute_capability: tuple[int, int]) -> str:
+    """The GPU architecture of a CUDA compute capability: volta, turing, ampere, ada, hopper,
+    blackwell (older before 7.0)."""
+    major, minor = compute_capability
+    if major == 7:
+        return "turing" if minor >= 5 else "volta"
+    if major == 8:
+        return "ada" if minor >= 9 else "ampere"
+    return "hopper" if major == 9 else "blackwell" if major >= 10 else "older"

@@ -119,16 +119,6 @@ CHAT_TEMPLATE_S = 9.41e-3
 STREAM_TOKEN_S = 21.2e-6
 
 
-def architecture(compute_capability: tuple[int, int]) -> str:
-    """The GPU architecture of a CUDA compute capability (``GEMM_SHARE``'s keys)."""
-    major, minor = compute_capability
-    if major == 7:
-        return "turing" if minor >= 5 else "volta"
-    if major == 8:
-        return "ada" if minor >= 9 else "ampere"
-    return "hopper" if major == 9 else "blackwell" if major >= 10 else "older"
-
-
 def intake_s(model_type: str, chat: bool) -> float:
     """The API server's process time to take in one text request for a model of
     ``model_type``, a chat (``/v1/chat/completions``) or a completion."""
@@ -502,7 +492,7 @@ class PerfModel:
     def mfu(self) -> float:
         """Share of the dense tensor peak whole prefill-heavy steps reach on this GPU: ``MFU``
         times its architecture's ``GEMM_SHARE``."""
-        return MFU * GEMM_SHARE.get(architecture(self.gpu.compute_capability), 1.0)
+        return MFU * GEMM_SHARE.get(self.gpu.architecture, 1.0)
 
     @property
     def peak_seconds_per_token(self) -> float:
