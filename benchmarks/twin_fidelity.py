@@ -12,7 +12,10 @@ prediction under three sets of step-model constants (``labctl.sim.perf``):
 - cross-validated: for each point, the constants fitted without its source's
   points (k-fold by source document: a blog post or doc page cannot fit itself).
 
-The fit minimises the mean |log(predicted/published)| over all compared figures.
+The fit minimises the mean |log(predicted/published)| over all compared figures (with
+``--outlier-log X``, each figure's capped at X, so that a figure the step model misses by
+more stops dragging the constants the other figures pin; the report's "mean |log|" is never
+capped).
 Simulating every point for every candidate is too slow, so the fit runs on a
 log-linear surrogate: each point is simulated at the prior constants and once
 per free constant scaled by :data:`PERTURB`, which gives the sensitivity of each
@@ -36,7 +39,7 @@ Targets (issue 22): cross-validated median |error| ≤ 10% and 90th percentile
 ≤ 35% on TTFT, TPOT/ITL and throughput, every point runnable.
 
     python benchmarks/twin_fidelity.py [--data-dir DIR] [--folds K] [--rounds N]
-                                       [--jobs J] [--json]
+                                       [--outlier-log X] [--jobs J] [--json]
 """
 
 from __future__ import annotations
@@ -596,8 +599,24 @@ def patched(constants: Mapping[str, float]) -> Iterator[None]:
 
 
 def objective(log_errors: Sequence[float]) -> float:
-    """What the fit minimises: mean |log(predicted / published)| (0 for no figures)."""
+    """What the report summarises: mean |log(predicted / published)| (0 for no figures)."""
     return statistics.fmean(abs(e) for e in log_errors) if log_errors else 0.0
+
+
+#: |log error| past which a figure stops pulling on the fit (``--outlier-log``; none by
+#: default). A figure the step model misses by more has a cause no constant stands for, and
+#: the constants it can move buy it back from every other figure: in the last run without a
+#: bound, fold 3 (without the Qwen3-8B latency series) let one 0.6B figure 3.5× off
+#: (kvcached's TPOT) draw the per-step overhead from 0.2 to 2.2 ms, and the held-out series
+#: came out 20% slow. Bounded at 0.35, that fold held out well, but others gave up on whole
+#: groups of figures instead (the README has the run): a bound is not the default.
+OUTLIER_LOG = math.inf
+
+
+def fit_loss(log_errors: Sequence[float]) -> float:
+    """What the fit minimises: mean |log error|, each figure's capped at
+    :data:`OUTLIER_LOG` (0 for no figures)."""
+    return statistics.fmean(min(abs(e), OUTLIER_LOG) for e in log_errors) if log_errors else 0.0
 
 
 def source_group(source: str) -> str:
@@ -648,7 +667,7 @@ def fit_constants(
     steps: Sequence[float] = (1.5, 1.2, 1.05, 1.01),
     sweeps: int = 30,
 ) -> dict[str, float]:
-    """Constants minimising :func:`objective` over ``figures``' surrogates: coordinate
+    """Constants minimising :func:`fit_loss` over ``figures``' surrogates: coordinate
     descent in log space, each step size until no constant improves, within bounds and
     within :data:`TRUST` of ``base`` (the surrogate is linear in logs: far from where it was
     measured it extrapolates, and a fit that follows it there is fitting the surrogate)."""
@@ -657,7 +676,7 @@ def fit_constants(
     logs_hi = [min(math.log(p.hi / base[p.name]), math.log(TRUST)) for p in params]
 
     def cost(s: Sequence[float]) -> float:
-        return objective([f.surrogate(s) for f in figures])
+        return fit_loss([f.surrogate(s) for f in figures])
 
     best = cost(shift)
     for step in steps:
@@ -780,7 +799,7 @@ def fit_rounds(
     base, fitted = dict(prior), fit_constants(figures, prior)
     for _ in range(rounds - 1):
         moved, _ = linearise(points, fitted, processes, only=train)
-        if objective([f.log_error for f in moved]) >= objective([f.log_error for f in figures]):
+        if fit_loss([f.log_error for f in moved]) >= fit_loss([f.log_error for f in figures]):
             return base  # the surrogate's step made the training points worse
         figures, base = moved, fitted
         fitted = fit_constants(figures, fitted)
@@ -866,6 +885,7 @@ def evaluate(points: Sequence[Point], folds_k: int, rounds: int, processes: int)
         "points": len(points),
         "compared_points": len(runnable),
         "skipped_points": len(skipped),
+        "outlier_log": None if math.isinf(OUTLIER_LOG) else OUTLIER_LOG,
         "folds": {
             "k": len(per_fold),
             "groups": dict(sorted(fold_of_group.items())),
@@ -914,7 +934,9 @@ def print_report(doc: Mapping[str, Any]) -> None:
     print()
     print(f"compared {doc['compared_points']} of {doc['points']} points "
           f"({doc['skipped_points']} skipped, reasons above); "
-          f"{doc['folds']['k']} folds over {len(doc['folds']['groups'])} source documents")  # fmt: skip
+          f"{doc['folds']['k']} folds over {len(doc['folds']['groups'])} source documents"
+          + (f"; fits cap each figure's |log error| at {doc['outlier_log']}"
+             if doc.get("outlier_log") else ""))  # fmt: skip
     print()
     print(f"{'|error|':<14}" + "".join(f"{name:>26}" for name in SETS))
     for c in CATEGORIES:
@@ -950,11 +972,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--data-dir", type=Path, default=DATA_DIR)
     ap.add_argument("--folds", type=int, default=5, help="k of the k-fold by source (5)")
     ap.add_argument("--rounds", type=int, default=2, help="linearisations of each fit (2)")
+    ap.add_argument(
+        "--outlier-log",
+        type=float,
+        default=None,
+        metavar="X",
+        help="cap each figure's |log error| at X in the fits (default: no cap)",
+    )
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="worker processes")
     ap.add_argument("--json", action="store_true", help="print one JSON document")
     args = ap.parse_args(argv)
     if args.folds < 2 or args.rounds < 1:
         ap.error("--folds must be at least 2 and --rounds at least 1")
+    if args.outlier_log is not None:
+        if not args.outlier_log > 0:
+            ap.error(
+                f"--outlier-log must be a positive |log error| (0.69 is 2x), not {args.outlier_log}"
+            )
+        global OUTLIER_LOG
+        OUTLIER_LOG = args.outlier_log
     doc = evaluate(load_points(args.data_dir), args.folds, args.rounds, args.jobs)
     if args.json:
         print(json.dumps(doc, indent=2))

@@ -60,6 +60,37 @@ def test_objective_is_mean_absolute_log_error() -> None:
     assert tf.objective([]) == 0.0
 
 
+def test_fit_loss_caps_each_figure_at_the_outlier_bound(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert tf.fit_loss([0.1, -3.0]) == pytest.approx(1.55)  # no bound by default
+    monkeypatch.setattr(tf, "OUTLIER_LOG", 0.35)
+    assert tf.fit_loss([0.1, -0.2]) == pytest.approx(0.15)
+    assert tf.fit_loss([0.1, -3.0]) == pytest.approx((0.1 + 0.35) / 2)
+    assert tf.fit_loss([]) == 0.0
+
+
+def test_one_figure_the_model_cannot_explain_does_not_drag_the_fit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Four figures are right where they are; a fifth is 3.5x low and would come right only
+    # if the per-step overhead grew 3.5-fold (its slope is 1, theirs 0.2 each: 0.8 in all).
+    params = (tf.Param("STEP_OVERHEAD_S", 0.1e-3, 10e-3, "overhead"),)
+    right = [tf.Figure(i, "tpot", "median", 1.0, 0.0, [0.2]) for i in range(4)]
+    outlier = tf.Figure(4, "tpot", "mean", 1.0, -math.log(3.5), [1.0])
+    base = {"STEP_OVERHEAD_S": 0.2e-3}
+    monkeypatch.setattr(tf, "OUTLIER_LOG", 0.35)
+    # capped, the four keep the overhead where they put it
+    assert tf.fit_constants([*right, outlier], base, params)["STEP_OVERHEAD_S"] == (
+        pytest.approx(0.2e-3)
+    )
+    # the same figure within the bound still counts
+    near = tf.Figure(4, "tpot", "mean", 1.0, -0.3, [1.0])
+    assert tf.fit_constants([*right, near], base, params)["STEP_OVERHEAD_S"] > 0.25e-3
+    # uncapped, the outlier's pull wins and the overhead runs to the edge of the trust region
+    monkeypatch.setattr(tf, "OUTLIER_LOG", math.inf)
+    dragged = tf.fit_constants([*right, outlier], base, params)["STEP_OVERHEAD_S"]
+    assert dragged > 0.2e-3 * 2
+
+
 def test_patched_sets_and_restores_constants() -> None:
     mfu, bw = perf.MFU, perf.BW_EFFICIENCY
     with tf.patched({"MFU": 0.3, "BW_EFFICIENCY[HBM]": 0.5}):
