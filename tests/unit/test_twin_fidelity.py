@@ -61,7 +61,9 @@ def test_objective_is_mean_absolute_log_error() -> None:
 
 
 def test_fit_loss_caps_each_figure_at_the_outlier_bound(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert tf.fit_loss([0.1, -3.0]) == pytest.approx(1.55)  # no bound by default
+    assert tf.fit_loss([0.1, -3.0]) == pytest.approx((0.1 + 0.69) / 2)  # 2x by default
+    monkeypatch.setattr(tf, "OUTLIER_LOG", math.inf)
+    assert tf.fit_loss([0.1, -3.0]) == pytest.approx(1.55)
     monkeypatch.setattr(tf, "OUTLIER_LOG", 0.35)
     assert tf.fit_loss([0.1, -0.2]) == pytest.approx(0.15)
     assert tf.fit_loss([0.1, -3.0]) == pytest.approx((0.1 + 0.35) / 2)
