@@ -598,9 +598,10 @@ def patched(constants: Mapping[str, float]) -> Iterator[None]:
             setattr(perf, attr, value)
 
 
-def objective(log_errors: Sequence[float]) -> float:
-    """What the report summarises: mean |log(predicted / published)| (0 for no figures)."""
-    return statistics.fmean(abs(e) for e in log_errors) if log_errors else 0.0
+def objective(log_errors: Sequence[float], cap: float = math.inf) -> float:
+    """What the report summarises: mean |log(predicted / published)|, each figure's at most
+    ``cap`` (0 for no figures)."""
+    return statistics.fmean(min(abs(e), cap) for e in log_errors) if log_errors else 0.0
 
 
 #: |log error| past which a figure stops pulling on the fit (``--outlier-log``): 0.69, a
@@ -616,7 +617,7 @@ OUTLIER_LOG = 0.69
 def fit_loss(log_errors: Sequence[float]) -> float:
     """What the fit minimises: mean |log error|, each figure's capped at
     :data:`OUTLIER_LOG` (0 for no figures)."""
-    return statistics.fmean(min(abs(e), OUTLIER_LOG) for e in log_errors) if log_errors else 0.0
+    return objective(log_errors, OUTLIER_LOG)
 
 
 def source_group(source: str) -> str:
