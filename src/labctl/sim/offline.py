@@ -350,6 +350,10 @@ def simulate(
         # last chunk's last).
         out = [(r, r.finished is not None and r is reqs[owner[r.id]][-1])
                for r, _ in batch.items if r.last_token == now]  # fmt: skip
+        # The API servers' work during the step (earlier steps' tokens reaching their
+        # clients, the requests those clients send next, intakes) comes first, in time
+        # order: this step's tokens reach them only now.
+        feed(now)
         if out and token_cost and not speech:
             stream_out(out)
         elif out:
