@@ -18,11 +18,11 @@ MODEL, GPU = "meta-llama/Llama-3.1-8B-Instruct", "rtx-4090"
 FIXTURE = Path(__file__).parent.parent / "fixtures" / "vllm_bench_serve.json"
 
 
-# One request at a time, and a burst of 128 that the engine batches, chunks and queues on
-# its KV cache. (A closed loop of many clients is no check of the timing: a request sent as
-# another ends joins the next step or the one after by the client's own turnaround of a few
-# milliseconds, and a step with a prefill chunk in it takes half a second.)
-@pytest.mark.parametrize(("concurrency", "prompts"), [(1, 8), (None, 128)])
+# One request at a time, a closed loop of 16 clients (each sends its next request as its
+# last one ends, while the engine runs the others' steps: `sim run` took such a request in a
+# step late, and its mean TTFT came out 12% high), and a burst of 128 that the engine
+# batches, chunks and queues on its KV cache.
+@pytest.mark.parametrize(("concurrency", "prompts"), [(1, 8), (16, 96), (None, 128)])
 def test_measured_ttft_and_tpot_match_the_twins_configured_timing(
     lab: Lab, labctl: Callable[..., Run], tmp_path: Path, concurrency: int | None, prompts: int
 ) -> None:
@@ -39,7 +39,12 @@ def test_measured_ttft_and_tpot_match_the_twins_configured_timing(
     got = json.loads(out.read_text())
     assert isinstance(expected, dict)
     assert got["completed"] == prompts and got["failed"] == 0
-    for figure in ("median_ttft_ms", "mean_ttft_ms", "median_tpot_ms", "mean_tpot_ms"):
+    figures = ["mean_ttft_ms", "mean_tpot_ms"]
+    if not concurrency or concurrency == 1:
+        # The loop's clients come back in waves (16 requests sent at once, then as each
+        # ends), and which step a wave's middle request joins moves its medians by up to 9%.
+        figures += ["median_ttft_ms", "median_tpot_ms"]
+    for figure in figures:
         # A burst's median request sits at the edge of a wave of admissions, and the client's
         # own send ramp (tens of ms for 128 requests; `sim run` sends them at one instant)
         # decides which step the first ones join: 20 ms of ramp moves it 2.5% offline, 50 ms 4%.

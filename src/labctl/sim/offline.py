@@ -3,7 +3,11 @@
 Time jumps from one step's end to the next, so an hour of traffic takes
 seconds. Requests are sent on their precomputed schedule; with a concurrency
 limit a request waits for a free slot first and its latency counts from when it
-is sent, as ``vllm bench serve --max-concurrency`` measures.
+is sent, as ``vllm bench serve --max-concurrency`` measures. What the API server
+does during a step (tokens reaching their clients, the requests sent then, their
+intake) is worked through in time order before the step's own tokens reach it: a
+request sent in the middle of a step is taken in from that moment, and the engine
+schedules it at the first step boundary after its intake.
 
 A speech request runs its chunks one after another, as vLLM's server does: the
 next chunk's engine request starts when the previous one ends. Its latency runs
@@ -319,8 +323,12 @@ def simulate(
 
     total = len(items)
     last_step = 0.0
+    #: The time the API servers and the clients were last worked through to, while nothing
+    #: has happened since (``None``: something has).
+    fed: float | None = None
     while done + len(rejected) < total:
-        feed(now)
+        if fed != now:
+            feed(now)
         if sched.idle:
             upcoming = [t for t, _ in inbound[:1]]
             api_at = api_next()
@@ -354,10 +362,12 @@ def simulate(
         # clients, the requests those clients send next, intakes) comes first, in time
         # order: this step's tokens reach them only now.
         feed(now)
+        fed = now
         if out and token_cost and not speech:
-            stream_out(out)
+            stream_out(out)  # done after now: nothing more to work through at now
         elif out:
             delivered(now, out)
+            fed = None  # slots freed at now: their clients send again
         while now >= next_sample:
             timeline.time.append(round(next_sample, 6))
             timeline.kv_cache_usage.append(round(sched.usage, 4))
