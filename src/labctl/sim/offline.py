@@ -323,12 +323,10 @@ def simulate(
 
     total = len(items)
     last_step = 0.0
-    #: The time the API servers and the clients were last worked through to, while nothing
-    #: has happened since (``None``: something has).
-    fed: float | None = None
+    # The API servers and the clients are worked through to ``now`` whenever it moves or a
+    # slot frees at it, so each loop starts with everything due by ``now`` handled.
+    feed(now)
     while done + len(rejected) < total:
-        if fed != now:
-            feed(now)
         if sched.idle:
             upcoming = [t for t, _ in inbound[:1]]
             api_at = api_next()
@@ -342,6 +340,7 @@ def simulate(
                 break
             hold(now, max(now, min(upcoming)))
             now = max(now, min(upcoming))
+            feed(now)
             continue
         batch = sched.schedule(now)
         if not batch.items:
@@ -362,12 +361,11 @@ def simulate(
         # clients, the requests those clients send next, intakes) comes first, in time
         # order: this step's tokens reach them only now.
         feed(now)
-        fed = now
         if out and token_cost and not speech:
             stream_out(out)  # done after now: nothing more to work through at now
         elif out:
             delivered(now, out)
-            fed = None  # slots freed at now: their clients send again
+            feed(now)  # slots freed at now: their clients send again
         while now >= next_sample:
             timeline.time.append(round(next_sample, 6))
             timeline.kv_cache_usage.append(round(sched.usage, 4))
