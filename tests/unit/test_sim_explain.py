@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 from typing import Any
 
 from click.testing import CliRunner
 import pytest
 
 from labctl.cli.main import cli
+from labctl.sim import perf
 from labctl.sim.engine import Twin, TwinConfig, build_twin
 from labctl.sim.explain import Span, explain, merge, time_per_class
 from labctl.sim.offline import simulate
@@ -118,12 +120,13 @@ def test_sim_run_explain_json_has_the_spans() -> None:
 
 
 def test_a_burst_the_api_server_is_still_taking_in_is_api_server_not_idle() -> None:
-    # 512 requests at once: for the first second the one API server process takes them in
-    # (about 1 s of its time, shared) and the engine has nothing yet; that second is the API
-    # server's, not idle
+    # As many requests at once as the one API server process takes 1.5 s of its time to take
+    # in (shared among them): for the first second the engine has nothing yet; that second is
+    # the API server's, not idle
     twin = build_twin(TwinConfig("Qwen/Qwen3-0.6B", "h100-sxm", max_model_len=2048))
-    items = synthetic(1024, 32, 64)
-    _, timeline = simulate(twin, items, [0.0] * len(items), 512)
+    burst = math.ceil(1.5 / perf.intake_s(twin.arch.model_type, chat=False))
+    items = synthetic(2 * burst, 32, 64)
+    _, timeline = simulate(twin, items, [0.0] * len(items), burst)
     assert timeline.mean_intake[0] > 100 and timeline.mean_batch[0] == 0
     spans = explain(timeline, twin.perf, twin.fit.kv_cache_tokens)
     assert spans[0].cls == "api_server" and spans[0].start == 0.0

@@ -56,19 +56,20 @@ from labctl.catalog.gpus import GpuSpec
 from labctl.fit.kv import KVOptions, dtype_bytes, layer_caches
 from labctl.fit.plan import FitResult
 
-# The LLM step model's free constants, as ``benchmarks/twin_fidelity.py`` fits them on the
-# published vLLM points (two rounds from its datasheet-and-kernel prior; the README has the
-# calibration and cross-validated errors of that run). They are effective values: a
+# The LLM step model's free constants, as ``benchmarks/twin_fidelity.py``'s fit puts them on
+# every published vLLM point (its surrogate linearised at the constants shipped before these,
+# then again at its result; the README has the calibration and cross-validated errors of the
+# benchmark's own fits from its datasheet-and-kernel prior). They are effective values: a
 # bandwidth share below what a kernel alone reaches also carries the costs the model has no
 # term for.
 #: Achievable share of datasheet bandwidth, by memory technology (LPDDR: not fitted, no
 #: published point beyond the DGX Spark's).
-BW_EFFICIENCY = {"HBM": 0.616, "GDDR": 0.833, "LPDDR": 0.62}
+BW_EFFICIENCY = {"HBM": 0.628, "GDDR": 0.817, "LPDDR": 0.62}
 #: Share of dense tensor peak that whole prefill-heavy steps reach, and the step size
 #: (tokens) at which GEMMs reach half of it: small batches do not fill the GPU (the H100
 #: GEMMs in shared/data/gpu reach 16–35% of peak at 128 rows, 62–78% at 512).
-MFU = 0.377
-MFU_HALF_TOKENS = 23.2
+MFU = 0.370
+MFU_HALF_TOKENS = 24.1
 #: How much more of its datasheet tensor peak a GPU architecture's steps reach than Hopper's,
 #: on whose points ``MFU`` is mostly fitted (1 where no point fits it: Hopper, Blackwell).
 #: An H100's large GEMMs reach 80% of its quoted 989 TFLOPS (793 at 8,192 rows in
@@ -76,47 +77,48 @@ MFU_HALF_TOKENS = 23.2
 #: A100's come nearer their 312 (published cuBLAS runs: 250–290). The fitted shares are
 #: effective values: they also carry the attention kernels and whatever else a prefill step
 #: spends differently on the older parts.
-GEMM_SHARE = {"ampere": 1.23, "ada": 1.29}
+GEMM_SHARE = {"ampere": 1.28, "ada": 1.34}
 #: Share of the dense GEMMs' rate the routed experts' fused MoE kernels reach (the routing's
 #: gather and scatter, the grouped GEMMs' scheduling), on top of each expert's GEMM filling
 #: the GPU by its own rows (the step's routed tokens spread over the experts it touches,
-#: :meth:`PerfModel.expert_rows`), not by the step's, and by its width on the GPU.
-MOE_EFFICIENCY = 0.925
+#: :meth:`PerfModel.expert_rows`), not by the step's, and by its width on the GPU (the fit
+#: puts it at its bound, 1: the rows' and the width's fill carry what the kernels lose).
+MOE_EFFICIENCY = 1.0
 #: The width (columns) of one routed expert's slice on one GPU (its intermediate size ÷ TP)
 #: at which its GEMMs run at half ``MOE_EFFICIENCY``: tensor parallelism cuts every expert
-#: into thin slices (DeepSeek R1 at TP 8: 256 columns, at 38% of that rate; gpt-oss-120b at
-#: TP 1: 2,880, at 87%), whose GEMMs do little work per byte moved. The fit finds it
-#: within 290–640 in every fold: the published TP 4–8 MoE bursts prefill slower than their
+#: into thin slices (DeepSeek R1 at TP 8: 256 columns, at 39% of that rate; gpt-oss-120b at
+#: TP 1: 2,880, at 88%), whose GEMMs do little work per byte moved. The fit finds it
+#: within 290–390 in every fold: the published TP 4–8 MoE bursts prefill slower than their
 #: FLOPs say, and their decode steps are longer.
-MOE_HALF_WIDTH = 414.0
+MOE_HALF_WIDTH = 406.0
 #: Per step: scheduler, input preparation, sampling, output processing (the fit puts it near
 #: its lower bound, 0.2 ms).
 STEP_OVERHEAD_S = 0.20e-3
 #: Per extra rank of a TP × PP group per step: broadcasting the schedule, gathering output
-#: (the fit's; the folds put it anywhere from 0.3 to 2.9 ms: the published TP runs hardly
+#: (the fit's; the folds put it anywhere from 0.3 to 3.0 ms: the published TP runs hardly
 #: tell it apart from the experts' slicing and the all-reduces).
-RANK_OVERHEAD_S = 1.08e-3
+RANK_OVERHEAD_S = 1.54e-3
 #: Per running sequence per step (sampling, detokenising, bookkeeping).
-PER_SEQUENCE_S = 36.0e-6
+PER_SEQUENCE_S = 35.0e-6
 #: Per layer per step when CUDA graphs are off: Python-side kernel launches.
 EAGER_PER_LAYER_S = 0.28e-3
 #: Latency of one all-reduce, over NVLink and over PCIe or a network (PCIe: not fitted).
 ALLREDUCE_LATENCY_S = {"nvlink": 18.0e-6, "pcie": 50e-6}
 #: The API server's share of a request's latency: HTTP, tokenizing, queueing, detokenizing.
-FRONTEND_S = 25.0e-3
+FRONTEND_S = 31.3e-3
 #: The API server's process time to take in one request (parse, tokenize, validate). One
 #: process shares itself among the requests in hand (``labctl.sim.api_server``), so a burst of N
 #: reaches the engine together after about N × its requests' cost.
-INTAKE_S = 2.09e-3
+INTAKE_S = 1.82e-3
 #: A chat request's more: rendering the model's Jinja chat template (vLLM renders gpt-oss
 #: chats with its compiled harmony encoder instead, and pays only ``INTAKE_S``). The fit's:
 #: it also carries the rest of a chat's intake.
-CHAT_TEMPLATE_S = 9.41e-3
+CHAT_TEMPLATE_S = 9.89e-3
 #: The API server's process time to stream one token to its client (detokenizing, the
 #: response chunk's JSON, the write), shared with the intake: when the engine makes tokens
 #: faster than this, they reach the clients late (``labctl.sim.api_server``): one process
-#: streams at most about 47,000 tokens/s.
-STREAM_TOKEN_S = 21.2e-6
+#: streams at most about 50,000 tokens/s.
+STREAM_TOKEN_S = 20.0e-6
 
 
 def intake_s(model_type: str, chat: bool) -> float:
