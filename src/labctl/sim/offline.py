@@ -245,6 +245,12 @@ def simulate(
         for k, part in parts.items():
             handle(servers[k].stream(now, part, len(part) * token_cost))
 
+    def next_send() -> float | None:
+        """When the first request in hand goes out: its time come and a slot free."""
+        if not ready or (max_concurrency and not free_at):
+            return None
+        return max(ready[0][0], free_at[0]) if max_concurrency else ready[0][0]
+
     def feed(until: float) -> None:
         """Send every request whose time has come and that has a free slot, in time order
         with the API server's work (a streamed last token frees a slot)."""
@@ -253,9 +259,7 @@ def simulate(
             heapq.heappush(ready, (send_times[nxt], nxt))
             nxt = next(order, None)
         while True:
-            send_at = None
-            if ready and (not max_concurrency or free_at):
-                send_at = max(ready[0][0], free_at[0]) if max_concurrency else ready[0][0]
+            send_at = next_send()
             api_at = api_next()
             if api_at is not None and api_at <= until and (send_at is None or api_at < send_at):
                 api_advance(api_at)
@@ -329,11 +333,7 @@ def simulate(
     while done + len(rejected) < total:
         if sched.idle:
             upcoming = [t for t, _ in inbound[:1]]
-            api_at = api_next()
-            if api_at is not None:
-                upcoming.append(api_at)
-            if ready and (not max_concurrency or free_at):
-                upcoming.append(ready[0][0])
+            upcoming += [t for t in (api_next(), next_send()) if t is not None]
             if nxt is not None:
                 upcoming.append(send_times[nxt])
             if not upcoming:
