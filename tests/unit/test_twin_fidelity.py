@@ -93,6 +93,78 @@ def test_one_figure_the_model_cannot_explain_does_not_drag_the_fit(
     assert dragged > 0.2e-3 * 2
 
 
+def test_bar_shortfall_is_the_worst_ratio_to_the_bars() -> None:
+    # median 0.2 against 0.10 is 2x; p90 of TTFT is near 0.5, 1.4x its 0.35
+    errors = {"TTFT": [0.1, -0.2, 0.2, 0.5, -0.5], "throughput": [0.01, 0.02]}
+    assert tf.bar_shortfall(errors) == pytest.approx(2.0)
+    assert tf.bar_shortfall({"throughput": [0.01, -0.02]}) < 1.0  # met
+    assert tf.bar_shortfall({"TTFT": [], "throughput": [0.05]}) == pytest.approx(0.5)
+    assert tf.bar_shortfall({}) == 0.0
+
+
+def test_fit_minimises_the_loss_it_is_given() -> None:
+    # Two figures pull one constant opposite ways: the mean |log| settles anywhere between
+    # them, a loss on the first figure alone takes that figure to zero.
+    params = (tf.Param("MFU", 0.1, 0.9, "compute"),)
+    figures = [
+        tf.Figure(0, "ttft", "median", 1.0, math.log(1.5), [-1.0]),
+        tf.Figure(1, "ttft", "median", 1.0, -math.log(1.2), [-1.0]),
+    ]
+
+    def first_only(logs: list[float]) -> float:
+        return abs(logs[0])
+
+    fitted = tf.fit_constants(figures, {"MFU": 0.4}, params, loss=first_only)
+    assert fitted["MFU"] == pytest.approx(0.6, rel=0.01)
+
+
+def test_bound_reports_each_targets_in_sample_fit_simulated(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Three points whose TTFT runs 1.5x high and falls one-for-one with MFU, and whose
+    # throughput is right but rises with MFU: fitted to TTFT alone, MFU goes up and TTFT
+    # comes right; fitted to throughput alone, nothing moves. The "simulation" is the model.
+    published = {"ttft": (100.0, "median"), "output_throughput": (10.0, "median")}
+    points = [tf.Point("m", "h100-sxm", dict(published), ref=f"p:{i}") for i in range(3)]
+    mfu0 = tf.shipped_constants()["MFU"]
+
+    def model(consts: dict[str, float]) -> dict[str, float]:
+        scale = consts["MFU"] / mfu0
+        return {"ttft": 150.0 / scale, "output_throughput": 10.0 * scale**0.2}
+
+    def fake_linearise(pts, base, processes, only=None):  # type: ignore[no-untyped-def]
+        slopes = {"ttft": -1.0, "output_throughput": 0.2}
+        names = [p.name for p in tf.PARAMS]
+        figs = []
+        for i, p in enumerate(pts):
+            at = model(base)
+            for metric, (value, stat) in p.published.items():
+                row = [slopes[metric] if n == "MFU" else 0.0 for n in names]
+                figs.append(tf.Figure(i, metric, stat, value, math.log(at[metric] / value), row))
+        return figs, {}
+
+    def fake_run_jobs(jobs, processes):  # type: ignore[no-untyped-def]
+        return [model(dict(c)) for _, c in jobs]
+
+    monkeypatch.setattr(tf, "linearise", fake_linearise)
+    monkeypatch.setattr(tf, "run_jobs", fake_run_jobs)
+    doc = tf.bound(points, 1)
+    rows = {r["fitted_to"]: r for r in doc["fits"]}
+    assert list(rows) == ["shipped", "TTFT", "TPOT/ITL", "throughput",
+                          "TTFT + TPOT/ITL + throughput"]  # fmt: skip
+    assert rows["shipped"]["errors"]["TTFT"]["median"] == pytest.approx(0.5)
+    assert rows["shipped"]["shortfall"] == pytest.approx(0.5 / 0.10)
+    assert rows["TTFT"]["errors"]["TTFT"]["median"] < 0.01
+    assert rows["TTFT"]["constants"]["MFU"] == pytest.approx(1.5 * mfu0, rel=0.02)
+    assert rows["TTFT"]["shortfall"] < 0.1
+    assert rows["TTFT"]["step"] == 1.0
+    assert rows["throughput"]["constants"]["MFU"] == pytest.approx(mfu0)
+    assert rows["throughput"]["step"] == 0.0  # nothing beat the shipped constants
+    assert rows["TPOT/ITL"]["errors"]["TPOT/ITL"]["n"] == 0
+    assert doc["compared_points"] == 3 and doc["failed_points"] == {}
+    json.dumps(doc)  # --json prints it
+
+
 def test_patched_sets_and_restores_constants() -> None:
     mfu, bw = perf.MFU, perf.BW_EFFICIENCY
     with tf.patched({"MFU": 0.3, "BW_EFFICIENCY[HBM]": 0.5}):
@@ -145,6 +217,26 @@ def test_a_rows_flags_carry_over_to_its_replay() -> None:
     point = tf.point_from_row(row, "row 1")
     assert point.flags == {"api_server_count": 4, "max_model_len": 2048,
                            "gpu_memory_utilization": 0.5}  # fmt: skip
+
+
+def test_a_bursts_median_and_p99_say_when_it_reached_the_engine_and_its_drain() -> None:
+    # first tokens evenly from 4 s to 12 s: median 8 s, p99 11.92 s
+    release, drain = tf.burst_shape(8000.0, 4000.0 + 8000.0 * 0.99)
+    assert release == pytest.approx(4.0) and drain == pytest.approx(8.0)
+    # a p99 far above the median (waves behind the KV limit) reads as no even drain
+    assert tf.burst_shape(37597.63, 77082.58) is None
+    row = {"model": "Qwen/Qwen3-0.6B", "gpu": "NVIDIA H100 80GB HBM3", "source": "a post",
+           "input_len": 512, "output_len": 128, "num_prompts": 1000,
+           "ttft_ms_median": 8707.89, "ttft_ms_p99": 12940.37}  # fmt: skip
+    point = tf.point_from_row(row, "row 1")
+    assert point.ttft_spread == (8707.89, 12940.37)
+    assert tf.point_from_row({**row, "ttft_ms_p99": None}, "row 1").ttft_spread is None
+    fig = tf.Figure(0, "ttft", "median", 8707.89, 0.7, [0.0] * len(tf.PARAMS))
+    shapes = (tf.burst_shape(8707.89, 12940.37), tf.burst_shape(17055.6, 26527.4))
+    text = tf.cause(fig, 1.96, (), burst=1000, shapes=shapes)
+    assert "published reached the engine by 4.4 s and drained in 8.6 s" in text
+    assert "the twin by 7.4 s and in 19.3 s" in text
+    assert "even drain" not in tf.cause(fig, 1.96, (), burst=1000)
 
 
 def test_a_request_the_sources_engine_held_is_replayed_with_the_room_it_had() -> None:
