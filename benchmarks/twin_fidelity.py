@@ -43,8 +43,8 @@ Targets (issue 22): cross-validated median |error| ≤ 10% and 90th percentile
     python benchmarks/twin_fidelity.py --bound [--data-dir DIR] [--jobs J] [--json]
 
 ``--bound`` asks what the bars ask of the step model itself: fitted on every point (nothing
-held out) to meet each category's bars, how near does it come? A held-out fit does no better
-than that, so a category whose in-sample fit misses its bars needs a new term, not a new
+held out) to meet each category's bars, how near does it come? A held-out fit is not expected
+to beat that, so a category whose in-sample fit misses its bars needs a new term, not a new
 fit (:func:`bound`).
 """
 
