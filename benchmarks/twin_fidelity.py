@@ -1037,7 +1037,7 @@ def bound(points: Sequence[Point], processes: int) -> dict[str, Any]:
     per = len(BOUND_FRACTIONS)
     for t, target in enumerate(BOUND_TARGETS):
         tried = [0, *range(1 + t * per, 1 + (t + 1) * per)]
-        best = min(tried, key=lambda k: (row("", target, k)["shortfall"], k))
+        best = min(tried, key=lambda k: (bar_shortfall({c: simulated[k][c] for c in target}), k))
         rows.append(row(" + ".join(target), target, best))
     return {
         "points": len(points),
